@@ -1,0 +1,71 @@
+"""Atomic writes: an artifact is either the old complete file or the new complete file, never half.
+
+Files are written to a temporary sibling and moved into place with :func:`os.replace` (atomic on one
+filesystem). A directory of outputs is built in a temporary sibling and swapped in as a whole, so a
+crash or a failed check midway leaves the previous outputs untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def _write_via_temp(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    _write_via_temp(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    _write_via_temp(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write a DataFrame as parquet, atomically."""
+    _write_via_temp(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+@contextlib.contextmanager
+def staged_directory(target: str | Path) -> Iterator[Path]:
+    """Yield an empty staging directory that replaces ``target`` only if the block succeeds.
+
+    On an exception the staging directory is removed and ``target`` keeps its previous contents.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    backup = target.with_name(f".{target.name}.previous")
+    shutil.rmtree(backup, ignore_errors=True)
+    if target.exists():
+        os.replace(target, backup)
+    os.replace(staging, target)
+    shutil.rmtree(backup, ignore_errors=True)

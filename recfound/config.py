@@ -1,0 +1,185 @@
+"""params.yaml → one validated, typed config.
+
+The file is parsed once, at the edge (the CLI or a Kubeflow component); library functions take
+plain typed values. Every mistake a user can make in the file — an unknown key, a wrong type, a value
+out of range, a task name that does not exist — raises :class:`ConfigError` whose message names the
+key, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EMBEDDING_TASKS: tuple[str, ...] = ("user2item", "query2item", "item2item")
+GENERATIVE_TASKS: tuple[str, ...] = (
+    # RecFound's generative subtasks
+    "query_rewriting",
+    "sequential_recommendation",
+    "product_relation_prediction",
+    "sentiment_analysis",
+    "attribute_value_extraction",
+    "product_matching",
+    "user_profile",
+    "item_profile",
+    "answerability_prediction",
+    "answer_generation",
+    # M6-Rec's task families
+    "rating_prediction",
+    "ctr_prediction",
+    "candidate_ranking",
+    "explanation_generation",
+    "conversational_rec",
+    "zero_shot",
+)
+ALL_TASKS: tuple[str, ...] = EMBEDDING_TASKS + GENERATIVE_TASKS
+SOURCES: tuple[str, ...] = ("ml-100k", "recbole_atomic", "amazon_jsonl")
+
+
+class ConfigError(ValueError):
+    """A value in params.yaml is wrong; the message says which key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the interactions come from and how they are filtered."""
+
+    source: Literal["ml-100k", "recbole_atomic", "amazon_jsonl"] = "ml-100k"
+    path: str | None = Field(
+        default=None,
+        description="Folder of the user's data: RecBole atomic files or Amazon JSONL files.",
+    )
+    dataset_name: str | None = Field(
+        default=None,
+        description="File stem of RecBole atomic files (NAME.inter, NAME.item, NAME.user).",
+    )
+    rating_min: float = Field(default=1.0, description="Smallest valid rating of the source.")
+    rating_max: float = Field(default=5.0, description="Largest valid rating of the source.")
+    rating_threshold: float = Field(
+        default=4.0, description="A rating at or above this counts as a like (implicit feedback)."
+    )
+    min_user_interactions: int = Field(default=5, ge=3, description="k-core: users with fewer go.")
+    min_item_interactions: int = Field(default=1, ge=1, description="k-core: items with fewer go.")
+    max_users: int | None = Field(
+        default=None, ge=10, description="Keep only the first N users (by id) — for tiny runs."
+    )
+
+    @model_validator(mode="after")
+    def _path_for_user_sources(self) -> DataConfig:
+        if not self.rating_min < self.rating_max:
+            raise ValueError(
+                f"data.rating_min ({self.rating_min}) must be below data.rating_max "
+                f"({self.rating_max})"
+            )
+        if not self.rating_min <= self.rating_threshold <= self.rating_max:
+            raise ValueError(
+                f"data.rating_threshold ({self.rating_threshold}) must lie in "
+                f"[{self.rating_min}, {self.rating_max}]"
+            )
+        if self.source != "ml-100k" and not self.path:
+            raise ValueError(
+                f"data.path is required when data.source is {self.source!r} "
+                "(a folder with the source files)"
+            )
+        return self
+
+
+class TasksConfig(_Section):
+    """Which tasks are built and how large they are."""
+
+    enabled: list[str] = Field(default_factory=lambda: list(ALL_TASKS))
+    history_length: int = Field(default=10, ge=1, le=200)
+    num_candidates: int = Field(default=20, ge=2, le=1000)
+    max_train_per_task: int = Field(default=2000, ge=1)
+    max_eval_per_task: int = Field(default=200, ge=1)
+    cold_item_fraction: float = Field(
+        default=0.02,
+        ge=0.0,
+        lt=0.5,
+        description="Share of items held out of every training input for the zero_shot task.",
+    )
+
+    @field_validator("enabled")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in ALL_TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; allowed: {', '.join(ALL_TASKS)}")
+        if not value:
+            raise ValueError("at least one task must be enabled")
+        if len(set(value)) != len(value):
+            raise ValueError("a task is listed twice")
+        return value
+
+
+class PathsConfig(_Section):
+    """Where each stage writes (relative to the working directory)."""
+
+    interim: str = "data/interim"
+    tasks: str = "data/tasks"
+    reports: str = "reports"
+
+
+class Config(_Section):
+    """The whole of params.yaml."""
+
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key (value {error['input']!r}); check the spelling"
+    if kind == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        return f"{key}: {error['input']!r} is not allowed; allowed: {allowed}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error['input']!r})"
+
+
+def parse_config(raw: dict[str, Any] | None, origin: str = "params.yaml") -> Config:
+    """Validate a mapping (as loaded from YAML) into a :class:`Config`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        known = _known_keys_hint(lines)
+        raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines) + known) from None
+
+
+def _known_keys_hint(lines: list[str]) -> str:
+    if not any("unknown key" in line for line in lines):
+        return ""
+    sections = {
+        name: sorted(field.annotation.model_fields)  # type: ignore[union-attr]
+        for name, field in Config.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }
+    known = "; ".join(f"{s}: {', '.join(keys)}" for s, keys in sections.items())
+    return f"\nKnown keys — top level: {', '.join(Config.model_fields)}; {known}"
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml; a missing or unparsable file is a :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config(raw, origin=str(path))

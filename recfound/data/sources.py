@@ -1,0 +1,308 @@
+"""Sources → normalized tables (see :mod:`recfound.data.schema`).
+
+Three sources:
+
+- ``ml-100k``: MovieLens-100K as shipped inside the installed ``recbole`` wheel
+  (``recbole/dataset_example/ml-100k``), found with :mod:`importlib.resources`; nothing is downloaded.
+- ``recbole_atomic``: any folder of RecBole atomic files ``NAME.inter`` / ``NAME.item`` /
+  ``NAME.user`` (tab-separated, header ``field:type``).
+- ``amazon_jsonl``: a folder with ``reviews.jsonl`` (user_id, parent_asin, rating, title, text,
+  timestamp) and ``meta.jsonl`` (parent_asin, title, description, categories) in the Amazon Reviews
+  2023 layout.
+
+Parsing is strict (a truncated or unreadable file is an :class:`IngestError` naming the file and
+line); semantic checks (ratings in range, known items, unique ids) belong to the validate stage, so
+loaders keep what they read as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from recfound.data import schema as S
+
+
+class IngestError(ValueError):
+    """A source file is missing, unreadable or malformed; the message names the file."""
+
+
+# RecBole field names we understand, in order of preference.
+_TITLE_FIELDS = ("movie_title", "title", "item_name", "name")
+_YEAR_FIELDS = ("release_year", "year")
+_CATEGORY_FIELDS = ("class", "genre", "genres", "categories", "category")
+_DESCRIPTION_FIELDS = ("description", "desc", "overview")
+
+
+def _read_atomic(path: Path) -> pd.DataFrame:
+    """Read one RecBole atomic file; headers like ``rating:float`` become ``rating``."""
+    if not path.is_file():
+        raise IngestError(f"missing source file: {path}")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            header = handle.readline().rstrip("\n").split("\t")
+            rows = [line.rstrip("\n").split("\t") for line in handle if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path} is not readable UTF-8 text ({exc.reason} at byte {exc.start})")
+    names = [h.split(":", 1)[0] for h in header]
+    if len(names) < 2 or any(not n for n in names):
+        raise IngestError(f"{path}: first line must be a RecBole header like 'user_id:token\\t…'")
+    bad = [i + 2 for i, row in enumerate(rows) if len(row) != len(names)]
+    if bad:
+        raise IngestError(
+            f"{path}: line(s) {bad[:5]} have a different number of fields than the header "
+            f"({len(names)}); the file looks truncated or corrupted"
+        )
+    return pd.DataFrame(rows, columns=names)
+
+
+def _first(frame: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
+    return next((c for c in candidates if c in frame.columns), None)
+
+
+def _to_number(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    broken = values.isna() & frame[column].astype(str).str.strip().ne("")
+    if broken.any():
+        line = int(broken.to_numpy().nonzero()[0][0]) + 2
+        raise IngestError(
+            f"{path}: column {column!r} has a non-numeric value "
+            f"{frame[column][broken].iloc[0]!r} at line {line}"
+        )
+    return values
+
+
+def _normalize_interactions(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+    for column in ("user_id", "item_id"):
+        if column not in raw.columns:
+            raise IngestError(f"{path}: required field {column!r} is missing from the header")
+    rating = _to_number(raw, "rating", path) if "rating" in raw.columns else 1.0
+    if "timestamp" in raw.columns:
+        timestamp = _to_number(raw, "timestamp", path)
+        if timestamp.isna().any():
+            line = int(timestamp.isna().to_numpy().nonzero()[0][0]) + 2
+            raise IngestError(f"{path}: empty timestamp at line {line}")
+    else:  # no time: keep file order as the order of events
+        timestamp = pd.Series(range(len(raw)), dtype="float64")
+    return pd.DataFrame(
+        {
+            "user_id": raw["user_id"].astype(str),
+            "item_id": raw["item_id"].astype(str),
+            "rating": pd.Series(rating, index=raw.index, dtype="float64"),
+            "timestamp": timestamp.astype("int64"),
+            "review_title": raw.get("review_title", pd.Series(None, index=raw.index, dtype=object)),
+            "review_text": raw.get("review_text", pd.Series(None, index=raw.index, dtype=object)),
+        }
+    )
+
+
+def _normalize_items(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+    if "item_id" not in raw.columns:
+        raise IngestError(f"{path}: required field 'item_id' is missing from the header")
+    title = _first(raw, _TITLE_FIELDS)
+    year = _first(raw, _YEAR_FIELDS)
+    categories = _first(raw, _CATEGORY_FIELDS)
+    description = _first(raw, _DESCRIPTION_FIELDS)
+    empty = pd.Series("", index=raw.index, dtype=object)
+    return pd.DataFrame(
+        {
+            "item_id": raw["item_id"].astype(str),
+            "title": (raw[title] if title else empty).astype(str).str.strip(),
+            "description": (raw[description] if description else empty).astype(str),
+            # token_seq fields are space-separated in RecBole; we store '|'-separated categories.
+            "categories": (raw[categories] if categories else empty)
+            .astype(str)
+            .str.split()
+            .str.join("|"),
+            "year": pd.to_numeric(raw[year], errors="coerce").astype("Int64")
+            if year
+            else pd.Series(pd.NA, index=raw.index, dtype="Int64"),
+        }
+    )
+
+
+def _normalize_users(raw: pd.DataFrame | None, user_ids: pd.Series) -> pd.DataFrame:
+    if raw is None:
+        return pd.DataFrame({"user_id": sorted(user_ids.astype(str).unique())})
+    users = pd.DataFrame({"user_id": raw["user_id"].astype(str)})
+    if "age" in raw.columns:
+        users["age"] = pd.to_numeric(raw["age"], errors="coerce").astype("Int64")
+    for column in ("gender", "occupation"):
+        if column in raw.columns:
+            users[column] = raw[column].astype(str)
+    return users
+
+
+def _atomic_signals(items: pd.DataFrame, users: pd.DataFrame, raw_inter: pd.DataFrame) -> list:
+    signals = [S.SIGNAL_INTERACTIONS]
+    if "timestamp" in raw_inter.columns:
+        signals.append(S.SIGNAL_TIMESTAMPS)
+    if "rating" in raw_inter.columns:
+        signals.append(S.SIGNAL_RATINGS)
+    if items["title"].ne("").any():
+        signals.append(S.SIGNAL_ITEM_TEXT)
+    if items["categories"].ne("").any():
+        signals.append(S.SIGNAL_ITEM_CATEGORIES)
+    if any(c in users.columns for c in S.USER_ATTRIBUTE_COLUMNS):
+        signals.append(S.SIGNAL_USER_ATTRIBUTES)
+    if "review_text" in raw_inter.columns:
+        signals.append(S.SIGNAL_REVIEW_TEXT)
+    return signals
+
+
+def load_recbole_atomic(
+    folder: str | Path,
+    name: str,
+    *,
+    source_name: str = "recbole_atomic",
+    rating_range: tuple[float, float] = (1.0, 5.0),
+    rating_threshold: float = 4.0,
+) -> S.Tables:
+    """Load ``NAME.inter`` (required), ``NAME.item`` (required) and ``NAME.user`` (optional)."""
+    folder = Path(folder)
+    inter_path, item_path, user_path = (folder / f"{name}.{ext}" for ext in ("inter", "item", "user"))
+    raw_inter = _read_atomic(inter_path)
+    raw_items = _read_atomic(item_path)
+    raw_users = _read_atomic(user_path) if user_path.is_file() else None
+    interactions = _normalize_interactions(raw_inter, inter_path)
+    items = _normalize_items(raw_items, item_path)
+    users = _normalize_users(raw_users, interactions["user_id"])
+    info = S.SourceInfo(
+        name=source_name,
+        rating_min=rating_range[0],
+        rating_max=rating_range[1],
+        rating_threshold=rating_threshold,
+        signals=tuple(_atomic_signals(items, users, raw_inter)),
+    )
+    return S.Tables(interactions=interactions, items=items, users=users, info=info)
+
+
+def ml100k_folder() -> Path:
+    """The MovieLens-100K folder inside the installed recbole package."""
+    try:
+        root = resources.files("recbole") / "dataset_example" / "ml-100k"
+    except ModuleNotFoundError:
+        raise IngestError(
+            "data.source 'ml-100k' needs the recbole package (the carrier of the MovieLens-100K "
+            "files): run `make setup`, or `pip install --no-deps recbole==1.2.1`"
+        ) from None
+    path = Path(str(root))
+    if not (path / "ml-100k.inter").is_file():
+        raise IngestError(f"recbole is installed but {path}/ml-100k.inter is missing")
+    return path
+
+
+def load_ml100k(rating_threshold: float = 4.0) -> S.Tables:
+    """MovieLens-100K: 100,000 ratings (1–5) of 1,682 movies by 943 users, 1997–1998."""
+    return load_recbole_atomic(
+        ml100k_folder(),
+        "ml-100k",
+        source_name="ml-100k",
+        rating_range=(1.0, 5.0),
+        rating_threshold=rating_threshold,
+    )
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise IngestError(f"missing source file: {path}")
+    records = []
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise IngestError(
+                        f"{path}: line {number} is not valid JSON ({exc.msg}); "
+                        "the file looks truncated or corrupted"
+                    ) from None
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path} is not readable UTF-8 text ({exc.reason})") from None
+    return records
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(_text(v) for v in value).strip()
+    return str(value).strip()
+
+
+def load_amazon_jsonl(
+    folder: str | Path,
+    *,
+    rating_range: tuple[float, float] = (1.0, 5.0),
+    rating_threshold: float = 4.0,
+) -> S.Tables:
+    """Amazon Reviews 2023 layout: ``reviews.jsonl`` + ``meta.jsonl`` in ``folder``."""
+    folder = Path(folder)
+    reviews_path, meta_path = folder / "reviews.jsonl", folder / "meta.jsonl"
+    reviews = _read_jsonl(reviews_path)
+    meta = _read_jsonl(meta_path)
+    required = ("user_id", "parent_asin", "rating", "timestamp")
+    for number, review in enumerate(reviews, start=1):
+        missing = [k for k in required if k not in review]
+        if missing:
+            raise IngestError(f"{reviews_path}: record {number} lacks field(s) {missing}")
+    timestamps = pd.Series([r["timestamp"] for r in reviews], dtype="float64")
+    if len(timestamps) and timestamps.median() > 1e11:  # Amazon 2023 stores milliseconds
+        timestamps = timestamps // 1000
+    interactions = pd.DataFrame(
+        {
+            "user_id": [str(r["user_id"]) for r in reviews],
+            "item_id": [str(r["parent_asin"]) for r in reviews],
+            "rating": pd.Series([r["rating"] for r in reviews], dtype="float64"),
+            "timestamp": timestamps.astype("int64"),
+            "review_title": [_text(r.get("title")) for r in reviews],
+            "review_text": [_text(r.get("text")) for r in reviews],
+        }
+    )
+    for number, record in enumerate(meta, start=1):
+        if "parent_asin" not in record:
+            raise IngestError(f"{meta_path}: record {number} lacks field 'parent_asin'")
+    items = pd.DataFrame(
+        {
+            "item_id": [str(m["parent_asin"]) for m in meta],
+            "title": [_text(m.get("title")) for m in meta],
+            "description": [_text(m.get("description")) for m in meta],
+            "categories": ["|".join(_text(c) for c in m.get("categories") or []) for m in meta],
+            "year": pd.Series([pd.NA] * len(meta), dtype="Int64"),
+        }
+    )
+    users = _normalize_users(None, interactions["user_id"])
+    signals = [
+        S.SIGNAL_INTERACTIONS,
+        S.SIGNAL_TIMESTAMPS,
+        S.SIGNAL_RATINGS,
+        S.SIGNAL_ITEM_TEXT,
+        S.SIGNAL_REVIEW_TEXT,
+    ]
+    if items["categories"].ne("").any():
+        signals.append(S.SIGNAL_ITEM_CATEGORIES)
+    info = S.SourceInfo(
+        name="amazon_jsonl",
+        rating_min=rating_range[0],
+        rating_max=rating_range[1],
+        rating_threshold=rating_threshold,
+        signals=tuple(signals),
+    )
+    return S.Tables(interactions=interactions, items=items, users=users, info=info)
+
+
+def k_core(interactions: pd.DataFrame, min_user: int, min_item: int) -> pd.DataFrame:
+    """Drop users and items with too few interactions, repeating until both bounds hold."""
+    frame = interactions
+    while True:
+        user_counts = frame["user_id"].map(frame["user_id"].value_counts())
+        item_counts = frame["item_id"].map(frame["item_id"].value_counts())
+        keep = (user_counts >= min_user) & (item_counts >= min_item)
+        if keep.all():
+            return frame.reset_index(drop=True)
+        frame = frame[keep]

@@ -1,0 +1,79 @@
+"""Stage `build_tasks`: normalized tables → validated per-task train/valid/test parquet files.
+
+Everything is built and validated in a staging directory first; ``paths.tasks`` is replaced only
+when the task datasets pass validation, so a failure leaves the previous datasets intact.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from recfound import artifacts
+from recfound.config import EMBEDDING_TASKS, Config
+from recfound.data.build import TaskDatasets, build_task_datasets
+from recfound.data.ingest import read_tables
+from recfound.stages.validate import validation_dir
+from recfound.validation.validate import raise_for_failures, validate_task_datasets
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+
+
+def task_counts(datasets: TaskDatasets) -> dict[str, dict[str, int]]:
+    """Per task and split, the number of records (the stage's DVC metrics)."""
+    return {
+        task: {split: len(frame) for split, frame in splits.items()}
+        for task, splits in sorted(datasets.frames.items())
+    }
+
+
+def run_build_tasks(cfg: Config) -> TaskDatasets:
+    tables = read_tables(cfg.paths.interim)
+    datasets = build_task_datasets(tables, cfg.tasks, seed=cfg.seed)
+    for task, reason in sorted(datasets.skipped.items()):
+        log.warning("skipped task %s: %s", task, reason)
+
+    report = validate_task_datasets(
+        datasets.frames,
+        enabled_tasks=list(cfg.tasks.enabled),
+        cold_items=list(datasets.cold_items),
+        report_dir=validation_dir(cfg),
+    )
+    raise_for_failures(report)
+
+    counts = task_counts(datasets)
+    with artifacts.staged_directory(cfg.paths.tasks) as staging:
+        for task, splits in datasets.frames.items():
+            for split, frame in splits.items():
+                artifacts.write_parquet(staging / task / f"{split}.parquet", frame)
+        artifacts.write_json(
+            staging / MANIFEST_FILE,
+            {
+                "source": tables.info.name,
+                "built": counts,
+                "skipped": dict(sorted(datasets.skipped.items())),
+                "derived": dict(sorted(datasets.derived.items())),
+                "cold_items": sorted(datasets.cold_items),
+            },
+        )
+    n_emb = sum(1 for task in counts if task in EMBEDDING_TASKS)
+    n_gen = len(counts) - n_emb
+    metrics = {
+        "num_tasks": len(counts),
+        "num_generative_tasks": n_gen,
+        "num_embedding_tasks": n_emb,
+        "records": counts,
+    }
+    artifacts.write_json(Path(cfg.paths.reports) / "task_counts.json", metrics)
+    log.info(
+        "built %d tasks (%d embedding, %d generative) into %s; skipped %d",
+        len(counts),
+        n_emb,
+        n_gen,
+        cfg.paths.tasks,
+        len(datasets.skipped),
+    )
+    return datasets
+

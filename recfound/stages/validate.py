@@ -1,0 +1,28 @@
+"""Stage `validate`: Great Expectations on the normalized tables; stops the pipeline on failure."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from recfound.config import Config
+from recfound.data.ingest import read_tables
+from recfound.validation.validate import ValidationReport, raise_for_failures, validate_tables
+
+log = logging.getLogger(__name__)
+
+
+def validation_dir(cfg: Config) -> Path:
+    return Path(cfg.paths.reports) / "validation"
+
+
+def run_validate(cfg: Config) -> ValidationReport:
+    """Validate ``paths.interim``; raise :class:`DataValidationError` listing failed expectations.
+
+    The full results (JSON) and the GX data docs (HTML) are written whether or not it passes.
+    """
+    tables = read_tables(cfg.paths.interim)
+    report = validate_tables(tables, validation_dir(cfg))
+    raise_for_failures(report)
+    log.info("tables passed validation (%s)", report.statistics)
+    return report

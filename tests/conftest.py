@@ -1,0 +1,78 @@
+"""Shared fixtures: small real data (a slice of MovieLens-100K) written as RecBole atomic files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from recfound.data.sources import ml100k_folder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_atomic_text(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def write_ml100k_slice(folder: Path, num_users: int = 40, name: str = "mini") -> Path:
+    """Copy the first ``num_users`` users of ml-100k (all their ratings and items) as atomic files."""
+    source = ml100k_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    inter = read_atomic_text(source / "ml-100k.inter")
+    users = {str(u) for u in range(1, num_users + 1)}
+    kept = [inter[0]] + [line for line in inter[1:] if line.split("\t")[0] in users]
+    items = {line.split("\t")[1] for line in kept[1:]}
+    item_lines = read_atomic_text(source / "ml-100k.item")
+    user_lines = read_atomic_text(source / "ml-100k.user")
+    (folder / f"{name}.inter").write_text("\n".join(kept) + "\n")
+    (folder / f"{name}.item").write_text(
+        "\n".join([item_lines[0]] + [ln for ln in item_lines[1:] if ln.split("\t")[0] in items])
+        + "\n"
+    )
+    (folder / f"{name}.user").write_text(
+        "\n".join([user_lines[0]] + [ln for ln in user_lines[1:] if ln.split("\t")[0] in users])
+        + "\n"
+    )
+    return folder
+
+
+def write_params(path: Path, **sections: dict) -> Path:
+    """Write a params.yaml from the repository's defaults with ``sections`` merged in."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key] = {**params[key], **value}
+        else:
+            params[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture()
+def mini_atomic(tmp_path: Path) -> Path:
+    return write_ml100k_slice(tmp_path / "raw")
+
+
+@pytest.fixture()
+def mini_project(tmp_path: Path, mini_atomic: Path) -> Path:
+    """A working directory whose params.yaml points at the mini atomic files with small caps."""
+    work = tmp_path / "work"
+    work.mkdir()
+    write_params(
+        work / "params.yaml",
+        data={"source": "recbole_atomic", "path": str(mini_atomic), "dataset_name": "mini"},
+        tasks={"max_train_per_task": 100, "max_eval_per_task": 20},
+    )
+    return work
+
+
+def file_digests(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+__all__ = ["REPO_ROOT", "file_digests", "pd", "write_ml100k_slice", "write_params"]

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recfound.config import parse_config
+from recfound.data import schema as S
+from recfound.data.ingest import filter_tables, load_source, read_tables, write_tables
+from recfound.data.sources import IngestError, k_core, load_amazon_jsonl, load_ml100k
+from tests.conftest import REPO_ROOT, file_digests
+
+AMAZON = REPO_ROOT / "tests" / "fixtures" / "amazon"
+
+
+def test_ml100k_comes_from_the_recbole_wheel() -> None:
+    tables = load_ml100k()
+    assert len(tables.interactions) == 100_000
+    assert tables.interactions["user_id"].nunique() == 943
+    assert len(tables.items) == 1682
+    assert tables.items.loc[tables.items["item_id"] == "1", "title"].item() == "Toy Story"
+    assert tables.items.loc[tables.items["item_id"] == "1", "year"].item() == 1995
+    assert set(tables.users.columns) >= {"user_id", "age", "gender", "occupation"}
+    assert S.SIGNAL_USER_ATTRIBUTES in tables.info.signals
+    assert S.SIGNAL_REVIEW_TEXT not in tables.info.signals
+    assert tables.interactions["rating"].between(1, 5).all()
+
+
+def test_recbole_atomic_folder(mini_atomic: Path) -> None:
+    cfg = parse_config({"data": {"source": "recbole_atomic", "path": str(mini_atomic),
+                                 "dataset_name": "mini"}})
+    tables = load_source(cfg.data)
+    assert tables.interactions["user_id"].nunique() == 40
+    assert tables.info.name == "recbole_atomic"
+    assert list(tables.items.columns) == list(S.ITEM_COLUMNS)
+
+
+def test_amazon_jsonl_fixture() -> None:
+    tables = load_amazon_jsonl(AMAZON)
+    assert len(tables.interactions) == 56
+    assert tables.interactions["review_text"].str.len().gt(0).all()
+    assert tables.interactions["timestamp"].between(1.5e9, 1.8e9).all()  # ms → s
+    assert S.SIGNAL_REVIEW_TEXT in tables.info.signals
+    assert tables.items.loc[tables.items["item_id"] == "B0003", "title"].item() == (
+        "Burr Coffee Grinder"
+    )
+
+
+def test_k_core_repeats_until_stable() -> None:
+    inter = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b", "b", "c"],
+            "item_id": ["x", "y", "z", "x", "y", "x"],
+        }
+    )
+    # with min 2 per user and 2 per item: c goes (1), then z goes (1), then a/b keep x,y
+    kept = k_core(inter, min_user=2, min_item=2)
+    assert sorted(zip(kept["user_id"], kept["item_id"], strict=True)) == [
+        ("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")
+    ]
+
+
+def test_filter_keeps_first_users_and_sorts_by_time() -> None:
+    cfg = parse_config({"data": {"max_users": 10}})
+    tables = filter_tables(load_ml100k(), cfg.data)
+    assert sorted(tables.interactions["user_id"].unique(), key=int) == [str(i) for i in range(1, 11)]
+    for _, group in tables.interactions.groupby("user_id"):
+        assert group["timestamp"].is_monotonic_increasing
+
+
+def test_write_and_read_roundtrip(tmp_path: Path) -> None:
+    cfg = parse_config({"data": {"max_users": 10}})
+    tables = filter_tables(load_ml100k(), cfg.data)
+    write_tables(tables, tmp_path)
+    again = read_tables(tmp_path)
+    assert again.info == tables.info
+    assert again.interactions.equals(tables.interactions)
+
+
+def test_truncated_atomic_file_is_named(mini_atomic: Path) -> None:
+    inter = mini_atomic / "mini.inter"
+    text = inter.read_text()
+    inter.write_text(text[: len(text) // 2 + 3])  # cut in the middle of a line
+    cfg = parse_config({"data": {"source": "recbole_atomic", "path": str(mini_atomic),
+                                 "dataset_name": "mini"}})
+    with pytest.raises(IngestError, match=r"mini\.inter: line\(s\) \[\d+\].*truncated"):
+        load_source(cfg.data)
+
+
+def test_unreadable_binary_file_is_named(mini_atomic: Path) -> None:
+    (mini_atomic / "mini.item").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
+    cfg = parse_config({"data": {"source": "recbole_atomic", "path": str(mini_atomic),
+                                 "dataset_name": "mini"}})
+    with pytest.raises(IngestError, match=r"mini\.item is not readable UTF-8"):
+        load_source(cfg.data)
+
+
+def test_truncated_jsonl_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "amazon"
+    folder.mkdir()
+    (folder / "meta.jsonl").write_text((AMAZON / "meta.jsonl").read_text())
+    reviews = (AMAZON / "reviews.jsonl").read_text()
+    (folder / "reviews.jsonl").write_text(reviews[: len(reviews) - 40])
+    with pytest.raises(IngestError, match=r"reviews\.jsonl: line 56 is not valid JSON"):
+        load_amazon_jsonl(folder)
+
+
+def test_truncated_parquet_is_named_and_not_overwritten(tmp_path: Path) -> None:
+    cfg = parse_config({"data": {"max_users": 10}})
+    write_tables(filter_tables(load_ml100k(), cfg.data), tmp_path)
+    path = tmp_path / "items.parquet"
+    path.write_bytes(path.read_bytes()[:100])
+    before = file_digests(tmp_path)
+    with pytest.raises(IngestError, match=r"items\.parquet is unreadable"):
+        read_tables(tmp_path)
+    assert file_digests(tmp_path) == before

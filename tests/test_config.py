@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recfound.config import ALL_TASKS, ConfigError, load_config, parse_config
+from tests.conftest import REPO_ROOT
+
+
+def test_repository_params_are_valid() -> None:
+    cfg = load_config(REPO_ROOT / "params.yaml")
+    assert cfg.data.source == "ml-100k"
+    assert set(cfg.tasks.enabled) == set(ALL_TASKS)
+
+
+def test_unknown_key_names_the_key_and_the_known_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"data": {"rating_treshold": 4}})
+    message = str(err.value)
+    assert "data.rating_treshold: unknown key" in message
+    assert "rating_threshold" in message  # the known keys are listed
+
+
+def test_wrong_type_names_key_and_value() -> None:
+    with pytest.raises(ConfigError, match=r"tasks\.history_length.*'ten'"):
+        parse_config({"tasks": {"history_length": "ten"}})
+
+
+def test_out_of_range_names_the_bound() -> None:
+    with pytest.raises(ConfigError, match=r"data\.min_user_interactions.*greater than or equal to 3"):
+        parse_config({"data": {"min_user_interactions": 1}})
+
+
+def test_unknown_source_lists_allowed_values() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"data": {"source": "movielens"}})
+    assert "data.source" in str(err.value)
+    assert "'ml-100k', 'recbole_atomic' or 'amazon_jsonl'" in str(err.value)
+
+
+def test_unknown_task_lists_allowed_tasks() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"tasks": {"enabled": ["user2item", "next_item"]}})
+    assert "tasks.enabled" in str(err.value)
+    assert "next_item" in str(err.value)
+    assert "sequential_recommendation" in str(err.value)
+
+
+def test_user_source_needs_a_path() -> None:
+    with pytest.raises(ConfigError, match="data.path is required"):
+        parse_config({"data": {"source": "recbole_atomic"}})
+
+
+def test_threshold_outside_rating_range() -> None:
+    with pytest.raises(ConfigError, match="rating_threshold"):
+        parse_config({"data": {"rating_threshold": 9}})
+
+
+def test_unparsable_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
