@@ -1,9 +1,9 @@
 """params.yaml → one validated, typed config.
 
 The file is parsed once, at the edge (the CLI or a Kubeflow component); library functions take
-plain typed values. Every mistake a user can make in the file — an unknown key, a wrong type, a value
-out of range, a task name that does not exist — raises :class:`ConfigError` whose message names the
-key, the value given and what is allowed.
+plain typed values. Every mistake a user can make in the file — an unknown key, a wrong type,
+a value out of range, a task name that does not exist — raises :class:`ConfigError` whose
+message names the key, the value given and what is allowed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recfound.errors import UserInputError
 
 EMBEDDING_TASKS: tuple[str, ...] = ("user2item", "query2item", "item2item")
 GENERATIVE_TASKS: tuple[str, ...] = (
@@ -39,7 +41,7 @@ ALL_TASKS: tuple[str, ...] = EMBEDDING_TASKS + GENERATIVE_TASKS
 SOURCES: tuple[str, ...] = ("ml-100k", "recbole_atomic", "amazon_jsonl")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A value in params.yaml is wrong; the message says which key and what is allowed."""
 
 
@@ -118,11 +120,119 @@ class TasksConfig(_Section):
         return value
 
 
+class BuiltinBackboneConfig(_Section):
+    """The small Llama-style backbone built when ``model.backbone`` is ``builtin``."""
+
+    hidden_size: int = Field(default=128, ge=16, le=8192)
+    num_layers: int = Field(default=3, ge=1, le=128)
+    num_heads: int = Field(default=4, ge=1, le=128)
+    intermediate_size: int = Field(default=344, ge=16)
+    max_length: int = Field(default=256, ge=16, le=32768, description="Context length in tokens.")
+    vocab_size: int = Field(default=4000, ge=300, le=256000, description="BPE vocabulary size.")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> BuiltinBackboneConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.builtin.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.builtin.num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class TMoLEParams(_Section):
+    """Task-wise Mixture of Low-rank Experts: expert groups, rank and gating."""
+
+    rank: int = Field(default=8, ge=1, le=1024)
+    alpha: float = Field(default=16.0, gt=0)
+    num_embedding_experts: int = Field(default=2, ge=0, le=64)
+    num_shared_experts: int = Field(default=2, ge=0, le=64)
+    num_generative_experts: int = Field(default=2, ge=0, le=64)
+    task_embedding_dim: int = Field(default=32, ge=1, le=4096)
+    top_k: int | None = Field(default=None, ge=1)
+    gate_temperature: float = Field(default=1.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _each_kind_has_experts(self) -> TMoLEParams:
+        if self.num_embedding_experts + self.num_shared_experts == 0:
+            raise ValueError(
+                "embedding tasks have no expert: set num_embedding_experts or "
+                "num_shared_experts above 0"
+            )
+        if self.num_generative_experts + self.num_shared_experts == 0:
+            raise ValueError(
+                "generative tasks have no expert: set num_generative_experts or "
+                "num_shared_experts above 0"
+            )
+        return self
+
+
+class LoRAParams(_Section):
+    """Plain LoRA through peft: the ablation baseline."""
+
+    rank: int = Field(default=16, ge=1, le=4096)
+    alpha: float = Field(default=32.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class ModelConfig(_Section):
+    """Backbone, adapter and the embedding / generation heads."""
+
+    backbone: str = Field(
+        default="builtin",
+        description="'builtin' or the path of a local Hugging Face causal-LM checkpoint directory.",
+    )
+    builtin: BuiltinBackboneConfig = Field(default_factory=BuiltinBackboneConfig)
+    adapter: Literal["tmole", "lora"] = "tmole"
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        min_length=1,
+    )
+    tmole: TMoLEParams = Field(default_factory=TMoLEParams)
+    lora: LoRAParams = Field(default_factory=LoRAParams)
+    pooling: Literal["mean", "last"] = "mean"
+    embedding_attention: Literal["bidirectional", "causal"] = "bidirectional"
+    infonce_temperature: float = Field(default=0.05, gt=0, le=10)
+    max_length: int = Field(default=256, ge=16, description="Longest prompt+answer in tokens.")
+
+
+class PretrainConfig(_Section):
+    """Causal-LM pretraining of the builtin backbone on the corpus text."""
+
+    steps: int = Field(default=300, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    seq_len: int = Field(default=128, ge=8)
+    learning_rate: float = Field(default=2e-3, gt=0, lt=1)
+    warmup_steps: int = Field(default=30, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    heldout_fraction: float = Field(default=0.05, gt=0, lt=0.5)
+    eval_every: int = Field(default=50, ge=1)
+    max_corpus_texts: int = Field(default=50000, ge=100)
+
+
+class TrackingConfig(_Section):
+    """MLflow: the embedded default store unless MLFLOW_TRACKING_URI points elsewhere."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "mlartifacts"
+    experiment: str = "recfound"
+
+
 class PathsConfig(_Section):
     """Where each stage writes (relative to the working directory)."""
 
     interim: str = "data/interim"
     tasks: str = "data/tasks"
+    backbone: str = "models/backbone"
     reports: str = "reports"
 
 
@@ -132,6 +242,9 @@ class Config(_Section):
     seed: int = 42
     data: DataConfig = Field(default_factory=DataConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 
 

@@ -18,7 +18,7 @@ def read_atomic_text(path: Path) -> list[str]:
 
 
 def write_ml100k_slice(folder: Path, num_users: int = 40, name: str = "mini") -> Path:
-    """Copy the first ``num_users`` users of ml-100k (all their ratings and items) as atomic files."""
+    """Copy the first ``num_users`` users of ml-100k (their ratings and items) as atomic files."""
     source = ml100k_folder()
     folder.mkdir(parents=True, exist_ok=True)
     inter = read_atomic_text(source / "ml-100k.inter")

@@ -28,7 +28,9 @@ def test_wrong_type_names_key_and_value() -> None:
 
 
 def test_out_of_range_names_the_bound() -> None:
-    with pytest.raises(ConfigError, match=r"data\.min_user_interactions.*greater than or equal to 3"):
+    with pytest.raises(
+        ConfigError, match=r"data\.min_user_interactions.*greater than or equal to 3"
+    ):
         parse_config({"data": {"min_user_interactions": 1}})
 
 

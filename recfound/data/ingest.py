@@ -73,7 +73,7 @@ def write_tables(tables: S.Tables, folder: str | Path) -> None:
 
 
 def read_tables(folder: str | Path) -> S.Tables:
-    """Read what :func:`write_tables` wrote; a missing or damaged file is an :class:`IngestError`."""
+    """Read what :func:`write_tables` wrote; a missing or damaged file is an ``IngestError``."""
     folder = Path(folder)
     frames: dict[str, pd.DataFrame] = {}
     for name, filename in TABLE_FILES.items():

@@ -3,7 +3,8 @@
 Three sources:
 
 - ``ml-100k``: MovieLens-100K as shipped inside the installed ``recbole`` wheel
-  (``recbole/dataset_example/ml-100k``), found with :mod:`importlib.resources`; nothing is downloaded.
+  (``recbole/dataset_example/ml-100k``), found with :mod:`importlib.resources`; nothing is
+  downloaded.
 - ``recbole_atomic``: any folder of RecBole atomic files ``NAME.inter`` / ``NAME.item`` /
   ``NAME.user`` (tab-separated, header ``field:type``).
 - ``amazon_jsonl``: a folder with ``reviews.jsonl`` (user_id, parent_asin, rating, title, text,
@@ -24,9 +25,10 @@ from pathlib import Path
 import pandas as pd
 
 from recfound.data import schema as S
+from recfound.errors import UserInputError
 
 
-class IngestError(ValueError):
+class IngestError(UserInputError):
     """A source file is missing, unreadable or malformed; the message names the file."""
 
 
@@ -46,7 +48,9 @@ def _read_atomic(path: Path) -> pd.DataFrame:
             header = handle.readline().rstrip("\n").split("\t")
             rows = [line.rstrip("\n").split("\t") for line in handle if line.strip()]
     except UnicodeDecodeError as exc:
-        raise IngestError(f"{path} is not readable UTF-8 text ({exc.reason} at byte {exc.start})")
+        raise IngestError(
+            f"{path} is not readable UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     names = [h.split(":", 1)[0] for h in header]
     if len(names) < 2 or any(not n for n in names):
         raise IngestError(f"{path}: first line must be a RecBole header like 'user_id:token\\t…'")
@@ -163,7 +167,9 @@ def load_recbole_atomic(
 ) -> S.Tables:
     """Load ``NAME.inter`` (required), ``NAME.item`` (required) and ``NAME.user`` (optional)."""
     folder = Path(folder)
-    inter_path, item_path, user_path = (folder / f"{name}.{ext}" for ext in ("inter", "item", "user"))
+    inter_path, item_path, user_path = (
+        folder / f"{name}.{ext}" for ext in ("inter", "item", "user")
+    )
     raw_inter = _read_atomic(inter_path)
     raw_items = _read_atomic(item_path)
     raw_users = _read_atomic(user_path) if user_path.is_file() else None

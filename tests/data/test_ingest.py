@@ -28,8 +28,9 @@ def test_ml100k_comes_from_the_recbole_wheel() -> None:
 
 
 def test_recbole_atomic_folder(mini_atomic: Path) -> None:
-    cfg = parse_config({"data": {"source": "recbole_atomic", "path": str(mini_atomic),
-                                 "dataset_name": "mini"}})
+    cfg = parse_config(
+        {"data": {"source": "recbole_atomic", "path": str(mini_atomic), "dataset_name": "mini"}}
+    )
     tables = load_source(cfg.data)
     assert tables.interactions["user_id"].nunique() == 40
     assert tables.info.name == "recbole_atomic"
@@ -57,14 +58,19 @@ def test_k_core_repeats_until_stable() -> None:
     # with min 2 per user and 2 per item: c goes (1), then z goes (1), then a/b keep x,y
     kept = k_core(inter, min_user=2, min_item=2)
     assert sorted(zip(kept["user_id"], kept["item_id"], strict=True)) == [
-        ("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")
+        ("a", "x"),
+        ("a", "y"),
+        ("b", "x"),
+        ("b", "y"),
     ]
 
 
 def test_filter_keeps_first_users_and_sorts_by_time() -> None:
     cfg = parse_config({"data": {"max_users": 10}})
     tables = filter_tables(load_ml100k(), cfg.data)
-    assert sorted(tables.interactions["user_id"].unique(), key=int) == [str(i) for i in range(1, 11)]
+    assert sorted(tables.interactions["user_id"].unique(), key=int) == [
+        str(i) for i in range(1, 11)
+    ]
     for _, group in tables.interactions.groupby("user_id"):
         assert group["timestamp"].is_monotonic_increasing
 
@@ -82,16 +88,18 @@ def test_truncated_atomic_file_is_named(mini_atomic: Path) -> None:
     inter = mini_atomic / "mini.inter"
     text = inter.read_text()
     inter.write_text(text[: len(text) // 2 + 3])  # cut in the middle of a line
-    cfg = parse_config({"data": {"source": "recbole_atomic", "path": str(mini_atomic),
-                                 "dataset_name": "mini"}})
+    cfg = parse_config(
+        {"data": {"source": "recbole_atomic", "path": str(mini_atomic), "dataset_name": "mini"}}
+    )
     with pytest.raises(IngestError, match=r"mini\.inter: line\(s\) \[\d+\].*truncated"):
         load_source(cfg.data)
 
 
 def test_unreadable_binary_file_is_named(mini_atomic: Path) -> None:
     (mini_atomic / "mini.item").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
-    cfg = parse_config({"data": {"source": "recbole_atomic", "path": str(mini_atomic),
-                                 "dataset_name": "mini"}})
+    cfg = parse_config(
+        {"data": {"source": "recbole_atomic", "path": str(mini_atomic), "dataset_name": "mini"}}
+    )
     with pytest.raises(IngestError, match=r"mini\.item is not readable UTF-8"):
         load_source(cfg.data)
 

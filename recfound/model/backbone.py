@@ -1,0 +1,136 @@
+"""The backbone: a local Hugging Face causal LM, or the builtin small Llama-style model.
+
+The builtin backbone is built from numbers (no download): a Llama architecture sized by
+``model.builtin`` and a byte-level BPE tokenizer trained with ``tokenizers`` on the corpus. Either
+way the result is a ``(model, tokenizer)`` pair of stock transformers classes, saved and loaded with
+``save_pretrained`` / ``from_pretrained`` from a local directory only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from recfound.errors import UserInputError
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+POINTER_FILE = "backbone.json"
+
+
+class BackboneError(UserInputError):
+    """The backbone directory is missing, incomplete or not a causal LM."""
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    """Sizes of the builtin backbone (mirrors ``model.builtin`` in params.yaml)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_length: int
+    vocab_size: int
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer; every text is BOS-prefixed when ``add_special_tokens``."""
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[PAD, BOS, EOS, UNK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    bos_id = tokenizer.token_to_id(BOS)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        padding_side="right",
+    )
+
+
+def build_builtin_backbone(spec: BuiltinSpec, tokenizer: PreTrainedTokenizerFast, seed: int):
+    """A freshly initialised Llama-style causal LM sized by ``spec``, matched to ``tokenizer``."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config)
+
+
+def save_backbone(model: PreTrainedModel, tokenizer, directory: str | Path) -> None:
+    """Save model and tokenizer with ``save_pretrained`` (safetensors)."""
+    directory = Path(directory)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+def write_pointer(directory: str | Path, checkpoint: str | Path) -> None:
+    """Record that the backbone is a user's checkpoint elsewhere (nothing was pretrained)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / POINTER_FILE).write_text(
+        json.dumps({"checkpoint": str(Path(checkpoint).resolve())}, indent=2) + "\n"
+    )
+
+
+def resolve_backbone_dir(directory: str | Path) -> Path:
+    """The directory that holds the weights: ``directory`` itself, or the one its pointer names."""
+    directory = Path(directory)
+    pointer = directory / POINTER_FILE
+    if pointer.is_file():
+        return Path(json.loads(pointer.read_text())["checkpoint"])
+    return directory
+
+
+def load_backbone(directory: str | Path, dtype: torch.dtype = torch.float32):
+    """Load ``(model, tokenizer)`` from a local directory; never touches a hub."""
+    directory = resolve_backbone_dir(directory)
+    if not (directory / "config.json").is_file():
+        raise BackboneError(
+            f"{directory} is not a Hugging Face checkpoint directory (no config.json); "
+            "set model.backbone to 'builtin' or to a local causal-LM directory"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"cannot load the backbone from {directory}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,239 @@
+"""One model for generation and embeddings (GritLM-style, as in RecFound).
+
+:class:`RecModel` wraps an adapted causal LM (TMoLE or plain LoRA) and its tokenizer:
+
+- ``generate(prompts, task)`` — greedy text generation for generative tasks;
+- ``embed(texts, task)`` — L2-normalised vectors: mean pooling over the input tokens with
+  bidirectional attention by default (causal attention and last-token pooling are options);
+- ``score(prompts, candidates, task)`` — log-likelihood of each candidate answer given the prompt
+  (ratings, like/dislike, candidate ranking);
+- ``generative_loss`` — next-token cross-entropy on answer tokens only;
+- ``contrastive_loss`` — InfoNCE with in-batch negatives at a temperature.
+
+The adapter decides how the task changes the weights; this class only tells it which task each
+sample belongs to (``adapter.task(names)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+class TaskAdapter(Protocol):
+    """What RecModel needs of an adapter (TMoLE or LoRA)."""
+
+    model: torch.nn.Module
+
+    def task(self, task: str | Sequence[str]) -> contextlib.AbstractContextManager: ...
+
+
+def bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype, implementation: str):
+    """A 4D mask ``(batch, 1, seq, seq)`` letting every token attend to every non-pad token.
+
+    Transformers uses a 4D mask as given. SDPA takes booleans (True = attend); eager attention adds
+    the mask, so it gets 0 / most-negative floats.
+    """
+    keep = attention_mask[:, None, None, :].bool().expand(-1, 1, attention_mask.shape[1], -1)
+    if implementation == "eager":
+        mask = torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device)
+        return mask.masked_fill(~keep, torch.finfo(dtype).min)
+    return keep
+
+
+class RecModel:
+    """An adapted causal LM that generates, embeds and scores for recommendation tasks."""
+
+    def __init__(
+        self,
+        adapter: TaskAdapter,
+        tokenizer,
+        *,
+        pooling: Literal["mean", "last"] = "mean",
+        embedding_attention: Literal["bidirectional", "causal"] = "bidirectional",
+        max_length: int = 256,
+        temperature: float = 0.05,
+    ) -> None:
+        self.adapter = adapter
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.embedding_attention = embedding_attention
+        self.max_length = max_length
+        self.temperature = temperature
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.adapter.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- batching -------------------------------------------------------------------------
+
+    def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {
+            k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")
+        }
+
+    def encode_with_answers(
+        self, prompts: Sequence[str], answers: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Token ids of ``prompt + answer + EOS``; labels are -100 everywhere but the answer.
+
+        Long prompts are cut from the left so the answer always fits in ``max_length``.
+        """
+        tok = self.tokenizer
+        rows, labels = [], []
+        for prompt, answer in zip(prompts, answers, strict=True):
+            p_ids = tok(prompt)["input_ids"]
+            a_ids = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            a_ids = a_ids[: self.max_length // 2]
+            p_ids = p_ids[-(self.max_length - len(a_ids)) :]
+            rows.append(p_ids + a_ids)
+            labels.append([IGNORE_INDEX] * len(p_ids) + a_ids)
+        width = max(len(r) for r in rows)
+        pad = tok.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, lab) in enumerate(zip(rows, labels, strict=True)):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            label_ids[i, : len(lab)] = torch.tensor(lab)
+            mask[i, : len(row)] = 1
+        return {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "labels": label_ids.to(self.device),
+        }
+
+    @contextlib.contextmanager
+    def _for_tasks(self, tasks: str | Sequence[str], n: int) -> Iterator[None]:
+        names = [tasks] * n if isinstance(tasks, str) else list(tasks)
+        if len(names) != n:
+            raise ValueError(f"got {len(names)} task names for {n} samples")
+        with self.adapter.task(names):
+            yield
+
+    # ---- generation ------------------------------------------------------------------------
+
+    def answer_token_logprobs(
+        self, prompts: Sequence[str], answers: Sequence[str], tasks: str | Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probabilities of the answers, and the mask of answer positions."""
+        batch = self.encode_with_answers(prompts, answers)
+        with self._for_tasks(tasks, len(prompts)):
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        targets = batch["labels"][:, 1:]
+        mask = targets != IGNORE_INDEX
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return picked * mask, mask
+
+    def generative_loss(
+        self, prompts: Sequence[str], answers: Sequence[str], tasks: str | Sequence[str]
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy over answer tokens (prompt tokens do not count)."""
+        picked, mask = self.answer_token_logprobs(prompts, answers, tasks)
+        return -(picked.sum() / mask.sum().clamp(min=1))
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        task: str,
+        length_normalize: bool = True,
+    ) -> list[list[float]]:
+        """Log-likelihood of each candidate answer after its prompt (mean per token by default)."""
+        flat_prompts = [p for p, cands in zip(prompts, candidates, strict=True) for _ in cands]
+        flat_answers = [c for cands in candidates for c in cands]
+        picked, mask = self.answer_token_logprobs(flat_prompts, flat_answers, task)
+        totals = picked.sum(-1)
+        if length_normalize:
+            totals = totals / mask.sum(-1).clamp(min=1)
+        values = totals.tolist()
+        out, start = [], 0
+        for cands in candidates:
+            out.append(values[start : start + len(cands)])
+            start += len(cands)
+        return out
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], task: str, max_new_tokens: int = 32) -> list[str]:
+        """Greedy continuation of each prompt, decoded without special tokens."""
+        self.model.eval()
+        tok = self.tokenizer
+        outputs = []
+        for prompt in prompts:  # one at a time: right padding would break greedy decoding
+            ids = self._encode([prompt])["input_ids"]
+            with self._for_tasks(task, 1):
+                generated = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
+            outputs.append(tok.decode(generated[0, ids.shape[1] :], skip_special_tokens=True))
+        return [o.strip() for o in outputs]
+
+    # ---- embeddings ------------------------------------------------------------------------
+
+    def embed_batch(self, texts: Sequence[str], tasks: str | Sequence[str]) -> torch.Tensor:
+        """Normalised embeddings ``(len(texts), hidden)``, with gradients (for training)."""
+        batch = self._encode(texts)
+        mask = batch["attention_mask"]
+        attention = mask
+        if self.embedding_attention == "bidirectional":
+            config = self.model.config
+            attention = bidirectional_mask(
+                mask, next(self.model.parameters()).dtype, config._attn_implementation
+            )
+        with self._for_tasks(tasks, len(texts)):
+            out = self.model(
+                input_ids=batch["input_ids"], attention_mask=attention, output_hidden_states=True
+            )
+        hidden = out.hidden_states[-1].float()
+        if self.pooling == "mean":
+            weights = mask.unsqueeze(-1).float()
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:  # last non-pad token
+            last = mask.sum(1) - 1
+            pooled = hidden[torch.arange(len(texts), device=hidden.device), last]
+        return F.normalize(pooled, dim=-1)
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str], task: str, batch_size: int = 64) -> torch.Tensor:
+        """Normalised embeddings for many texts, in batches, without gradients."""
+        self.model.eval()
+        parts = [
+            self.embed_batch(texts[i : i + batch_size], task)
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(parts) if parts else torch.empty(0)
+
+    def contrastive_loss(
+        self, queries: Sequence[str], positives: Sequence[str], tasks: str | Sequence[str]
+    ) -> torch.Tensor:
+        """InfoNCE: each query against its positive and the batch's other positives."""
+        q = self.embed_batch(queries, tasks)
+        d = self.embed_batch(positives, tasks)
+        logits = q @ d.T / self.temperature
+        return F.cross_entropy(logits, torch.arange(len(queries), device=logits.device))

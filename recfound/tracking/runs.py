@@ -1,0 +1,60 @@
+"""MLflow runs for the pipeline's stages.
+
+The embedded default is ``sqlite:///mlflow.db`` with artifacts under ``mlartifacts/``;
+``MLFLOW_TRACKING_URI`` (e.g. the cluster's MLflow server) wins over params.yaml.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from recfound.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+
+def configure_tracking(cfg: TrackingConfig) -> str:
+    """Point MLflow at the configured store and make sure the experiment exists; returns the URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        location = None
+        if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+            location = Path(cfg.artifact_location).resolve().as_uri()
+        mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    mlflow.set_experiment(cfg.experiment)
+    return uri
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    else:
+        out[prefix] = value
+
+
+def flatten_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Nested settings → ``{"model.tmole.rank": 8, ...}`` (MLflow params are flat strings)."""
+    out: dict[str, Any] = {}
+    _flatten("", params, out)
+    return {k: (str(v)[:500] if v is not None else "null") for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def stage_run(
+    cfg: TrackingConfig, stage: str, params: dict[str, Any], tags: dict[str, str] | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run named after the stage, with the stage's settings logged as params."""
+    uri = configure_tracking(cfg)
+    with mlflow.start_run(run_name=stage, tags={"recfound.stage": stage, **(tags or {})}) as run:
+        mlflow.log_params(flatten_params(params))
+        log.info("MLflow run %s (%s) at %s", run.info.run_id, stage, uri)
+        yield run

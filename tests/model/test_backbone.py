@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from recfound.model.backbone import (
+    BackboneError,
+    BuiltinSpec,
+    build_builtin_backbone,
+    load_backbone,
+    save_backbone,
+    train_bpe_tokenizer,
+    write_pointer,
+)
+
+TEXTS = [f"Movie number {i} (199{i % 10}) — categories: Drama, Comedy" for i in range(300)]
+SPEC = BuiltinSpec(
+    hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_length=64, vocab_size=400
+)
+
+
+def test_tokenizer_round_trips_text_and_has_special_tokens() -> None:
+    tok = train_bpe_tokenizer(TEXTS, vocab_size=400)
+    ids = tok("Movie number 7 (1997)")["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "Movie number 7 (1997)"
+    assert {tok.pad_token, tok.eos_token, tok.unk_token} == {"<pad>", "</s>", "<unk>"}
+    assert len(tok) <= 400
+
+
+def test_builtin_backbone_save_load_gives_same_logits(tmp_path: Path) -> None:
+    tok = train_bpe_tokenizer(TEXTS, vocab_size=400)
+    model = build_builtin_backbone(SPEC, tok, seed=0).eval()
+    save_backbone(model, tok, tmp_path / "bb")
+    loaded, tok2 = load_backbone(tmp_path / "bb")
+    ids = tok(["Movie number 3"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, loaded.eval()(ids).logits, atol=1e-6)
+    assert tok2("Movie")["input_ids"] == tok("Movie")["input_ids"]
+    # a pointer directory resolves to the checkpoint it names
+    write_pointer(tmp_path / "ptr", tmp_path / "bb")
+    again, _ = load_backbone(tmp_path / "ptr")
+    assert again.config.hidden_size == 32
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BackboneError, match="no config.json"):
+        load_backbone(tmp_path)

@@ -1,0 +1,139 @@
+"""The `recfound` command as a user runs it: help texts, exit codes and messages on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recfound.cli import EXIT_INVALID_DATA, EXIT_USER_ERROR, STAGES, main
+from tests.conftest import file_digests
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "recfound.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
+
+
+def test_help_describes_every_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for stage in STAGES:
+        assert stage in text
+    for stage in STAGES:
+        with pytest.raises(SystemExit):
+            main([stage, "--help"])
+        stage_help = capsys.readouterr().out
+        assert "--params" in stage_help
+        assert len(stage_help) > 300  # a real description, not just usage
+
+
+def test_console_script_is_installed() -> None:
+    script = shutil.which("recfound", path=str(Path(sys.executable).parent))
+    assert script is not None
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "build-tasks" in out
+
+
+def test_params_typo_names_the_key(mini_project: Path) -> None:
+    params = mini_project / "params.yaml"
+    params.write_text(params.read_text().replace("history_length:", "histroy_length:"))
+    result = run_cli("ingest", cwd=mini_project)
+    assert result.returncode == EXIT_USER_ERROR
+    assert "tasks.histroy_length: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (mini_project / "data").exists()  # nothing was written
+
+
+@pytest.mark.slow
+def test_stages_end_to_end_on_a_small_atomic_folder(mini_project: Path) -> None:
+    for stage in ("ingest", "validate", "build-tasks"):
+        result = run_cli(stage, cwd=mini_project)
+        assert result.returncode == 0, result.stderr
+    counts = json.loads((mini_project / "reports" / "task_counts.json").read_text())
+    assert counts["num_embedding_tasks"] == 3
+    assert counts["num_generative_tasks"] >= 10
+    manifest = json.loads((mini_project / "data" / "tasks" / "manifest.json").read_text())
+    assert "review_text" in manifest["skipped"]["sentiment_analysis"]
+    train = pd.read_parquet(mini_project / "data" / "tasks" / "user2item" / "train.parquet")
+    assert len(train) > 0
+    assert (mini_project / "reports" / "validation" / "tables.json").is_file()
+    assert (mini_project / "reports" / "validation" / "tasks.json").is_file()
+
+
+CORRUPTIONS = {
+    # name: (file, line transform, words the error must contain)
+    "rating_out_of_range": ("mini.inter", lambda i, ln: ln.replace("\t3\t", "\t7\t", 1), "rating"),
+    "unknown_item": (
+        "mini.inter",
+        lambda i, ln: ln.split("\t", 1)[0] + "\t999999\t" + ln.split("\t", 2)[2] if i == 5 else ln,
+        "item_id",
+    ),
+    "duplicated_item_ids": (
+        "mini.item",
+        lambda i, ln: "1\t" + ln.split("\t", 1)[1] if i == 3 else ln,
+        "item_id",
+    ),
+    "empty_title": (
+        "mini.item",
+        lambda i, ln: "\t".join([ln.split("\t")[0], "", *ln.split("\t")[2:]]) if i == 2 else ln,
+        "title",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corrupted_data_stops_validate_and_keeps_outputs(
+    name: str, mini_project: Path, mini_atomic: Path
+) -> None:
+    assert run_cli("ingest", cwd=mini_project).returncode == 0
+    assert run_cli("validate", cwd=mini_project).returncode == 0
+    assert run_cli("build-tasks", cwd=mini_project).returncode == 0
+    tasks_before = file_digests(mini_project / "data" / "tasks")
+
+    filename, transform, words = CORRUPTIONS[name]
+    path = mini_atomic / filename
+    lines = path.read_text().splitlines()
+    path.write_text(
+        "\n".join([lines[0]] + [transform(i, ln) for i, ln in enumerate(lines[1:], 1)]) + "\n"
+    )
+
+    assert run_cli("ingest", cwd=mini_project).returncode == 0  # parsing is fine; semantics are not
+    result = run_cli("validate", cwd=mini_project)
+    assert result.returncode == EXIT_INVALID_DATA, result.stderr
+    assert "data validation failed" in result.stderr
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (mini_project / "reports" / "validation" / "tables.json").is_file()
+    assert (mini_project / "reports" / "validation" / "data_docs" / "index.html").is_file()
+    # the task datasets built from the good data are untouched
+    assert file_digests(mini_project / "data" / "tasks") == tasks_before
+
+
+def test_truncated_source_file_exit_code_and_outputs_kept(
+    mini_project: Path, mini_atomic: Path
+) -> None:
+    assert run_cli("ingest", cwd=mini_project).returncode == 0
+    interim_before = file_digests(mini_project / "data" / "interim")
+    inter = mini_atomic / "mini.inter"
+    text = inter.read_text()
+    inter.write_text(text[: len(text) - 7])
+    result = run_cli("ingest", cwd=mini_project)
+    assert result.returncode == EXIT_USER_ERROR
+    assert "mini.inter" in result.stderr and "truncated" in result.stderr
+    assert file_digests(mini_project / "data" / "interim") == interim_before

@@ -1,0 +1,71 @@
+"""`dvc repro` on a copy of the repository (tiny params): stages run, a re-run does nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run(
+        [str(Path(bin_dir) / "dvc"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.fixture()
+def repo_copy(tmp_path: Path) -> Path:
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", ".dvcignore"):
+        if (REPO_ROOT / name).exists():
+            shutil.copy(REPO_ROOT / name, work / name)
+    shutil.copytree(
+        REPO_ROOT / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache")
+    )
+    shutil.copytree(
+        REPO_ROOT / "recfound", work / "recfound", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    write_params(
+        work / "params.yaml",
+        data={"max_users": 60},
+        tasks={"max_train_per_task": 60, "max_eval_per_task": 15},
+    )
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    return work
+
+
+def test_dvc_repro_runs_the_data_stages_then_is_a_no_op(repo_copy: Path) -> None:
+    first = _dvc("repro", cwd=repo_copy)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stage in ("ingest", "validate", "build_tasks"):
+        assert f"Running stage '{stage}'" in first.stdout
+    metrics = json.loads((repo_copy / "reports" / "task_counts.json").read_text())
+    assert metrics["num_embedding_tasks"] == 3 and metrics["num_generative_tasks"] >= 10
+    assert (repo_copy / "dvc.lock").is_file()
+
+    second = _dvc("repro", cwd=repo_copy)
+    assert second.returncode == 0, second.stderr
+    assert "Running stage" not in second.stdout
+    status = _dvc("status", cwd=repo_copy)
+    assert "up to date" in status.stdout
+
+    shown = _dvc("metrics", "show", "--json", cwd=repo_copy)
+    assert shown.returncode == 0
+    assert "num_generative_tasks" in shown.stdout
