@@ -1,0 +1,393 @@
+"""What every task builder shares: the :class:`TaskBuilder` contract and the :class:`TaskContext`.
+
+The context is computed once per build from the normalized tables: cold items are removed, every
+user's interactions are put in time order and split by leave-one-out, and per-user timelines are
+kept so each builder only *reads* them. Builders never see cold-item interactions except through
+``cold_interactions`` (used by ``zero_shot`` for evaluation only).
+
+Two kinds of split are used by builders:
+
+- **user-based** tasks draw targets from the leave-one-out split
+  (:meth:`TaskContext.user_examples`): a train example's target and history are the user's train
+  interactions; a valid/test example's target is the held-out interaction and its history
+  everything before it.
+- **item-level** tasks (about items or item pairs, no user) split by a seeded hash of the item or
+  pair key (:meth:`TaskContext.item_split`), 80/10/10.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from recfound.data.schema import SPLITS, Tables, TaskKind, TaskRecord
+from recfound.data.splits import SPLIT_COLUMN, choose_cold_items, split_leave_one_out
+
+ITEM_SPLIT_PERCENT = {"train": 80, "valid": 10, "test": 10}
+YES_NO = ["yes", "no"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """The attributes of one item that prompts are written from."""
+
+    item_id: str
+    title: str
+    genres: tuple[str, ...]
+    year: int | None
+    description: str
+
+
+@dataclass(frozen=True)
+class UserTimeline:
+    """One user's warm (non-cold) interactions in time order, each item once.
+
+    The first ``num_train`` entries are training interactions; after them come the valid and the
+    test interaction (users with fewer than 3 interactions have ``num_train == len(item_ids)``).
+    """
+
+    user_id: str
+    item_ids: tuple[str, ...]
+    ratings: tuple[float, ...]
+    num_train: int
+
+    @property
+    def held_out_ids(self) -> frozenset[str]:
+        """Valid and test target items: never allowed in a train record of this user."""
+        return frozenset(self.item_ids[self.num_train :])
+
+    @property
+    def train_ids(self) -> tuple[str, ...]:
+        return self.item_ids[: self.num_train]
+
+
+@dataclass(frozen=True)
+class UserExample:
+    """The interaction at ``position`` of ``timeline`` as a target, with what came before it."""
+
+    timeline: UserTimeline
+    position: int
+    split: str
+    history_length: int
+    row: int  # the row of ``TaskContext.interactions`` this target comes from
+
+    @property
+    def user_id(self) -> str:
+        return self.timeline.user_id
+
+    @property
+    def target_id(self) -> str:
+        return self.timeline.item_ids[self.position]
+
+    @property
+    def rating(self) -> float:
+        return self.timeline.ratings[self.position]
+
+    @property
+    def _start(self) -> int:
+        return max(0, self.position - self.history_length)
+
+    @property
+    def history_ids(self) -> list[str]:
+        """The last ``history_length`` items before the target, oldest first."""
+        return list(self.timeline.item_ids[self._start : self.position])
+
+    @property
+    def history_ratings(self) -> list[float]:
+        return list(self.timeline.ratings[self._start : self.position])
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash that, unlike ``hash()``, is the same in every process."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def format_rating(value: float) -> str:
+    """``4.0`` → ``"4"``, ``3.5`` → ``"3.5"``: ratings as a model should write them."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+@dataclass
+class TaskContext:
+    """Everything a builder reads, computed once per build (see the module docstring)."""
+
+    tables: Tables
+    interactions: pd.DataFrame
+    cold_items: frozenset[str]
+    cold_interactions: pd.DataFrame
+    items: dict[str, ItemInfo]
+    timelines: dict[str, UserTimeline]
+    item_pool: np.ndarray
+    seed: int
+    history_length: int
+    num_candidates: int
+    max_train_per_task: int
+    max_eval_per_task: int
+    category_word: str
+    item_noun: str
+    _flat_user: np.ndarray
+    _flat_position: np.ndarray
+
+    @classmethod
+    def from_tables(
+        cls,
+        tables: Tables,
+        *,
+        seed: int,
+        history_length: int,
+        num_candidates: int,
+        max_train_per_task: int,
+        max_eval_per_task: int,
+        cold_item_fraction: float,
+    ) -> TaskContext:
+        """Remove cold items, deduplicate, split by leave-one-out and index per-user timelines.
+
+        Interactions with items missing from the items table are dropped (no text to show). A user
+        who met the same item twice keeps only the later interaction, so a held-out item can never
+        also sit in that user's training history.
+        """
+        items = _item_infos(tables.items)
+        raw = tables.interactions
+        raw = raw[raw["item_id"].isin(items.keys())].reset_index(drop=True)
+        cold = frozenset(choose_cold_items(raw, cold_item_fraction, seed))
+        is_cold = raw["item_id"].isin(cold)
+        warm = raw[~is_cold]
+        warm = (
+            warm.sort_values("timestamp", kind="mergesort")
+            .drop_duplicates(["user_id", "item_id"], keep="last")
+            .sort_index()
+        )
+        split = split_leave_one_out(warm)
+        position = split.groupby("user_id", sort=False).cumcount().to_numpy()
+
+        users = split["user_id"].to_numpy()
+        item_ids = split["item_id"].to_numpy()
+        ratings = split["rating"].to_numpy(dtype=float)
+        is_train = split[SPLIT_COLUMN].to_numpy() == "train"
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else []
+        ends = np.r_[starts[1:], len(users)] if len(users) else []
+        timelines = {}
+        for start, end in zip(starts, ends, strict=True):
+            timelines[str(users[start])] = UserTimeline(
+                user_id=str(users[start]),
+                item_ids=tuple(str(i) for i in item_ids[start:end]),
+                ratings=tuple(float(r) for r in ratings[start:end]),
+                num_train=int(is_train[start:end].sum()),
+            )
+        cold_interactions = raw[is_cold & raw["user_id"].isin(timelines.keys())]
+        pool = np.array(sorted(i for i in items if i not in cold), dtype=object)
+        # Words for prompts: MovieLens items are movies with genres; other sources are generic.
+        category_word = "categories" if tables.info.name == "amazon_jsonl" else "genres"
+        item_noun = "movie" if tables.info.name == "ml-100k" else "item"
+        return cls(
+            tables=tables,
+            interactions=split,
+            cold_items=cold,
+            cold_interactions=cold_interactions.reset_index(drop=True),
+            items=items,
+            timelines=timelines,
+            item_pool=pool,
+            seed=seed,
+            history_length=history_length,
+            num_candidates=num_candidates,
+            max_train_per_task=max_train_per_task,
+            max_eval_per_task=max_eval_per_task,
+            category_word=category_word,
+            item_noun=item_noun,
+            _flat_user=users,
+            _flat_position=position,
+        )
+
+    # --- randomness and caps -------------------------------------------------------------
+
+    def rng(self, task: str) -> np.random.Generator:
+        """A generator of its own per task, so adding a task never changes another's data."""
+        return np.random.default_rng([self.seed, zlib.crc32(task.encode("utf-8"))])
+
+    def cap_for(self, split: str) -> int:
+        return self.max_train_per_task if split == "train" else self.max_eval_per_task
+
+    def cap_records(self, records: list[TaskRecord], rng: np.random.Generator) -> list[TaskRecord]:
+        """Keep at most ``cap_for(split)`` records per split (seeded), in their original order."""
+        kept: list[TaskRecord] = []
+        for split in SPLITS:
+            in_split = [r for r in records if r.split == split]
+            kept.extend(self.subsample(in_split, self.cap_for(split), rng))
+        return kept
+
+    @staticmethod
+    def subsample(values: Sequence[T], cap: int, rng: np.random.Generator) -> list[T]:
+        """A seeded subset of at most ``cap`` values, in their original order."""
+        if len(values) <= cap:
+            return list(values)
+        chosen = np.sort(rng.choice(len(values), size=cap, replace=False))
+        return [values[i] for i in chosen]
+
+    def item_split(self, key: str) -> str:
+        """train/valid/test (80/10/10) by a seeded hash of an item or pair key."""
+        bucket = stable_hash(f"{self.seed}|{key}") % 100
+        if bucket < ITEM_SPLIT_PERCENT["train"]:
+            return "train"
+        if bucket < ITEM_SPLIT_PERCENT["train"] + ITEM_SPLIT_PERCENT["valid"]:
+            return "valid"
+        return "test"
+
+    # --- users ---------------------------------------------------------------------------
+
+    @property
+    def rating_threshold(self) -> float:
+        return self.tables.info.rating_threshold
+
+    def user_examples(
+        self,
+        rng: np.random.Generator,
+        split: str,
+        *,
+        min_history: int = 1,
+        where: np.ndarray | None = None,
+    ) -> list[UserExample]:
+        """A seeded sample (at most ``cap_for(split)``) of leave-one-out targets in ``split``.
+
+        ``where`` is an optional boolean mask aligned with ``self.interactions`` rows (e.g. only
+        liked interactions). Train targets are train interactions with at least ``min_history``
+        earlier ones; valid/test targets are the users' held-out interactions.
+        """
+        mask = (self.interactions[SPLIT_COLUMN].to_numpy() == split) & (
+            self._flat_position >= min_history
+        )
+        if where is not None:
+            mask &= where
+        rows = np.flatnonzero(mask)
+        cap = self.cap_for(split)
+        if len(rows) > cap:
+            rows = np.sort(rng.choice(rows, size=cap, replace=False))
+        return [
+            UserExample(
+                timeline=self.timelines[str(self._flat_user[row])],
+                position=int(self._flat_position[row]),
+                split=split,
+                history_length=self.history_length,
+                row=int(row),
+            )
+            for row in rows
+        ]
+
+    def liked_mask(self) -> np.ndarray:
+        """Rows of ``self.interactions`` rated at or above the source's like threshold."""
+        return self.interactions["rating"].to_numpy(dtype=float) >= self.rating_threshold
+
+    @property
+    def train_interactions(self) -> pd.DataFrame:
+        """Warm train interactions only: the one safe basis for item statistics."""
+        return self.interactions[self.interactions[SPLIT_COLUMN] == "train"]
+
+    def sample_negatives(
+        self, rng: np.random.Generator, exclude: set[str] | frozenset[str], count: int
+    ) -> list[str]:
+        """``count`` distinct warm items not in ``exclude`` (fewer only if the pool runs out)."""
+        chosen: list[str] = []
+        taken = set(exclude)
+        if len(self.item_pool) - len(taken) < 4 * count:  # small pool: enumerate what is left
+            left = [i for i in self.item_pool if i not in taken]
+            return [left[i] for i in rng.permutation(len(left))[:count]]
+        while len(chosen) < count:
+            for item in rng.choice(self.item_pool, size=2 * count):
+                if item not in taken:
+                    chosen.append(str(item))
+                    taken.add(item)
+                    if len(chosen) == count:
+                        break
+        return chosen
+
+    def candidates_for(
+        self, rng: np.random.Generator, example: UserExample, count: int
+    ) -> list[str]:
+        """``count`` item ids in seeded order: the target plus negatives the user never met.
+
+        Negatives exclude every item of the user's timeline, so a train record never shows the
+        user's valid or test items.
+        """
+        negatives = self.sample_negatives(rng, set(example.timeline.item_ids), count - 1)
+        ids = [example.target_id, *negatives]
+        return [ids[i] for i in rng.permutation(len(ids))]
+
+    # --- text ----------------------------------------------------------------------------
+
+    def item_title(self, item_id: str) -> str:
+        """``"Toy Story (1995)"``: the title, with the year where the source has one."""
+        item = self.items[item_id]
+        return f"{item.title} ({item.year})" if item.year is not None else item.title
+
+    def item_text(self, item_id: str) -> str:
+        """``"Toy Story (1995) — genres: Animation, Children's, Comedy"`` (+ description)."""
+        item = self.items[item_id]
+        parts = [self.item_title(item_id)]
+        if item.genres:
+            parts.append(f"{self.category_word}: {', '.join(item.genres)}")
+        if item.description:
+            parts.append(item.description[:300])
+        return " — ".join(parts)
+
+    def history_text(self, item_ids: Sequence[str], ratings: Sequence[float] | None = None) -> str:
+        """Items as a ``; ``-joined list of titles, with ``: 4/5`` ratings when given."""
+        if ratings is None:
+            return "; ".join(self.item_title(i) for i in item_ids)
+        top = format_rating(self.tables.info.rating_max)
+        return "; ".join(
+            f"{self.item_title(i)}: {format_rating(r)}/{top}"
+            for i, r in zip(item_ids, ratings, strict=True)
+        )
+
+
+def _item_infos(items: pd.DataFrame) -> dict[str, ItemInfo]:
+    infos: dict[str, ItemInfo] = {}
+    for item_id, title, description, categories, year in items[
+        ["item_id", "title", "description", "categories", "year"]
+    ].itertuples(index=False, name=None):
+        title = "" if pd.isna(title) else str(title).strip()
+        if not title:
+            continue  # an item without a title cannot be shown in any prompt
+        genres = tuple(g for g in str(categories or "").split("|") if g and g != "nan")
+        infos[str(item_id)] = ItemInfo(
+            item_id=str(item_id),
+            title=title,
+            genres=genres,
+            year=None if pd.isna(year) else int(year),
+            description="" if pd.isna(description) else str(description).strip(),
+        )
+    return infos
+
+
+class TaskBuilder(ABC):
+    """One task: its name, kind, the source signals it needs, and how its records are made.
+
+    ``derived`` is one sentence saying how the task is made from the source's real signals where
+    the source lacks the task's natural signal (e.g. no search queries on ml-100k); it is empty
+    when the task uses its natural signal. ``eval_only`` tasks (zero_shot) have no train records by
+    design and are not skipped for that.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[TaskKind]
+    needs: ClassVar[frozenset[str]]
+    derived: ClassVar[str] = ""
+    eval_only: ClassVar[bool] = False
+
+    @abstractmethod
+    def build(self, ctx: TaskContext) -> list[TaskRecord]:
+        """Records for all three splits, already capped (see :meth:`TaskContext.cap_records`)."""
+
+    def record(self, split: str, prompt: str, target: str, **fields: object) -> TaskRecord:
+        """A :class:`TaskRecord` of this task (name and kind filled in)."""
+        return TaskRecord(
+            task=self.name, kind=self.kind, split=split, prompt=prompt, target=target, **fields
+        )

@@ -1,0 +1,62 @@
+"""conversational_rec (generative): a short dialogue of stated preferences → a recommendation."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from recfound.data import schema as S
+from recfound.data.schema import SPLITS, TaskRecord
+from recfound.data.tasks.base import TaskBuilder, TaskContext, UserExample
+
+STATED_GENRES = 2
+
+
+class ConversationalRecBuilder(TaskBuilder):
+    """The user's side of the dialogue states their most frequent genres among the items they
+    liked before the target and names the last one they liked; the answer is the liked target."""
+
+    name = "conversational_rec"
+    kind = "generative"
+    needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT})
+    derived = (
+        "The source has no dialogues: each dialogue is templated from the user's real liked "
+        "history (top genres and last liked item) and answered with the next item they liked."
+    )
+
+    def build(self, ctx: TaskContext) -> list[TaskRecord]:
+        rng = ctx.rng(self.name)
+        liked = ctx.liked_mask()
+        records = []
+        for split in SPLITS:
+            for example in ctx.user_examples(rng, split, where=liked):
+                candidate_ids = ctx.candidates_for(rng, example, ctx.num_candidates)
+                records.append(
+                    self.record(
+                        split,
+                        prompt=self._dialogue(ctx, example),
+                        target=ctx.item_title(example.target_id),
+                        user_id=example.user_id,
+                        item_id=example.target_id,
+                        history_ids=example.history_ids,
+                        candidates=[ctx.item_title(i) for i in candidate_ids],
+                        candidate_ids=candidate_ids,
+                    )
+                )
+        return records
+
+    def _dialogue(self, ctx: TaskContext, example: UserExample) -> str:
+        history = example.history_ids
+        liked = [
+            i
+            for i, r in zip(history, example.history_ratings, strict=True)
+            if r >= ctx.rating_threshold
+        ] or history
+        counts = Counter(g for i in liked for g in ctx.items[i].genres)
+        top = [g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        likes = f"I like {' and '.join(top[:STATED_GENRES])}; " if top else ""
+        return (
+            f"User: Can you recommend a {ctx.item_noun}?\n"
+            f"Assistant: Sure! What do you usually enjoy?\n"
+            f"User: {likes}recently I enjoyed {ctx.item_title(liked[-1])}.\n"
+            f"Assistant: Which {ctx.item_noun} would you recommend?"
+        )
