@@ -18,6 +18,7 @@ log = logging.getLogger("recfound")
 
 EXIT_USER_ERROR = 2
 EXIT_INVALID_DATA = 3
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, as a shell reports a terminated process
 
 
 def _ingest(cfg: Config, args: argparse.Namespace) -> None:
@@ -42,6 +43,12 @@ def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
     from recfound.stages.pretrain import run_pretrain
 
     run_pretrain(cfg)
+
+
+def _train(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.stages.train import run_train
+
+    run_train(cfg, resume=args.resume)
 
 
 STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]] = {
@@ -86,6 +93,17 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "go to MLflow and reports/pretrain.json. With model.backbone set to a local checkpoint "
         "directory it records that there was nothing to do.",
     ),
+    "train": (
+        _train,
+        "train TMoLE adapters on all tasks at once with the S2Sched sampler",
+        "Trains the adapter (model.adapter: tmole or lora) on every built task at once; "
+        "train.strategy picks the sampler (s2sched, uniform, proportional). Writes checkpoints "
+        "last/, best_generative/ and best_embedding/ under paths.train (default models/train/), "
+        "reports/train.json and plots under reports/plots/; every step's per-task loss, "
+        "sampling probabilities, learning rate and tokens/s go to MLflow. --resume continues "
+        "from the last checkpoint; SIGTERM writes a checkpoint before exiting. For several "
+        "processes: accelerate launch --num_processes N -m recfound.cli train.",
+    ),
 }
 
 
@@ -112,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             help="path of the params file (default: params.yaml)",
         )
+    sub.choices["train"].add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in paths.train"
+    )
     return parser
 
 
@@ -122,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from recfound.train.trainer import TrainingInterrupted
     from recfound.validation.validate import DataValidationError
 
     run, _, _ = STAGES[args.command]
@@ -134,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"recfound: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except TrainingInterrupted as exc:
+        print(f"recfound: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except DataValidationError as exc:
         print(f"recfound: data validation failed:\n{exc}", file=sys.stderr)
         return EXIT_INVALID_DATA

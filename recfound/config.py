@@ -219,6 +219,35 @@ class PretrainConfig(_Section):
     max_corpus_texts: int = Field(default=50000, ge=100)
 
 
+class S2SchedConfig(_Section):
+    """Constants of S2Sched (see recfound/train/s2sched.py)."""
+
+    warmup_steps: int = Field(default=20, ge=0, description="Steps before the first reweighting.")
+    update_every: int = Field(default=10, ge=1, description="k: steps between reweightings.")
+    window: int = Field(default=4, ge=2, description="Validation reports per slope fit.")
+    slope_history: int = Field(default=5, ge=1, description="Slopes kept for ACS and DF.")
+    tau: float = Field(default=5.0, gt=0, description="Temperature of the divergence factor.")
+    floor: float = Field(default=0.02, ge=0, lt=0.5, description="Smallest task probability.")
+    ema: float = Field(default=0.5, ge=0, lt=1, description="Weight of the previous weights.")
+
+
+class TrainConfig(_Section):
+    """Multi-task adapter training."""
+
+    steps: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=16, ge=2)
+    grad_accum: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0, lt=1)
+    warmup_steps: int = Field(default=20, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    eval_every: int = Field(default=20, ge=1)
+    val_batch_size: int = Field(default=16, ge=2)
+    checkpoint_every: int = Field(default=50, ge=1)
+    strategy: Literal["s2sched", "uniform", "proportional"] = "s2sched"
+    s2sched: S2SchedConfig = Field(default_factory=S2SchedConfig)
+    bf16: bool = Field(default=False, description="bf16 autocast (GPUs).")
+
+
 class TrackingConfig(_Section):
     """MLflow: the embedded default store unless MLFLOW_TRACKING_URI points elsewhere."""
 
@@ -233,6 +262,7 @@ class PathsConfig(_Section):
     interim: str = "data/interim"
     tasks: str = "data/tasks"
     backbone: str = "models/backbone"
+    train: str = "models/train"
     reports: str = "reports"
 
 
@@ -244,6 +274,7 @@ class Config(_Section):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 

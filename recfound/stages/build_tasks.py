@@ -76,4 +76,3 @@ def run_build_tasks(cfg: Config) -> TaskDatasets:
         len(datasets.skipped),
     )
     return datasets
-

@@ -50,11 +50,19 @@ def flatten_params(params: dict[str, Any]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def stage_run(
-    cfg: TrackingConfig, stage: str, params: dict[str, Any], tags: dict[str, str] | None = None
+    cfg: TrackingConfig,
+    stage: str,
+    params: dict[str, Any],
+    tags: dict[str, str] | None = None,
+    log_system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run named after the stage, with the stage's settings logged as params."""
     uri = configure_tracking(cfg)
-    with mlflow.start_run(run_name=stage, tags={"recfound.stage": stage, **(tags or {})}) as run:
+    with mlflow.start_run(
+        run_name=stage,
+        tags={"recfound.stage": stage, **(tags or {})},
+        log_system_metrics=log_system_metrics,
+    ) as run:
         mlflow.log_params(flatten_params(params))
         log.info("MLflow run %s (%s) at %s", run.info.run_id, stage, uri)
         yield run

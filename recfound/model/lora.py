@@ -1,0 +1,163 @@
+"""Plain LoRA through peft: the single-adapter baseline behind TMoLE's interface.
+
+One adapter serves every task, so ``task(...)`` is accepted and ignored. Saving and loading use
+peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``), with files moved into
+place atomically and failures reported as :class:`AdapterLoadError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from recfound.model.tmole.model import CONFIG_FILE, WEIGHTS_FILE, AdapterLoadError
+
+
+class LoRAAdapter:
+    """One LoRA of rank ``r`` on ``target_modules`` of a causal LM (peft ``LoraConfig``).
+
+    ``.model`` is the peft model to call; the base weights are frozen and the update of each
+    targeted layer is ``(alpha / r) * B A x`` with ``A`` (r, in) kaiming-initialised, ``B = 0``.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        target_modules: Sequence[str] = ("q_proj", "v_proj"),
+        seed: int = 0,
+        *,
+        _peft_model: PeftModel | None = None,
+    ) -> None:
+        if _peft_model is not None:
+            self.model: PeftModel = _peft_model
+            return
+        if r < 1:
+            raise ValueError(f"LoRA rank r must be >= 1, got {r}")
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=list(target_modules),
+            bias="none",
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = get_peft_model(base, config)
+
+    def trainable_parameters(self) -> int:
+        """Number of trainable scalars (the LoRA A and B matrices)."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    @contextlib.contextmanager
+    def task(self, task: str | Sequence[str] | torch.Tensor) -> Iterator[None]:
+        """Accepted for interface parity with TMoLE and ignored: one adapter for all tasks."""
+        yield
+
+    def set_task(self, task: str | Sequence[str] | torch.Tensor | None) -> None:
+        """Ignored (one adapter for all tasks)."""
+
+    @torch.no_grad()
+    def merge_into_base(self, task: str | None = None) -> nn.Module:
+        """A deep copy of the base model with ``W0 += scale * B A``; no adapter left."""
+        return copy.deepcopy(self.model).merge_and_unload()
+
+    def unload(self) -> nn.Module:
+        """Remove the LoRA layers and return the base model (weights unchanged)."""
+        return self.model.unload()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """peft's files, written into a temporary folder and moved into ``directory`` atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".lora-", dir=directory))
+        try:
+            self.model.save_pretrained(str(staging), safe_serialization=True)
+            for name in (WEIGHTS_FILE, CONFIG_FILE):
+                os.replace(staging / name, directory / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(cls, base: nn.Module, directory: str | Path) -> LoRAAdapter:
+        """Wrap ``base`` with the trainable LoRA saved in ``directory``.
+
+        Raises :class:`AdapterLoadError` naming the file when it is missing, damaged, or does not
+        fit ``base`` (other layer sizes or module names).
+        """
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise AdapterLoadError(
+                    f"{directory / name} is missing; {directory} is not a LoRA adapter directory"
+                )
+        weights_path = directory / WEIGHTS_FILE
+        check_lora_fits(base, weights_path)
+        try:
+            peft_model = PeftModel.from_pretrained(base, str(directory), is_trainable=True)
+        except SafetensorError as error:
+            raise AdapterLoadError(
+                f"{weights_path} cannot be read ({error}); the file is damaged or truncated, "
+                "save the adapter again"
+            ) from error
+        except (RuntimeError, ValueError, KeyError) as error:
+            first_lines = " ".join(str(error).splitlines()[:2])
+            raise AdapterLoadError(
+                f"{weights_path} does not fit this model ({first_lines}); the adapter was saved "
+                "for another model or other target modules"
+            ) from error
+        return cls(base, r=1, alpha=1.0, _peft_model=peft_model)
+
+
+def check_lora_fits(base: nn.Module, weights_path: Path) -> None:
+    """Check every saved ``lora_A`` / ``lora_B`` against the layer it adapts in ``base``.
+
+    Runs before peft touches ``base``, so a mismatch leaves the model unchanged. peft names a
+    saved tensor ``base_model.model.<module>.lora_A.weight`` (A: (r, in); B: (out, r)).
+    """
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            names = list(handle.keys())  # a safetensors handle, not a dict: not iterable
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in names}
+    except (SafetensorError, OSError) as error:
+        raise AdapterLoadError(
+            f"{weights_path} cannot be read ({error}); the file is damaged or truncated, "
+            "save the adapter again"
+        ) from error
+    wrong = []
+    for key, shape in sorted(shapes.items()):
+        module_name, marker, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
+        if not marker or kind not in ("A.weight", "B.weight"):
+            continue
+        try:
+            module = base.get_submodule(module_name)
+        except AttributeError:
+            wrong.append(f"{key}: this model has no module {module_name!r}")
+            continue
+        if not isinstance(module, nn.Linear):
+            wrong.append(f"{key}: {module_name!r} is a {type(module).__name__}, not nn.Linear")
+            continue
+        size = shape[1] if kind == "A.weight" else shape[0]
+        need = module.in_features if kind == "A.weight" else module.out_features
+        if len(shape) != 2 or size != need:
+            wrong.append(
+                f"{key}: file {shape} vs layer {module_name} "
+                f"({module.in_features} -> {module.out_features})"
+            )
+    if wrong:
+        raise AdapterLoadError(
+            f"{weights_path} does not fit this model: {len(wrong)} tensors differ, e.g. "
+            f"{'; '.join(wrong[:3])}; it was saved for another model or other target modules"
+        )

@@ -1,0 +1,313 @@
+"""Inject TMoLE into a causal LM, select tasks, fold experts for serving, save and load.
+
+A sibling of peft's ``LoraModel``: :class:`TMoLEModel` freezes the base model, replaces every
+targeted ``nn.Linear`` by a :class:`TMoLELinear` that keeps the frozen layer, and adds one task
+embedding (``tmole_task_embedding``) to the base model so that ``.model`` alone holds, moves and
+checkpoints every trainable tensor. Layers read the task of each sample from one shared
+:class:`TaskState`, set with ``with tmole.task(...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from recfound import artifacts
+from recfound.errors import UserInputError
+from recfound.model.tmole.config import TMoLEConfig, TMoLEConfigError
+from recfound.model.tmole.layer import TaskState, TMoLELinear
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+EMBEDDING_NAME = "tmole_task_embedding"
+
+TaskSpec = str | Sequence[str] | torch.Tensor
+
+
+class AdapterLoadError(UserInputError):
+    """An adapter directory is missing, damaged, or was saved for another model."""
+
+
+def _matches(name: str, targets: Sequence[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _is_adapter_tensor(name: str) -> bool:
+    return any(part.startswith("tmole_") for part in name.split("."))
+
+
+def save_file_atomically(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
+    """``safetensors`` save to a temporary sibling, then ``os.replace`` (never a half file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class TMoLEModel:
+    """A causal LM with task-wise mixtures of low-rank experts on its targeted linear layers.
+
+    Usage::
+
+        tmole = TMoLEModel(base, config)           # base is modified in place and frozen
+        with tmole.task(["rating", "search"]):     # one task per sample (or one name for all)
+            logits = tmole.model(input_ids=ids).logits
+
+    ``.model`` is the module to call, train and checkpoint; its trainable parameters are exactly
+    the adapter's (``tmole_A``, ``tmole_B``, ``tmole_router.*`` per layer and the task embedding).
+    """
+
+    def __init__(self, base: nn.Module, config: TMoLEConfig) -> None:
+        if hasattr(base, EMBEDDING_NAME) or any(isinstance(m, TMoLELinear) for m in base.modules()):
+            raise TMoLEConfigError("this model already carries a TMoLE adapter; unload() it first")
+        targets = [
+            (name, module)
+            for name, module in base.named_modules()
+            if name and _matches(name, config.target_modules)
+        ]
+        not_linear = [f"{n} ({type(m).__name__})" for n, m in targets if type(m) is not nn.Linear]
+        if not_linear:
+            raise TMoLEConfigError(
+                f"target_modules {config.target_modules} match modules that are not nn.Linear: "
+                f"{not_linear[:5]}; name only linear layers"
+            )
+        if not targets:
+            linears = sorted(
+                {n.rpartition(".")[2] for n, m in base.named_modules() if isinstance(m, nn.Linear)}
+            )
+            raise TMoLEConfigError(
+                f"no module matches target_modules {config.target_modules}; "
+                f"linear layers of this model are named {linears}"
+            )
+        self.config = config
+        self._model: nn.Module | None = base
+        self._base_requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
+        for parameter in base.parameters():
+            parameter.requires_grad_(False)
+        weight = targets[0][1].weight
+        generator = torch.Generator().manual_seed(config.seed)
+        embedding = nn.Embedding(len(config.task_names), config.task_embedding_dim)
+        nn.init.normal_(embedding.weight, std=1.0, generator=generator)
+        embedding.to(device=weight.device, dtype=weight.dtype)
+        base.add_module(EMBEDDING_NAME, embedding)
+        self.state = TaskState(config, embedding)
+        self.target_names = [name for name, _ in targets]
+        for name, module in targets:
+            _set_submodule(base, name, TMoLELinear(module, config, self.state, generator))
+
+    # ---- access --------------------------------------------------------------------------
+
+    @property
+    def model(self) -> nn.Module:
+        """The adapted model to call (inside ``task(...)``)."""
+        if self._model is None:
+            raise TMoLEConfigError("this TMoLEModel was unloaded; wrap the base model again")
+        return self._model
+
+    def layers(self) -> dict[str, TMoLELinear]:
+        """Targeted module name -> its TMoLE layer, in model order."""
+        return {name: self.model.get_submodule(name) for name in self.target_names}
+
+    def trainable_parameters(self) -> int:
+        """Number of trainable scalars (all of them adapter weights; the base is frozen)."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every adapter tensor by its name in ``.model`` (A, B, routers, task embedding)."""
+        return {n: p for n, p in self.model.named_parameters() if _is_adapter_tensor(n)}
+
+    # ---- tasks ---------------------------------------------------------------------------
+
+    def set_task(self, task: TaskSpec | None) -> None:
+        """Select the task of every sample until changed: a name (whole batch), one name per
+        sample, or a LongTensor ``(batch,)`` of ids (positions in ``config.task_names``)."""
+        self.state.select(task)
+
+    @contextlib.contextmanager
+    def task(self, task: TaskSpec) -> Iterator[None]:
+        """Context in which forward passes use ``task`` (see :meth:`set_task`); nests."""
+        previous = (self.state.unique_ids, self.state.inverse)
+        self.state.select(task)
+        try:
+            yield
+        finally:
+            self.state.unique_ids, self.state.inverse = previous
+
+    def task_id(self, task: str) -> int:
+        """Position of ``task`` in ``config.task_names``."""
+        return int(self.state.task_ids(task)[0])
+
+    @torch.no_grad()
+    def gates(self, task: str) -> dict[str, torch.Tensor]:
+        """Targeted module name -> gates ``(E,)`` of ``task`` in that layer (sum to 1)."""
+        ids = torch.tensor([self.task_id(task)], device=self.state.embedding.weight.device)
+        return {name: layer.gates(ids)[0] for name, layer in self.layers().items()}
+
+    # ---- serving -------------------------------------------------------------------------
+
+    def fold(self, task: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Targeted module name -> ``(A_f, B_f)``, one LoRA per layer equal to ``task``'s experts.
+
+        ``base(x) + x @ A_f.T @ B_f.T`` equals the TMoLE layer's output for ``task``; ``A_f`` is
+        ``(k*r, in)`` and ``B_f`` ``(out, k*r)`` with gates and ``alpha / r`` folded in, where k
+        counts the experts with a non-zero gate (the others are dropped).
+        """
+        task_id = self.task_id(task)
+        return {name: layer.fold(task_id) for name, layer in self.layers().items()}
+
+    @torch.no_grad()
+    def merge_into_base(self, task: str) -> nn.Module:
+        """A deep copy of the base model with ``W0 += B_f A_f`` for ``task``; no adapter left.
+
+        The result is a plain model (stock ``nn.Linear`` layers, zero extra latency); this
+        adapter is left unchanged.
+        """
+        folds = self.fold(task)
+        merged = copy.deepcopy(self.model)
+        for name, (a_f, b_f) in folds.items():
+            base_layer = merged.get_submodule(name).base_layer
+            delta = b_f.double() @ a_f.double()
+            base_layer.weight.add_(delta.to(base_layer.weight.dtype))
+            _set_submodule(merged, name, base_layer)
+        delattr(merged, EMBEDDING_NAME)
+        return merged
+
+    def unload(self) -> nn.Module:
+        """Put the original linear layers back and return the base model as it was given.
+
+        Parameters get back their ``requires_grad`` flags from before wrapping. The adapter
+        weights are dropped; this TMoLEModel cannot be used afterwards.
+        """
+        model = self.model
+        for name in self.target_names:
+            _set_submodule(model, name, model.get_submodule(name).base_layer)
+        delattr(model, EMBEDDING_NAME)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(self._base_requires_grad.get(name, False))
+        self._model = None
+        return model
+
+    # ---- persistence ---------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            n: t.detach().to("cpu").contiguous() for n, t in self.adapter_state_dict().items()
+        }
+        metadata = {"adapter_type": "tmole", "format_version": str(FORMAT_VERSION)}
+        save_file_atomically(tensors, directory / WEIGHTS_FILE, metadata)
+        artifacts.write_json(
+            directory / CONFIG_FILE,
+            {
+                "adapter_type": "tmole",
+                "format_version": FORMAT_VERSION,
+                "config": self.config.to_dict(),
+            },
+        )
+
+    @classmethod
+    def from_pretrained(cls, base: nn.Module, directory: str | Path) -> TMoLEModel:
+        """Wrap ``base`` with the adapter saved in ``directory`` by :meth:`save_pretrained`.
+
+        Raises :class:`AdapterLoadError` naming the file and the problem when a file is missing
+        or damaged, or when the saved tensors do not fit ``base`` (other layer sizes, other
+        target modules, other tasks). ``base`` is left unchanged when loading fails.
+        """
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise AdapterLoadError(
+                    f"{path} is missing; {directory} is not an adapter directory written by "
+                    "TMoLEModel.save_pretrained"
+                )
+        config = cls._read_config(config_path)
+        try:
+            tensors = load_file(weights_path)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise AdapterLoadError(
+                f"{weights_path} cannot be read ({error}); the file is damaged or truncated, "
+                "save the adapter again"
+            ) from error
+        try:
+            tmole = cls(base, config)
+        except TMoLEConfigError as error:
+            raise AdapterLoadError(f"{config_path} does not fit this model: {error}") from error
+        try:
+            tmole.load_adapter_tensors(tensors, source=weights_path)
+        except AdapterLoadError:
+            tmole.unload()
+            raise
+        return tmole
+
+    @staticmethod
+    def _read_config(path: Path) -> TMoLEConfig:
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise AdapterLoadError(f"{path} is not valid JSON ({error})") from error
+        if not isinstance(payload, dict) or payload.get("adapter_type") != "tmole":
+            raise AdapterLoadError(f"{path} does not describe a TMoLE adapter (adapter_type)")
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise AdapterLoadError(
+                f"{path} has format_version {payload.get('format_version')!r}; this code reads "
+                f"version {FORMAT_VERSION}"
+            )
+        try:
+            return TMoLEConfig.from_dict(payload["config"])
+        except (KeyError, TypeError, TMoLEConfigError) as error:
+            raise AdapterLoadError(f"{path} holds an invalid TMoLE config: {error}") from error
+
+    @torch.no_grad()
+    def load_adapter_tensors(
+        self, tensors: dict[str, torch.Tensor], source: str | Path = "<tensors>"
+    ) -> None:
+        """Copy saved adapter tensors into place after checking names and shapes."""
+        expected = self.adapter_state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise AdapterLoadError(
+                f"{source} does not match this model's adapter: missing {len(missing)} tensors "
+                f"{missing[:3]}, unexpected {len(unexpected)} tensors {unexpected[:3]}; it was "
+                "saved for another model architecture or other target_modules"
+            )
+        wrong = [
+            f"{name}: file {tuple(tensors[name].shape)} vs model {tuple(p.shape)}"
+            for name, p in expected.items()
+            if tensors[name].shape != p.shape
+        ]
+        if wrong:
+            raise AdapterLoadError(
+                f"{source} does not fit this model: {len(wrong)} tensor shapes differ, e.g. "
+                f"{'; '.join(wrong[:3])}; it was saved for a model of other layer sizes or "
+                "other tasks/experts"
+            )
+        for name, parameter in expected.items():
+            parameter.copy_(tensors[name].to(device=parameter.device, dtype=parameter.dtype))

@@ -1,0 +1,172 @@
+"""Stage `train`: TMoLE (or LoRA) adapters on every task at once, S2Sched sampling, checkpoints.
+
+Reads the task datasets and the backbone, trains, and writes ``paths.train``:
+``last/``, ``best_generative/``, ``best_embedding/`` checkpoints and ``adapter_spec.json``; metrics
+to ``reports/train.json``; plots (task shares, validation curves) to ``reports/plots/`` and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+
+from recfound import artifacts
+from recfound.config import Config
+from recfound.data.datasets import read_task_frames, task_kind
+from recfound.model.backbone import load_backbone
+from recfound.model.build import AdapterSpec, build_rec_model
+from recfound.model.recmodel import RecModel
+from recfound.tracking.runs import stage_run
+from recfound.train.plots import plot_task_shares, plot_validation_curves
+from recfound.train.s2sched import S2SchedParams
+from recfound.train.trainer import TaskData, Trainer, TrainParams
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "adapter_spec.json"
+
+
+def adapter_spec(cfg: Config) -> AdapterSpec:
+    m = cfg.model
+    if m.adapter == "lora":
+        return AdapterSpec(
+            "lora", tuple(m.target_modules), m.lora.rank, m.lora.alpha, m.lora.dropout
+        )
+    t = m.tmole
+    return AdapterSpec(
+        "tmole",
+        tuple(m.target_modules),
+        t.rank,
+        t.alpha,
+        t.dropout,
+        t.num_embedding_experts,
+        t.num_shared_experts,
+        t.num_generative_experts,
+        t.task_embedding_dim,
+        t.top_k,
+        t.gate_temperature,
+    )
+
+
+def train_params(cfg: Config) -> TrainParams:
+    t = cfg.train
+    return TrainParams(
+        steps=t.steps,
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        eval_every=t.eval_every,
+        val_batch_size=t.val_batch_size,
+        checkpoint_every=t.checkpoint_every,
+        strategy=t.strategy,
+        s2sched=S2SchedParams(**t.s2sched.model_dump()),
+        bf16=t.bf16,
+        seed=cfg.seed,
+    )
+
+
+def load_training_tasks(cfg: Config) -> list[TaskData]:
+    frames = read_task_frames(cfg.paths.tasks, splits=("train", "valid"))
+    tasks = []
+    for name, splits in frames.items():
+        if len(splits["train"]) == 0:
+            log.warning("task %s has no training records; not trained", name)
+            continue
+        tasks.append(TaskData(name, task_kind(splits), splits["train"], splits["valid"]))
+    return tasks
+
+
+def build_model_for(cfg: Config, task_kinds: dict[str, str]) -> RecModel:
+    base, tokenizer = load_backbone(cfg.paths.backbone)
+    return build_rec_model(
+        base,
+        tokenizer,
+        adapter_spec(cfg),
+        task_kinds,
+        seed=cfg.seed,
+        pooling=cfg.model.pooling,
+        embedding_attention=cfg.model.embedding_attention,
+        max_length=cfg.model.max_length,
+        temperature=cfg.model.infonce_temperature,
+    )
+
+
+def run_train(cfg: Config, resume: bool = False) -> dict:
+    tasks = load_training_tasks(cfg)
+    task_kinds = {t.name: t.kind for t in tasks}
+    rec = build_model_for(cfg, task_kinds)
+    params = train_params(cfg)
+    out = Path(cfg.paths.train)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(
+        out / SPEC_FILE, {"adapter": asdict(adapter_spec(cfg)), "task_kinds": task_kinds}
+    )
+    trainable = sum(p.numel() for p in rec.model.parameters() if p.requires_grad)
+    log.info(
+        "training a %s adapter (%d trainable parameters) on %d tasks for %d steps",
+        cfg.model.adapter,
+        trainable,
+        len(tasks),
+        params.steps,
+    )
+    settings = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(), "seed": cfg.seed}
+    with stage_run(cfg.tracking, "train", settings, log_system_metrics=True) as run:
+        trainer = Trainer(
+            rec,
+            tasks,
+            params,
+            out,
+            log_metrics=lambda values, step: mlflow.log_metrics(values, step=step),
+        )
+        result = trainer.train(resume=resume)
+        plots = Path(cfg.paths.reports) / "plots"
+        shares = plot_task_shares(
+            result.weights_history, task_kinds, plots / "train_task_share.png"
+        )
+        curves = plot_validation_curves(
+            result.val_history, task_kinds, plots / "train_val_loss.png"
+        )
+        for figure in (shares, curves):
+            mlflow.log_artifact(str(figure), "plots")
+        for name in ("last", "best_generative", "best_embedding"):
+            if (out / name).exists():
+                mlflow.log_artifacts(str(out / name), f"checkpoints/{name}")
+        metrics = {
+            "steps": result.steps,
+            "trainable_parameters": trainable,
+            "tokens_per_s": result.tokens_per_s,
+            "final_val_loss": result.final_val_loss,
+            "best_val_loss_ratio": result.best,
+            "mlflow_run_id": run.info.run_id,
+        }
+        mlflow.log_dict(metrics, "train.json")
+    artifacts.write_json(Path(cfg.paths.reports) / "train.json", metrics)
+    artifacts.write_json(
+        plots / "train_task_share.json",
+        [
+            {"step": s, "task": t, "probability": w}
+            for s, ws in result.weights_history
+            for t, w in ws.items()
+        ],
+    )
+    artifacts.write_json(
+        plots / "train_val_loss.json",
+        [
+            {"step": s, "task": k.split("/")[0], "loss": v}
+            for s, vs in result.val_history
+            for k, v in vs.items()
+            if k.endswith("/loss")
+        ],
+    )
+    log.info(
+        "trained %d steps; final validation losses: %s",
+        result.steps,
+        json.dumps({k: round(v, 3) for k, v in result.final_val_loss.items()}),
+    )
+    return metrics

@@ -1,0 +1,180 @@
+"""S2Sched: step-wise, convergence-oriented task sampling (RecFound, built on CoBa).
+
+Every ``update_every`` steps after ``warmup_steps`` the trainer reports each task's validation loss.
+The scheduler keeps ``r_i = L_i(t) / L_i(0)`` and, over a sliding window of the last ``window``
+reports, fits each task's slope ``a_i`` (least squares of r against the report index). Inside each
+group (embedding, generative) with K tasks:
+
+- relative convergence score ``RCS_i = softmax_i(K * a_i / sum_j |a_j|)`` — a task whose loss falls
+  slowest, or rises, gets more;
+- absolute convergence score ``ACS_i = softmax_i(-M * a_i / sum_s |a_i(s)|)`` over the task's own
+  last M slopes — a task that starts to diverge against its own history gets less;
+- divergence factor ``DF = min(M * softmax_s(-tau * M * a_max(s) / sum_s |a_max(s)|)[-1], 1)``
+  over the last M values of the group's worst (largest) slope — while the worst task converges as
+  fast as before, DF stays at 1 and RCS balances speeds; when it flattens or turns upwards, DF drops
+  and ACS, which protects tasks from diverging against their own history, takes over;
+- ``w_i = DF * RCS_i + (1 - DF) * ACS_i``.
+
+Then ``w_i`` is multiplied by the task's share of its group's data, renormalised inside the group,
+scaled by the group's share of all data, floored (no task starves), renormalised and smoothed with
+an EMA. The result is the probability of each task in the next batches. Uniform and
+size-proportional sampling remain available for ablation (``strategy``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Strategy = Literal["s2sched", "uniform", "proportional"]
+
+
+@dataclass(frozen=True)
+class S2SchedParams:
+    """Constants of the scheduler (``train.s2sched`` in params.yaml)."""
+
+    warmup_steps: int = 20
+    update_every: int = 10
+    window: int = 4
+    slope_history: int = 5
+    tau: float = 5.0
+    floor: float = 0.02
+    ema: float = 0.5
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max())
+    return z / z.sum()
+
+
+def _slope(values: list[float]) -> float:
+    """Least-squares slope of ``values`` against 0, 1, 2, …"""
+    y = np.asarray(values, dtype=float)
+    x = np.arange(len(y), dtype=float)
+    x -= x.mean()
+    return float((x * (y - y.mean())).sum() / max((x * x).sum(), 1e-12))
+
+
+@dataclass
+class S2Scheduler:
+    """Per-task sampling probabilities that follow each task's convergence."""
+
+    task_kinds: Mapping[str, str]
+    data_sizes: Mapping[str, int]
+    params: S2SchedParams = field(default_factory=S2SchedParams)
+    strategy: Strategy = "s2sched"
+    initial_loss: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, list[float]] = field(default_factory=dict)
+    slopes: dict[str, list[float]] = field(default_factory=dict)
+    worst_slopes: dict[str, list[float]] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.task_kinds) ^ set(self.data_sizes)
+        if unknown:
+            raise ValueError(f"tasks without both a kind and a data size: {sorted(unknown)}")
+        if not self.weights:
+            self.weights = self._base_weights()
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.task_kinds)
+
+    def _groups(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for task in self.tasks:
+            groups.setdefault(self.task_kinds[task], []).append(task)
+        return groups
+
+    def _base_weights(self) -> dict[str, float]:
+        if self.strategy == "uniform":
+            return {t: 1.0 / len(self.tasks) for t in self.tasks}
+        total = sum(self.data_sizes.values())
+        return {t: self.data_sizes[t] / total for t in self.tasks}
+
+    def due(self, step: int) -> bool:
+        """Whether the trainer should report validation losses at ``step``."""
+        if self.strategy != "s2sched":
+            return False
+        return step == 0 or (
+            step >= self.params.warmup_steps and step % self.params.update_every == 0
+        )
+
+    def observe(self, step: int, val_losses: Mapping[str, float]) -> dict[str, float]:
+        """Record validation losses at ``step`` and update (and return) the weights."""
+        for task in self.tasks:
+            loss = float(val_losses[task])
+            if task not in self.initial_loss:
+                self.initial_loss[task] = max(loss, 1e-8)
+            self.ratios.setdefault(task, []).append(loss / self.initial_loss[task])
+        if step >= self.params.warmup_steps and self._ready():
+            self._update()
+        self.history.append((step, dict(self.weights)))
+        return dict(self.weights)
+
+    def _ready(self) -> bool:
+        return all(len(self.ratios.get(t, [])) >= 2 for t in self.tasks)
+
+    def _update(self) -> None:
+        p = self.params
+        for task in self.tasks:
+            self.slopes.setdefault(task, []).append(_slope(self.ratios[task][-p.window :]))
+        total = sum(self.data_sizes.values())
+        raw: dict[str, float] = {}
+        for kind, members in self._groups().items():
+            a = np.array([self.slopes[t][-1] for t in members])
+            k = len(members)
+            rcs = _softmax(k * a / max(np.abs(a).sum(), 1e-12))
+            acs_logits = []
+            for t in members:
+                own = np.array(self.slopes[t][-p.slope_history :])
+                acs_logits.append(-len(own) * own[-1] / max(np.abs(own).sum(), 1e-12))
+            acs = _softmax(np.array(acs_logits))
+            worst = self.worst_slopes.setdefault(kind, [])
+            worst.append(float(a.max()))
+            w_hist = np.array(worst[-p.slope_history :])
+            n = len(w_hist)
+            df_soft = _softmax(-p.tau * n * w_hist / max(np.abs(w_hist).sum(), 1e-12))
+            df = min(n * float(df_soft[-1]), 1.0)
+            omega = df * rcs + (1 - df) * acs
+            share = np.array([self.data_sizes[t] for t in members], dtype=float)
+            scored = omega * share / share.sum()
+            scored /= scored.sum()
+            group_share = share.sum() / total
+            for t, value in zip(members, scored, strict=True):
+                raw[t] = float(value * group_share)
+        floored = {t: max(v, p.floor) for t, v in raw.items()}
+        norm = sum(floored.values())
+        self.weights = {
+            t: p.ema * self.weights[t] + (1 - p.ema) * floored[t] / norm for t in self.tasks
+        }
+        norm = sum(self.weights.values())
+        self.weights = {t: v / norm for t, v in self.weights.items()}
+
+    def allocate(self, batch_size: int, rng: np.random.Generator) -> list[str]:
+        """The task of each of the next ``batch_size`` samples, drawn from the weights."""
+        probs = np.array([self.weights[t] for t in self.tasks])
+        draws = rng.choice(len(self.tasks), size=batch_size, p=probs / probs.sum())
+        return [self.tasks[i] for i in draws]
+
+    def state_dict(self) -> dict:
+        return {
+            "initial_loss": self.initial_loss,
+            "ratios": self.ratios,
+            "slopes": self.slopes,
+            "worst_slopes": self.worst_slopes,
+            "weights": self.weights,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.initial_loss = dict(state["initial_loss"])
+        self.ratios = {k: list(v) for k, v in state["ratios"].items()}
+        self.slopes = {k: list(v) for k, v in state["slopes"].items()}
+        self.worst_slopes = {k: list(v) for k, v in state["worst_slopes"].items()}
+        self.weights = dict(state["weights"])
+        self.history = [(int(s), dict(w)) for s, w in state["history"]]

@@ -1,0 +1,401 @@
+"""The multi-task trainer: S2Sched decides the batch mix, accelerate runs it on CPU or GPUs.
+
+Batches. Every optimisation step draws ``batch_size`` samples (per micro-batch) whose tasks come
+from the scheduler's probabilities, so one batch mixes tasks. Generative samples of all tasks go
+through the model together (TMoLE gates are per sample, by task id); embedding samples are grouped
+per task, because InfoNCE uses the other samples of the same task as in-batch negatives. The batch
+loss is ``(n_gen / n) * CE_answer_tokens + sum_t (n_t / n) * InfoNCE_t``: the scheduler acts
+through how many samples each task gets, and each sample then counts the same (losses are not
+re-weighted a second time).
+
+Data parallel. With several processes (``accelerate launch --num_processes N``) every process draws
+the same global task list (same seed) and takes every N-th sample; gradients are averaged with an
+all-reduce before the optimiser step, which is what DDP does, without DDP's restriction to one
+forward per backward (InfoNCE needs two).
+
+Checkpoints. ``last`` (every ``checkpoint_every`` steps, at the end, and on SIGTERM), and
+``best_generative`` / ``best_embedding`` (lowest mean validation-loss ratio of the group), which
+the merge step combines. ``resume=True`` continues from ``last`` exactly: weights, optimiser,
+scheduler, sampling RNG, data positions and step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from recfound.model.recmodel import RecModel
+from recfound.train.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    set_torch_rng_state,
+    torch_rng_state,
+)
+from recfound.train.pretrain import lr_at
+from recfound.train.s2sched import S2SchedParams, S2Scheduler, Strategy
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = ("last", "best_generative", "best_embedding")
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on request (SIGTERM); the last checkpoint holds the progress."""
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Settings of one training run (``train`` in params.yaml)."""
+
+    steps: int = 200
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    eval_every: int = 20
+    val_batch_size: int = 16
+    checkpoint_every: int = 50
+    strategy: Strategy = "s2sched"
+    s2sched: S2SchedParams = field(default_factory=S2SchedParams)
+    bf16: bool = False
+    seed: int = 42
+
+
+@dataclass
+class TaskData:
+    """One task's training and validation records (TaskRecord columns)."""
+
+    name: str
+    kind: str
+    train: pd.DataFrame
+    valid: pd.DataFrame
+
+
+@dataclass
+class TaskStream:
+    """Endless seeded passes over one task's training records."""
+
+    size: int
+    seed: int
+    epoch: int = 0
+    position: int = 0
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        order = self._order()
+        while len(out) < n:
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                order = self._order()
+            out.append(int(order[self.position]))
+            self.position += 1
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What the run produced: checkpoints, the final validation losses and the curves."""
+
+    output_dir: Path
+    steps: int
+    final_val_loss: dict[str, float]
+    best: dict[str, float]
+    weights_history: list[tuple[int, dict[str, float]]]
+    val_history: list[tuple[int, dict[str, float]]]
+    tokens_per_s: float
+
+
+class Trainer:
+    """Trains a :class:`RecModel`'s adapter on several tasks at once."""
+
+    def __init__(
+        self,
+        rec: RecModel,
+        tasks: list[TaskData],
+        params: TrainParams,
+        output_dir: str | Path,
+        log_metrics: Callable[[dict[str, float], int], None] | None = None,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        if not tasks:
+            raise ValueError("no task to train on")
+        self.rec = rec
+        self.tasks = {t.name: t for t in tasks}
+        self.params = params
+        self.output_dir = Path(output_dir)
+        self.log_metrics = log_metrics or (lambda values, step: None)
+        self.accelerator = accelerator or Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision="bf16" if params.bf16 else "no"
+        )
+        self.rec.model.to(self.accelerator.device)
+        self.trainable = [p for p in rec.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=params.learning_rate, weight_decay=params.weight_decay
+        )
+        self.scheduler = S2Scheduler(
+            task_kinds={t.name: t.kind for t in tasks},
+            data_sizes={t.name: len(t.train) for t in tasks},
+            params=params.s2sched,
+            strategy=params.strategy,
+        )
+        self.streams = {
+            t.name: TaskStream(len(t.train), seed=params.seed * 1000 + i)
+            for i, t in enumerate(sorted(tasks, key=lambda t: t.name))
+        }
+        self.rng = np.random.default_rng(params.seed)
+        self.step = 0
+        self.best: dict[str, float] = {}
+        self.val_history: list[tuple[int, dict[str, float]]] = []
+        self.stop_requested = False
+        self._val_batches = {
+            name: t.valid.sample(
+                n=min(params.val_batch_size, len(t.valid)), random_state=params.seed
+            ).reset_index(drop=True)
+            for name, t in self.tasks.items()
+            if len(t.valid)
+        }
+
+    # ---- losses ----------------------------------------------------------------------------
+
+    def batch_loss(self, rows: list[tuple[str, pd.Series]]) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch of (task, record) pairs, and per-task figures for logging."""
+        n = len(rows)
+        total = torch.zeros((), device=self.accelerator.device)
+        per_task: dict[str, float] = {}
+        tokens = 0
+        gen = [(t, r) for t, r in rows if self.tasks[t].kind == "generative"]
+        if gen:
+            picked, mask = self.rec.answer_token_logprobs(
+                [r.prompt for _, r in gen], [r.target for _, r in gen], [t for t, _ in gen]
+            )
+            token_loss = -(picked.sum() / mask.sum().clamp(min=1))
+            total = total + token_loss * len(gen) / n
+            sample_loss = (-(picked.sum(-1)) / mask.sum(-1).clamp(min=1)).detach()
+            for task in {t for t, _ in gen}:
+                idx = [i for i, (t, _) in enumerate(gen) if t == task]
+                per_task[task] = float(sample_loss[idx].mean())
+            tokens += int(mask.sum())
+        for task in sorted({t for t, _ in rows if self.tasks[t].kind == "embedding"}):
+            group = [r for t, r in rows if t == task]
+            loss = self.rec.contrastive_loss(
+                [r.prompt for r in group], [r.target for r in group], task
+            )
+            total = total + loss * len(group) / n
+            per_task[task] = float(loss.detach())
+            tokens += sum(len(r.prompt) + len(r.target) for r in group) // 4
+        return total, {"per_task": per_task, "tokens": tokens}
+
+    @torch.no_grad()
+    def validate(self, with_metrics: bool) -> dict[str, float]:
+        """Validation loss per task on a fixed batch, plus one cheap metric per task."""
+        self.rec.model.eval()
+        out: dict[str, float] = {}
+        for name, batch in self._val_batches.items():
+            prompts, targets = batch["prompt"].tolist(), batch["target"].tolist()
+            if self.tasks[name].kind == "generative":
+                picked, mask = self.rec.answer_token_logprobs(prompts, targets, name)
+                out[f"{name}/loss"] = float(-(picked.sum() / mask.sum().clamp(min=1)))
+                if with_metrics:  # share of answers whose first token is predicted right
+                    out[f"{name}/first_token_acc"] = self._first_token_accuracy(
+                        prompts, targets, name
+                    )
+            else:
+                q = self.rec.embed_batch(prompts, name)
+                d = self.rec.embed_batch(targets, name)
+                logits = q @ d.T / self.rec.temperature
+                labels = torch.arange(len(prompts), device=logits.device)
+                out[f"{name}/loss"] = float(F.cross_entropy(logits, labels))
+                if with_metrics:  # in-batch recall@1
+                    out[f"{name}/inbatch_recall1"] = float(
+                        (logits.argmax(-1) == labels).float().mean()
+                    )
+        self.rec.model.train()
+        return out
+
+    def _first_token_accuracy(self, prompts: list[str], targets: list[str], task: str) -> float:
+        batch = self.rec.encode_with_answers(prompts, targets)
+        with self.rec.adapter.task([task] * len(prompts)):
+            logits = self.rec.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        labels = batch["labels"]
+        first = (labels != -100).float().argmax(-1)  # first answer position
+        rows = torch.arange(len(prompts), device=labels.device)
+        predicted = logits[rows, first - 1].argmax(-1)
+        return float((predicted == labels[rows, first]).float().mean())
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "streams": {k: [s.epoch, s.position] for k, s in self.streams.items()},
+            "torch_rng": torch_rng_state(),
+            "best": self.best,
+            "val_history": self.val_history,
+            "tasks": sorted(self.tasks),
+        }
+
+    def save(self, name: str) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.output_dir / name, self.rec.model, self.optimizer, self._state())
+        self.accelerator.wait_for_everyone()
+
+    def resume(self) -> bool:
+        """Continue from ``last`` if it exists; returns whether it did."""
+        directory = self.output_dir / "last"
+        if not directory.exists():
+            return False
+        state = load_checkpoint(directory, self.rec.model, self.optimizer)
+        if state["tasks"] != sorted(self.tasks):
+            raise ValueError(
+                f"checkpoint {directory} was trained on tasks {state['tasks']}, "
+                f"not {sorted(self.tasks)}; train into another directory or without --resume"
+            )
+        self.step = int(state["step"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["rng"]
+        for name, (epoch, position) in state["streams"].items():
+            self.streams[name].epoch, self.streams[name].position = epoch, position
+        set_torch_rng_state(state["torch_rng"])
+        self.best = dict(state["best"])
+        self.val_history = [(int(s), dict(v)) for s, v in state["val_history"]]
+        log.info("resumed from %s at step %d", directory, self.step)
+        return True
+
+    def _track_best(self, val: dict[str, float]) -> None:
+        ratios: dict[str, list[float]] = {"generative": [], "embedding": []}
+        for name in self._val_batches:
+            loss = val[f"{name}/loss"]
+            initial = (
+                self.scheduler.initial_loss.get(name) or self.val_history[0][1][f"{name}/loss"]
+            )
+            ratios[self.tasks[name].kind].append(loss / max(initial, 1e-8))
+        for kind, values in ratios.items():
+            if not values:
+                continue
+            score = float(np.mean(values))
+            if score < self.best.get(kind, math.inf):
+                self.best[kind] = score
+                self.save(f"best_{kind}")
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        log.warning("received signal %d: finishing this step and writing a checkpoint", signum)
+        self.stop_requested = True
+
+    def _average_gradients(self) -> None:
+        if self.accelerator.num_processes == 1:
+            return
+        for param in self.trainable:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
+            param.grad /= self.accelerator.num_processes
+
+    def train(self, resume: bool = False) -> TrainResult:
+        p = self.params
+        if resume:
+            self.resume()
+        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        tokens, busy = 0, 0.0
+        self.rec.model.train()
+        bar = tqdm(
+            total=p.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not self.accelerator.is_main_process,
+            mininterval=2.0,
+        )
+        try:
+            while self.step < p.steps:
+                step = self.step
+                if self.scheduler.due(step) or step % p.eval_every == 0:
+                    val = self.validate(with_metrics=step % p.eval_every == 0)
+                    self.val_history.append((step, val))
+                    if self.scheduler.due(step):
+                        self.scheduler.observe(
+                            step, {n: val[f"{n}/loss"] for n in self._val_batches}
+                        )
+                    self._track_best(val)
+                    self.log_metrics({f"val/{k}": v for k, v in val.items()}, step)
+                lr = lr_at(step, p.steps, p.warmup_steps, p.learning_rate)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                start = time.perf_counter()
+                per_task: dict[str, list[float]] = {}
+                loss_sum = 0.0
+                for _ in range(p.grad_accum):
+                    names = self.scheduler.allocate(p.batch_size, self.rng)
+                    counts = {n: names.count(n) for n in set(names)}
+                    picked = {n: self.streams[n].take(c) for n, c in sorted(counts.items())}
+                    rows = []
+                    for name in names:  # same order on every process
+                        rows.append((name, self.tasks[name].train.iloc[picked[name].pop(0)]))
+                    mine = rows[rank::world]
+                    with self.accelerator.autocast():
+                        loss, info = self.batch_loss(mine)
+                    (loss / p.grad_accum).backward()
+                    loss_sum += float(loss.detach()) / p.grad_accum
+                    tokens += info["tokens"]
+                    for name, value in info["per_task"].items():
+                        per_task.setdefault(name, []).append(value)
+                self._average_gradients()
+                torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                busy += time.perf_counter() - start
+                self.step += 1
+                metrics = {"train/loss": loss_sum, "lr": lr, "tokens_per_s": tokens / busy}
+                metrics.update({f"train/{n}/loss": float(np.mean(v)) for n, v in per_task.items()})
+                metrics.update({f"prob/{n}": w for n, w in self.scheduler.weights.items()})
+                self.log_metrics(metrics, self.step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.3f}")
+                if self.step % p.checkpoint_every == 0 or self.step == p.steps:
+                    self.save("last")
+                if self.stop_requested:
+                    self.save("last")
+                    raise TrainingInterrupted(
+                        f"stopped at step {self.step}; `recfound train --resume` continues from "
+                        f"{self.output_dir / 'last'}"
+                    )
+            final = self.validate(with_metrics=True)
+            self.val_history.append((self.step, final))
+            self._track_best(final)
+            self.log_metrics({f"val/{k}": v for k, v in final.items()}, self.step)
+            self.save("last")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            bar.close()
+        return TrainResult(
+            output_dir=self.output_dir,
+            steps=self.step,
+            final_val_loss={k: v for k, v in final.items() if k.endswith("/loss")},
+            best=dict(self.best),
+            weights_history=list(self.scheduler.history),
+            val_history=list(self.val_history),
+            tokens_per_s=tokens / max(busy, 1e-9),
+        )
