@@ -8,10 +8,10 @@ loss is ``(n_gen / n) * CE_answer_tokens + sum_t (n_t / n) * InfoNCE_t``: the sc
 through how many samples each task gets, and each sample then counts the same (losses are not
 re-weighted a second time).
 
-Data parallel. With several processes (``accelerate launch --num_processes N``) every process draws
-the same global task list (same seed) and takes every N-th sample; gradients are averaged with an
-all-reduce before the optimiser step, which is what DDP does, without DDP's restriction to one
-forward per backward (InfoNCE needs two).
+Data parallel. With several processes every process draws the same global task list (same seed)
+and takes its share: every N-th generative sample and whole embedding tasks (see ``batch_loss``).
+Gradients are averaged with an all-reduce before the optimiser step, which is what DDP does,
+without DDP's restriction to one forward per backward (InfoNCE needs two).
 
 Checkpoints. ``last`` (every ``checkpoint_every`` steps, at the end, and on SIGTERM), and
 ``best_generative`` / ``best_embedding`` (lowest mean validation-loss ratio of the group), which
@@ -174,30 +174,51 @@ class Trainer:
 
     # ---- losses ----------------------------------------------------------------------------
 
+    def _all_sum(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
+        torch.distributed.all_reduce(tensor)
+        return float(tensor.item())
+
     def batch_loss(self, rows: list[tuple[str, pd.Series]]) -> tuple[torch.Tensor, dict]:
-        """Loss of one micro-batch of (task, record) pairs, and per-task figures for logging."""
+        """This process's share of the loss of one global micro-batch of (task, record) pairs.
+
+        With N processes, process r takes generative samples r, r+N, r+2N, … and whole embedding
+        tasks (the j-th embedding task of the batch goes to process j mod N: InfoNCE needs all of
+        a task's samples for its in-batch negatives). Each share is scaled so that the average of
+        the processes' gradients equals the gradient of the single-process loss; answer-token
+        cross-entropy is normalised by the global token count.
+        """
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
         n = len(rows)
         total = torch.zeros((), device=self.accelerator.device)
         per_task: dict[str, float] = {}
         tokens = 0
-        gen = [(t, r) for t, r in rows if self.tasks[t].kind == "generative"]
-        if gen:
-            picked, mask = self.rec.answer_token_logprobs(
-                [r.prompt for _, r in gen], [r.target for _, r in gen], [t for t, _ in gen]
-            )
-            token_loss = -(picked.sum() / mask.sum().clamp(min=1))
-            total = total + token_loss * len(gen) / n
-            sample_loss = (-(picked.sum(-1)) / mask.sum(-1).clamp(min=1)).detach()
-            for task in {t for t, _ in gen}:
-                idx = [i for i, (t, _) in enumerate(gen) if t == task]
-                per_task[task] = float(sample_loss[idx].mean())
-            tokens += int(mask.sum())
-        for task in sorted({t for t, _ in rows if self.tasks[t].kind == "embedding"}):
+        all_gen = [(t, r) for t, r in rows if self.tasks[t].kind == "generative"]
+        gen = all_gen[rank::world]
+        if all_gen:
+            local_tokens = 0.0
+            if gen:
+                picked, mask = self.rec.answer_token_logprobs(
+                    [r.prompt for _, r in gen], [r.target for _, r in gen], [t for t, _ in gen]
+                )
+                local_tokens = float(mask.sum())
+            global_tokens = self._all_sum(local_tokens)
+            if gen:
+                total = total - picked.sum() * world / max(global_tokens, 1.0) * len(all_gen) / n
+                sample_loss = (-(picked.sum(-1)) / mask.sum(-1).clamp(min=1)).detach()
+                for task in {t for t, _ in gen}:
+                    idx = [i for i, (t, _) in enumerate(gen) if t == task]
+                    per_task[task] = float(sample_loss[idx].mean())
+                tokens += int(local_tokens)
+        embedding_tasks = sorted({t for t, _ in rows if self.tasks[t].kind == "embedding"})
+        for task in embedding_tasks[rank::world]:
             group = [r for t, r in rows if t == task]
             loss = self.rec.contrastive_loss(
                 [r.prompt for r in group], [r.target for r in group], task
             )
-            total = total + loss * len(group) / n
+            total = total + loss * len(group) / n * world
             per_task[task] = float(loss.detach())
             tokens += sum(len(r.prompt) + len(r.target) for r in group) // 4
         return total, {"per_task": per_task, "tokens": tokens}
@@ -318,7 +339,6 @@ class Trainer:
         if resume:
             self.resume()
         previous = signal.signal(signal.SIGTERM, self._request_stop)
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
         tokens, busy = 0, 0.0
         self.rec.model.train()
         bar = tqdm(
@@ -354,9 +374,8 @@ class Trainer:
                     rows = []
                     for name in names:  # same order on every process
                         rows.append((name, self.tasks[name].train.iloc[picked[name].pop(0)]))
-                    mine = rows[rank::world]
                     with self.accelerator.autocast():
-                        loss, info = self.batch_loss(mine)
+                        loss, info = self.batch_loss(rows)
                     (loss / p.grad_accum).backward()
                     loss_sum += float(loss.detach()) / p.grad_accum
                     tokens += info["tokens"]

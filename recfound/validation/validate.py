@@ -126,7 +126,7 @@ def validate_tables(tables: Tables, report_dir: Path) -> ValidationReport:
             ("items", tables.items, suites.items_suite()),
             ("users", tables.users, suites.users_suite()),
         ],
-        Path(report_dir),
+        Path(report_dir).resolve(),
     )
 
 
@@ -147,7 +147,7 @@ def validate_task_datasets(
     return _run_suites(
         "tasks",
         [("task_records", records, suites.task_records_suite(enabled_tasks))],
-        Path(report_dir),
+        Path(report_dir).resolve(),
     )
 
 
