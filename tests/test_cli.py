@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from recfound.cli import EXIT_INVALID_DATA, EXIT_USER_ERROR, STAGES, main
-from tests.conftest import file_digests
+from tests.conftest import file_digests, write_ml100k_slice, write_params
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -96,33 +96,52 @@ CORRUPTIONS = {
 }
 
 
+@pytest.fixture(scope="module")
+def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small project that went through ingest → validate → build-tasks once."""
+    root = tmp_path_factory.mktemp("built")
+    raw = write_ml100k_slice(root / "raw")
+    work = root / "work"
+    work.mkdir()
+    write_params(
+        work / "params.yaml",
+        data={"source": "recbole_atomic", "path": str(raw), "dataset_name": "mini"},
+        tasks={"max_train_per_task": 100, "max_eval_per_task": 20},
+    )
+    for stage in ("ingest", "validate", "build-tasks"):
+        assert run_cli(stage, cwd=work).returncode == 0
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
 def test_corrupted_data_stops_validate_and_keeps_outputs(
-    name: str, mini_project: Path, mini_atomic: Path
+    name: str, built_project: Path, tmp_path: Path
 ) -> None:
-    assert run_cli("ingest", cwd=mini_project).returncode == 0
-    assert run_cli("validate", cwd=mini_project).returncode == 0
-    assert run_cli("build-tasks", cwd=mini_project).returncode == 0
-    tasks_before = file_digests(mini_project / "data" / "tasks")
+    root = tmp_path / "copy"
+    shutil.copytree(built_project, root)
+    project, raw = root / "work", root / "raw"
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace(str(built_project), str(root)))
+    tasks_before = file_digests(project / "data" / "tasks")
 
     filename, transform, words = CORRUPTIONS[name]
-    path = mini_atomic / filename
+    path = raw / filename
     lines = path.read_text().splitlines()
     path.write_text(
         "\n".join([lines[0]] + [transform(i, ln) for i, ln in enumerate(lines[1:], 1)]) + "\n"
     )
 
-    assert run_cli("ingest", cwd=mini_project).returncode == 0  # parsing is fine; semantics are not
-    result = run_cli("validate", cwd=mini_project)
+    assert run_cli("ingest", cwd=project).returncode == 0  # parsing is fine; semantics are not
+    result = run_cli("validate", cwd=project)
     assert result.returncode == EXIT_INVALID_DATA, result.stderr
     assert "data validation failed" in result.stderr
     assert words in result.stderr
     assert "Traceback" not in result.stderr
-    assert (mini_project / "reports" / "validation" / "tables.json").is_file()
-    assert (mini_project / "reports" / "validation" / "data_docs" / "index.html").is_file()
+    assert (project / "reports" / "validation" / "tables.json").is_file()
+    assert (project / "reports" / "validation" / "data_docs" / "index.html").is_file()
     # the task datasets built from the good data are untouched
-    assert file_digests(mini_project / "data" / "tasks") == tasks_before
+    assert file_digests(project / "data" / "tasks") == tasks_before
 
 
 def test_truncated_source_file_exit_code_and_outputs_kept(

@@ -46,19 +46,46 @@ def repo_copy(tmp_path: Path) -> Path:
         work / "params.yaml",
         data={"max_users": 60},
         tasks={"max_train_per_task": 60, "max_eval_per_task": 15},
+        model={
+            "builtin": {
+                "hidden_size": 32,
+                "num_layers": 1,
+                "num_heads": 4,
+                "intermediate_size": 64,
+                "max_length": 128,
+                "vocab_size": 600,
+            },
+            "max_length": 96,
+        },
+        pretrain={"steps": 10, "batch_size": 4, "seq_len": 32, "eval_every": 5, "warmup_steps": 2},
+        train={
+            "steps": 6,
+            "batch_size": 8,
+            "eval_every": 3,
+            "val_batch_size": 4,
+            "checkpoint_every": 3,
+            "warmup_steps": 1,
+            "s2sched": {"warmup_steps": 2, "update_every": 2, "window": 2},
+        },
     )
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     return work
 
 
-def test_dvc_repro_runs_the_data_stages_then_is_a_no_op(repo_copy: Path) -> None:
+def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     first = _dvc("repro", cwd=repo_copy)
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("ingest", "validate", "build_tasks"):
+    for stage in ("ingest", "validate", "build_tasks", "pretrain", "train"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((repo_copy / "reports" / "task_counts.json").read_text())
     assert metrics["num_embedding_tasks"] == 3 and metrics["num_generative_tasks"] >= 10
     assert (repo_copy / "dvc.lock").is_file()
+    assert (repo_copy / "models" / "backbone" / "config.json").is_file()
+    for checkpoint in ("last", "best_generative", "best_embedding"):
+        assert (repo_copy / "models" / "train" / checkpoint / "checkpoint.safetensors").is_file()
+    train = json.loads((repo_copy / "reports" / "train.json").read_text())
+    assert train["steps"] == 6
+    assert (repo_copy / "reports" / "plots" / "train_task_share.png").is_file()
 
     second = _dvc("repro", cwd=repo_copy)
     assert second.returncode == 0, second.stderr
