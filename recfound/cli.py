@@ -143,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for chatty in ("great_expectations", "alembic", "httpx", "urllib3", "filelock"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     from recfound.train.trainer import TrainingInterrupted
     from recfound.validation.validate import DataValidationError
 

@@ -77,6 +77,10 @@ class RecModel:
 
     # ---- batching -------------------------------------------------------------------------
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the model reads for ``texts`` (after truncation), for throughput figures."""
+        return int(self._encode(texts)["attention_mask"].sum())
+
     def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(
             list(texts),
@@ -134,7 +138,13 @@ class RecModel:
         self, prompts: Sequence[str], answers: Sequence[str], tasks: str | Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probabilities of the answers, and the mask of answer positions."""
-        batch = self.encode_with_answers(prompts, answers)
+        return self.logprobs_of(self.encode_with_answers(prompts, answers), tasks)
+
+    def logprobs_of(
+        self, batch: dict[str, torch.Tensor], tasks: str | Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`answer_token_logprobs` for a batch made by :meth:`encode_with_answers`."""
+        prompts = batch["input_ids"]
         with self._for_tasks(tasks, len(prompts)):
             logits = self.model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]

@@ -200,10 +200,12 @@ class Trainer:
         if all_gen:
             local_tokens = 0.0
             if gen:
-                picked, mask = self.rec.answer_token_logprobs(
-                    [r.prompt for _, r in gen], [r.target for _, r in gen], [t for t, _ in gen]
+                batch = self.rec.encode_with_answers(
+                    [r.prompt for _, r in gen], [r.target for _, r in gen]
                 )
+                picked, mask = self.rec.logprobs_of(batch, [t for t, _ in gen])
                 local_tokens = float(mask.sum())
+                tokens += int(batch["attention_mask"].sum())
             global_tokens = self._all_sum(local_tokens)
             if gen:
                 total = total - picked.sum() * world / max(global_tokens, 1.0) * len(all_gen) / n
@@ -211,7 +213,6 @@ class Trainer:
                 for task in {t for t, _ in gen}:
                     idx = [i for i, (t, _) in enumerate(gen) if t == task]
                     per_task[task] = float(sample_loss[idx].mean())
-                tokens += int(local_tokens)
         embedding_tasks = sorted({t for t, _ in rows if self.tasks[t].kind == "embedding"})
         for task in embedding_tasks[rank::world]:
             group = [r for t, r in rows if t == task]
@@ -220,7 +221,7 @@ class Trainer:
             )
             total = total + loss * len(group) / n * world
             per_task[task] = float(loss.detach())
-            tokens += sum(len(r.prompt) + len(r.target) for r in group) // 4
+            tokens += self.rec.count_tokens([r.prompt for r in group] + [r.target for r in group])
         return total, {"per_task": per_task, "tokens": tokens}
 
     @torch.no_grad()
