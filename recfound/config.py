@@ -236,6 +236,9 @@ class TrainConfig(_Section):
 
     steps: int = Field(default=200, ge=1)
     batch_size: int = Field(default=16, ge=2)
+    samples_per_task: int = Field(
+        default=4, ge=1, description="Samples drawn per task block (negatives for InfoNCE)."
+    )
     grad_accum: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
     warmup_steps: int = Field(default=20, ge=0)
@@ -246,6 +249,15 @@ class TrainConfig(_Section):
     strategy: Literal["s2sched", "uniform", "proportional"] = "s2sched"
     s2sched: S2SchedConfig = Field(default_factory=S2SchedConfig)
     bf16: bool = Field(default=False, description="bf16 autocast (GPUs).")
+
+    @model_validator(mode="after")
+    def _blocks_fill_the_batch(self) -> TrainConfig:
+        if self.batch_size % self.samples_per_task:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of "
+                f"train.samples_per_task ({self.samples_per_task})"
+            )
+        return self
 
 
 class TrackingConfig(_Section):

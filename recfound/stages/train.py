@@ -57,6 +57,7 @@ def train_params(cfg: Config) -> TrainParams:
     return TrainParams(
         steps=t.steps,
         batch_size=t.batch_size,
+        samples_per_task=t.samples_per_task,
         grad_accum=t.grad_accum,
         learning_rate=t.learning_rate,
         warmup_steps=t.warmup_steps,

@@ -1,12 +1,14 @@
 """The multi-task trainer: S2Sched decides the batch mix, accelerate runs it on CPU or GPUs.
 
-Batches. Every optimisation step draws ``batch_size`` samples (per micro-batch) whose tasks come
-from the scheduler's probabilities, so one batch mixes tasks. Generative samples of all tasks go
-through the model together (TMoLE gates are per sample, by task id); embedding samples are grouped
-per task, because InfoNCE uses the other samples of the same task as in-batch negatives. The batch
-loss is ``(n_gen / n) * CE_answer_tokens + sum_t (n_t / n) * InfoNCE_t``: the scheduler acts
-through how many samples each task gets, and each sample then counts the same (losses are not
-re-weighted a second time).
+Batches. Every optimisation step draws ``batch_size`` samples (per micro-batch) in blocks of
+``samples_per_task``: each block's task comes from the scheduler's probabilities, so one batch
+mixes tasks and every task in it has at least ``samples_per_task`` samples. Generative samples of
+all tasks go through the model together (TMoLE gates are per sample, by task id); embedding
+samples are grouped per task, because InfoNCE uses the other samples of the same task as in-batch
+negatives (a lone sample would learn nothing). The batch loss is
+``(n_gen / n) * CE_answer_tokens + sum_t (n_t / n) * InfoNCE_t``: the scheduler acts through how
+many samples each task gets, and each sample then counts the same (losses are not re-weighted a
+second time).
 
 Data parallel. With several processes every process draws the same global task list (same seed)
 and takes its share: every N-th generative sample and whole embedding tasks (see ``batch_loss``).
@@ -62,6 +64,7 @@ class TrainParams:
 
     steps: int = 200
     batch_size: int = 16
+    samples_per_task: int = 4
     grad_accum: int = 1
     learning_rate: float = 1e-3
     warmup_steps: int = 20
@@ -369,7 +372,10 @@ class Trainer:
                 per_task: dict[str, list[float]] = {}
                 loss_sum = 0.0
                 for _ in range(p.grad_accum):
-                    names = self.scheduler.allocate(p.batch_size, self.rng)
+                    # tasks are drawn per block of samples_per_task samples, so an embedding
+                    # task always brings in-batch negatives (a lone InfoNCE sample learns nothing)
+                    blocks = self.scheduler.allocate(p.batch_size // p.samples_per_task, self.rng)
+                    names = [name for name in blocks for _ in range(p.samples_per_task)]
                     counts = {n: names.count(n) for n in set(names)}
                     picked = {n: self.streams[n].take(c) for n, c in sorted(counts.items())}
                     rows = []
