@@ -383,7 +383,8 @@ class Trainer:
                         rows.append((name, self.tasks[name].train.iloc[picked[name].pop(0)]))
                     with self.accelerator.autocast():
                         loss, info = self.batch_loss(rows)
-                    (loss / p.grad_accum).backward()
+                    if loss.requires_grad:  # a process may get no sample of this micro-batch
+                        (loss / p.grad_accum).backward()
                     loss_sum += float(loss.detach()) / p.grad_accum
                     tokens += info["tokens"]
                     for name, value in info["per_task"].items():
