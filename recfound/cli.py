@@ -51,6 +51,48 @@ def _train(cfg: Config, args: argparse.Namespace) -> None:
     run_train(cfg, resume=args.resume)
 
 
+def _merge(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.stages.merge import run_merge
+
+    run_merge(cfg)
+
+
+def _evaluate(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.stages.evaluate import run_evaluate
+
+    run_evaluate(cfg)
+
+
+def _ablate(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.stages.ablate import run_ablate
+
+    run_ablate(cfg)
+
+
+def _register(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.stages.register import run_register
+
+    run_register(cfg)
+
+
+def _promote(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.stages.register import run_promote
+
+    run_promote(cfg, version=args.version, force=args.force)
+
+
+def _pipeline(cfg: Config, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    # components/ and pipelines/ sit next to the package in the checkout; they are not installed.
+    checkout = str(Path(__file__).resolve().parents[1])
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
+    from pipelines.commands import run_command
+
+    run_command(cfg, args)
+
+
 STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]] = {
     "ingest": (
         _ingest,
@@ -104,6 +146,68 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "from the last checkpoint; SIGTERM writes a checkpoint before exiting. For several "
         "processes: accelerate launch --num_processes N -m recfound.cli train.",
     ),
+    "merge": (
+        _merge,
+        "merge the kept checkpoints; Optuna tunes method, coefficients and density",
+        "Merges the training checkpoints in merge.checkpoints (default best_generative, "
+        "best_embedding, last) by linear averaging, SLERP or TIES (magnitude or random "
+        "sparsification) of their task vectors. An Optuna study (TPE, seeded, sqlite next to "
+        "paths.merged so an interrupted run resumes) runs merge.trials trials maximising the "
+        "mean over tasks of the validation score divided by the best single checkpoint's "
+        "(merge.max_per_task validation records per task); every trial is an MLflow child "
+        "run. Writes the model bundle to paths.merged (default models/merged/), "
+        "reports/merge.json and the study's figures under reports/plots/.",
+    ),
+    "evaluate": (
+        _evaluate,
+        "evaluate the merged model and the baselines on every task's test split",
+        "Full ranking over all items for retrieval tasks (Recall/NDCG@K, MRR; history "
+        "excluded), HR/NDCG for candidate ranking, RMSE/MAE and F1 for ratings, AUC/F1 for "
+        "like/dislike, accuracy/F1 for labels, token F1/BLEU/ROUGE-L for text; baselines "
+        "(popularity, item-kNN, BM25, majority answer) on the same records. Writes "
+        "reports/metrics.json, reports/evaluation.md and reports/plots/evaluation_scores.*; "
+        "options: evaluate.max_per_task, evaluate.ks, evaluate.max_new_tokens.",
+    ),
+    "ablate": (
+        _ablate,
+        "RecFound's ablation rows: without merge, S2Sched, TMoLE, all three",
+        "Trains the ablation variants with the main run's budget and seed (uniform sampling; "
+        "one LoRA with the TMoLE parameter count; both) under models/ablation/, evaluates every "
+        "row on the same test records as `evaluate`, and writes reports/ablation.json and "
+        "reports/ablation.md (one table per task group).",
+    ),
+    "register": (
+        _register,
+        "register the merged model in MLflow; alias champion only if it passes the gates",
+        "Logs the merged model (paths.merged on the backbone in paths.backbone) as an MLflow "
+        "pyfunc model that answers {task, input, candidates} rows with generations, embeddings "
+        "or scores, and registers it as registry.model_name with the data version, params and "
+        "the scores of reports/metrics.json as version tags. Gates from params.yaml: the "
+        "registry.primary_metric must beat the champion's by registry.min_improvement and no "
+        "task may drop more than registry.max_regression; a passing version gets alias "
+        "champion, any other alias challenger. Writes reports/registry.json. Tracking store: "
+        "tracking.tracking_uri, or MLFLOW_TRACKING_URI when set.",
+    ),
+    "promote": (
+        _promote,
+        "make a registered version champion by hand (same gates unless --force)",
+        "Moves alias champion of registry.model_name to --version N when that version passes "
+        "the promotion gates against the current champion (registry.primary_metric, "
+        "registry.min_improvement, registry.max_regression; the scores are read from the "
+        "versions' tags). A version that fails is left as it is and the failed gates are "
+        f"printed (exit code {EXIT_USER_ERROR}); --force promotes it anyway.",
+    ),
+    "pipeline": (
+        _pipeline,
+        "compile, submit or locally run the Kubeflow pipeline",
+        "The stages as a Kubeflow Pipelines (v2) pipeline whose parameters mirror params.yaml "
+        "(one per section; defaults from the params file) plus the train step's GPUs, CPU and "
+        "memory. compile writes the YAML package; submit starts a run on a KFP endpoint "
+        "(--param KEY=VALUE overrides a dotted params.yaml key such as train.steps=500, or a "
+        "resource: train_gpus, gpu_type, train_cpu, train_memory, step_cpu, step_memory); "
+        "run-local runs every step here with kfp.local's subprocess runner. See README.md, "
+        "'Run on Kubeflow'.",
+    ),
 }
 
 
@@ -133,7 +237,49 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["train"].add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in paths.train"
     )
+    promote = sub.choices["promote"]
+    promote.add_argument(
+        "--version", type=int, required=True, help="the registered version to promote"
+    )
+    promote.add_argument("--force", action="store_true", help="skip the promotion gates")
+    _add_pipeline_actions(sub.choices["pipeline"])
     return parser
+
+
+def _add_pipeline_actions(pipeline: argparse.ArgumentParser) -> None:
+    actions = pipeline.add_subparsers(dest="action", metavar="ACTION", required=True)
+    compile_ = actions.add_parser("compile", help="write the pipeline package (YAML)")
+    compile_.add_argument("-o", "--output", required=True, help="path of the YAML package")
+    submit = actions.add_parser("submit", help="start a run on a Kubeflow Pipelines endpoint")
+    submit.add_argument("--host", required=True, help="KFP endpoint, e.g. http://localhost:8080")
+    submit.add_argument("--experiment", required=True, help="KFP experiment of the run")
+    submit.add_argument("--run-name", default=None, help="name of the run in the KFP UI")
+    submit.add_argument("--namespace", default=None, help="profile namespace (multi-user KFP)")
+    submit.add_argument(
+        "--no-cache", action="store_true", help="run every step, even those KFP has cached"
+    )
+    local = actions.add_parser(
+        "run-local", help="run every step here with kfp.local (no cluster, no image)"
+    )
+    local.add_argument(
+        "--output-dir", default="kfp_local", help="where the steps' outputs go (default: kfp_local)"
+    )
+    for action in (compile_, submit, local):
+        action.add_argument("--params", default=argparse.SUPPRESS, help="path of the params file")
+    for action in (compile_, submit):
+        action.add_argument(
+            "--image",
+            default=None,
+            help="container image of every step (default: $RECFOUND_IMAGE, else the project's)",
+        )
+    for action in (submit, local):
+        action.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a setting (train.steps=500) or a resource (train_gpus=4); repeatable",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

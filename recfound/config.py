@@ -260,6 +260,62 @@ class TrainConfig(_Section):
         return self
 
 
+class MergeConfig(_Section):
+    """Merge of the kept training checkpoints, with an Optuna study over method and coefficients."""
+
+    checkpoints: list[Literal["best_generative", "best_embedding", "last"]] = Field(
+        default_factory=lambda: ["best_generative", "best_embedding", "last"],
+        min_length=2,
+        description="Training checkpoints to merge (SLERP uses the first two).",
+    )
+    methods: list[Literal["linear", "slerp", "ties"]] = Field(
+        default_factory=lambda: ["linear", "slerp", "ties"], min_length=1
+    )
+    trials: int = Field(default=12, ge=1, description="Optuna trials (TPE sampler, seeded).")
+    max_per_task: int = Field(
+        default=32, ge=4, description="Validation records per task in the merge objective."
+    )
+    density_min: float = Field(default=0.2, gt=0, le=1, description="Lowest TIES density tried.")
+
+    @field_validator("checkpoints", "methods")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"entries must be unique, got {values}")
+        return values
+
+
+class EvaluateConfig(_Section):
+    """Test-split evaluation of the merged model and the baselines."""
+
+    max_per_task: int = Field(default=100, ge=1, description="Test records per task.")
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1)
+    max_new_tokens: int = Field(default=24, ge=1, le=256)
+    batch_size: int = Field(default=32, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, values: list[int]) -> list[int]:
+        if any(k < 1 for k in values):
+            raise ValueError(f"every K must be >= 1, got {values}")
+        return sorted(set(values))
+
+
+class RegistryConfig(_Section):
+    """MLflow model registry: the registered name and the promotion gates."""
+
+    model_name: str = Field(default="recfound", min_length=1)
+    primary_metric: Literal["mean_score", "embedding_score", "generative_score"] = Field(
+        default="mean_score", description="Overall score (from reports/metrics.json) to beat."
+    )
+    max_regression: float = Field(
+        default=0.02, ge=0, le=1, description="Largest allowed drop of any task's score."
+    )
+    min_improvement: float = Field(
+        default=0.0, ge=0, description="The primary metric must beat the champion by this much."
+    )
+
+
 class TrackingConfig(_Section):
     """MLflow: the embedded default store unless MLFLOW_TRACKING_URI points elsewhere."""
 
@@ -275,6 +331,7 @@ class PathsConfig(_Section):
     tasks: str = "data/tasks"
     backbone: str = "models/backbone"
     train: str = "models/train"
+    merged: str = "models/merged"
     reports: str = "reports"
 
 
@@ -287,6 +344,9 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 

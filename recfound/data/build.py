@@ -1,5 +1,8 @@
 """Normalized tables → every enabled task's train/valid/test records.
 
+Besides the records, the build keeps the item catalogue (every item's id and the text retrieval
+targets use) and the warm training interactions, for full-ranking evaluation and the baselines.
+
 The :class:`~recfound.data.tasks.base.TaskContext` (cold items, leave-one-out split, per-user
 timelines) is computed once; each enabled builder then reads it. A task is *skipped*, with a plain
 reason, when the source lacks a signal it needs or when it yields no training records (for the
@@ -28,6 +31,8 @@ class TaskDatasets:
     skipped: dict[str, str] = field(default_factory=dict)
     cold_items: list[str] = field(default_factory=list)
     derived: dict[str, str] = field(default_factory=dict)
+    item_texts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    train_interactions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def build_task_datasets(tables: Tables, cfg: TasksConfig, seed: int) -> TaskDatasets:
@@ -41,7 +46,19 @@ def build_task_datasets(tables: Tables, cfg: TasksConfig, seed: int) -> TaskData
         max_eval_per_task=cfg.max_eval_per_task,
         cold_item_fraction=cfg.cold_item_fraction,
     )
-    datasets = TaskDatasets(cold_items=sorted(ctx.cold_items))
+    datasets = TaskDatasets(
+        cold_items=sorted(ctx.cold_items),
+        item_texts=pd.DataFrame(
+            {
+                "item_id": list(ctx.items),
+                "text": [ctx.item_text(i) for i in ctx.items],
+                "cold": [i in ctx.cold_items for i in ctx.items],
+            }
+        ),
+        train_interactions=ctx.train_interactions[
+            ["user_id", "item_id", "rating", "timestamp"]
+        ].reset_index(drop=True),
+    )
     signals = set(tables.info.signals)
     for name in tqdm(cfg.enabled, desc="build tasks", unit="task"):
         builder = TASK_BUILDERS[name]

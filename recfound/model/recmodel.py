@@ -185,23 +185,49 @@ class RecModel:
         return out
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], task: str, max_new_tokens: int = 32) -> list[str]:
-        """Greedy continuation of each prompt, decoded without special tokens."""
+    def generate(
+        self,
+        prompts: Sequence[str],
+        task: str,
+        max_new_tokens: int = 32,
+        batch_size: int = 16,
+    ) -> list[str]:
+        """Greedy continuation of each prompt, decoded without special tokens.
+
+        Prompts are batched with *left* padding (and cut from the left when too long), so every
+        row's last prompt token sits at the same position and greedy decoding matches decoding
+        the prompts one at a time.
+        """
         self.model.eval()
         tok = self.tokenizer
-        outputs = []
-        for prompt in prompts:  # one at a time: right padding would break greedy decoding
-            ids = self._encode([prompt])["input_ids"]
-            with self._for_tasks(task, 1):
-                generated = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id,
+        sides = tok.padding_side, tok.truncation_side
+        tok.padding_side, tok.truncation_side = "left", "left"
+        outputs: list[str] = []
+        try:
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start : start + batch_size])
+                batch = tok(
+                    chunk,
+                    padding=True,
+                    truncation=True,
+                    max_length=max(1, self.max_length - max_new_tokens),
+                    return_tensors="pt",
                 )
-            outputs.append(tok.decode(generated[0, ids.shape[1] :], skip_special_tokens=True))
+                ids = batch["input_ids"].to(self.device)
+                with self._for_tasks(task, len(chunk)):
+                    generated = self.model.generate(
+                        input_ids=ids,
+                        attention_mask=batch["attention_mask"].to(self.device),
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=tok.pad_token_id,
+                        eos_token_id=tok.eos_token_id,
+                    )
+                outputs.extend(
+                    tok.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
+                )
+        finally:
+            tok.padding_side, tok.truncation_side = sides
         return [o.strip() for o in outputs]
 
     # ---- embeddings ------------------------------------------------------------------------

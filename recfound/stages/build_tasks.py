@@ -19,6 +19,8 @@ from recfound.validation.validate import raise_for_failures, validate_task_datas
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+ITEMS_FILE = "items.parquet"
+TRAIN_INTERACTIONS_FILE = "train_interactions.parquet"
 
 
 def task_counts(datasets: TaskDatasets) -> dict[str, dict[str, int]]:
@@ -48,6 +50,10 @@ def run_build_tasks(cfg: Config) -> TaskDatasets:
         for task, splits in datasets.frames.items():
             for split, frame in splits.items():
                 artifacts.write_parquet(staging / task / f"{split}.parquet", frame)
+        # Evaluation ranks every item by the same text the retrieval targets use, and the
+        # baselines learn from exactly the interactions the model could see in training.
+        artifacts.write_parquet(staging / ITEMS_FILE, datasets.item_texts)
+        artifacts.write_parquet(staging / TRAIN_INTERACTIONS_FILE, datasets.train_interactions)
         artifacts.write_json(
             staging / MANIFEST_FILE,
             {

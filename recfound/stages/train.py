@@ -1,7 +1,8 @@
 """Stage `train`: TMoLE (or LoRA) adapters on every task at once, S2Sched sampling, checkpoints.
 
 Reads the task datasets and the backbone, trains, and writes ``paths.train``:
-``last/``, ``best_generative/``, ``best_embedding/`` checkpoints and ``adapter_spec.json``; metrics
+``last/``, ``best_generative/``, ``best_embedding/`` checkpoints and ``model_spec.json`` (what the
+merge step needs to rebuild the model around the backbone); metrics
 to ``reports/train.json``; plots (task shares, validation curves) to ``reports/plots/`` and MLflow.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -18,7 +18,8 @@ from recfound import artifacts
 from recfound.config import Config
 from recfound.data.datasets import read_task_frames, task_kind
 from recfound.model.backbone import load_backbone
-from recfound.model.build import AdapterSpec, build_rec_model
+from recfound.model.build import AdapterSpec
+from recfound.model.bundle import SPEC_FILE, ModelSpec, build_from_spec
 from recfound.model.recmodel import RecModel
 from recfound.tracking.runs import stage_run
 from recfound.train.plots import plot_task_shares, plot_validation_curves
@@ -26,8 +27,6 @@ from recfound.train.s2sched import S2SchedParams
 from recfound.train.trainer import TaskData, Trainer, TrainParams
 
 log = logging.getLogger(__name__)
-
-SPEC_FILE = "adapter_spec.json"
 
 
 def adapter_spec(cfg: Config) -> AdapterSpec:
@@ -83,19 +82,22 @@ def load_training_tasks(cfg: Config) -> list[TaskData]:
     return tasks
 
 
+def model_spec(cfg: Config, task_kinds: dict[str, str]) -> ModelSpec:
+    m = cfg.model
+    return ModelSpec(
+        adapter=adapter_spec(cfg),
+        task_kinds=dict(sorted(task_kinds.items())),
+        seed=cfg.seed,
+        pooling=m.pooling,
+        embedding_attention=m.embedding_attention,
+        max_length=m.max_length,
+        temperature=m.infonce_temperature,
+    )
+
+
 def build_model_for(cfg: Config, task_kinds: dict[str, str]) -> RecModel:
     base, tokenizer = load_backbone(cfg.paths.backbone)
-    return build_rec_model(
-        base,
-        tokenizer,
-        adapter_spec(cfg),
-        task_kinds,
-        seed=cfg.seed,
-        pooling=cfg.model.pooling,
-        embedding_attention=cfg.model.embedding_attention,
-        max_length=cfg.model.max_length,
-        temperature=cfg.model.infonce_temperature,
-    )
+    return build_from_spec(base, tokenizer, model_spec(cfg, task_kinds))
 
 
 def run_train(cfg: Config, resume: bool = False) -> dict:
@@ -105,9 +107,7 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
     params = train_params(cfg)
     out = Path(cfg.paths.train)
     out.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(
-        out / SPEC_FILE, {"adapter": asdict(adapter_spec(cfg)), "task_kinds": task_kinds}
-    )
+    artifacts.write_json(out / SPEC_FILE, model_spec(cfg, task_kinds).to_dict())
     trainable = sum(p.numel() for p in rec.model.parameters() if p.requires_grad)
     log.info(
         "training a %s adapter (%d trainable parameters) on %d tasks for %d steps",

@@ -20,10 +20,21 @@ from recfound.config import TrackingConfig
 log = logging.getLogger(__name__)
 
 
+_uri_set_here: str | None = None
+
+
 def configure_tracking(cfg: TrackingConfig) -> str:
-    """Point MLflow at the configured store and make sure the experiment exists; returns the URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    """Point MLflow at the configured store and make sure the experiment exists; returns the URI.
+
+    ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI`` (so subprocesses inherit it); a
+    value this function exported itself is therefore not mistaken for the user's choice on the
+    next call, which may name another store.
+    """
+    global _uri_set_here
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = env if env and env != _uri_set_here else cfg.tracking_uri
     mlflow.set_tracking_uri(uri)
+    _uri_set_here = os.environ.get("MLFLOW_TRACKING_URI")
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
         location = None
         if uri.startswith(("sqlite:", "file:")) or "://" not in uri:

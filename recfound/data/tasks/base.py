@@ -381,6 +381,8 @@ class TaskBuilder(ABC):
     needs: ClassVar[frozenset[str]]
     derived: ClassVar[str] = ""
     eval_only: ClassVar[bool] = False
+    # An eval-only task has no adapter task of its own: the model answers it with this one's.
+    answered_as: ClassVar[str] = ""
 
     @abstractmethod
     def build(self, ctx: TaskContext) -> list[TaskRecord]:

@@ -17,6 +17,7 @@ class ZeroShotBuilder(TaskBuilder):
     kind = "generative"
     needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT})
     eval_only = True
+    answered_as = "ctr_prediction"  # the same like/dislike question, on warm items
 
     def build(self, ctx: TaskContext) -> list[TaskRecord]:
         rng = ctx.rng(self.name)

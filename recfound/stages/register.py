@@ -1,0 +1,187 @@
+"""Stage `register`: the merged model becomes a registered MLflow model version, gated by alias.
+
+Reads the backbone (``paths.backbone``), the merged bundle (``paths.merged``) and the evaluation
+scores (``<paths.reports>/metrics.json``); compares the scores with the current champion's
+(``registry`` gates in params.yaml); logs and registers the model as ``registry.model_name`` with
+the data version, params and scores as version tags; gives it alias ``champion`` if it passed,
+``challenger`` otherwise. Writes ``<paths.reports>/registry.json``.
+
+``run_promote`` is the by-hand promotion of a registered version (``recfound promote``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recfound import artifacts
+from recfound.config import Config
+from recfound.errors import UserInputError
+from recfound.model.backbone import resolve_backbone_dir
+from recfound.model.bundle import SPEC_FILE
+from recfound.tracking.registry import (
+    CHAMPION,
+    GateDecision,
+    apply_promotion,
+    check_gates,
+    configure_registry,
+    log_and_register,
+    metrics_from_tags,
+    promote,
+    version_by_alias,
+)
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "registry.json"
+DVC_LOCK = "dvc.lock"
+
+
+class PromotionRefused(UserInputError):
+    """``recfound promote`` without --force, for a version that fails the gates."""
+
+
+# ---- data version -------------------------------------------------------------------------
+
+
+def dvc_locked_md5(tasks_dir: str | Path, lock_path: str | Path = DVC_LOCK) -> str | None:
+    """The md5 DVC recorded in ``dvc.lock`` for the output ``tasks_dir``, or None."""
+    lock_path = Path(lock_path)
+    if not lock_path.is_file():
+        return None
+    try:
+        lock = yaml.safe_load(lock_path.read_text()) or {}
+    except yaml.YAMLError:
+        log.warning("%s is not valid YAML; the data version is a content hash instead", lock_path)
+        return None
+    target = Path(tasks_dir).resolve()
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if (lock_path.parent / out.get("path", "")).resolve() == target and out.get("md5"):
+                return str(out["md5"])
+    return None
+
+
+def content_hash(directory: str | Path) -> str:
+    """A deterministic hash of a directory's files (relative paths and bytes): ``sha256:…``."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return "sha256:" + digest.hexdigest()
+
+
+def data_version(tasks_dir: str | Path, lock_path: str | Path = DVC_LOCK) -> tuple[str, str]:
+    """``(version, source)`` of the task datasets: DVC's md5 from dvc.lock, else a content hash.
+
+    ``source`` is ``dvc.lock``, ``content`` or ``missing`` (no dvc.lock entry and no directory:
+    the version is ``unknown``).
+    """
+    md5 = dvc_locked_md5(tasks_dir, lock_path)
+    if md5:
+        return md5, "dvc.lock"
+    if Path(tasks_dir).is_dir():
+        return content_hash(tasks_dir), "content"
+    log.warning("no task datasets at %s and no dvc.lock entry: data version unknown", tasks_dir)
+    return "unknown", "missing"
+
+
+# ---- inputs -------------------------------------------------------------------------------
+
+
+def _require(path: Path, what: str, stage: str) -> None:
+    if not path.exists():
+        raise UserInputError(
+            f"{what} not found at {path}; run `recfound {stage}` (or `dvc repro {stage}`) first"
+        )
+
+
+def read_metrics(path: Path, primary: str) -> dict[str, Any]:
+    """metrics.json, checked for what the gates read (overall primary metric, task scores)."""
+    try:
+        metrics = json.loads(path.read_text())
+        float(metrics["overall"][primary])
+        for values in metrics.get("tasks", {}).values():
+            float(values["score"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserInputError(
+            f"{path} is not a usable evaluation report ({type(exc).__name__}: {exc}); it needs "
+            f"overall.{primary} and a score per task. Run `recfound evaluate` again"
+        ) from None
+    return metrics
+
+
+def registry_params(cfg: Config) -> dict[str, Any]:
+    """The settings recorded with a version (paths and tracking are about this machine only)."""
+    return cfg.model_dump(exclude={"paths", "tracking"})
+
+
+# ---- stages -------------------------------------------------------------------------------
+
+
+def run_register(cfg: Config) -> dict[str, Any]:
+    """Register the merged model, gate it against the champion, write reports/registry.json."""
+    backbone = resolve_backbone_dir(cfg.paths.backbone)  # the weights, not a pointer file
+    bundle = Path(cfg.paths.merged)
+    metrics_path = Path(cfg.paths.reports) / "metrics.json"
+    _require(backbone / "config.json", "the backbone", "pretrain")
+    _require(bundle / SPEC_FILE, "the merged model", "merge")
+    _require(metrics_path, "the evaluation report", "evaluate")
+    metrics = read_metrics(metrics_path, cfg.registry.primary_metric)
+    version_id, version_source = data_version(cfg.paths.tasks)
+    name = cfg.registry.model_name
+
+    client = configure_registry(cfg.tracking)
+    champion = version_by_alias(client, name, CHAMPION)
+    decision = check_gates(
+        metrics,
+        metrics_from_tags(champion.tags) if champion is not None else None,
+        cfg.registry,
+        champion_version=None if champion is None else int(champion.version),
+    )
+    registered = log_and_register(
+        tracking_cfg=cfg.tracking,
+        model_name=name,
+        backbone_dir=backbone,
+        bundle_dir=bundle,
+        metrics=metrics,
+        metrics_path=metrics_path,
+        params=registry_params(cfg),
+        data_version=version_id,
+    )
+    alias = apply_promotion(client, name, registered.version, decision)
+    report = {
+        "model_name": name,
+        "version": registered.version,
+        "model_uri": registered.model_uri,
+        "alias": alias,
+        "champion_uri": f"models:/{name}@{CHAMPION}",
+        "mlflow_run_id": registered.run_id,
+        "data_version": version_id,
+        "data_version_source": version_source,
+        "decision": decision.to_dict(),
+    }
+    client.log_dict(registered.run_id, report, REPORT_FILE)
+    artifacts.write_json(Path(cfg.paths.reports) / REPORT_FILE, report)
+    log.info("%s version %d → alias %s; %s", name, registered.version, alias, decision.summary())
+    return report
+
+
+def run_promote(cfg: Config, version: int, force: bool = False) -> dict[str, Any]:
+    """Promote a registered version by hand; one that fails the gates is refused unless forced."""
+    client = configure_registry(cfg.tracking)
+    name = cfg.registry.model_name
+    decision: GateDecision = promote(client, cfg.registry, version, force=force)
+    if not decision.promote:
+        raise PromotionRefused(
+            f"{name} version {version} is not promoted: it {decision.summary()}\n"
+            "The champion stays. Use --force to promote it anyway."
+        )
+    log.info("%s version %d is now %s; %s", name, version, CHAMPION, decision.summary())
+    return {"model_name": name, "version": version, "alias": CHAMPION, **decision.to_dict()}

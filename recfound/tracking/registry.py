@@ -1,0 +1,368 @@
+"""MLflow model registry: log the merged model, register a version, promote it by alias.
+
+Every registered version of ``registry.model_name`` carries as tags what the promotion gates need:
+``data_version``, the settings (``param.<key>``) and the evaluation scores
+(``metric.overall.<name>``, ``metric.<task>.score``). The champion's scores are read back from its
+tags, so the registry alone decides a promotion, on any machine.
+
+Gates (``registry`` in params.yaml): a candidate passes when there is no champion yet, or when
+
+- its primary metric is at least the champion's plus ``min_improvement``, and
+- no task scored by both dropped more than ``max_regression`` below the champion's score.
+
+A version that passes gets alias ``champion``; otherwise alias ``challenger``, and the champion
+stays. ``promote`` applies the same gates to an already registered version, or skips them when
+forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from recfound.config import RegistryConfig, TrackingConfig
+from recfound.errors import UserInputError
+from recfound.model.bundle import read_spec
+from recfound.tracking.runs import configure_tracking, flatten_params, stage_run
+from recfound.tracking.serving import (
+    SIGNATURE,
+    RecFoundModel,
+    input_example,
+    package_dir,
+    pinned_requirements,
+)
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DATA_VERSION_TAG = "data_version"
+PARAM_PREFIX = "param."
+METRIC_PREFIX = "metric."
+# A score equal to its threshold passes even after float rounding (0.52 - 0.02 != 0.50 exactly).
+TOLERANCE = 1e-9
+
+
+class RegistryError(UserInputError):
+    """The registry cannot do what was asked (unknown version, a version without scores, …)."""
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One registered model version and the MLflow run that logged it."""
+
+    name: str
+    version: int
+    run_id: str
+    model_uri: str  # models:/<name>/<version>
+
+
+@dataclass
+class GateDecision:
+    """Whether a candidate may become champion, and every gate it failed, in plain words."""
+
+    passed: bool
+    primary_metric: str
+    candidate_value: float | None
+    champion_value: float | None
+    champion_version: int | None = None
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    forced: bool = False
+
+    @property
+    def promote(self) -> bool:
+        """True when the candidate gets alias ``champion`` (gates passed, or forced)."""
+        return self.passed or self.forced
+
+    def summary(self) -> str:
+        """One line per finding: the verdict, each failed gate, then notes."""
+        against = "the champion" + (
+            f" v{self.champion_version}" if self.champion_version is not None else ""
+        )
+        if self.champion_value is None and self.passed:
+            head = "passes the gates: there is no champion yet"
+        elif self.passed:
+            head = (
+                f"passes the gates against {against}: {self.primary_metric} "
+                f"{_fmt(self.candidate_value)} vs {_fmt(self.champion_value)}"
+            )
+        else:
+            head = f"fails {len(self.failures)} gate(s) against {against}" + (
+                ", promoted by force" if self.forced else ""
+            )
+        lines = [head] + [f"  - {f}" for f in self.failures] + [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "promote": self.promote}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+# ---- tracking / registry URIs --------------------------------------------------------------
+
+
+def configure_registry(cfg: TrackingConfig) -> MlflowClient:
+    """Point MLflow at the configured store; a client for its tracking and its model registry.
+
+    The registry is the tracking store itself (MLflow's default: with ``sqlite:///mlflow.db`` the
+    registered models live in the same database, with a server URL on that server), unless
+    ``MLFLOW_REGISTRY_URI`` names another. ``mlflow.set_registry_uri`` is not called on purpose:
+    it would export ``MLFLOW_REGISTRY_URI`` and pin this process to the first store it saw.
+    """
+    tracking_uri = configure_tracking(cfg)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=mlflow.get_registry_uri())
+
+
+# ---- tags <-> metrics ---------------------------------------------------------------------
+
+
+def version_tags(
+    metrics: dict[str, Any], params: dict[str, Any], data_version: str
+) -> dict[str, str]:
+    """The tags of a registered version: data version, flattened params, scores (as text)."""
+    tags = {DATA_VERSION_TAG: data_version}
+    tags.update({f"{PARAM_PREFIX}{k}": v for k, v in flatten_params(params).items()})
+    for name, value in metrics.get("overall", {}).items():
+        tags[f"{METRIC_PREFIX}overall.{name}"] = repr(float(value))
+    for task, values in metrics.get("tasks", {}).items():
+        tags[f"{METRIC_PREFIX}{task}.score"] = repr(float(values["score"]))
+        if "kind" in values:
+            tags[f"{METRIC_PREFIX}{task}.kind"] = str(values["kind"])
+    return tags
+
+
+def metrics_from_tags(tags: dict[str, str]) -> dict[str, Any]:
+    """The ``{"overall": {...}, "tasks": {task: {"score": ...}}}`` of metrics.json, from tags."""
+    overall: dict[str, float] = {}
+    tasks: dict[str, dict[str, Any]] = {}
+    for key, value in tags.items():
+        if not key.startswith(METRIC_PREFIX):
+            continue
+        name, _, field_name = key[len(METRIC_PREFIX) :].rpartition(".")
+        if name == "overall":
+            overall[field_name] = float(value)
+        elif field_name == "score":
+            tasks.setdefault(name, {})["score"] = float(value)
+        elif field_name == "kind":
+            tasks.setdefault(name, {})["kind"] = value
+    return {"overall": overall, "tasks": {t: v for t, v in tasks.items() if "score" in v}}
+
+
+# ---- gates --------------------------------------------------------------------------------
+
+
+def _overall(metrics: dict[str, Any] | None, name: str) -> float | None:
+    try:
+        return float(metrics["overall"][name])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_gates(
+    candidate_metrics: dict[str, Any],
+    champion_metrics: dict[str, Any] | None,
+    registry_cfg: RegistryConfig,
+    *,
+    champion_version: int | None = None,
+    force: bool = False,
+) -> GateDecision:
+    """Compare a candidate's metrics with the champion's (both in metrics.json's shape).
+
+    ``champion_metrics`` None means there is no champion: the candidate passes. ``force``
+    promotes whatever the gates say; the failures are still listed.
+    """
+    primary = registry_cfg.primary_metric
+    candidate = _overall(candidate_metrics, primary)
+    if champion_metrics is None:
+        return GateDecision(True, primary, candidate, None, forced=force)
+    champion = _overall(champion_metrics, primary)
+    failures: list[str] = []
+    notes: list[str] = []
+    if candidate is None or champion is None:
+        whose = "candidate" if candidate is None else f"champion (v{champion_version})"
+        failures.append(
+            f"{primary}: the {whose} has no overall {primary} score to compare "
+            "(scores come from reports/metrics.json, written by `recfound evaluate`)"
+        )
+    else:
+        needed = champion + registry_cfg.min_improvement
+        if not candidate >= needed - TOLERANCE:
+            failures.append(
+                f"{primary}: candidate {candidate:.4f} is below the champion's {champion:.4f}"
+                + (
+                    f" + min_improvement {registry_cfg.min_improvement:g} = {needed:.4f}"
+                    if registry_cfg.min_improvement
+                    else ""
+                )
+            )
+    candidate_tasks = candidate_metrics.get("tasks", {})
+    champion_tasks = champion_metrics.get("tasks", {})
+    for task in sorted(set(candidate_tasks) & set(champion_tasks)):
+        old = float(champion_tasks[task]["score"])
+        new = float(candidate_tasks[task]["score"])
+        if not math.isfinite(old):
+            notes.append(f"{task}: the champion has no finite score ({old}); not compared")
+        elif not new >= old - registry_cfg.max_regression - TOLERANCE:
+            failures.append(
+                f"task {task}: candidate score {new:.4f} is {old - new:.4f} below the "
+                f"champion's {old:.4f}; the allowed drop is {registry_cfg.max_regression:g}"
+            )
+    for task in sorted(set(champion_tasks) - set(candidate_tasks)):
+        notes.append(f"{task}: scored for the champion but not for the candidate; not compared")
+    for task in sorted(set(candidate_tasks) - set(champion_tasks)):
+        notes.append(f"{task}: new task (the champion has no score for it); not compared")
+    return GateDecision(
+        passed=not failures,
+        primary_metric=primary,
+        candidate_value=candidate,
+        champion_value=champion,
+        champion_version=champion_version,
+        failures=failures,
+        notes=notes,
+        forced=force,
+    )
+
+
+# ---- registry operations ------------------------------------------------------------------
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding ``alias``, or None (no such model, or no version has the alias)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def log_and_register(
+    *,
+    tracking_cfg: TrackingConfig,
+    model_name: str,
+    backbone_dir: str | Path,
+    bundle_dir: str | Path,
+    metrics: dict[str, Any],
+    metrics_path: str | Path | None,
+    params: dict[str, Any],
+    data_version: str,
+) -> RegisteredVersion:
+    """Log the bundle as a pyfunc model in a ``register`` run and register it as a new version.
+
+    The run holds the params, the scores (as metrics and as the ``metrics.json`` artifact) and the
+    model; the version gets :func:`version_tags`.
+    """
+    spec, _ = read_spec(bundle_dir)
+    configure_registry(tracking_cfg)
+    tags = version_tags(metrics, params, data_version)
+    with stage_run(tracking_cfg, "register", params, tags={DATA_VERSION_TAG: data_version}) as run:
+        if metrics_path is not None:
+            mlflow.log_artifact(str(metrics_path))
+        mlflow.log_metrics(
+            {
+                key[len(METRIC_PREFIX) :]: float(value)
+                for key, value in tags.items()
+                if key.startswith(METRIC_PREFIX) and not key.endswith(".kind")
+            }
+        )
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=RecFoundModel(),
+            artifacts={"backbone": str(backbone_dir), "bundle": str(bundle_dir)},
+            code_paths=[package_dir()],
+            pip_requirements=pinned_requirements(),
+            signature=SIGNATURE,
+            input_example=input_example(spec.task_kinds),
+            metadata={"task_kinds": dict(spec.task_kinds), DATA_VERSION_TAG: data_version},
+        )
+        version = mlflow.register_model(info.model_uri, model_name, tags=tags)
+    log.info("registered %s version %s (run %s)", model_name, version.version, run.info.run_id)
+    return RegisteredVersion(
+        name=model_name,
+        version=int(version.version),
+        run_id=run.info.run_id,
+        model_uri=f"models:/{model_name}/{version.version}",
+    )
+
+
+def apply_promotion(client: MlflowClient, name: str, version: int, decision: GateDecision) -> str:
+    """Give ``version`` alias ``champion`` (decision says promote) or ``challenger``; the alias.
+
+    The decision is kept on the version as tags (``promotion.*``).
+    """
+    alias = CHAMPION if decision.promote else CHALLENGER
+    client.set_registered_model_alias(name, alias, str(version))
+    if alias == CHAMPION:
+        challenger = version_by_alias(client, name, CHALLENGER)
+        if challenger is not None and int(challenger.version) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    reasons = "; ".join(decision.failures) or "all gates passed"
+    for key, value in {
+        "promotion.alias": alias,
+        "promotion.forced": str(decision.forced).lower(),
+        "promotion.against": str(decision.champion_version or "none"),
+        "promotion.reasons": reasons[:4000],
+    }.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    return alias
+
+
+def _get_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+    try:
+        known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    except MlflowException:
+        known = []
+    raise RegistryError(
+        f"model {name!r} has no version {version}; "
+        + (f"registered versions: {known}" if known else "nothing is registered under that name")
+    )
+
+
+def promote(
+    client: MlflowClient, registry_cfg: RegistryConfig, version: int, force: bool = False
+) -> GateDecision:
+    """Make a registered version champion if it passes the gates against the champion (or forced).
+
+    A refused version keeps its aliases and the champion stays; the decision says why.
+    """
+    name = registry_cfg.model_name
+    candidate = _get_version(client, name, version)
+    champion = version_by_alias(client, name, CHAMPION)
+    if champion is not None and int(champion.version) == version:
+        value = _overall(metrics_from_tags(candidate.tags), registry_cfg.primary_metric)
+        return GateDecision(
+            passed=True,
+            primary_metric=registry_cfg.primary_metric,
+            candidate_value=value,
+            champion_value=value,
+            champion_version=version,
+            notes=[f"v{version} already is {CHAMPION}; nothing to do"],
+        )
+    champion_metrics = metrics_from_tags(champion.tags) if champion is not None else None
+    decision = check_gates(
+        metrics_from_tags(candidate.tags),
+        champion_metrics,
+        registry_cfg,
+        champion_version=None if champion is None else int(champion.version),
+        force=force,
+    )
+    if decision.promote:
+        apply_promotion(client, name, version, decision)
+    return decision
