@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from recfound.data.sources import ml100k_folder
+from recfound.model.backbone import (
+    build_builtin_backbone,
+    load_backbone,
+    save_backbone,
+    train_bpe_tokenizer,
+)
+from recfound.model.bundle import ModelSpec, adapter_tensors, build_from_spec, save_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,3 +84,28 @@ def file_digests(folder: Path) -> dict[str, bytes]:
 
 
 __all__ = ["REPO_ROOT", "file_digests", "pd", "write_ml100k_slice", "write_params"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(backbone_dir, bundle_dir)`` of a tiny, randomly initialised RecFound model."""
+    from tests.train import tiny
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    tasks = tiny.tiny_tasks(n_train=60, n_valid=8)
+    texts = [str(t) for task in tasks for t in pd.concat([task.train.prompt, task.train.target])]
+    tokenizer = train_bpe_tokenizer(texts, tiny.SPEC.vocab_size)
+    base = build_builtin_backbone(tiny.SPEC, tokenizer, seed=0)
+    save_backbone(base, tokenizer, root / "backbone")
+    spec = ModelSpec(
+        adapter=tiny.ADAPTER, task_kinds={t.name: t.kind for t in tasks}, seed=0, max_length=48
+    )
+    base, tokenizer = load_backbone(root / "backbone")
+    rec = build_from_spec(base, tokenizer, spec)
+    generator = torch.Generator().manual_seed(0)
+    tensors = {  # move the adapter off its initial values so it does change the outputs
+        name: value + 0.02 * torch.randn(value.shape, generator=generator)
+        for name, value in adapter_tensors(rec).items()
+    }
+    save_bundle(root / "bundle", spec, tensors)
+    return root / "backbone", root / "bundle"

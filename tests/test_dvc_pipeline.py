@@ -19,6 +19,9 @@ pytestmark = pytest.mark.slow
 def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env.pop(
+        "MLFLOW_TRACKING_URI", None
+    )  # the copy's own store (mlflow.set_tracking_uri exports it)
     return subprocess.run(
         [str(Path(bin_dir) / "dvc"), *args],
         cwd=cwd,
@@ -67,6 +70,8 @@ def repo_copy(tmp_path: Path) -> Path:
             "warmup_steps": 1,
             "s2sched": {"warmup_steps": 2, "update_every": 2, "window": 2},
         },
+        merge={"trials": 2, "max_per_task": 6},
+        evaluate={"max_per_task": 6, "max_new_tokens": 3, "ks": [1, 5]},
     )
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     return work
@@ -75,7 +80,8 @@ def repo_copy(tmp_path: Path) -> Path:
 def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     first = _dvc("repro", cwd=repo_copy)
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("ingest", "validate", "build_tasks", "pretrain", "train"):
+    stages = ("ingest", "validate", "build_tasks", "pretrain", "train", "merge", "evaluate")
+    for stage in (*stages, "ablate", "register"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((repo_copy / "reports" / "task_counts.json").read_text())
     assert metrics["num_embedding_tasks"] == 3 and metrics["num_generative_tasks"] >= 10
@@ -86,6 +92,17 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     train = json.loads((repo_copy / "reports" / "train.json").read_text())
     assert train["steps"] == 6
     assert (repo_copy / "reports" / "plots" / "train_task_share.png").is_file()
+    merge = json.loads((repo_copy / "reports" / "merge.json").read_text())
+    assert merge["trials"] == 2 and (repo_copy / "models" / "merged" / "model_spec.json").is_file()
+    evaluation = json.loads((repo_copy / "reports" / "metrics.json").read_text())
+    assert len(evaluation["tasks"]) == metrics["num_tasks"]  # zero_shot answered as ctr
+    assert {"popularity", "item_knn", "bm25", "majority"} <= set(evaluation["baselines"])
+    assert "| user2item | embedding |" in (repo_copy / "reports" / "evaluation.md").read_text()
+    ablation = (repo_copy / "reports" / "ablation.md").read_text()
+    for row in ("recfound", "without_merge", "without_merge_s2sched", "without_all"):
+        assert f"| {row} |" in ablation
+    registry = json.loads((repo_copy / "reports" / "registry.json").read_text())
+    assert int(registry["version"]) == 1 and registry["alias"] == "champion"
 
     second = _dvc("repro", cwd=repo_copy)
     assert second.returncode == 0, second.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -214,7 +215,9 @@ def study_figures(study: optuna.Study, directory: Path) -> list[Path]:
     }
     for filename, make in makers.items():
         try:
-            axes = make(study)
+            with warnings.catch_warnings():  # "experimental" API notes and few-trial caveats
+                warnings.simplefilter("ignore")
+                axes = make(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. too few trials
             log.warning("cannot draw %s: %s", filename, exc)
             continue

@@ -1,5 +1,5 @@
-"""A tiny real model for the registry tests: a small Llama backbone directory and a bundle of
-three tasks (``match`` embedding; ``genre`` and ``year`` generative) built from ml-100k titles."""
+"""Registry test helpers: an isolated MLflow environment, metrics documents and params files
+(the tiny model bundle is the shared ``tiny_bundle`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,42 +7,9 @@ import json
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
-import torch
 
-from recfound.model.backbone import (
-    build_builtin_backbone,
-    load_backbone,
-    save_backbone,
-    train_bpe_tokenizer,
-)
-from recfound.model.bundle import ModelSpec, adapter_tensors, build_from_spec, save_bundle
 from tests.conftest import write_params
-from tests.train.tiny import ADAPTER, SPEC, tiny_tasks
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """``(backbone_dir, bundle_dir)`` of a tiny, randomly initialised RecFound model."""
-    root = tmp_path_factory.mktemp("tiny_model")
-    tasks = tiny_tasks(n_train=60, n_valid=8)
-    texts = [str(t) for task in tasks for t in pd.concat([task.train.prompt, task.train.target])]
-    tokenizer = train_bpe_tokenizer(texts, SPEC.vocab_size)
-    base = build_builtin_backbone(SPEC, tokenizer, seed=0)
-    save_backbone(base, tokenizer, root / "backbone")
-    spec = ModelSpec(
-        adapter=ADAPTER, task_kinds={t.name: t.kind for t in tasks}, seed=0, max_length=48
-    )
-    base, tokenizer = load_backbone(root / "backbone")
-    rec = build_from_spec(base, tokenizer, spec)
-    generator = torch.Generator().manual_seed(0)
-    tensors = {  # move the adapter off its initial values so it does change the outputs
-        name: value + 0.02 * torch.randn(value.shape, generator=generator)
-        for name, value in adapter_tensors(rec).items()
-    }
-    save_bundle(root / "bundle", spec, tensors)
-    return root / "backbone", root / "bundle"
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,122 @@
+"""Pipeline parameters: params.yaml's sections as defaults, ``--param KEY=VALUE`` overrides.
+
+Every top-level section of params.yaml except ``paths`` is one pipeline parameter (a dict; ``seed``
+an int); ``paths`` is not, because on the cluster each step's inputs and outputs are KFP artifacts.
+The resource parameters (GPUs, CPU, memory of the steps) are plain scalars. An override is checked
+with the same parser as params.yaml before anything is submitted, so a bad value fails here with
+the key named.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from recfound.config import Config, ConfigError, parse_config
+
+SECTIONS: tuple[str, ...] = (
+    "seed",
+    "data",
+    "tasks",
+    "model",
+    "pretrain",
+    "train",
+    "merge",
+    "evaluate",
+    "registry",
+    "tracking",
+)
+RESOURCE_DEFAULTS: dict[str, int | str] = {
+    "gpu_type": "nvidia.com/gpu",  # the extended resource name the GPU device plugin exposes
+    "train_gpus": 1,  # GPUs of the train pod; accelerate runs one process per GPU
+    "train_cpu": "8",
+    "train_memory": "32G",
+    "step_cpu": "2",  # every other step (they run on CPU)
+    "step_memory": "8G",
+}
+_CPU = re.compile(r"^([0-9]*[.])?[0-9]+m?$")
+_MEMORY = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def config_arguments(cfg: Config) -> dict[str, Any]:
+    """The validated settings as pipeline arguments: one entry per section, ``paths`` left out.
+
+    KFP parameters cannot hold null, so null settings are left out; every nullable setting of
+    params.yaml defaults to null, so the pod's parse gives back the same config (checked here).
+    """
+    dumped = _without_nulls(cfg.model_dump(mode="json"))
+    arguments = {section: dumped[section] for section in SECTIONS}
+    if parse_config(arguments).model_dump(exclude={"paths"}) != cfg.model_dump(exclude={"paths"}):
+        raise ConfigError(
+            "a null setting in params.yaml has a non-null default; it cannot be passed as a "
+            "Kubeflow pipeline parameter"
+        )
+    return arguments
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"--param {key}: {'.'.join(parts[: depth + 1])} is a value, not a section"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def _check_resource(key: str, value: Any) -> int | str:
+    if key == "train_gpus":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--param train_gpus: expected a whole number >= 1, got {value!r}")
+        return value
+    text = str(value)
+    if key.endswith("_cpu") and not _CPU.match(text):
+        raise ConfigError(f"--param {key}: {text!r} is not a CPU amount (e.g. 4, 500m)")
+    if key.endswith("_memory") and not _MEMORY.match(text):
+        raise ConfigError(f"--param {key}: {text!r} is not a memory amount (e.g. 32G, 512Mi)")
+    return text
+
+
+def pipeline_arguments(cfg: Config, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """All pipeline arguments: ``cfg``'s sections and the resources, with ``KEY=VALUE`` applied.
+
+    ``KEY`` is a dotted params.yaml key (``train.steps``, ``model.tmole.rank``) or a resource
+    parameter (``train_gpus``, ``gpu_type``, …); ``VALUE`` is read as YAML (``500``, ``true``,
+    ``[user2item, item2item]``, ``null``). Raises :class:`ConfigError` naming the key when the
+    result is not a valid params.yaml or a resource value is malformed.
+    """
+    raw = copy.deepcopy(config_arguments(cfg))
+    resources = dict(RESOURCE_DEFAULTS)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--param expects KEY=VALUE, got {override!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--param {key}: {text!r} is not a valid value: {exc}") from None
+        if key in resources:
+            resources[key] = _check_resource(key, value)
+        elif key.split(".")[0] == "paths":
+            raise ConfigError(
+                f"--param {key}: paths are not settings of a pipeline run (each step's inputs "
+                "and outputs are KFP artifacts)"
+            )
+        else:
+            _set_dotted(raw, key, value)
+    checked = parse_config(raw, origin="params with --param overrides")
+    return {**config_arguments(checked), **resources}

@@ -1,0 +1,202 @@
+"""The RecFound pipeline: the stages of dvc.yaml as Kubeflow tasks, wired by their artifacts.
+
+    check-params → ingest → validate → build-tasks → pretrain → train → merge → evaluate → register
+
+``build_pipeline`` returns the pipeline with params.yaml's values as parameter defaults. The same
+definition runs on a cluster (``target="cluster"``) and on this machine through kfp.local
+(``target="local"``); the only difference is :func:`apply_cluster_settings`, which kfp.local
+cannot honour (see its docstring).
+
+This module does not use ``from __future__ import annotations``: KFP reads the pipeline function's
+parameter types at definition time and cannot resolve them from strings.
+"""
+
+from typing import Any, Literal
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Artifact, PipelineTask
+
+from components import (
+    build_tasks,
+    check_params,
+    evaluate,
+    ingest,
+    merge,
+    pretrain,
+    project_image,
+    register,
+    train,
+    validate,
+)
+from pipelines.arguments import RESOURCE_DEFAULTS
+
+PIPELINE_NAME = "recfound"
+MLFLOW_SECRET = "recfound-mlflow"
+MLFLOW_SECRET_KEYS: tuple[str, ...] = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
+MLFLOW_STEPS: tuple[str, ...] = ("pretrain", "train", "merge", "evaluate", "register")
+Target = Literal["cluster", "local"]
+
+
+def apply_cluster_settings(
+    steps: dict[str, PipelineTask],
+    *,
+    gpu_type: Any,
+    train_gpus: Any,
+    train_cpu: Any,
+    train_memory: Any,
+    step_cpu: Any,
+    step_memory: Any,
+) -> None:
+    """Everything about the tasks that only a Kubernetes cluster understands, in one place.
+
+    - CPU and memory limits of every step; the train step's GPUs (accelerator type and count),
+      a toleration for tainted GPU nodes and a memory-backed ``/dev/shm`` for NCCL.
+    - The MLflow server and object-store credentials of every step that uses MLflow, from the
+      Kubernetes Secret ``recfound-mlflow`` (keys = variable names, see infra/README.md).
+
+    ``run-local`` leaves all of this out: kfp.local ignores resources and accelerators (with a
+    warning) and silently drops Kubernetes platform settings, so a secret-backed environment would
+    never reach the local subprocesses; there, MLflow settings come from the process environment.
+    The arguments are pipeline parameters (resolved by the cluster when the task starts).
+    """
+    for name, task in steps.items():
+        if name != "train":
+            task.set_cpu_limit(step_cpu).set_memory_limit(step_memory)
+    training = steps["train"]
+    training.set_cpu_limit(train_cpu).set_memory_limit(train_memory)
+    training.set_accelerator_type(gpu_type).set_accelerator_limit(train_gpus)
+    kubernetes.add_toleration(
+        training, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"
+    )
+    kubernetes.empty_dir_mount(training, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    for name in MLFLOW_STEPS:
+        kubernetes.use_secret_as_env(
+            steps[name],
+            secret_name=MLFLOW_SECRET,
+            secret_key_to_env={key: key for key in MLFLOW_SECRET_KEYS},
+        )
+
+
+def build_pipeline(
+    defaults: dict[str, Any], image: str | None = None, target: Target = "cluster"
+) -> Any:
+    """The pipeline (a KFP graph component) with ``defaults`` (``config_arguments``) as parameter
+    defaults, every step in ``image`` (default: :func:`components.project_image`)."""
+    image = image or project_image()
+    d, r = defaults, RESOURCE_DEFAULTS
+
+    def recfound(
+        seed: int = d["seed"],
+        data: dict = d["data"],
+        tasks: dict = d["tasks"],
+        model: dict = d["model"],
+        pretrain: dict = d["pretrain"],
+        train: dict = d["train"],
+        merge: dict = d["merge"],
+        evaluate: dict = d["evaluate"],
+        registry: dict = d["registry"],
+        tracking: dict = d["tracking"],
+        gpu_type: str = r["gpu_type"],
+        train_gpus: int = r["train_gpus"],
+        train_cpu: str = r["train_cpu"],
+        train_memory: str = r["train_memory"],
+        step_cpu: str = r["step_cpu"],
+        step_memory: str = r["step_memory"],
+    ) -> Artifact:
+        steps = _wire_stages(
+            seed, data, tasks, model, pretrain, train, merge, evaluate, registry, tracking
+        )
+        for task in steps.values():
+            task.set_caching_options(enable_caching=True).set_container_image(image)
+        if target == "cluster":
+            apply_cluster_settings(
+                steps,
+                gpu_type=gpu_type,
+                train_gpus=train_gpus,
+                train_cpu=train_cpu,
+                train_memory=train_memory,
+                step_cpu=step_cpu,
+                step_memory=step_memory,
+            )
+        return steps["register"].outputs["report"]
+
+    return dsl.pipeline(
+        name=PIPELINE_NAME,
+        description=(
+            "RecFound: ingest → validate → build tasks → pretrain → train (TMoLE + S2Sched, "
+            "GPUs) → merge (Optuna) → evaluate → register in MLflow. Parameters mirror "
+            "params.yaml (one per section) plus the train step's GPUs, CPU and memory."
+        ),
+    )(recfound)
+
+
+def _wire_stages(
+    seed: Any,
+    data: Any,
+    tasks: Any,
+    model: Any,
+    pretrain_settings: Any,
+    train_settings: Any,
+    merge_settings: Any,
+    evaluate_settings: Any,
+    registry: Any,
+    tracking: Any,
+) -> dict[str, PipelineTask]:
+    """Create the tasks in stage order; each consumes the artifacts its stage reads."""
+    params = check_params(
+        seed=seed,
+        data=data,
+        tasks=tasks,
+        model=model,
+        pretrain=pretrain_settings,
+        train=train_settings,
+        merge=merge_settings,
+        evaluate=evaluate_settings,
+        registry=registry,
+        tracking=tracking,
+    )
+    settings = params.output
+    ingested = ingest(params=settings)
+    validated = validate(params=settings, interim=ingested.outputs["interim"])
+    built = build_tasks(params=settings, interim=ingested.outputs["interim"]).after(validated)
+    pretrained = pretrain(
+        params=settings, interim=ingested.outputs["interim"], tasks=built.outputs["tasks"]
+    )
+    trained = train(
+        params=settings, tasks=built.outputs["tasks"], backbone=pretrained.outputs["backbone"]
+    )
+    merged = merge(
+        params=settings,
+        tasks=built.outputs["tasks"],
+        backbone=pretrained.outputs["backbone"],
+        checkpoints=trained.outputs["checkpoints"],
+    )
+    evaluated = evaluate(
+        params=settings,
+        tasks=built.outputs["tasks"],
+        backbone=pretrained.outputs["backbone"],
+        merged=merged.outputs["merged"],
+    )
+    registered = register(
+        params=settings,
+        tasks=built.outputs["tasks"],
+        backbone=pretrained.outputs["backbone"],
+        merged=merged.outputs["merged"],
+        evaluation=evaluated.outputs["report"],
+    )
+    return {
+        "check-params": params,
+        "ingest": ingested,
+        "validate": validated,
+        "build-tasks": built,
+        "pretrain": pretrained,
+        "train": trained,
+        "merge": merged,
+        "evaluate": evaluated,
+        "register": registered,
+    }

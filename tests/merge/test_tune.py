@@ -1,0 +1,94 @@
+"""The Optuna merge search: objective, search space, resume, and a merge that beats its inputs.
+
+The checkpoints here are synthetic: two "task vectors" that each solve one of two conflicting
+tasks, and a score function that measures how well merged tensors solve each task. Everything
+else (Optuna study, sqlite storage, merge methods) is the real thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from recfound.errors import UserInputError
+from recfound.merge.tune import (
+    MergeChoice,
+    apply_choice,
+    normalised_objective,
+    read_checkpoint_tensors,
+    study_figures,
+    tune_merge,
+)
+from recfound.train.checkpoint import TENSORS_FILE
+
+BASE = {"w": torch.zeros(4)}
+# each checkpoint moved the adapter towards one task's solution
+CHECKPOINTS = {
+    "best_generative": {"w": torch.tensor([1.0, 0.0, 0.0, 0.0])},
+    "best_embedding": {"w": torch.tensor([0.0, 1.0, 0.0, 0.0])},
+}
+
+
+def task_scores(state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Task A wants w[0] near 1, task B wants w[1] near 1; a score falls off smoothly (0..1)."""
+    w = state["w"]
+    return {
+        "task_a": float(torch.exp(-((w[0] - 1) ** 2) / 0.5) * torch.exp(-w[2].abs())),
+        "task_b": float(torch.exp(-((w[1] - 1) ** 2) / 0.5) * torch.exp(-w[3].abs())),
+    }
+
+
+def reference() -> dict[str, float]:
+    singles = [task_scores(c) for c in CHECKPOINTS.values()]
+    return {t: max(s[t] for s in singles) for t in ("task_a", "task_b")}
+
+
+def test_objective_normalises_by_the_best_checkpoint() -> None:
+    value, ratios = normalised_objective(
+        {"a": 0.5, "b": 0.2, "c": 0.3}, {"a": 1.0, "b": 0.4, "c": 0}
+    )
+    assert ratios == {"a": 0.5, "b": 0.5} and value == pytest.approx(0.5)  # c carries no signal
+    with pytest.raises(UserInputError):
+        normalised_objective({"a": 0.1}, {"a": 0.0})
+
+
+def test_choices_apply_every_method() -> None:
+    ties = MergeChoice("ties", (1.0, 1.0), density=0.5, sparsify="magnitude")
+    for choice in (MergeChoice("linear", (1.0, 1.0)), MergeChoice("slerp", (0.5, 0.5)), ties):
+        merged = apply_choice(choice, CHECKPOINTS, BASE, seed=0)
+        assert merged["w"].shape == (4,)
+    linear = apply_choice(MergeChoice("linear", (1.0, 3.0)), CHECKPOINTS, BASE, seed=0)
+    assert torch.allclose(linear["w"], torch.tensor([0.25, 0.75, 0.0, 0.0]))
+
+
+def test_study_beats_every_checkpoint_and_resumes(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    calls: list[int] = []
+    ref = reference()
+    kwargs = {
+        "methods": ["linear", "slerp", "ties"],
+        "density_min": 0.2,
+        "seed": 7,
+        "storage": storage,
+        "on_trial": lambda number, choice, value, scores: calls.append(number),
+    }
+    first = tune_merge(CHECKPOINTS, BASE, task_scores, ref, trials=6, **kwargs)
+    assert len(calls) == 6
+    singles = [normalised_objective(task_scores(c), ref)[0] for c in CHECKPOINTS.values()]
+    assert all(first.objective > s for s in singles), (first.objective, singles)
+
+    resumed = tune_merge(CHECKPOINTS, BASE, task_scores, ref, trials=9, **kwargs)
+    assert resumed.study.study_name == first.study.study_name
+    assert len(calls) == 9  # only the 3 missing trials ran
+    assert resumed.objective >= first.objective
+
+    figures = study_figures(resumed.study, tmp_path / "plots")
+    assert {f.name for f in figures} >= {"merge_optimization_history.png"}
+
+
+def test_missing_checkpoints_are_named(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="run `recfound train` first"):
+        read_checkpoint_tensors(tmp_path, ["best_generative", "last"])
+    assert not (tmp_path / "last" / TENSORS_FILE).exists()

@@ -1,0 +1,62 @@
+"""Model bundles (what merge writes and evaluation/serving load) and batched generation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from recfound.model.bundle import (
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    BundleError,
+    adapter_tensors,
+    load_bundle,
+    read_spec,
+    save_bundle,
+)
+
+
+def test_load_gives_the_saved_tensors_and_the_same_outputs(tiny_bundle, tmp_path: Path) -> None:
+    backbone, bundle = tiny_bundle
+    rec = load_bundle(backbone, bundle)
+    spec, _ = read_spec(bundle)
+    copy = save_bundle(tmp_path / "copy", spec, adapter_tensors(rec), note="round trip")
+    again = load_bundle(backbone, copy)
+    for name, value in adapter_tensors(rec).items():
+        assert torch.equal(value, adapter_tensors(again)[name]), name
+    texts = ["Toy Story (1995)", "GoldenEye (1995)"]
+    assert torch.allclose(rec.embed(texts, "match"), again.embed(texts, "match"), atol=1e-6)
+    assert read_spec(copy)[1] == {"note": "round trip"}
+
+
+def test_damaged_or_foreign_bundles_are_clear_errors(tiny_bundle, tmp_path: Path) -> None:
+    backbone, bundle = tiny_bundle
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / WEIGHTS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(BundleError, match="cannot be read"):
+        load_bundle(backbone, broken)
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(bundle, foreign)
+    raw = json.loads((foreign / SPEC_FILE).read_text())
+    raw["adapter"]["rank"] = raw["adapter"]["rank"] * 2  # tensors no longer fit the spec
+    (foreign / SPEC_FILE).write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="has shape"):
+        load_bundle(backbone, foreign)
+
+    with pytest.raises(BundleError, match="not a RecFound model bundle"):
+        load_bundle(backbone, tmp_path)
+
+
+def test_batched_generation_equals_one_prompt_at_a_time(tiny_bundle) -> None:
+    rec = load_bundle(*tiny_bundle)
+    prompts = ["Toy Story (1995)", "A much longer title: GoldenEye (1995), Four Rooms", "Heat"]
+    batched = rec.generate(prompts, "genre", max_new_tokens=6, batch_size=3)
+    single = [rec.generate([p], "genre", max_new_tokens=6)[0] for p in prompts]
+    assert batched == single
+    assert rec.tokenizer.padding_side == "right"  # restored after generation

@@ -1,0 +1,167 @@
+"""`recfound pipeline compile`: the YAML package has every stage, wired in order, with the GPU
+request on training, the MLflow secret on every MLflow-using step, caching and the project image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components import DEFAULT_IMAGE, IMAGE_ENV
+from pipelines.arguments import RESOURCE_DEFAULTS, config_arguments
+from pipelines.commands import compile_pipeline
+from pipelines.recfound_pipeline import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, build_pipeline
+from recfound.cli import main
+from recfound.config import load_config
+from tests.conftest import REPO_ROOT
+
+STAGE_ORDER = [
+    "ingest",
+    "validate",
+    "build-tasks",
+    "pretrain",
+    "train",
+    "merge",
+    "evaluate",
+    "register",
+]
+MLFLOW_STEPS = {"pretrain", "train", "merge", "evaluate", "register"}
+# (consumer, input artifact) ← (producer, output artifact): what each step reads from the one before
+ARTIFACT_WIRING = {
+    ("validate", "interim"): ("ingest", "interim"),
+    ("build-tasks", "interim"): ("ingest", "interim"),
+    ("pretrain", "interim"): ("ingest", "interim"),
+    ("pretrain", "tasks"): ("build-tasks", "tasks"),
+    ("train", "tasks"): ("build-tasks", "tasks"),
+    ("train", "backbone"): ("pretrain", "backbone"),
+    ("merge", "checkpoints"): ("train", "checkpoints"),
+    ("merge", "backbone"): ("pretrain", "backbone"),
+    ("evaluate", "merged"): ("merge", "merged"),
+    ("evaluate", "tasks"): ("build-tasks", "tasks"),
+    ("register", "merged"): ("merge", "merged"),
+    ("register", "backbone"): ("pretrain", "backbone"),
+    ("register", "evaluation"): ("evaluate", "report"),
+}
+
+
+def _load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    documents = list(yaml.safe_load_all(path.read_text()))
+    spec = documents[0]
+    platform = documents[1]["platforms"]["kubernetes"] if len(documents) > 1 else {}
+    return spec, platform
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    out = tmp_path_factory.mktemp("compiled") / "recfound.yaml"
+    code = main(["--params", str(REPO_ROOT / "params.yaml"), "pipeline", "compile", "-o", str(out)])
+    assert code == 0
+    return _load(out)
+
+
+def _executor(spec: dict, task: str) -> str:
+    component = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+    return spec["components"][component]["executorLabel"]
+
+
+def test_every_stage_is_a_task_wired_in_stage_order(compiled: tuple[dict, dict]) -> None:
+    spec, _ = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"check-params", *STAGE_ORDER}
+    for before, after in zip(STAGE_ORDER, STAGE_ORDER[1:], strict=False):
+        assert before in tasks[after]["dependentTasks"], f"{after} does not wait for {before}"
+    for (consumer, name), (producer, output) in ARTIFACT_WIRING.items():
+        source = tasks[consumer]["inputs"]["artifacts"][name]["taskOutputArtifact"]
+        assert source == {"producerTask": producer, "outputArtifactKey": output}, consumer
+    for stage in STAGE_ORDER:  # every step gets the settings validated by check-params
+        params = tasks[stage]["inputs"]["parameters"]["params"]["taskOutputParameter"]
+        assert params["producerTask"] == "check-params"
+    assert tasks["ingest"]["dependentTasks"] == ["check-params"]
+
+
+def test_parameters_mirror_params_yaml(compiled: tuple[dict, dict]) -> None:
+    spec, _ = compiled
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    expected = config_arguments(load_config(REPO_ROOT / "params.yaml"))
+    assert set(parameters) == set(expected) | set(RESOURCE_DEFAULTS)
+    for section, value in expected.items():
+        assert parameters[section]["defaultValue"] == value, section  # 200.0 == 200
+    assert parameters["data"]["parameterType"] == "STRUCT"
+    assert parameters["train_gpus"]["defaultValue"] == RESOURCE_DEFAULTS["train_gpus"]
+
+
+def test_train_requests_gpus_cpu_and_memory_from_parameters(compiled: tuple[dict, dict]) -> None:
+    spec, platform = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    resources = executors[_executor(spec, "train")]["container"]["resources"]
+    assert resources["accelerator"] == {
+        "resourceType": "{{$.inputs.parameters['pipelinechannel--gpu_type']}}",
+        "resourceCount": "{{$.inputs.parameters['pipelinechannel--train_gpus']}}",
+    }
+    assert "train_cpu" in resources["resourceCpuLimit"]
+    assert "train_memory" in resources["resourceMemoryLimit"]
+    train_inputs = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    assert train_inputs["pipelinechannel--train_gpus"] == {"componentInputParameter": "train_gpus"}
+    for stage in set(STAGE_ORDER) - {"train"}:
+        assert "accelerator" not in executors[_executor(spec, stage)]["container"]["resources"]
+    train_k8s = platform["deploymentSpec"]["executors"][_executor(spec, "train")]
+    assert train_k8s["emptyDirMounts"] == [
+        {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}
+    ]  # NCCL needs more shared memory than a pod's default /dev/shm
+
+
+def test_mlflow_steps_get_the_secret_backed_environment(compiled: tuple[dict, dict]) -> None:
+    spec, platform = compiled
+    k8s = platform["deploymentSpec"]["executors"]
+    for stage in STAGE_ORDER:
+        secrets = k8s.get(_executor(spec, stage), {}).get("secretAsEnv", [])
+        if stage not in MLFLOW_STEPS:
+            assert secrets == [], f"{stage} does not use MLflow and gets no credentials"
+            continue
+        assert len(secrets) == 1, stage
+        assert secrets[0]["secretName"] == MLFLOW_SECRET == "recfound-mlflow"
+        assert secrets[0]["optional"] is False
+        mapping = {e["secretKey"]: e["envVar"] for e in secrets[0]["keyToEnv"]}
+        assert mapping == {key: key for key in MLFLOW_SECRET_KEYS}
+        assert set(mapping) == {
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_S3_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        }
+
+
+def test_caching_is_on_and_steps_run_in_the_project_image(compiled: tuple[dict, dict]) -> None:
+    spec, _ = compiled
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        assert task["cachingOptions"] == {"enableCache": True}, name
+        container = spec["deploymentSpec"]["executors"][_executor(spec, name)]["container"]
+        assert container["image"] == DEFAULT_IMAGE
+        # nothing is installed at run time: the image has the project
+        assert "pip install" not in " ".join(container["command"])
+
+
+def test_image_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(REPO_ROOT / "params.yaml")
+    monkeypatch.setenv(IMAGE_ENV, "registry.example.com/ml/recfound:abc123")
+    spec, _ = _load(compile_pipeline(cfg, tmp_path / "env.yaml"))
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/ml/recfound:abc123"}
+    spec, _ = _load(compile_pipeline(cfg, tmp_path / "flag.yaml", image="other/recfound:1"))
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"other/recfound:1"}
+
+
+def test_local_target_leaves_out_the_cluster_settings(tmp_path: Path) -> None:
+    from kfp import compiler
+
+    defaults = config_arguments(load_config(REPO_ROOT / "params.yaml"))
+    out = tmp_path / "local.yaml"
+    compiler.Compiler().compile(build_pipeline(defaults, target="local"), str(out))
+    spec, platform = _load(out)
+    assert platform == {}
+    assert set(spec["root"]["dag"]["tasks"]) == {"check-params", *STAGE_ORDER}
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert "resources" not in executor["container"]

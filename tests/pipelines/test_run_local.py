@@ -1,0 +1,147 @@
+"""`recfound pipeline run-local` end to end on tiny params: every step runs through kfp.local's
+subprocess runner and the model lands in the local MLflow registry as `recfound@champion`.
+
+The params are test_dvc_pipeline.py's tiny ones, cut further for time: 30 users, one embedding and
+three generative tasks, two checkpoints to merge (merge and evaluate embed the whole catalogue for
+every model they score).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import write_params
+
+pytestmark = pytest.mark.slow
+
+STEPS = (
+    "check-params",
+    "ingest",
+    "validate",
+    "build-tasks",
+    "pretrain",
+    "train",
+    "merge",
+    "evaluate",
+    "register",
+)
+
+
+def _tiny_params(path: Path) -> Path:
+    return write_params(
+        path,
+        data={"max_users": 30},
+        tasks={
+            "enabled": [
+                "user2item",
+                "sequential_recommendation",
+                "rating_prediction",
+                "ctr_prediction",
+            ],
+            "max_train_per_task": 60,
+            "max_eval_per_task": 15,
+        },
+        model={
+            "builtin": {
+                "hidden_size": 32,
+                "num_layers": 1,
+                "num_heads": 4,
+                "intermediate_size": 64,
+                "max_length": 128,
+                "vocab_size": 600,
+            },
+            "max_length": 96,
+        },
+        pretrain={"steps": 10, "batch_size": 4, "seq_len": 32, "eval_every": 5, "warmup_steps": 2},
+        train={
+            "steps": 6,
+            "batch_size": 8,
+            "eval_every": 3,
+            "val_batch_size": 4,
+            "checkpoint_every": 3,
+            "warmup_steps": 1,
+            "s2sched": {"warmup_steps": 2, "update_every": 2, "window": 2},
+        },
+        merge={
+            "trials": 2,
+            "max_per_task": 8,
+            "checkpoints": ["best_generative", "best_embedding"],
+        },
+        evaluate={"max_per_task": 8, "max_new_tokens": 4},
+    )
+
+
+def test_run_local_runs_every_step_and_registers_the_model(tmp_path: Path) -> None:
+    _tiny_params(tmp_path / "params.yaml")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "recfound.cli", "pipeline", "run-local", "--output-dir", "kfp"],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+
+    (run_dir,) = (tmp_path / "kfp").iterdir()
+    assert run_dir.name.startswith("recfound-")
+    for step in STEPS:
+        assert (run_dir / step / "executor_output.json").is_file(), step
+    assert (run_dir / "train" / "checkpoints" / "last").is_dir()
+    assert (run_dir / "evaluate" / "report" / "metrics.json").is_file()
+    assert "<img" in (run_dir / "train" / "plots").read_text()
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    (version,) = client.search_model_versions("name='recfound'")
+    assert client.get_model_version_by_alias("recfound", "champion").version == version.version
+    registry = json.loads((run_dir / "register" / "report" / "registry.json").read_text())
+    assert registry["version"] == int(version.version)
+    assert registry["alias"] == "champion"
+    assert f"recfound version {version.version} (aliases: champion)" in result.stdout
+    assert str(run_dir) in result.stdout
+
+    experiment = client.get_experiment_by_name("recfound")
+    runs = client.search_runs([experiment.experiment_id])
+    stages = {run.data.tags.get("recfound.stage") for run in runs}
+    assert {"pretrain", "train", "merge", "evaluate"} <= stages
+
+
+def test_a_failing_step_stops_the_local_run_and_names_it(tmp_path: Path) -> None:
+    _tiny_params(tmp_path / "params.yaml")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recfound.cli",
+            "pipeline",
+            "run-local",
+            "--output-dir",
+            "kfp",
+            "--param",
+            "data.source=recbole_atomic",
+            "--param",
+            f"data.path={tmp_path / 'missing'}",
+            "--param",
+            "data.dataset_name=mini",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "local pipeline run failed" in result.stderr and "'ingest'" in result.stderr
+    assert "missing source file" in result.stdout  # the step's own error, in its log
+    (run_dir,) = (tmp_path / "kfp").iterdir()
+    assert not (run_dir / "validate").exists()  # nothing ran after the failed step
