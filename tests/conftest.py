@@ -47,6 +47,44 @@ def write_ml100k_slice(folder: Path, num_users: int = 40, name: str = "mini") ->
     return folder
 
 
+# The whole pipeline in a minute or two: a slice of users, a one-layer backbone, a few steps.
+TINY_SECTIONS: dict[str, dict] = {
+    "data": {"max_users": 60},
+    "tasks": {"max_train_per_task": 60, "max_eval_per_task": 15},
+    "model": {
+        "builtin": {
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 4,
+            "intermediate_size": 64,
+            "max_length": 128,
+            "vocab_size": 600,
+        },
+        "max_length": 96,
+    },
+    "pretrain": {"steps": 10, "batch_size": 4, "seq_len": 32, "eval_every": 5, "warmup_steps": 2},
+    "train": {
+        "steps": 6,
+        "batch_size": 8,
+        "eval_every": 3,
+        "val_batch_size": 4,
+        "checkpoint_every": 3,
+        "warmup_steps": 1,
+        "s2sched": {"warmup_steps": 2, "update_every": 2, "window": 2},
+    },
+    "merge": {"trials": 2, "max_per_task": 6},
+    "evaluate": {"max_per_task": 6, "max_new_tokens": 3, "ks": [1, 5]},
+}
+
+
+def write_tiny_params(path: Path, **overrides: dict) -> Path:
+    """A params.yaml with :data:`TINY_SECTIONS`, each section updated by ``overrides``."""
+    sections = {k: dict(v) for k, v in TINY_SECTIONS.items()}
+    for key, value in overrides.items():
+        sections[key] = {**sections.get(key, {}), **value}
+    return write_params(path, **sections)
+
+
 def write_params(path: Path, **sections: dict) -> Path:
     """Write a params.yaml from the repository's defaults with ``sections`` merged in."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -83,7 +121,15 @@ def file_digests(folder: Path) -> dict[str, bytes]:
     }
 
 
-__all__ = ["REPO_ROOT", "file_digests", "pd", "write_ml100k_slice", "write_params"]
+__all__ = [
+    "REPO_ROOT",
+    "TINY_SECTIONS",
+    "file_digests",
+    "pd",
+    "write_ml100k_slice",
+    "write_params",
+    "write_tiny_params",
+]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, write_params
+from tests.conftest import REPO_ROOT, write_tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -45,34 +45,7 @@ def repo_copy(tmp_path: Path) -> Path:
     shutil.copytree(
         REPO_ROOT / "recfound", work / "recfound", ignore=shutil.ignore_patterns("__pycache__")
     )
-    write_params(
-        work / "params.yaml",
-        data={"max_users": 60},
-        tasks={"max_train_per_task": 60, "max_eval_per_task": 15},
-        model={
-            "builtin": {
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_heads": 4,
-                "intermediate_size": 64,
-                "max_length": 128,
-                "vocab_size": 600,
-            },
-            "max_length": 96,
-        },
-        pretrain={"steps": 10, "batch_size": 4, "seq_len": 32, "eval_every": 5, "warmup_steps": 2},
-        train={
-            "steps": 6,
-            "batch_size": 8,
-            "eval_every": 3,
-            "val_batch_size": 4,
-            "checkpoint_every": 3,
-            "warmup_steps": 1,
-            "s2sched": {"warmup_steps": 2, "update_every": 2, "window": 2},
-        },
-        merge={"trials": 2, "max_per_task": 6},
-        evaluate={"max_per_task": 6, "max_new_tokens": 3, "ks": [1, 5]},
-    )
+    write_tiny_params(work / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     return work
 

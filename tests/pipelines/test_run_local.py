@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import write_params
+from tests.conftest import write_tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ STEPS = (
 
 
 def _tiny_params(path: Path) -> Path:
-    return write_params(
+    return write_tiny_params(
         path,
         data={"max_users": 30},
         tasks={
@@ -47,27 +47,6 @@ def _tiny_params(path: Path) -> Path:
             ],
             "max_train_per_task": 60,
             "max_eval_per_task": 15,
-        },
-        model={
-            "builtin": {
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_heads": 4,
-                "intermediate_size": 64,
-                "max_length": 128,
-                "vocab_size": 600,
-            },
-            "max_length": 96,
-        },
-        pretrain={"steps": 10, "batch_size": 4, "seq_len": 32, "eval_every": 5, "warmup_steps": 2},
-        train={
-            "steps": 6,
-            "batch_size": 8,
-            "eval_every": 3,
-            "val_batch_size": 4,
-            "checkpoint_every": 3,
-            "warmup_steps": 1,
-            "s2sched": {"warmup_steps": 2, "update_every": 2, "window": 2},
         },
         merge={
             "trials": 2,
