@@ -20,21 +20,23 @@ from recfound.config import TrackingConfig
 log = logging.getLogger(__name__)
 
 
-_uri_set_here: str | None = None
+# What this module last exported as MLFLOW_TRACKING_URI, and whether that was the user's choice.
+_exported: tuple[str | None, bool] = (None, False)
 
 
 def configure_tracking(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; returns the URI.
 
     ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI`` (so subprocesses inherit it); a
-    value this function exported itself is therefore not mistaken for the user's choice on the
-    next call, which may name another store.
+    value this function exported from params.yaml is therefore not mistaken for the user's choice
+    on the next call, which may name another store, while a user's value keeps winning.
     """
-    global _uri_set_here
+    global _exported
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    uri = env if env and env != _uri_set_here else cfg.tracking_uri
+    from_user = bool(env) and (env != _exported[0] or _exported[1])
+    uri = env if from_user else cfg.tracking_uri
     mlflow.set_tracking_uri(uri)
-    _uri_set_here = os.environ.get("MLFLOW_TRACKING_URI")
+    _exported = (os.environ.get("MLFLOW_TRACKING_URI"), from_user)
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
         location = None
         if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
