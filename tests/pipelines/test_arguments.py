@@ -93,31 +93,29 @@ class _FakeClient:
         return _FakeRun()
 
 
-def test_submit_sends_the_checked_arguments_to_the_experiment(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture()
+def fake_kfp(monkeypatch: pytest.MonkeyPatch) -> type[_FakeClient]:
+    """``kfp.Client`` replaced by a recorder (no cluster here); returns the recorder class."""
     import kfp
 
     monkeypatch.setattr(kfp, "Client", _FakeClient)
     _FakeClient.calls.clear()
-    code = main(
-        [
-            "--params",
-            str(REPO_ROOT / "params.yaml"),
-            "pipeline",
-            "submit",
-            "--host",
-            "http://kfp.example:8080/",
-            "--experiment",
-            "recfound-dev",
-            "--param",
-            "train.steps=500",
-            "--param",
-            "train_gpus=2",
-        ]
+    return _FakeClient
+
+
+def _submit(host: str, *extra: str) -> int:
+    args = ["pipeline", "submit", "--host", host, "--experiment", "recfound-dev", *extra]
+    return main(["--params", str(REPO_ROOT / "params.yaml"), *args])
+
+
+def test_submit_sends_the_checked_arguments_to_the_experiment(
+    fake_kfp: type[_FakeClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = _submit(
+        "http://kfp.example:8080/", "--param", "train.steps=500", "--param", "train_gpus=2"
     )
     assert code == 0
-    (call,) = _FakeClient.calls
+    (call,) = fake_kfp.calls
     assert call["host"] == "http://kfp.example:8080/"
     assert call["experiment_name"] == "recfound-dev"
     assert call["enable_caching"] is None  # the compiled setting: caching on
@@ -127,36 +125,14 @@ def test_submit_sends_the_checked_arguments_to_the_experiment(
 
 
 def test_submit_with_a_bad_override_stops_before_the_cluster(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fake_kfp: type[_FakeClient], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import kfp
-
-    monkeypatch.setattr(kfp, "Client", _FakeClient)
-    _FakeClient.calls.clear()
-    code = main(
-        [
-            "--params",
-            str(REPO_ROOT / "params.yaml"),
-            "pipeline",
-            "submit",
-            "--host",
-            "http://kfp.example:8080",
-            "--experiment",
-            "recfound-dev",
-            "--param",
-            "train.strategy=foo",
-        ]
-    )
+    code = _submit("http://kfp.example:8080", "--param", "train.strategy=foo")
     assert code == EXIT_USER_ERROR
     assert "train.strategy: 'foo' is not allowed" in capsys.readouterr().err
-    assert _FakeClient.calls == []
+    assert fake_kfp.calls == []
 
 
-def test_submit_no_cache_turns_caching_off_for_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kfp
-
-    monkeypatch.setattr(kfp, "Client", _FakeClient)
-    _FakeClient.calls.clear()
-    args = ["pipeline", "submit", "--host", "http://kfp", "--experiment", "e", "--no-cache"]
-    assert main(["--params", str(REPO_ROOT / "params.yaml"), *args]) == 0
-    assert _FakeClient.calls[0]["enable_caching"] is False
+def test_submit_no_cache_turns_caching_off_for_the_run(fake_kfp: type[_FakeClient]) -> None:
+    assert _submit("http://kfp", "--no-cache") == 0
+    assert fake_kfp.calls[0]["enable_caching"] is False
