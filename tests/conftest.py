@@ -151,7 +151,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     generator = torch.Generator().manual_seed(0)
     tensors = {  # move the adapter off its initial values so it does change the outputs
         name: value + 0.02 * torch.randn(value.shape, generator=generator)
-        for name, value in adapter_tensors(rec).items()
+        for name, value in adapter_tensors(rec.model).items()
     }
     save_bundle(root / "bundle", spec, tensors)
     return root / "backbone", root / "bundle"

@@ -20,16 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
-import torch
 from safetensors.torch import load_file
 
 from recfound.errors import UserInputError
 from recfound.merge.methods import StateDict, merge
-from recfound.train.checkpoint import TENSORS_FILE
+from recfound.train.checkpoint import TENSORS_FILE, adapter_part
 
 log = logging.getLogger(__name__)
-
-MODEL_PREFIX = "model."
 
 
 @dataclass(frozen=True)
@@ -56,12 +53,7 @@ def read_checkpoint_tensors(train_dir: str | Path, names: Sequence[str]) -> dict
         if not path.is_file():
             log.warning("checkpoint %s is missing under %s; merging without it", name, train_dir)
             continue
-        tensors = load_file(str(path))
-        found[name] = {
-            k.removeprefix(MODEL_PREFIX): v
-            for k, v in tensors.items()
-            if k.startswith(MODEL_PREFIX)
-        }
+        found[name] = adapter_part(load_file(str(path)))
     if len(found) < 2:
         raise UserInputError(
             f"merge needs at least 2 of the checkpoints {list(names)} under {train_dir}, found "
@@ -228,11 +220,3 @@ def study_figures(study: optuna.Study, directory: Path) -> list[Path]:
         plt.close(figure)
         written.append(directory / filename)
     return written
-
-
-def clone_state(state: StateDict) -> StateDict:
-    return {k: v.detach().clone() for k, v in state.items()}
-
-
-def same_tensors(a: StateDict, b: StateDict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -77,24 +77,30 @@ def build_from_spec(base: torch.nn.Module, tokenizer, spec: ModelSpec) -> RecMod
     )
 
 
-def adapter_tensors(rec: RecModel) -> dict[str, torch.Tensor]:
-    """The adapter's trainable tensors by parameter name (detached, on CPU)."""
+def adapter_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's (trainable) tensors by parameter name, detached and on CPU."""
     return {
         name: p.detach().cpu().contiguous()
-        for name, p in rec.model.named_parameters()
+        for name, p in model.named_parameters()
         if p.requires_grad
     }
 
 
 @torch.no_grad()
-def load_adapter_tensors(rec: RecModel, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``tensors`` into the model's trainable parameters; names and shapes must match."""
-    params = {n: p for n, p in rec.model.named_parameters() if p.requires_grad}
+def load_adapter_tensors(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
+) -> None:
+    """Copy ``tensors`` into the model's trainable parameters.
+
+    Names and shapes are all checked before anything is copied, so a mismatch leaves the model
+    as it was.
+    """
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or extra:
         raise BundleError(
-            f"{source} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}; "
-            "it was written for another adapter, backbone or task list"
+            f"{source} does not match this model: missing {missing[:3]}, unexpected "
+            f"{extra[:3]}; it was written for another adapter, backbone or task list"
         )
     for name, param in params.items():
         if tensors[name].shape != param.shape:
@@ -102,6 +108,7 @@ def load_adapter_tensors(rec: RecModel, tensors: dict[str, torch.Tensor], source
                 f"{source}: {name} has shape {tuple(tensors[name].shape)}, the model expects "
                 f"{tuple(param.shape)}; it was written for another backbone"
             )
+    for name, param in params.items():
         param.copy_(tensors[name].to(param.device, param.dtype))
 
 
@@ -143,6 +150,6 @@ def load_bundle(backbone_dir: str | Path, directory: str | Path) -> RecModel:
         raise BundleError(f"{weights} cannot be read ({exc}); write the bundle again") from None
     base, tokenizer = load_backbone(backbone_dir)
     rec = build_from_spec(base, tokenizer, spec)
-    load_adapter_tensors(rec, tensors, str(weights))
+    load_adapter_tensors(rec.model, tensors, str(weights))
     rec.model.eval()
     return rec

@@ -26,17 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import load_file
 
 from recfound import artifacts
 from recfound.config import Config
 from recfound.model.backbone import load_backbone
 from recfound.model.build import attach_adapter
-from recfound.model.bundle import build_from_spec, load_adapter_tensors, load_bundle, read_spec
+from recfound.model.bundle import build_from_spec, load_bundle, read_spec
 from recfound.model.recmodel import RecModel
 from recfound.stages.evaluate import evaluate_bundle
 from recfound.stages.train import adapter_spec, run_train
-from recfound.train.checkpoint import TENSORS_FILE
+from recfound.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +89,7 @@ def load_last_checkpoint(backbone: str, train_dir: str) -> tuple[RecModel, dict[
     spec, _ = read_spec(train_dir)
     base, tokenizer = load_backbone(backbone)
     rec = build_from_spec(base, tokenizer, spec)
-    tensors = load_file(str(Path(train_dir) / "last" / TENSORS_FILE))
-    model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    load_adapter_tensors(rec, model, f"{train_dir}/last")
+    load_checkpoint(Path(train_dir) / "last", rec.model)
     rec.model.eval()
     return rec, spec.task_kinds
 

@@ -53,14 +53,14 @@ def run_merge(cfg: Config) -> dict:
     checkpoints = read_checkpoint_tensors(cfg.paths.train, cfg.merge.checkpoints)
     base_model, tokenizer = load_backbone(cfg.paths.backbone)
     rec = build_from_spec(base_model, tokenizer, spec)
-    base = adapter_tensors(rec)  # the seeded initial adapter: task vectors are ckpt - base
+    base = adapter_tensors(rec.model)  # the seeded initial adapter: task vectors are ckpt - base
     data = load_eval_set(
         cfg.paths.tasks, "valid", cfg.merge.max_per_task, cfg.seed, tasks=list(spec.task_kinds)
     )
     kwargs = {"ks": cfg.evaluate.ks, "batch_size": cfg.evaluate.batch_size, "quick": True}
 
     def score(tensors: dict) -> dict[str, float]:
-        load_adapter_tensors(rec, tensors, "merged tensors")
+        load_adapter_tensors(rec.model, tensors, "merged tensors")
         return {t: v["score"] for t, v in evaluate_model(rec, data, **kwargs).items()}
 
     settings = {"merge": cfg.merge.model_dump(), "seed": cfg.seed}

@@ -18,18 +18,22 @@ from safetensors.torch import load_file, save_file
 
 from recfound import artifacts
 from recfound.errors import UserInputError
+from recfound.model.bundle import BundleError, adapter_tensors, load_adapter_tensors
 
 TENSORS_FILE = "checkpoint.safetensors"
 STATE_FILE = "trainer_state.json"
+MODEL_PREFIX = "model."  # adapter tensors; the rest of the file is optimizer state
 
 
 class CheckpointError(UserInputError):
     """A checkpoint directory is missing, damaged or belongs to another model."""
 
 
-def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that training changes, by name (the adapter's)."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+def adapter_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapter tensors of a checkpoint file's contents, by parameter name."""
+    return {
+        k.removeprefix(MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)
+    }
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -70,9 +74,7 @@ def save_checkpoint(
     state: dict[str, Any],
 ) -> None:
     """Write one checkpoint directory; readers see the old or the new one, never a mix."""
-    tensors = {
-        f"model.{k}": v.detach().cpu().contiguous() for k, v in trainable_tensors(model).items()
-    }
+    tensors = {f"{MODEL_PREFIX}{k}": v for k, v in adapter_tensors(model).items()}
     if optimizer is not None:
         tensors.update(optimizer_tensors(optimizer))
     with artifacts.staged_directory(directory) as staging:
@@ -95,22 +97,10 @@ def load_checkpoint(
         state = json.loads(state_path.read_text())
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{directory} is damaged: {exc}") from None
-    expected = trainable_tensors(model)
-    found = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    if set(found) != set(expected):
-        missing = sorted(set(expected) - set(found))[:3]
-        extra = sorted(set(found) - set(expected))[:3]
-        raise CheckpointError(
-            f"{directory} does not match this model: missing {missing}, unexpected {extra}"
-        )
-    with torch.no_grad():
-        for name, param in expected.items():
-            if found[name].shape != param.shape:
-                raise CheckpointError(
-                    f"{directory}: {name} has shape {tuple(found[name].shape)}, the model "
-                    f"expects {tuple(param.shape)}"
-                )
-            param.copy_(found[name])
+    try:
+        load_adapter_tensors(model, adapter_part(tensors), str(directory))
+    except BundleError as exc:
+        raise CheckpointError(str(exc)) from None
     if optimizer is not None:
         restore_optimizer(optimizer, tensors)
     return state

@@ -24,10 +24,10 @@ def test_load_gives_the_saved_tensors_and_the_same_outputs(tiny_bundle, tmp_path
     backbone, bundle = tiny_bundle
     rec = load_bundle(backbone, bundle)
     spec, _ = read_spec(bundle)
-    copy = save_bundle(tmp_path / "copy", spec, adapter_tensors(rec), note="round trip")
+    copy = save_bundle(tmp_path / "copy", spec, adapter_tensors(rec.model), note="round trip")
     again = load_bundle(backbone, copy)
-    for name, value in adapter_tensors(rec).items():
-        assert torch.equal(value, adapter_tensors(again)[name]), name
+    for name, value in adapter_tensors(rec.model).items():
+        assert torch.equal(value, adapter_tensors(again.model)[name]), name
     texts = ["Toy Story (1995)", "GoldenEye (1995)"]
     assert torch.allclose(rec.embed(texts, "match"), again.embed(texts, "match"), atol=1e-6)
     assert read_spec(copy)[1] == {"note": "round trip"}

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recfound.train.checkpoint import CheckpointError, load_checkpoint, trainable_tensors
+from recfound.model.bundle import adapter_tensors
+from recfound.train.checkpoint import CheckpointError, load_checkpoint
 from recfound.train.s2sched import S2SchedParams
 from recfound.train.trainer import Trainer, TrainingInterrupted, TrainParams
 from tests.train.tiny import tiny_model, tiny_tasks
@@ -29,7 +30,7 @@ PARAMS = TrainParams(
 
 
 def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in trainable_tensors(trainer.rec.model).items()}
+    return {k: v.clone() for k, v in adapter_tensors(trainer.rec.model).items()}
 
 
 def test_training_lowers_validation_loss_and_writes_checkpoints(tmp_path: Path) -> None:
