@@ -78,9 +78,13 @@ def build_from_spec(base: torch.nn.Module, tokenizer, spec: ModelSpec) -> RecMod
 
 
 def adapter_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's (trainable) tensors by parameter name, detached and on CPU."""
+    """A snapshot of the adapter's (trainable) tensors by parameter name, on CPU.
+
+    Always copies: loading other tensors into the model later does not change the snapshot (the
+    merge step keeps the initial adapter as the base of its task vectors this way).
+    """
     return {
-        name: p.detach().cpu().contiguous()
+        name: p.detach().to("cpu", copy=True).contiguous()
         for name, p in model.named_parameters()
         if p.requires_grad
     }

@@ -14,6 +14,7 @@ from recfound.model.bundle import (
     WEIGHTS_FILE,
     BundleError,
     adapter_tensors,
+    load_adapter_tensors,
     load_bundle,
     read_spec,
     save_bundle,
@@ -60,3 +61,13 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny_bundle) -> None:
     single = [rec.generate([p], "genre", max_new_tokens=6)[0] for p in prompts]
     assert batched == single
     assert rec.tokenizer.padding_side == "right"  # restored after generation
+
+
+def test_adapter_snapshot_is_a_copy(tiny_bundle) -> None:
+    rec = load_bundle(*tiny_bundle)
+    snapshot = adapter_tensors(rec.model)
+    before = {k: v.clone() for k, v in snapshot.items()}
+    load_adapter_tensors(rec.model, {k: v + 1.0 for k, v in snapshot.items()}, "shifted")
+    for name, value in snapshot.items():
+        assert torch.equal(value, before[name]), name
+        assert not torch.equal(value, adapter_tensors(rec.model)[name]), name
