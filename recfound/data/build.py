@@ -33,6 +33,9 @@ class TaskDatasets:
     derived: dict[str, str] = field(default_factory=dict)
     item_texts: pd.DataFrame = field(default_factory=pd.DataFrame)
     train_interactions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # every warm interaction with its leave-one-out ``split`` (train/valid/test): what full-ranking
+    # evaluation excludes, what SASRec/MF learn from, and what `export-split` writes
+    split_interactions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def build_task_datasets(tables: Tables, cfg: TasksConfig, seed: int) -> TaskDatasets:
@@ -57,6 +60,9 @@ def build_task_datasets(tables: Tables, cfg: TasksConfig, seed: int) -> TaskData
         ),
         train_interactions=ctx.train_interactions[
             ["user_id", "item_id", "rating", "timestamp"]
+        ].reset_index(drop=True),
+        split_interactions=ctx.interactions[
+            ["user_id", "item_id", "rating", "timestamp", "split"]
         ].reset_index(drop=True),
     )
     signals = set(tables.info.signals)

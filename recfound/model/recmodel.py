@@ -185,6 +185,47 @@ class RecModel:
         return out
 
     @torch.no_grad()
+    def catalogue_scores(
+        self,
+        prompts: Sequence[str],
+        item_tokens: Sequence[str],
+        task: str,
+        batch_size: int = 32,
+    ) -> torch.Tensor:
+        """Generative retrieval: ``(len(prompts), len(item_tokens))`` next-token log-probabilities
+        of every item's identifier token right after its prompt (one forward pass per batch).
+
+        An answer of a next-item task starts with the item's identifier token, so this ranks the
+        whole catalogue exactly as the model would generate its first answer token. Items without
+        an identifier (empty string, e.g. cold items) score ``-inf``.
+        """
+        self.model.eval()
+        ids = self.item_token_ids(item_tokens)
+        known = ids >= 0
+        tok = self.tokenizer
+        sides = tok.padding_side, tok.truncation_side
+        tok.padding_side, tok.truncation_side = "left", "left"
+        rows = []
+        try:
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start : start + batch_size])
+                batch = self._encode(chunk)
+                with self._for_tasks(task, len(chunk)):
+                    logits = self.model(**batch).logits[:, -1].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                out = torch.full((len(chunk), len(ids)), -torch.inf, device=logprobs.device)
+                out[:, known] = logprobs[:, ids[known]]
+                rows.append(out.cpu())
+        finally:
+            tok.padding_side, tok.truncation_side = sides
+        return torch.cat(rows) if rows else torch.empty(0, len(ids))
+
+    def item_token_ids(self, item_tokens: Sequence[str]) -> torch.Tensor:
+        """Vocabulary id of each identifier token (``-1`` for an empty or unknown one)."""
+        vocab = self.tokenizer.get_vocab()
+        return torch.tensor([vocab.get(t, -1) if t else -1 for t in item_tokens], dtype=torch.long)
+
+    @torch.no_grad()
     def generate(
         self,
         prompts: Sequence[str],

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 ITEMS_FILE = "items.parquet"
 TRAIN_INTERACTIONS_FILE = "train_interactions.parquet"
+SPLIT_INTERACTIONS_FILE = "interactions.parquet"
 
 
 def task_counts(datasets: TaskDatasets) -> dict[str, dict[str, int]]:
@@ -54,6 +55,7 @@ def run_build_tasks(cfg: Config) -> TaskDatasets:
         # baselines learn from exactly the interactions the model could see in training.
         artifacts.write_parquet(staging / ITEMS_FILE, datasets.item_texts)
         artifacts.write_parquet(staging / TRAIN_INTERACTIONS_FILE, datasets.train_interactions)
+        artifacts.write_parquet(staging / SPLIT_INTERACTIONS_FILE, datasets.split_interactions)
         artifacts.write_json(
             staging / MANIFEST_FILE,
             {

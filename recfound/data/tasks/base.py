@@ -254,12 +254,15 @@ class TaskContext:
         *,
         min_history: int = 1,
         where: np.ndarray | None = None,
+        every_user: bool = False,
     ) -> list[UserExample]:
         """A seeded sample (at most ``cap_for(split)``) of leave-one-out targets in ``split``.
 
         ``where`` is an optional boolean mask aligned with ``self.interactions`` rows (e.g. only
         liked interactions). Train targets are train interactions with at least ``min_history``
-        earlier ones; valid/test targets are the users' held-out interactions.
+        earlier ones; valid/test targets are the users' held-out interactions. ``every_user``
+        keeps every valid/test target (no cap): full-ranking tasks are evaluated on every user,
+        as the standard protocol asks, and cost one forward pass per user.
         """
         mask = (self.interactions[SPLIT_COLUMN].to_numpy() == split) & (
             self._flat_position >= min_history
@@ -267,7 +270,7 @@ class TaskContext:
         if where is not None:
             mask &= where
         rows = np.flatnonzero(mask)
-        cap = self.cap_for(split)
+        cap = len(rows) if every_user and split != "train" else self.cap_for(split)
         if len(rows) > cap:
             rows = np.sort(rng.choice(rows, size=cap, replace=False))
         return [

@@ -19,7 +19,7 @@ class SequentialRecommendationBuilder(TaskBuilder):
         rng = ctx.rng(self.name)
         records = []
         for split in SPLITS:
-            for example in ctx.user_examples(rng, split):
+            for example in ctx.user_examples(rng, split, every_user=True):
                 candidate_ids = ctx.candidates_for(rng, example, ctx.num_candidates)
                 records.append(
                     self.record(

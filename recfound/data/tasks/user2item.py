@@ -18,7 +18,7 @@ class User2ItemBuilder(TaskBuilder):
         rng = ctx.rng(self.name)
         records = []
         for split in SPLITS:
-            for example in ctx.user_examples(rng, split):
+            for example in ctx.user_examples(rng, split, every_user=True):
                 history = example.history_ids
                 records.append(
                     self.record(
