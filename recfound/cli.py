@@ -81,6 +81,17 @@ def _promote(cfg: Config, args: argparse.Namespace) -> None:
     run_promote(cfg, version=args.version, force=args.force)
 
 
+def _export_split(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.data.export import export_recbole_split, load_split_inputs
+
+    interactions, items, users = load_split_inputs(cfg.paths.tasks, cfg.paths.interim)
+    written = export_recbole_split(interactions, items, users, args.dir, name=args.name)
+    rows = ", ".join(f"{split} {count}" for split, count in written.rows.items())
+    print(f"wrote {len(written.files)} files to {written.folder} (interactions: {rows})")
+    for filename in written.files:
+        print(f"  {written.folder / filename}")
+
+
 def _pipeline(cfg: Config, args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -197,6 +208,18 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "versions' tags). A version that fails is left as it is and the failed gates are "
         f"printed (exit code {EXIT_USER_ERROR}); --force promotes it anyway.",
     ),
+    "export-split": (
+        _export_split,
+        "write the train/valid/test split for another library (RecBole atomic files)",
+        "Writes the exact per-user leave-one-out split that build-tasks made "
+        "(paths.tasks/interactions.parquet, with the catalogue and the user attributes from "
+        "paths.interim) as RecBole benchmark files in DIR: NAME.{train,valid,test}.inter for "
+        "general models, NAME.seq_{train,valid,test}.inter (with each target's item_id_list) for "
+        "sequential models, NAME.item, NAME.user, and recbole.yaml / recbole_sequential.yaml, "
+        "the RecBole configs that reproduce our protocol. RecBole reads DATA_PATH/NAME/, so DIR "
+        "must be named NAME (default recfound, e.g. exports/recfound). See README.md, "
+        "'Check our figures with RecBole'.",
+    ),
     "pipeline": (
         _pipeline,
         "compile, submit or locally run the Kubeflow pipeline",
@@ -242,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", type=int, required=True, help="the registered version to promote"
     )
     promote.add_argument("--force", action="store_true", help="skip the promotion gates")
+    export = sub.choices["export-split"]
+    export.add_argument("dir", metavar="DIR", help="folder to write (replaced as a whole)")
+    export.add_argument(
+        "--format", choices=["recbole"], default="recbole", help="file format (default: recbole)"
+    )
+    export.add_argument("--name", default="recfound", help="dataset name (default: recfound)")
     _add_pipeline_actions(sub.choices["pipeline"])
     return parser
 
