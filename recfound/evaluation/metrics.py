@@ -6,17 +6,22 @@ or a value outside a metric's domain raises :class:`MetricError`.
 Retrieval follows the full-ranking protocol: each query scores *all* items, the items of the user's
 history are excluded (the target never is), and the 1-based rank of the single held-out target is
 what Recall/NDCG/MRR/hit rate are computed from.
+
+Every reported figure also gets a seeded bootstrap interval over records
+(:func:`bootstrap_records`, ``scipy.stats.bootstrap`` on record indices).
 """
 
 from __future__ import annotations
 
-import math
 import re
+import warnings
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 
 from recfound.errors import UserInputError
 
@@ -242,6 +247,43 @@ def _ngrams(tokens: Sequence[str], n: int) -> Counter[tuple[str, ...]]:
     return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
+def bleu_statistics(reference: str, hypothesis: str, max_n: int = 4) -> np.ndarray:
+    """One pair's BLEU counts ``[ref_len, hyp_len, matches_1..n, totals_1..n]`` (int64).
+
+    Corpus BLEU is a function of these counts summed over pairs, which is what lets a bootstrap
+    recompute it on resampled records without re-tokenizing (:func:`bleu_from_statistics`).
+    """
+    if max_n < 1:
+        raise MetricError(f"max_n must be at least 1, got {max_n}")
+    ref_tokens, hyp_tokens = tokenize(reference), tokenize(hypothesis)
+    out = np.zeros(2 + 2 * max_n, dtype=np.int64)
+    out[0], out[1] = len(ref_tokens), len(hyp_tokens)
+    for n in range(1, max_n + 1):
+        hyp_counts = _ngrams(hyp_tokens, n)
+        ref_counts = _ngrams(ref_tokens, n)
+        out[1 + n] = sum(min(c, ref_counts[g]) for g, c in hyp_counts.items())
+        out[1 + max_n + n] = sum(hyp_counts.values())
+    return out
+
+
+def bleu_from_statistics(totals: np.ndarray) -> np.ndarray:
+    """Corpus BLEU from summed :func:`bleu_statistics`, along the last axis: ``(..., 2 + 2n)``
+    sums give ``(...)`` scores (see :func:`bleu` for the definition)."""
+    totals = np.asarray(totals, dtype=np.float64)
+    max_n = (totals.shape[-1] - 2) // 2
+    ref_length, hyp_length = totals[..., 0], totals[..., 1]
+    matches, counts = totals[..., 2 : 2 + max_n], totals[..., 2 + max_n :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_precision = np.log(matches[..., 0] / counts[..., 0])
+        for n in range(1, max_n):
+            log_precision = log_precision + np.log((matches[..., n] + 1) / (counts[..., n] + 1))
+        brevity = np.where(
+            hyp_length > ref_length, 1.0, np.exp(1.0 - ref_length / np.maximum(hyp_length, 1))
+        )
+        score = brevity * np.exp(log_precision / max_n)
+    return np.where((hyp_length == 0) | (matches[..., 0] == 0), 0.0, score)
+
+
 def bleu(references: Sequence[str], hypotheses: Sequence[str], max_n: int = 4) -> float:
     """Corpus BLEU (Papineni et al., 2002) with one reference per hypothesis, in ``[0, 1]``.
 
@@ -257,28 +299,8 @@ def bleu(references: Sequence[str], hypotheses: Sequence[str], max_n: int = 4) -
             f"need equal, non-zero numbers of references and hypotheses, got "
             f"{len(references)} and {len(hypotheses)}"
         )
-    if max_n < 1:
-        raise MetricError(f"max_n must be at least 1, got {max_n}")
-    matches = [0] * max_n
-    totals = [0] * max_n
-    ref_length = 0
-    hyp_length = 0
-    for reference, hypothesis in zip(references, hypotheses, strict=True):
-        ref_tokens, hyp_tokens = tokenize(reference), tokenize(hypothesis)
-        ref_length += len(ref_tokens)
-        hyp_length += len(hyp_tokens)
-        for n in range(1, max_n + 1):
-            hyp_counts = _ngrams(hyp_tokens, n)
-            ref_counts = _ngrams(ref_tokens, n)
-            matches[n - 1] += sum(min(c, ref_counts[g]) for g, c in hyp_counts.items())
-            totals[n - 1] += sum(hyp_counts.values())
-    if hyp_length == 0 or matches[0] == 0:
-        return 0.0
-    log_precision = math.log(matches[0] / totals[0])
-    for n in range(2, max_n + 1):
-        log_precision += math.log((matches[n - 1] + 1) / (totals[n - 1] + 1))
-    brevity = 1.0 if hyp_length > ref_length else math.exp(1.0 - ref_length / hyp_length)
-    return float(brevity * math.exp(log_precision / max_n))
+    stats = [bleu_statistics(r, h, max_n) for r, h in zip(references, hypotheses, strict=True)]
+    return float(bleu_from_statistics(np.sum(stats, axis=0)))
 
 
 def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
@@ -317,3 +339,81 @@ def corpus_rouge_l_f1(references: Sequence[str], hypotheses: Sequence[str]) -> f
             f"{len(references)} and {len(hypotheses)}"
         )
     return float(np.mean([rouge_l_f1(r, h) for r, h in zip(references, hypotheses, strict=True)]))
+
+
+# --------------------------------------------------------------------------- confidence intervals
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Percentile (or BCa) intervals of ``k`` statistics and their bootstrap distribution.
+
+    ``low``/``high`` are ``(k,)``; ``distribution`` is ``(k, n_resamples)``, kept so that
+    statistics of independent record sets (tasks) can be combined replicate by replicate.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+    distribution: np.ndarray
+
+
+IndexStatistic = Callable[[np.ndarray], np.ndarray]
+
+
+def bootstrap_records(
+    statistic: IndexStatistic,
+    n_records: int,
+    seed: int,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    method: Literal["percentile", "BCa", "basic"] = "percentile",
+) -> BootstrapResult:
+    """Bootstrap over records: ``scipy.stats.bootstrap`` on the record indices ``0..n-1``.
+
+    ``statistic`` maps resampled indices of shape ``(..., n_records)`` to ``(k, ...)`` values:
+    it recomputes every metric on the resampled records, so the same routine serves means
+    (Recall, NDCG), ratios of sums (BLEU, macro-F1) and rank statistics (AUC). Two systems
+    resampled with the same ``seed`` and ``n_records`` see the same indices, which is what makes
+    a difference of their statistics a *paired* comparison. A statistic undefined on some
+    resamples (NaN, e.g. AUC on a one-class resample) gets its interval from the defined ones.
+    With fewer than two records the interval is NaN.
+    """
+    first = np.asarray(statistic(np.arange(n_records)), dtype=np.float64)
+    k = first.shape[0]
+    if n_records < 2:
+        nan = np.full(k, np.nan)
+        return BootstrapResult(nan, nan.copy(), np.full((k, 0), np.nan))
+
+    def vectorized(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.asarray(statistic(np.moveaxis(indices, axis, -1)), dtype=np.float64)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN replicates, degenerate intervals
+        result = stats.bootstrap(
+            (np.arange(n_records),),
+            vectorized,
+            vectorized=True,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method=method,
+            random_state=np.random.default_rng(seed),
+        )
+    low = np.atleast_1d(np.asarray(result.confidence_interval.low, dtype=np.float64))
+    high = np.atleast_1d(np.asarray(result.confidence_interval.high, dtype=np.float64))
+    distribution = np.asarray(result.bootstrap_distribution, dtype=np.float64).reshape(k, -1)
+    undefined = ~(np.isfinite(low) & np.isfinite(high))
+    for row in np.flatnonzero(undefined):
+        values = distribution[row][np.isfinite(distribution[row])]
+        if values.size:
+            low[row], high[row] = percentile_interval(values, confidence)
+    return BootstrapResult(low, high, distribution)
+
+
+def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The central ``confidence`` percentile interval of bootstrap replicates (NaN ignored)."""
+    alpha = (1.0 - confidence) / 2.0
+    values = np.asarray(replicates, dtype=np.float64)
+    if not np.isfinite(values).any():
+        return float("nan"), float("nan")
+    low, high = np.nanpercentile(values, [100 * alpha, 100 * (1 - alpha)])
+    return float(low), float(high)

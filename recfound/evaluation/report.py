@@ -11,7 +11,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-BASELINES = ("popularity", "item_knn", "bm25", "majority")
+BASELINES = ("popularity", "item_knn", "sasrec", "bm25", "biased_mf", "majority")
+FULL_RANKING_COLUMNS = (
+    "recall@5",
+    "recall@10",
+    "recall@20",
+    "ndcg@5",
+    "ndcg@10",
+    "ndcg@20",
+    "mrr@20",
+    "unmasked_recall@10",
+    "unmasked_ndcg@10",
+)
+RATING_COLUMNS = ("rmse", "mae", "f1", "accuracy", "auc")
 DETAIL_METRICS = (
     "recall@10",
     "ndcg@10",
@@ -32,49 +44,129 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("–" if value is None else str(value))
 
 
+def with_interval(value: Any, interval: Sequence[Any] | None, digits: int = 4) -> str:
+    """``0.1234 [0.1000, 0.1500]`` (the interval left out when unknown)."""
+    if not isinstance(value, float):
+        return _fmt(value)
+    if not interval or interval[0] is None or interval[1] is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def _metric_cell(values: Mapping[str, Any] | None, metric: str) -> str:
+    if not values or metric not in values:
+        return "–"
+    return with_interval(values[metric], values.get("ci", {}).get(metric))
+
+
+def _systems(document: Mapping[str, Any], task: str) -> list[tuple[str, Mapping[str, Any]]]:
+    rows = [("model", document["tasks"][task])]
+    rows += [
+        (b, document["baselines"][b][task])
+        for b in BASELINES
+        if task in document["baselines"].get(b, {})
+    ]
+    return rows
+
+
 def evaluation_markdown(document: Mapping[str, Any]) -> str:
-    """Model vs baselines per task (the score metric), then the other metrics of each task."""
+    """Model vs baselines per task (score metric with its 95% interval, record counts, the paired
+    model − best baseline), the full-ranking and rating tables, then the model's other metrics."""
     tasks, baselines = document["tasks"], document["baselines"]
-    overall = document["overall"]
+    overall, overall_ci = document["overall"], document.get("overall_ci", {})
+    boot = document.get("bootstrap", {})
+    present = [b for b in BASELINES if b in baselines]
     lines = [
         "# Evaluation (test split)",
         "",
-        f"Mean score {overall['mean_score']:.4f} — embedding {overall['embedding_score']:.4f}, "
-        f"generative {overall['generative_score']:.4f}. Every score is higher-is-better; each "
-        "task's score metric is the one RecFound reports (F1 for generative tasks, Recall@1 for "
-        "sequential recommendation, NDCG@20 for item2item, MRR@20 for query2item and user2item).",
-        "Baselines run on exactly the same records; `–` = not applicable to the task.",
+        f"Mean score {with_interval(overall['mean_score'], overall_ci.get('mean_score'))} — "
+        f"embedding {with_interval(overall['embedding_score'], overall_ci.get('embedding_score'))}"
+        f", generative "
+        f"{with_interval(overall['generative_score'], overall_ci.get('generative_score'))}.",
         "",
-        "| task | kind | records | metric | model | "
-        + " | ".join(BASELINES)
+        "Every score is higher-is-better; each task's score metric is the one RecFound reports "
+        "(F1 for generative tasks, NDCG@20 for item2item, MRR@20 for query2item and user2item; "
+        "Recall@10 for next-item tasks ranked over the whole catalogue). `[a, b]` is a "
+        f"{100 * boot.get('confidence', 0.95):.0f}% bootstrap interval over the task's records "
+        f"({boot.get('n_resamples', 1000)} resamples, {boot.get('method', 'percentile')}, "
+        f"seed {boot.get('seed', '?')}); model − best baseline is a *paired* interval (both "
+        "systems on the same resampled records). Baselines run on exactly the same records as "
+        "the model (`n`); `–` = not applicable.",
+        "",
+        "Full-ranking tasks rank every catalogue item and exclude every item the user met before "
+        "the target (all training interactions; for test also the validation item), never the "
+        "target; they use every test record. Other tasks use a seeded sample.",
+        "",
+        "| task | kind | protocol | n | metric | model | "
+        + " | ".join(present)
         + " | model − best baseline |",
-        "|---|---|---:|---|---:|" + "---:|" * len(BASELINES) + "---:|",
+        "|---|---|---|---:|---|---:|" + "---:|" * len(present) + "---:|",
     ]
+    versus = document.get("versus_best_baseline", {})
     for task in sorted(tasks, key=lambda t: (tasks[t]["kind"], t)):
         values = tasks[task]
-        row_baselines = [baselines.get(b, {}).get(task, {}).get("score") for b in BASELINES]
-        known = [v for v in row_baselines if v is not None]
-        delta = values["score"] - max(known) if known else None
+        metric = values["score_metric"]
+        cells = [_metric_cell(baselines.get(b, {}).get(task), "score") for b in present]
+        delta = versus.get(task)
+        delta_cell = (
+            f"{with_interval(delta['difference'], delta['ci'])} ({delta['baseline']})"
+            if delta
+            else "–"
+        )
+        n = values.get("n_records", document.get("n_records", {}).get(task, ""))
         lines.append(
-            f"| {task} | {values['kind']} | {document['n_records'].get(task, '')} | "
-            f"{values['score_metric']} | {_fmt(values['score'])} | "
-            + " | ".join(_fmt(v) for v in row_baselines)
-            + f" | {_fmt(delta)} |"
+            f"| {task} | {values['kind']} | {values.get('protocol', '')} | {n} | {metric} | "
+            f"{_metric_cell(values, 'score')} | " + " | ".join(cells) + f" | {delta_cell} |"
         )
     if document.get("answered_as"):
         pairs = ", ".join(f"{t} with the {a} adapter" for t, a in document["answered_as"].items())
         lines += ["", f"Evaluation-only tasks answered by a trained task's gates: {pairs}."]
+
+    full = [t for t in sorted(tasks) if tasks[t].get("protocol") in ("retrieval", "next_item")]
+    for task in full:
+        columns = [c for c in FULL_RANKING_COLUMNS if c in tasks[task]]
+        lines += [
+            "",
+            f"## {task}: full ranking ({tasks[task].get('n_records', '')} records)",
+            "",
+            "`unmasked_*`: the same ranking without excluding the user's earlier items (as "
+            "RecBole ranks its sequential models).",
+            "",
+            "| system | " + " | ".join(columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        for system, values in _systems(document, task):
+            lines.append(
+                f"| {system} | " + " | ".join(_metric_cell(values, c) for c in columns) + " |"
+            )
+    rated = [t for t in sorted(tasks) if tasks[t].get("protocol") in ("rating", "classification")]
+    rated = [t for t in rated if any(s == "biased_mf" for s, _ in _systems(document, t))]
+    for task in rated:
+        columns = [c for c in RATING_COLUMNS if c in tasks[task]]
+        lines += [
+            "",
+            f"## {task} ({tasks[task].get('n_records', '')} records)",
+            "",
+            "| system | " + " | ".join(columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        for system, values in _systems(document, task):
+            lines.append(
+                f"| {system} | " + " | ".join(_metric_cell(values, c) for c in columns) + " |"
+            )
     lines += [
         "",
         "## Other metrics of the model",
         "",
-        "| task | metric | value |",
+        "| task | metric | value [95% interval] |",
         "|---|---|---:|",
     ]
     for task in sorted(tasks):
+        if task in full:
+            continue
         for metric in DETAIL_METRICS:
             if metric in tasks[task]:
-                lines.append(f"| {task} | {metric} | {_fmt(tasks[task][metric])} |")
+                lines.append(f"| {task} | {metric} | {_metric_cell(tasks[task], metric)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,10 +1,14 @@
 """Stage `evaluate`: the merged model and the baselines on every task's test split.
 
-Recipe: load the bundle at ``paths.merged`` on ``paths.backbone`` → a seeded sample of at most
-``evaluate.max_per_task`` test records per task → :func:`evaluate_model` and
-:func:`evaluate_baselines` on exactly the same records → ``reports/metrics.json`` (DVC metrics; the
-registry's gates read it), ``reports/evaluation.md`` (model vs baselines per task),
-``reports/plots/evaluation_scores.{json,png}`` and the same to MLflow.
+Recipe: load the bundle at ``paths.merged`` on ``paths.backbone`` → every test record of the
+full-ranking tasks and a seeded sample of at most ``evaluate.max_per_task`` records of the others
+→ per-record outputs of the model (:func:`model_outputs`) and of the baselines
+(:func:`baseline_outputs`, with SASRec and biased MF from the ``baselines`` stage when present) on
+exactly the same records → every metric with a seeded 95% bootstrap interval, model − best
+baseline with a paired interval → ``reports/metrics.json`` (DVC metrics; the registry's gates read
+it), ``reports/eval_records.json`` (the model's per-record outputs: the registry pairs champion and
+challenger on them), ``reports/evaluation.md``, ``reports/plots/evaluation_scores.{json,png}`` and
+the same to the MLflow run.
 """
 
 from __future__ import annotations
@@ -20,18 +24,25 @@ from tqdm.auto import tqdm
 from recfound import artifacts
 from recfound.config import Config
 from recfound.data.tasks import TASK_BUILDERS
+from recfound.evaluation.outputs import BootstrapSettings
 from recfound.evaluation.report import evaluation_markdown, plot_scores, score_rows
 from recfound.evaluation.runner import (
-    evaluate_baselines,
-    evaluate_model,
+    TrainedBaselines,
+    assign_protocols,
+    baseline_outputs,
+    cap_records,
+    evaluation_document,
     load_eval_set,
-    summarize,
+    model_outputs,
+    records_document,
 )
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.model.recmodel import RecModel
 from recfound.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
+
+RECORDS_FILE = "eval_records.json"
 
 
 def answered_as(task_kinds: dict[str, str], tasks: list[str]) -> dict[str, str]:
@@ -44,16 +55,55 @@ def answered_as(task_kinds: dict[str, str], tasks: list[str]) -> dict[str, str]:
     return out
 
 
+def baselines_dir(cfg: Config) -> Path:
+    """Where the ``baselines`` stage writes SASRec and biased MF (``paths.baselines``)."""
+    configured = getattr(cfg.paths, "baselines", None)
+    return Path(configured) if configured else Path(cfg.paths.merged).parent / "baselines"
+
+
+def trained_baselines(cfg: Config) -> TrainedBaselines:
+    """SASRec and biased MF as trained by the ``baselines`` stage (absent ones are left out)."""
+    threshold = float(cfg.data.rating_threshold)
+    directory = baselines_dir(cfg)
+    if not directory.is_dir():
+        log.warning(
+            "no trained baselines at %s: SASRec and biased MF are left out of the comparison "
+            "(run `recfound baselines`)",
+            directory,
+        )
+        return TrainedBaselines(rating_threshold=threshold)
+    from recfound.stages.baselines import load_baselines
+
+    loaded = load_baselines(directory)
+
+    def pick(*names: str) -> Any:
+        for name in names:
+            value = loaded.get(name) if isinstance(loaded, dict) else getattr(loaded, name, None)
+            if value is not None:
+                return value
+        return None
+
+    return TrainedBaselines(
+        sasrec=pick("sasrec"), biased_mf=pick("biased_mf", "mf"), rating_threshold=threshold
+    )
+
+
 def evaluate_bundle(
-    rec: RecModel, task_kinds: dict[str, str], cfg: Config, split: str = "test"
-) -> dict[str, Any]:
-    """The metrics document of one model on ``split`` (model, baselines, overall scores)."""
-    data = load_eval_set(cfg.paths.tasks, split, cfg.evaluate.max_per_task, cfg.seed)
+    rec: RecModel,
+    task_kinds: dict[str, str],
+    cfg: Config,
+    split: str = "test",
+    trained: TrainedBaselines | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metrics document, per-record outputs document)`` of one model on ``split``."""
+    data = load_eval_set(cfg.paths.tasks, split, None, cfg.seed)
     aliases = answered_as(task_kinds, list(data.frames))
     unanswerable = [t for t in data.frames if t not in task_kinds and t not in aliases]
     for task in unanswerable:
         log.warning("task %s: the model has no adapter task for it; not evaluated", task)
         data.frames.pop(task)
+    protocols = assign_protocols(data, rec)
+    data = cap_records(data, protocols, cfg.evaluate.max_per_task, cfg.seed)
     bar = tqdm(total=len(data.frames), desc=f"evaluate ({split})", unit="task")
 
     def progress(task: str) -> None:
@@ -61,9 +111,10 @@ def evaluate_bundle(
         bar.update(1)
 
     started = time.perf_counter()
-    model = evaluate_model(
+    outputs = model_outputs(
         rec,
         data,
+        protocols,
         ks=cfg.evaluate.ks,
         max_new_tokens=cfg.evaluate.max_new_tokens,
         batch_size=cfg.evaluate.batch_size,
@@ -71,18 +122,22 @@ def evaluate_bundle(
         answered_as=aliases,
     )
     bar.close()
-    kinds = {
-        t: ("embedding" if v["protocol"] == "retrieval" else "generative") for t, v in model.items()
-    }
-    return {
-        "overall": summarize(model, kinds),
-        "tasks": {t: {"kind": kinds[t], **v} for t, v in model.items()},
-        "baselines": evaluate_baselines(data, ks=cfg.evaluate.ks),
-        "n_records": {t: len(f) for t, f in data.frames.items()},
-        "answered_as": aliases,
-        "split": split,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    model_seconds = time.perf_counter() - started
+    baselines = baseline_outputs(data, protocols, cfg.evaluate.ks, trained)
+    kinds = {t: ("embedding" if protocols[t] == "retrieval" else "generative") for t in outputs}
+    document = evaluation_document(
+        outputs, baselines, protocols, kinds, BootstrapSettings(seed=cfg.seed)
+    )
+    document.update(
+        {
+            "answered_as": aliases,
+            "split": split,
+            "records_file": RECORDS_FILE,
+            "seconds": round(time.perf_counter() - started, 1),
+            "model_seconds": round(model_seconds, 1),
+        }
+    )
+    return document, records_document(outputs, protocols, split)
 
 
 def run_evaluate(cfg: Config) -> dict[str, Any]:
@@ -90,8 +145,9 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
     rec = load_bundle(cfg.paths.backbone, cfg.paths.merged)
     settings = {"evaluate": cfg.evaluate.model_dump(), "seed": cfg.seed}
     reports = Path(cfg.paths.reports)
+    trained = trained_baselines(cfg)
     with stage_run(cfg.tracking, "evaluate", settings) as run:
-        document = evaluate_bundle(rec, spec.task_kinds, cfg)
+        document, records = evaluate_bundle(rec, spec.task_kinds, cfg, trained=trained)
         document["model"] = {"bundle": str(cfg.paths.merged), "merge": info.get("merge", {})}
         document["mlflow_run_id"] = run.info.run_id
         markdown = evaluation_markdown(document)
@@ -107,17 +163,21 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
             }
         )
         mlflow.log_dict(document, "metrics.json")
+        mlflow.log_dict(records, RECORDS_FILE)
         mlflow.log_text(markdown, "evaluation.md")
         mlflow.log_artifact(str(figure), "plots")
     artifacts.write_json(reports / "metrics.json", document)
+    artifacts.write_json(reports / RECORDS_FILE, records)
     artifacts.write_text(reports / "evaluation.md", markdown)
     artifacts.write_json(reports / "plots" / "evaluation_scores.json", rows)
     log.info(
-        "test scores: mean %.4f (embedding %.4f, generative %.4f) over %d tasks; table in %s",
+        "test scores: mean %.4f (embedding %.4f, generative %.4f) over %d tasks in %.0f s; "
+        "table in %s",
         document["overall"]["mean_score"],
         document["overall"]["embedding_score"],
         document["overall"]["generative_score"],
         len(document["tasks"]),
+        document["seconds"],
         reports / "evaluation.md",
     )
     return document

@@ -1,10 +1,13 @@
 """Stage `register`: the merged model becomes a registered MLflow model version, gated by alias.
 
-Reads the backbone (``paths.backbone``), the merged bundle (``paths.merged``) and the evaluation
-scores (``<paths.reports>/metrics.json``); compares the scores with the current champion's
-(``registry`` gates in params.yaml); logs and registers the model as ``registry.model_name`` with
-the data version, params and scores as version tags; gives it alias ``champion`` if it passed,
-``challenger`` otherwise. Writes ``<paths.reports>/registry.json``.
+Reads the backbone (``paths.backbone``), the merged bundle (``paths.merged``), the evaluation
+scores (``<paths.reports>/metrics.json``) and per-record outputs (``eval_records.json``); compares
+them with the current champion's, record by record (``registry`` gates in params.yaml: a task
+regressed only when its paired 95% interval lies entirely below ``-max_regression``); logs and
+registers the model as ``registry.model_name`` with the data version, params and scores as version
+tags, the per-record outputs as an artifact of its run; gives it alias ``champion`` if it passed,
+``challenger`` otherwise. Writes ``<paths.reports>/registry.json`` with the comparison (difference
+and paired interval) behind each task's verdict.
 
 ``run_promote`` is the by-hand promotion of a registered version (``recfound promote``).
 """
@@ -22,10 +25,12 @@ import yaml
 from recfound import artifacts
 from recfound.config import Config
 from recfound.errors import UserInputError
+from recfound.evaluation.outputs import BootstrapSettings
 from recfound.model.backbone import resolve_backbone_dir
 from recfound.model.bundle import SPEC_FILE
 from recfound.tracking.registry import (
     CHAMPION,
+    RECORDS_ARTIFACT,
     GateDecision,
     apply_promotion,
     check_gates,
@@ -33,6 +38,8 @@ from recfound.tracking.registry import (
     log_and_register,
     metrics_from_tags,
     promote,
+    read_records,
+    run_records,
     version_by_alias,
 )
 
@@ -134,6 +141,10 @@ def run_register(cfg: Config) -> dict[str, Any]:
     _require(bundle / SPEC_FILE, "the merged model", "merge")
     _require(metrics_path, "the evaluation report", "evaluate")
     metrics = read_metrics(metrics_path, cfg.registry.primary_metric)
+    records_path = Path(cfg.paths.reports) / RECORDS_ARTIFACT
+    records = read_records(records_path)
+    if records is None:
+        log.warning("%s is missing: task regressions are judged on point scores", records_path)
     version_id, version_source = data_version(cfg.paths.tasks)
     name = cfg.registry.model_name
 
@@ -144,6 +155,9 @@ def run_register(cfg: Config) -> dict[str, Any]:
         metrics_from_tags(champion.tags) if champion is not None else None,
         cfg.registry,
         champion_version=None if champion is None else int(champion.version),
+        candidate_records=records,
+        champion_records=None if champion is None else run_records(client, champion.run_id),
+        settings=BootstrapSettings(seed=cfg.seed),
     )
     registered = log_and_register(
         tracking_cfg=cfg.tracking,
@@ -154,6 +168,7 @@ def run_register(cfg: Config) -> dict[str, Any]:
         metrics_path=metrics_path,
         params=registry_params(cfg),
         data_version=version_id,
+        records_path=records_path if records is not None else None,
     )
     alias = apply_promotion(client, name, registered.version, decision)
     report = {

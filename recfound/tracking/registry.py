@@ -7,8 +7,13 @@ tags, so the registry alone decides a promotion, on any machine.
 
 Gates (``registry`` in params.yaml): a candidate passes when there is no champion yet, or when
 
-- its primary metric is at least the champion's plus ``min_improvement``, and
-- no task scored by both dropped more than ``max_regression`` below the champion's score.
+- its primary metric is at least the champion's plus ``min_improvement`` (point estimates), and
+- no task scored by both *regressed*: a task regressed when the paired 95% bootstrap interval of
+  (candidate − champion) score, on the records both were evaluated on, lies entirely below
+  ``-max_regression``. A drop inside the noise of the test set is not a regression. The per-record
+  outputs come from ``eval_records.json``, logged with each version's register run (the
+  champion's are read back from its run); a task without per-record outputs on either side falls
+  back to the point rule (score dropped more than ``max_regression``), and the decision says so.
 
 A version that passes gets alias ``champion``; otherwise alias ``challenger``, and the champion
 stays. ``promote`` applies the same gates to an already registered version, or skips them when
@@ -17,8 +22,10 @@ forced.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,13 @@ from mlflow.exceptions import MlflowException
 
 from recfound.config import RegistryConfig, TrackingConfig
 from recfound.errors import UserInputError
+from recfound.evaluation.outputs import (
+    BootstrapSettings,
+    RecordOutputs,
+    mean_of_estimates,
+    paired_difference,
+)
+from recfound.evaluation.runner import outputs_from_records
 from recfound.model.bundle import read_spec
 from recfound.tracking.runs import configure_tracking, flatten_params, stage_run
 from recfound.tracking.serving import (
@@ -47,6 +61,8 @@ CHALLENGER = "challenger"
 DATA_VERSION_TAG = "data_version"
 PARAM_PREFIX = "param."
 METRIC_PREFIX = "metric."
+TEXT_FIELDS = ("kind", "score_metric")  # per-task tags that are not numbers
+RECORDS_ARTIFACT = "eval_records.json"  # per-record outputs of the evaluation (pairing key)
 # A score equal to its threshold passes even after float rounding (0.52 - 0.02 != 0.50 exactly).
 TOLERANCE = 1e-9
 
@@ -77,6 +93,10 @@ class GateDecision:
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     forced: bool = False
+    # task → the comparison behind its verdict: metric, scores, paired difference and interval
+    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # candidate − champion of the mean score over the tasks compared on records, with interval
+    paired_mean_difference: dict[str, Any] | None = None
 
     @property
     def promote(self) -> bool:
@@ -138,8 +158,9 @@ def version_tags(
         tags[f"{METRIC_PREFIX}overall.{name}"] = repr(float(value))
     for task, values in metrics.get("tasks", {}).items():
         tags[f"{METRIC_PREFIX}{task}.score"] = repr(float(values["score"]))
-        if "kind" in values:
-            tags[f"{METRIC_PREFIX}{task}.kind"] = str(values["kind"])
+        for text_field in TEXT_FIELDS:
+            if text_field in values:
+                tags[f"{METRIC_PREFIX}{task}.{text_field}"] = str(values[text_field])
     return tags
 
 
@@ -155,8 +176,8 @@ def metrics_from_tags(tags: dict[str, str]) -> dict[str, Any]:
             overall[field_name] = float(value)
         elif field_name == "score":
             tasks.setdefault(name, {})["score"] = float(value)
-        elif field_name == "kind":
-            tasks.setdefault(name, {})["kind"] = value
+        elif field_name in TEXT_FIELDS:
+            tasks.setdefault(name, {})[field_name] = value
     return {"overall": overall, "tasks": {t: v for t, v in tasks.items() if "score" in v}}
 
 
@@ -170,6 +191,29 @@ def _overall(metrics: dict[str, Any] | None, name: str) -> float | None:
         return None
 
 
+Records = dict[str, RecordOutputs]
+
+
+def _paired_task_comparison(
+    task: str,
+    candidate: RecordOutputs,
+    champion: RecordOutputs,
+    metric: str,
+    max_regression: float,
+    settings: BootstrapSettings,
+) -> tuple[dict[str, Any], Any]:
+    difference = paired_difference(candidate, champion, metric, settings)
+    regressed = bool(difference.high < -max_regression - TOLERANCE)
+    return {
+        "basis": "paired",
+        "metric": metric,
+        "difference": difference.value,
+        "ci": difference.interval,
+        "n_records": difference.n_records,
+        "regressed": regressed,
+    }, difference
+
+
 def check_gates(
     candidate_metrics: dict[str, Any],
     champion_metrics: dict[str, Any] | None,
@@ -177,19 +221,27 @@ def check_gates(
     *,
     champion_version: int | None = None,
     force: bool = False,
+    candidate_records: Records | None = None,
+    champion_records: Records | None = None,
+    settings: BootstrapSettings | None = None,
 ) -> GateDecision:
     """Compare a candidate's metrics with the champion's (both in metrics.json's shape).
 
     ``champion_metrics`` None means there is no champion: the candidate passes. ``force``
-    promotes whatever the gates say; the failures are still listed.
+    promotes whatever the gates say; the failures are still listed. With both sides' per-record
+    outputs (task → outputs, as in ``eval_records.json``) a task's regression is judged on the
+    paired bootstrap interval of its score difference (see the module docstring); otherwise on
+    the point estimates.
     """
     primary = registry_cfg.primary_metric
+    settings = settings or BootstrapSettings()
     candidate = _overall(candidate_metrics, primary)
     if champion_metrics is None:
         return GateDecision(True, primary, candidate, None, forced=force)
     champion = _overall(champion_metrics, primary)
     failures: list[str] = []
     notes: list[str] = []
+    comparisons: dict[str, dict[str, Any]] = {}
     if candidate is None or champion is None:
         whose = "candidate" if candidate is None else f"champion (v{champion_version})"
         failures.append(
@@ -209,20 +261,72 @@ def check_gates(
             )
     candidate_tasks = candidate_metrics.get("tasks", {})
     champion_tasks = champion_metrics.get("tasks", {})
+    allowed = registry_cfg.max_regression
+    paired = []
     for task in sorted(set(candidate_tasks) & set(champion_tasks)):
         old = float(champion_tasks[task]["score"])
         new = float(candidate_tasks[task]["score"])
+        metric = candidate_tasks[task].get("score_metric")
+        same_metric = metric == champion_tasks[task].get("score_metric", metric)
         if not math.isfinite(old):
             notes.append(f"{task}: the champion has no finite score ({old}); not compared")
-        elif not new >= old - registry_cfg.max_regression - TOLERANCE:
+            continue
+        if (
+            candidate_records is not None
+            and champion_records is not None
+            and task in candidate_records
+            and task in champion_records
+            and same_metric
+            and metric is not None
+        ):
+            comparison, difference = _paired_task_comparison(
+                task, candidate_records[task], champion_records[task], metric, allowed, settings
+            )
+            if comparison["n_records"] > 0:
+                comparison.update({"candidate": new, "champion": old})
+                comparisons[task] = comparison
+                paired.append(difference)
+                low, high = comparison["ci"]
+                if comparison["regressed"]:
+                    failures.append(
+                        f"task {task}: candidate {metric} {new:.4f} vs the champion's {old:.4f} "
+                        f"on {comparison['n_records']} shared records: the difference "
+                        f"{difference.value:+.4f} has a 95% paired interval [{low:.4f}, "
+                        f"{high:.4f}] entirely below -{allowed:g} (the allowed drop)"
+                    )
+                continue
+            notes.append(f"{task}: no record shared with the champion; compared on point scores")
+        elif candidate_records is not None or champion_records is not None:
+            notes.append(
+                f"{task}: per-record outputs missing on one side; compared on point scores"
+            )
+        regressed = not new >= old - allowed - TOLERANCE
+        comparisons[task] = {
+            "basis": "point",
+            "metric": metric,
+            "candidate": new,
+            "champion": old,
+            "difference": new - old,
+            "ci": None,
+            "regressed": regressed,
+        }
+        if regressed:
             failures.append(
                 f"task {task}: candidate score {new:.4f} is {old - new:.4f} below the "
-                f"champion's {old:.4f}; the allowed drop is {registry_cfg.max_regression:g}"
+                f"champion's {old:.4f}; the allowed drop is {allowed:g}"
             )
     for task in sorted(set(champion_tasks) - set(candidate_tasks)):
         notes.append(f"{task}: scored for the champion but not for the candidate; not compared")
     for task in sorted(set(candidate_tasks) - set(champion_tasks)):
         notes.append(f"{task}: new task (the champion has no score for it); not compared")
+    mean = None
+    if paired:
+        estimate = mean_of_estimates(paired, settings.confidence)
+        mean = {
+            "tasks": len(paired),
+            "difference": estimate.value,
+            "ci": estimate.interval,
+        }
     return GateDecision(
         passed=not failures,
         primary_metric=primary,
@@ -232,7 +336,31 @@ def check_gates(
         failures=failures,
         notes=notes,
         forced=force,
+        comparisons=comparisons,
+        paired_mean_difference=mean,
     )
+
+
+def read_records(path: str | Path) -> Records | None:
+    """Task → per-record outputs from an ``eval_records.json`` (None when there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return outputs_from_records(json.loads(path.read_text()))
+
+
+def run_records(client: MlflowClient, run_id: str) -> Records | None:
+    """The per-record outputs logged with a version's run (None: logged before they existed)."""
+    try:
+        names = {a.path for a in client.list_artifacts(run_id)}
+        if RECORDS_ARTIFACT not in names:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(run_id, RECORDS_ARTIFACT, tmp)
+            return read_records(local)
+    except MlflowException as exc:
+        log.warning("cannot read %s of run %s: %s", RECORDS_ARTIFACT, run_id, exc)
+        return None
 
 
 # ---- registry operations ------------------------------------------------------------------
@@ -258,6 +386,7 @@ def log_and_register(
     metrics_path: str | Path | None,
     params: dict[str, Any],
     data_version: str,
+    records_path: str | Path | None = None,
 ) -> RegisteredVersion:
     """Log the bundle as a pyfunc model in a ``register`` run and register it as a new version.
 
@@ -270,11 +399,13 @@ def log_and_register(
     with stage_run(tracking_cfg, "register", params, tags={DATA_VERSION_TAG: data_version}) as run:
         if metrics_path is not None:
             mlflow.log_artifact(str(metrics_path))
+        if records_path is not None and Path(records_path).is_file():
+            mlflow.log_artifact(str(records_path))
         mlflow.log_metrics(
             {
                 key[len(METRIC_PREFIX) :]: float(value)
                 for key, value in tags.items()
-                if key.startswith(METRIC_PREFIX) and not key.endswith(".kind")
+                if key.startswith(METRIC_PREFIX) and key.rpartition(".")[2] not in TEXT_FIELDS
             }
         )
         info = mlflow.pyfunc.log_model(
@@ -362,6 +493,8 @@ def promote(
         registry_cfg,
         champion_version=None if champion is None else int(champion.version),
         force=force,
+        candidate_records=run_records(client, candidate.run_id),
+        champion_records=None if champion is None else run_records(client, champion.run_id),
     )
     if decision.promote:
         apply_promotion(client, name, version, decision)

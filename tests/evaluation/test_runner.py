@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from recfound.data.schema import TaskRecord, records_to_frame
+from recfound.evaluation.outputs import token_f1
 from recfound.evaluation.runner import (
     EvalSet,
     choice_metrics,
@@ -17,7 +18,6 @@ from recfound.evaluation.runner import (
     protocol_of,
     retrieval_ranks,
     summarize,
-    token_f1,
 )
 from recfound.model.bundle import load_bundle
 

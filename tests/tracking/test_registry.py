@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -19,6 +20,8 @@ from mlflow.exceptions import MlflowException
 from recfound.cli import EXIT_USER_ERROR, main
 from recfound.config import RegistryConfig, load_config
 from recfound.errors import UserInputError
+from recfound.evaluation.outputs import RankOutputs
+from recfound.evaluation.runner import records_document
 from recfound.stages.register import (
     PromotionRefused,
     content_hash,
@@ -173,6 +176,87 @@ def test_register_names_the_stage_to_run_first(tmp_path: Path) -> None:
         run_register(cfg)
 
 
+# ---- per-record outputs: paired gates ------------------------------------------------------
+
+N_RECORDS = 200
+CHAMPION_YEAR = np.arange(N_RECORDS) < 120  # hits: Recall@10 = 0.60
+
+
+def noisy_drop(hits: np.ndarray) -> np.ndarray:
+    """20 hits lost and 14 gained: -0.03 on 200 records, well inside the noise."""
+    out = hits.copy()
+    out[:20] = False
+    out[150:164] = True
+    return out
+
+
+def clear_drop(hits: np.ndarray) -> np.ndarray:
+    """60 hits lost, none gained: -0.30."""
+    out = hits.copy()
+    out[:60] = False
+    return out
+
+
+def rank_outputs(hits: np.ndarray) -> RankOutputs:
+    return RankOutputs(
+        record=np.arange(len(hits)),
+        user_id=[str(u) for u in range(len(hits))],
+        ranks=np.where(hits, 1, 50),
+        ks=(10,),
+    )
+
+
+def write_evaluation(reports: Path, mean: float, year_hits: np.ndarray) -> None:
+    """metrics.json and eval_records.json: 'year' from ``year_hits``, 'genre' always 0.5."""
+    outputs = {
+        "year": rank_outputs(year_hits),
+        "genre": rank_outputs(np.arange(N_RECORDS) % 2 == 0),
+    }
+    protocols = {"year": "next_item", "genre": "next_item"}
+    write_metrics(reports / "metrics.json", mean, {})
+    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics["tasks"] = {
+        task: {
+            "kind": "generative",
+            "score_metric": "recall@10",
+            "score": float(np.mean(np.asarray(o.ranks) <= 10)),
+        }
+        for task, o in outputs.items()
+    }
+    (reports / "metrics.json").write_text(json.dumps(metrics))
+    records = records_document(outputs, protocols, "test")
+    (reports / "eval_records.json").write_text(json.dumps(records))
+
+
+def test_a_drop_inside_the_noise_is_not_a_regression() -> None:
+    champion = {"year": rank_outputs(CHAMPION_YEAR)}
+    noisy = {"year": rank_outputs(noisy_drop(CHAMPION_YEAR))}
+    old = {**scores(0.5), "tasks": {"year": {"score": 0.60, "score_metric": "recall@10"}}}
+    new = {**scores(0.5), "tasks": {"year": {"score": 0.57, "score_metric": "recall@10"}}}
+    assert not check_gates(new, old, GATES).passed  # the point rule alone calls it a regression
+    decision = check_gates(new, old, GATES, candidate_records=noisy, champion_records=champion)
+    assert decision.passed, decision.summary()
+    year = decision.comparisons["year"]
+    assert year["basis"] == "paired" and year["difference"] == pytest.approx(-0.03)
+    assert year["ci"][0] < -0.02 < year["ci"][1]
+    assert decision.paired_mean_difference["difference"] == pytest.approx(-0.03)
+
+
+def test_a_clear_drop_is_a_regression_and_records_pair_by_key() -> None:
+    champion = rank_outputs(CHAMPION_YEAR)
+    dropped = rank_outputs(clear_drop(CHAMPION_YEAR))
+    reordered = dropped.take(np.arange(N_RECORDS)[::-1])  # pairing is by key, not position
+    old = {**scores(0.5), "tasks": {"year": {"score": 0.60, "score_metric": "recall@10"}}}
+    new = {**scores(0.6), "tasks": {"year": {"score": 0.30, "score_metric": "recall@10"}}}
+    decision = check_gates(
+        new, old, GATES, candidate_records={"year": reordered}, champion_records={"year": champion}
+    )
+    assert not decision.passed
+    assert decision.comparisons["year"]["difference"] == pytest.approx(-0.30)
+    assert decision.comparisons["year"]["ci"][1] < -0.02
+    assert "entirely below -0.02" in decision.failures[0]
+
+
 # ---- a real MLflow server -----------------------------------------------------------------
 
 
@@ -236,7 +320,7 @@ def mlflow_server(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_gates_refuse_the_worse_version_on_a_real_server(
+def test_gates_judge_drops_on_paired_intervals_on_a_real_server(
     mlflow_server: str,
     tiny_bundle: tuple[Path, Path],
     tmp_path: Path,
@@ -247,49 +331,63 @@ def test_gates_refuse_the_worse_version_on_a_real_server(
     monkeypatch.chdir(tmp_path)
     params = project_params(tmp_path / "project", *tiny_bundle)
     cfg = load_config(params)
-    metrics_path = Path(cfg.paths.reports) / "metrics.json"
+    reports = Path(cfg.paths.reports)
 
-    write_metrics(metrics_path, 0.50, {"genre": 0.40, "year": 0.60, "match": 0.50})
+    write_evaluation(reports, 0.50, CHAMPION_YEAR)
     first = run_register(cfg)
-    write_metrics(metrics_path, 0.55, {"genre": 0.70, "year": 0.45, "match": 0.50})
+    # year drops 0.03 (> max_regression 0.02) but inside the noise of 200 records: not a regression
+    write_evaluation(reports, 0.55, noisy_drop(CHAMPION_YEAR))
     second = run_register(cfg)
+    # year drops 0.30, far outside the noise: a regression although the mean improves
+    write_evaluation(reports, 0.60, clear_drop(CHAMPION_YEAR))
+    third = run_register(cfg)
 
     assert (first["version"], first["alias"]) == (1, "champion")
-    assert (second["version"], second["alias"]) == (2, "challenger")
-    failures = second["decision"]["failures"]
-    assert len(failures) == 1 and "task year" in failures[0]
-    saved = json.loads((Path(cfg.paths.reports) / "registry.json").read_text())
-    assert saved["version"] == 2 and saved["decision"]["failures"] == failures
+    assert (second["version"], second["alias"]) == (2, "champion"), second["decision"]
+    noisy = second["decision"]["comparisons"]["year"]
+    assert noisy["basis"] == "paired" and noisy["n_records"] == 200
+    assert noisy["difference"] == pytest.approx(-0.03)
+    assert noisy["ci"][0] < -0.02 < noisy["ci"][1] and not noisy["regressed"]
+    assert (third["version"], third["alias"]) == (3, "challenger")
+    failures = third["decision"]["failures"]
+    assert len(failures) == 1 and "task year" in failures[0] and "paired interval" in failures[0]
+    clear = third["decision"]["comparisons"]["year"]  # against v2, read back from its run
+    assert clear["regressed"] and clear["ci"][1] < -0.02
+    assert third["decision"]["comparisons"]["genre"]["ci"] == [0.0, 0.0]
+    saved = json.loads((reports / "registry.json").read_text())
+    assert saved["version"] == 3 and saved["decision"]["comparisons"]["year"]["ci"] == clear["ci"]
 
     client = MlflowClient(tracking_uri=mlflow_server)
-    assert client.get_model_version_by_alias("recfound", "champion").version == "1"
-    assert client.get_model_version_by_alias("recfound", "challenger").version == "2"
-    v2 = client.get_model_version("recfound", "2")
-    assert v2.tags["metric.year.score"] == "0.45"
-    assert v2.tags["metric.overall.mean_score"] == "0.55"
-    assert v2.tags["data_version"] == first["data_version"]
-    assert v2.tags["param.registry.max_regression"] == "0.02"
-    assert v2.tags["promotion.alias"] == "challenger"
-    assert v2.run_id == second["mlflow_run_id"]
-    artifacts = {a.path for a in client.list_artifacts(second["mlflow_run_id"])}
-    assert {"metrics.json", "registry.json"} <= artifacts
+    assert client.get_model_version_by_alias("recfound", "champion").version == "2"
+    assert client.get_model_version_by_alias("recfound", "challenger").version == "3"
+    v3 = client.get_model_version("recfound", "3")
+    assert v3.tags["metric.year.score"] == "0.3"
+    assert v3.tags["metric.year.score_metric"] == "recall@10"
+    assert v3.tags["metric.overall.mean_score"] == "0.6"
+    assert v3.tags["data_version"] == first["data_version"]
+    assert v3.tags["param.registry.max_regression"] == "0.02"
+    assert v3.tags["promotion.alias"] == "challenger"
+    assert v3.run_id == third["mlflow_run_id"]
+    artifacts = {a.path for a in client.list_artifacts(third["mlflow_run_id"])}
+    assert {"metrics.json", "eval_records.json", "registry.json"} <= artifacts
 
-    # by hand: the same gates refuse version 2 (the library, then the command) ...
+    # by hand: the same gates (records read back from both runs) refuse version 3 ...
     registry_client = configure_registry(cfg.tracking)
-    decision = promote(registry_client, cfg.registry, 2)
+    decision = promote(registry_client, cfg.registry, 3)
     assert not decision.promote and "task year" in decision.failures[0]
+    assert decision.comparisons["year"]["basis"] == "paired"
     with pytest.raises(PromotionRefused, match="task year"):
-        run_promote(cfg, 2)
-    assert main(["--params", str(params), "promote", "--version", "2"]) == EXIT_USER_ERROR
+        run_promote(cfg, 3)
+    assert main(["--params", str(params), "promote", "--version", "3"]) == EXIT_USER_ERROR
     assert "--force" in capsys.readouterr().err
-    assert client.get_model_version_by_alias("recfound", "champion").version == "1"
+    assert client.get_model_version_by_alias("recfound", "champion").version == "2"
 
     # ... and --force moves the champion
-    assert main(["--params", str(params), "promote", "--version", "2", "--force"]) == 0
-    assert client.get_model_version_by_alias("recfound", "champion").version == "2"
-    assert client.get_model_version("recfound", "2").tags["promotion.forced"] == "true"
-    assert "already is champion" in run_promote(cfg, 2)["notes"][0]
-    with pytest.raises(MlflowException, match="challenger"):  # v2 no longer is challenger
+    assert main(["--params", str(params), "promote", "--version", "3", "--force"]) == 0
+    assert client.get_model_version_by_alias("recfound", "champion").version == "3"
+    assert client.get_model_version("recfound", "3").tags["promotion.forced"] == "true"
+    assert "already is champion" in run_promote(cfg, 3)["notes"][0]
+    with pytest.raises(MlflowException, match="challenger"):  # v3 no longer is challenger
         client.get_model_version_by_alias("recfound", "challenger")
-    with pytest.raises(RegistryError, match=r"no version 7; registered versions: \[1, 2\]"):
+    with pytest.raises(RegistryError, match=r"no version 7; registered versions: \[1, 2, 3\]"):
         run_promote(cfg, 7)
