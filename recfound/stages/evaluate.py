@@ -38,6 +38,7 @@ from recfound.evaluation.runner import (
 )
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.model.recmodel import RecModel
+from recfound.stages.baselines import load_baselines
 from recfound.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,11 @@ def answered_as(task_kinds: dict[str, str], tasks: list[str]) -> dict[str, str]:
     return out
 
 
-def baselines_dir(cfg: Config) -> Path:
-    """Where the ``baselines`` stage writes SASRec and biased MF (``paths.baselines``)."""
-    configured = getattr(cfg.paths, "baselines", None)
-    return Path(configured) if configured else Path(cfg.paths.merged).parent / "baselines"
-
-
 def trained_baselines(cfg: Config) -> TrainedBaselines:
-    """SASRec and biased MF as trained by the ``baselines`` stage (absent ones are left out)."""
+    """SASRec and biased MF as trained by the ``baselines`` stage (``paths.baselines``); left out
+    of the comparison, with a warning, when that stage has not run."""
     threshold = float(cfg.data.rating_threshold)
-    directory = baselines_dir(cfg)
+    directory = Path(cfg.paths.baselines)
     if not directory.is_dir():
         log.warning(
             "no trained baselines at %s: SASRec and biased MF are left out of the comparison "
@@ -72,20 +68,8 @@ def trained_baselines(cfg: Config) -> TrainedBaselines:
             directory,
         )
         return TrainedBaselines(rating_threshold=threshold)
-    from recfound.stages.baselines import load_baselines
-
-    loaded = load_baselines(directory)
-
-    def pick(*names: str) -> Any:
-        for name in names:
-            value = loaded.get(name) if isinstance(loaded, dict) else getattr(loaded, name, None)
-            if value is not None:
-                return value
-        return None
-
-    return TrainedBaselines(
-        sasrec=pick("sasrec"), biased_mf=pick("biased_mf", "mf"), rating_threshold=threshold
-    )
+    sasrec, biased_mf = load_baselines(directory)
+    return TrainedBaselines(sasrec=sasrec, biased_mf=biased_mf, rating_threshold=threshold)
 
 
 def evaluate_bundle(

@@ -13,6 +13,9 @@ from recfound.evaluation.metrics import (
     accuracy,
     auc,
     bleu,
+    bleu_from_statistics,
+    bleu_statistics,
+    bootstrap_records,
     corpus_rouge_l_f1,
     hit_rate_at_k,
     macro_f1,
@@ -147,3 +150,42 @@ def test_rouge_l_f1_known_pairs() -> None:
         ["the cat sat on the mat", "police killed the gunman"],
         ["the cat on the mat", "the gunman kill police"],
     ) == pytest.approx((10 / 11 + 0.5) / 2)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def test_bootstrap_interval_covers_a_known_mean_at_its_nominal_rate() -> None:
+    rng = np.random.default_rng(7)
+    covered = 0
+    repetitions = 200
+    for repetition in range(repetitions):
+        sample = rng.exponential(scale=2.0, size=80)  # skewed, true mean 2.0
+
+        def mean_of(indices: np.ndarray, sample: np.ndarray = sample) -> np.ndarray:
+            return sample[indices].mean(axis=-1)[None]
+
+        result = bootstrap_records(mean_of, len(sample), seed=repetition, n_resamples=500)
+        covered += bool(result.low[0] <= 2.0 <= result.high[0])
+    assert 0.90 <= covered / repetitions <= 0.99, covered
+
+
+def test_bootstrap_is_seeded_and_handles_tiny_and_undefined_statistics() -> None:
+    values = np.arange(30, dtype=float)
+
+    def stat(indices: np.ndarray) -> np.ndarray:
+        return np.stack([values[indices].mean(axis=-1), np.full(indices.shape[:-1], np.nan)])
+
+    first = bootstrap_records(stat, 30, seed=3, n_resamples=200)
+    again = bootstrap_records(stat, 30, seed=3, n_resamples=200)
+    assert first.low[0] == again.low[0] and first.distribution.shape == (2, 200)
+    assert first.low[0] < values.mean() < first.high[0]
+    assert np.isnan(first.low[1])  # undefined everywhere: no interval
+    assert np.isnan(bootstrap_records(stat, 1, seed=0).low[0])  # one record: no interval
+
+
+def test_bleu_statistics_sum_to_corpus_bleu() -> None:
+    refs = ["the cat sat on the mat", "a great movie with a twist", "x"]
+    hyps = ["the cat on the mat", "a movie with twist", ""]
+    summed = np.sum([bleu_statistics(r, h) for r, h in zip(refs, hyps, strict=True)], axis=0)
+    assert float(bleu_from_statistics(summed)) == pytest.approx(bleu(refs, hyps))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,16 +10,39 @@ import pandas as pd
 import pytest
 
 from recfound.data.schema import TaskRecord, records_to_frame
-from recfound.evaluation.outputs import token_f1
+from recfound.evaluation.mf import BiasedMF, BiasedMFParams
+from recfound.evaluation.outputs import (
+    BootstrapSettings,
+    ChoiceOutputs,
+    RankOutputs,
+    TextOutputs,
+    metric_estimates,
+    paired_difference,
+    task_metrics,
+    token_f1,
+)
+from recfound.evaluation.report import evaluation_markdown
 from recfound.evaluation.runner import (
     EvalSet,
+    TrainedBaselines,
+    assign_protocols,
+    baseline_outputs,
+    can_rank_catalogue,
+    cap_records,
     choice_metrics,
     evaluate_baselines,
     evaluate_model,
+    evaluation_document,
+    full_ranking_outputs,
+    model_outputs,
+    outputs_from_records,
     protocol_of,
+    record_histories,
+    records_document,
     retrieval_ranks,
     summarize,
 )
+from recfound.evaluation.sasrec import SASRecParams, SASRecRanker
 from recfound.model.bundle import load_bundle
 
 ITEMS = pd.DataFrame(
@@ -163,3 +187,171 @@ def test_model_and_baselines_score_every_task(tiny_bundle) -> None:
     expected = np.mean([model[t]["score"] for t in model])
     assert math.isclose(overall["mean_score"], expected)
     assert overall["embedding_score"] == model["match"]["score"]
+
+
+# --------------------------------------------------------------------------- the protocol
+
+SPLIT_INTERACTIONS = pd.DataFrame(  # u1: train a, b; valid c; test d (u2 only pads the catalogue)
+    {
+        "user_id": ["u1", "u1", "u1", "u1", "u2", "u2", "u2"],
+        "item_id": ["a", "b", "c", "d", "b", "a", "c"],
+        "rating": [5.0] * 7,
+        "timestamp": [1, 2, 3, 4, 1, 2, 3],
+        "split": ["train", "train", "valid", "test", "train", "valid", "test"],
+    }
+)
+
+
+def next_item_set(split: str, target: str, tokens: list[str] | None = None) -> EvalSet:
+    shown = ["b"]  # the prompt shows only the last train item
+    record = {"prompt": "u1 watched b", "target": target.upper(), "user_id": "u1"}
+    record.update(item_id=target, history_ids=shown)
+    items = ITEMS.assign(token=tokens) if tokens is not None else ITEMS
+    return EvalSet(
+        split=split,
+        frames={"user2item": frame("user2item", "embedding", [record])},
+        kinds={"user2item": "embedding"},
+        items=items,
+        train_interactions=SPLIT_INTERACTIONS[SPLIT_INTERACTIONS["split"] == "train"],
+        interactions=SPLIT_INTERACTIONS,
+    )
+
+
+def test_full_ranking_excludes_earlier_interactions_never_the_target() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.6]])  # a > b > c > d
+    index = {i: n for n, i in enumerate(ITEMS["item_id"])}
+
+    test = next_item_set("test", "d")
+    histories = record_histories(test.frames["user2item"], test.earlier_items())
+    assert histories == [["a", "b", "c"]]  # train and valid, in time order; not only shown b
+    ranks = full_ranking_outputs(test.frames["user2item"], scores, index, histories, (1,))
+    assert ranks.ranks.tolist() == [1] and ranks.unmasked_ranks.tolist() == [4]
+
+    valid = next_item_set("valid", "c")
+    histories = record_histories(valid.frames["user2item"], valid.earlier_items())
+    assert histories == [["a", "b"]]  # the test item d is later: it stays in the ranking
+    ranks = full_ranking_outputs(valid.frames["user2item"], scores, index, histories, (1,))
+    assert ranks.ranks.tolist() == [1]
+
+    # the target is never excluded, even when an earlier interaction repeats it
+    ranks = full_ranking_outputs(test.frames["user2item"], scores, index, [["a", "d"]], (1,))
+    assert ranks.ranks.tolist() == [3]  # a excluded; b, c still ahead of d
+
+
+def test_every_full_ranking_record_is_kept_and_the_others_are_capped() -> None:
+    data = tiny_eval_set()
+    many = pd.concat([data.frames["year"]] * 10, ignore_index=True)
+    matches = pd.concat([data.frames["match"]] * 10, ignore_index=True)
+    data.frames.update(year=many.assign(record=range(20)), match=matches.assign(record=range(20)))
+    protocols = assign_protocols(data)
+    capped = cap_records(data, protocols, max_per_task=5, seed=0)
+    assert len(capped.frames["match"]) == 20 and len(capped.frames["year"]) == 5
+    assert capped.frames["year"]["record"].is_monotonic_increasing  # keys survive sampling
+
+
+def test_paired_difference_of_identical_and_shifted_systems() -> None:
+    rng = np.random.default_rng(0)
+    hits = rng.random(300) < 0.4
+    base = RankOutputs(record=np.arange(300), user_id=[""] * 300, ranks=np.where(hits, 1, 9))
+    settings = BootstrapSettings(seed=1, n_resamples=400)
+    same = paired_difference(base, base, "recall@1", settings)
+    assert same.value == 0.0 and same.interval == [0.0, 0.0]
+    better = RankOutputs(record=np.arange(300), user_id=[""] * 300, ranks=np.where(hits, 1, 1))
+    better.ranks[:100] = np.where(hits[:100], 1, 9)  # 2/3 of the misses become hits
+    gain = paired_difference(better, base, "recall@1", settings)
+    assert gain.low > 0 and gain.excludes(0.0)
+    # pairing removes the shared variation: narrower than the two separate intervals combined
+    alone = metric_estimates(better, settings)["recall@1"], metric_estimates(base, settings)
+    unpaired = (alone[0].high - alone[0].low) + (
+        alone[1]["recall@1"].high - alone[1]["recall@1"].low
+    )
+    assert gain.high - gain.low < unpaired
+
+
+def test_outputs_round_trip_through_the_records_document() -> None:
+    choice = ChoiceOutputs(
+        record=np.arange(4),
+        user_id=list("abcd"),
+        labels=["yes", "no"],
+        target=np.array([0, 1, 0, 1]),
+        predicted=np.array([0, 1, 1, 1]),
+        margin=np.array([2.0, -1.0, 0.5, -3.0]),
+    )
+    text = TextOutputs(
+        record=np.arange(2), user_id=["", ""], target=["a b", "c"], output=["a", "c"]
+    )
+    protocols = {"ctr": "classification", "gen": "text"}
+    document = json.loads(
+        json.dumps(records_document({"ctr": choice, "gen": text}, protocols, "x"))
+    )
+    back = outputs_from_records(document)
+    assert task_metrics(back["ctr"]) == task_metrics(choice)
+    assert task_metrics(back["ctr"])["auc"] == 1.0 and task_metrics(back["gen"]) == task_metrics(
+        text
+    )
+
+
+# the tiny model's tasks (match, genre, year) answer the evaluation tasks of these records
+TINY_ALIASES = {
+    "user2item": "match",
+    "sequential_recommendation": "genre",
+    "rating_prediction": "year",
+}
+
+
+def test_runner_ranks_the_catalogue_with_item_tokens_and_uses_trained_baselines(
+    tiny_bundle,
+) -> None:
+    rec = load_bundle(*tiny_bundle)
+    vocabulary = sorted(rec.tokenizer.get_vocab())
+    tokens = [vocabulary[10], vocabulary[11], vocabulary[12], ""]  # d has no identifier
+    data = next_item_set("test", "d", tokens)
+    data.frames["sequential_recommendation"] = frame(
+        "sequential_recommendation",
+        "generative",
+        [
+            {
+                "prompt": "u1 watched b; next?",
+                "target": "C",
+                "user_id": "u1",
+                "item_id": "c",
+                "history_ids": ["b"],
+                "candidates": ["A", "C"],
+                "candidate_ids": ["a", "c"],
+            }
+        ],
+    )
+    rating = {"prompt": "rate", "candidates": ["1", "2", "3", "4", "5"], "user_id": "u2"}
+    data.frames["rating_prediction"] = frame(
+        "rating_prediction",
+        "generative",
+        [{**rating, "target": "4", "label": 4.0, "item_id": "c"}] * 3,
+    )
+    data.kinds.update(sequential_recommendation="generative", rating_prediction="generative")
+    assert not can_rank_catalogue(rec, ITEMS)
+    protocols = assign_protocols(data, rec)
+    assert protocols["sequential_recommendation"] == "next_item"  # the whole catalogue
+
+    model = model_outputs(rec, data, protocols, ks=[1], batch_size=2, answered_as=TINY_ALIASES)
+    assert len(model["sequential_recommendation"].ranks) == 1
+    sasrec = SASRecRanker(
+        ITEMS["item_id"].tolist()[::-1],  # its own column order: realigned by the runner
+        SASRecParams(hidden_size=8, num_heads=1, inner_size=8, max_epochs=2, batch_size=4),
+    ).fit(SPLIT_INTERACTIONS, progress=False)
+    mf = BiasedMF(BiasedMFParams(factors=2, max_epochs=3)).fit(SPLIT_INTERACTIONS)
+    trained = TrainedBaselines(sasrec=sasrec, biased_mf=mf)
+    baselines = baseline_outputs(data, protocols, ks=[1], trained=trained)
+    assert {"user2item", "sequential_recommendation"} <= set(baselines["sasrec"])
+    assert "rmse" in task_metrics(baselines["biased_mf"]["rating_prediction"])
+
+    kinds = {t: "embedding" if p == "retrieval" else "generative" for t, p in protocols.items()}
+    settings = BootstrapSettings(seed=0, n_resamples=50)
+    document = evaluation_document(model, baselines, protocols, kinds, settings)
+    seq = document["tasks"]["sequential_recommendation"]
+    assert seq["score_metric"] == "recall@10" and seq["n_records"] == 1
+    assert {"recall@5", "ndcg@20", "mrr@20", "unmasked_recall@10"} <= set(seq)
+    assert set(document["baselines"]) >= {"sasrec", "biased_mf", "popularity"}
+    assert document["versus_best_baseline"]["user2item"]["n_records"] == 1
+    assert set(document["overall_ci"]) == {"mean_score", "embedding_score", "generative_score"}
+    markdown = evaluation_markdown({**document, "answered_as": {}})
+    assert "| sasrec |" in markdown and "biased_mf" in markdown
