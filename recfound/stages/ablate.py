@@ -13,8 +13,10 @@ without_all                  that LoRA with uniform sampling; ``last``
 ============================ =====================================================================
 
 The three extra trainings run with the main run's ``train`` settings (steps, batch, learning rate,
-seed) into ``<paths.train>/../ablation/<row>/``; every row is evaluated on the same seeded test
-sample (``evaluate.max_per_task`` records per task). Outputs: ``reports/ablation.json`` and
+seed) into ``<paths.train>/../ablation/<row>/``; every row is evaluated on the same test records
+as `evaluate` (every record of full-ranking tasks, the same seeded sample of the others). Each row
+is reported as its difference to ``recfound`` per task and per group mean, with a paired bootstrap
+interval (:func:`ablation_differences`). Outputs: ``reports/ablation.json`` and
 ``reports/ablation.md`` (one table per task group).
 """
 
@@ -29,11 +31,19 @@ import numpy as np
 
 from recfound import artifacts
 from recfound.config import Config
+from recfound.evaluation.outputs import (
+    BootstrapSettings,
+    Estimate,
+    mean_of_estimates,
+    paired_difference,
+)
+from recfound.evaluation.report import with_interval
+from recfound.evaluation.runner import outputs_from_records
 from recfound.model.backbone import load_backbone
 from recfound.model.build import attach_adapter
 from recfound.model.bundle import build_from_spec, load_bundle, read_spec
 from recfound.model.recmodel import RecModel
-from recfound.stages.evaluate import evaluate_bundle
+from recfound.stages.evaluate import RECORDS_FILE, evaluate_bundle
 from recfound.stages.train import adapter_spec, run_train
 from recfound.train.checkpoint import load_checkpoint
 
@@ -94,27 +104,96 @@ def load_last_checkpoint(backbone: str, train_dir: str) -> tuple[RecModel, dict[
     return rec, spec.task_kinds
 
 
-def ablation_markdown(results: dict[str, dict[str, Any]]) -> str:
+FULL_ROW = "recfound"
+
+
+def ablation_differences(
+    results: dict[str, dict[str, Any]], settings: BootstrapSettings
+) -> dict[str, dict[str, Any]]:
+    """Row → each task's score difference to the full method, and each group's mean difference.
+
+    Every difference is paired: both rows are recomputed on the same resampled records
+    (``records``: task → per-record outputs). A group mean's interval averages the tasks'
+    replicates (tasks resampled independently). ``excludes_zero`` marks a difference whose 95%
+    interval does not contain 0: one that is not noise at this test-set size.
+    """
+    full = results[FULL_ROW]
+    out: dict[str, dict[str, Any]] = {}
+    for row, result in results.items():
+        if row == FULL_ROW:
+            continue
+        tasks: dict[str, dict[str, Any]] = {}
+        groups: dict[str, list[Estimate]] = {}
+        for task, values in result["tasks"].items():
+            mine, theirs = result["records"].get(task), full["records"].get(task)
+            if mine is None or theirs is None or task not in full["tasks"]:
+                continue
+            metric = full["tasks"][task]["score_metric"]
+            difference = paired_difference(mine, theirs, metric, settings)
+            tasks[task] = {
+                "metric": metric,
+                "difference": difference.value,
+                "ci": difference.interval,
+                "n_records": difference.n_records,
+                "excludes_zero": difference.excludes(0.0),
+            }
+            groups.setdefault(values["kind"], []).append(difference)
+        means = {}
+        for kind, estimates in groups.items():
+            mean = mean_of_estimates(estimates, settings.confidence)
+            means[kind] = {
+                "difference": mean.value,
+                "ci": mean.interval,
+                "tasks": len(estimates),
+                "excludes_zero": mean.excludes(0.0),
+            }
+        out[row] = {"tasks": tasks, "groups": means}
+    return out
+
+
+def _difference_cell(value: dict[str, Any] | None) -> str:
+    if not value:
+        return "–"
+    mark = " *" if value["excludes_zero"] else ""
+    return f"{with_interval(value['difference'], value['ci'])}{mark}"
+
+
+def ablation_markdown(
+    results: dict[str, dict[str, Any]], differences: dict[str, dict[str, Any]]
+) -> str:
+    """Per task group: the full method's scores, then each row's paired difference to it."""
     lines = [
         "# Ablation (test split)",
         "",
         "Rows as in RecFound's ablation table: same data, training budget and seed; each task's "
-        "score metric as in `reports/evaluation.md` (higher is better).",
+        "score metric as in `reports/evaluation.md` (higher is better). The `recfound` row gives "
+        "scores; every other row gives its difference to `recfound` with a paired 95% bootstrap "
+        "interval (both rows on the same resampled test records); `*` marks a difference whose "
+        "interval excludes 0. The mean column is the group's mean difference, its interval from "
+        "the tasks' resamples averaged.",
     ]
+    full = results[FULL_ROW]
     for kind in ("embedding", "generative"):
-        tasks = sorted(
-            {t for r in results.values() for t, v in r["tasks"].items() if v["kind"] == kind}
-        )
+        tasks = sorted(t for t, v in full["tasks"].items() if v["kind"] == kind)
         if not tasks:
             continue
         lines += ["", f"## {kind.capitalize()} tasks", ""]
+        counts = [str(full["tasks"][t].get("n_records", "")) for t in tasks]
         lines.append("| row | " + " | ".join(tasks) + " | mean |")
         lines.append("|---|" + "---:|" * (len(tasks) + 1))
-        for row, result in results.items():
-            scores = [result["tasks"].get(t, {}).get("score") for t in tasks]
-            known = [s for s in scores if s is not None]
-            cells = [f"{s:.4f}" if s is not None else "–" for s in scores]
-            mean = f"{np.mean(known):.4f}" if known else "–"
+        lines.append("| records | " + " | ".join(counts) + " | |")
+        scores = [full["tasks"][t]["score"] for t in tasks]
+        lines.append(
+            f"| {FULL_ROW} | "
+            + " | ".join(
+                with_interval(s, full["tasks"][t].get("ci", {}).get("score"))
+                for t, s in zip(tasks, scores, strict=True)
+            )
+            + f" | {np.mean(scores):.4f} |"
+        )
+        for row, difference in differences.items():
+            cells = [_difference_cell(difference["tasks"].get(t)) for t in tasks]
+            mean = _difference_cell(difference["groups"].get(kind))
             lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(lines) + "\n"
 
@@ -125,13 +204,19 @@ def run_ablate(cfg: Config) -> dict[str, Any]:
     log.info("ablation: the LoRA rows use rank %d (TMoLE's parameter budget)", lora_rank)
     results: dict[str, dict[str, Any]] = {}
     metrics_path = Path(cfg.paths.reports) / "metrics.json"
+    records_path = Path(cfg.paths.reports) / RECORDS_FILE
     for row in ROWS:
         log.info("ablation row %s", row)
-        if row == "recfound" and metrics_path.is_file():  # `evaluate` already scored it
-            document = json.loads(metrics_path.read_text())
-            results[row] = {"overall": document["overall"], "tasks": document["tasks"]}
+        if row == FULL_ROW and metrics_path.is_file() and records_path.is_file():
+            document = json.loads(metrics_path.read_text())  # `evaluate` already scored it
+            records = json.loads(records_path.read_text())
+            results[row] = {
+                "overall": document["overall"],
+                "tasks": document["tasks"],
+                "records": outputs_from_records(records),
+            }
             continue
-        if row == "recfound":
+        if row == FULL_ROW:
             rec, kinds = load_bundle(cfg.paths.backbone, cfg.paths.merged), spec.task_kinds
         elif row == "without_merge":
             rec, kinds = load_last_checkpoint(cfg.paths.backbone, cfg.paths.train)
@@ -139,22 +224,29 @@ def run_ablate(cfg: Config) -> dict[str, Any]:
             variant = variant_config(cfg, row, lora_rank)
             run_train(variant, resume=(Path(variant.paths.train) / "last").exists())
             rec, kinds = load_last_checkpoint(cfg.paths.backbone, variant.paths.train)
-        document = evaluate_bundle(rec, kinds, cfg)
-        results[row] = {"overall": document["overall"], "tasks": document["tasks"]}
+        document, records = evaluate_bundle(rec, kinds, cfg)
+        results[row] = {
+            "overall": document["overall"],
+            "tasks": document["tasks"],
+            "records": outputs_from_records(records),
+        }
+    differences = ablation_differences(results, BootstrapSettings(seed=cfg.seed))
     report = {
         "rows": {
             row: {
                 "overall": r["overall"],
                 "scores": {t: v["score"] for t, v in r["tasks"].items()},
+                **({"versus_recfound": differences[row]} if row in differences else {}),
             }
             for row, r in results.items()
         },
         "lora_rank": lora_rank,
-        "records_per_task": cfg.evaluate.max_per_task,
+        "n_records": {t: v.get("n_records") for t, v in results[FULL_ROW]["tasks"].items()},
+        "bootstrap": BootstrapSettings(seed=cfg.seed).to_dict(),
     }
     reports = Path(cfg.paths.reports)
     artifacts.write_json(reports / "ablation.json", report)
-    artifacts.write_text(reports / "ablation.md", ablation_markdown(results))
+    artifacts.write_text(reports / "ablation.md", ablation_markdown(results, differences))
     log.info(
         "ablation: mean scores %s",
         ", ".join(f"{row} {r['overall']['mean_score']:.4f}" for row, r in results.items()),

@@ -355,3 +355,36 @@ def test_runner_ranks_the_catalogue_with_item_tokens_and_uses_trained_baselines(
     assert set(document["overall_ci"]) == {"mean_score", "embedding_score", "generative_score"}
     markdown = evaluation_markdown({**document, "answered_as": {}})
     assert "| sasrec |" in markdown and "biased_mf" in markdown
+
+
+def test_ablation_table_gives_paired_differences_and_marks_the_clear_ones() -> None:
+    from recfound.stages.ablate import ablation_differences, ablation_markdown
+
+    n = 200
+    hits = np.arange(n) < 100
+
+    def row(task_hits: dict[str, np.ndarray]) -> dict:
+        records = {
+            t: RankOutputs(record=np.arange(n), user_id=[""] * n, ranks=np.where(h, 1, 50))
+            for t, h in task_hits.items()
+        }
+        tasks = {
+            t: {"kind": "generative", "score_metric": "recall@1", "score": float(h.mean())}
+            for t, h in task_hits.items()
+        }
+        return {"overall": {}, "tasks": tasks, "records": records}
+
+    slightly = hits.copy()
+    slightly[:3] = False  # -0.015: noise
+    results = {
+        "recfound": row({"a": hits, "b": hits}),
+        "without_merge": row({"a": slightly, "b": np.zeros(n, dtype=bool)}),  # b: -0.5
+    }
+    differences = ablation_differences(results, BootstrapSettings(seed=0, n_resamples=300))
+    tasks = differences["without_merge"]["tasks"]
+    assert tasks["a"]["difference"] == pytest.approx(-0.015) and not tasks["a"]["excludes_zero"]
+    assert tasks["b"]["difference"] == pytest.approx(-0.5) and tasks["b"]["excludes_zero"]
+    group = differences["without_merge"]["groups"]["generative"]
+    assert group["difference"] == pytest.approx(-0.2575) and group["excludes_zero"]
+    markdown = ablation_markdown(results, differences)
+    assert "| without_merge | -0.0150 [" in markdown and "] *" in markdown
