@@ -39,6 +39,12 @@ def _build_tasks(cfg: Config, args: argparse.Namespace) -> None:
     run_build_tasks(cfg)
 
 
+def _baselines(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.stages.baselines import run_baselines
+
+    run_baselines(cfg)
+
+
 def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
     from recfound.stages.pretrain import run_pretrain
 
@@ -134,6 +140,17 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         f"reports/task_counts.json. Options in params.yaml: tasks.enabled (any of: "
         f"{', '.join(ALL_TASKS)}), tasks.history_length, tasks.num_candidates, "
         "tasks.max_train_per_task, tasks.max_eval_per_task, tasks.cold_item_fraction.",
+    ),
+    "baselines": (
+        _baselines,
+        "train the learned baselines (SASRec, biased MF) once per data version",
+        "Trains SASRec (full-softmax cross-entropy over the catalogue, early stopping on the "
+        "validation split's full-ranking NDCG with train items excluded) and a biased matrix "
+        "factorisation (early stopping on validation RMSE) on the interactions in paths.tasks, "
+        "and saves both under paths.baselines (default models/baselines/{sasrec,mf}); fit time, "
+        "epochs and best validation figures go to reports/baselines.json, every epoch's "
+        "validation figures to MLflow. `evaluate` scores them beside the model. Options in "
+        "params.yaml: baselines.sasrec.*, baselines.mf.*, baselines.threads.",
     ),
     "pretrain": (
         _pretrain,

@@ -285,6 +285,60 @@ class MergeConfig(_Section):
         return values
 
 
+class SASRecConfig(_Section):
+    """SASRec, the sequential baseline (full softmax CE, early stopping on validation NDCG)."""
+
+    hidden_size: int = Field(default=64, ge=8, le=1024)
+    num_layers: int = Field(default=2, ge=1, le=12)
+    num_heads: int = Field(default=2, ge=1, le=16)
+    inner_size: int = Field(default=256, ge=8, le=8192, description="Feed-forward width.")
+    max_len: int = Field(default=50, ge=2, le=1000, description="Most recent items read.")
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    learning_rate: float = Field(default=2e-3, gt=0, lt=1)
+    batch_size: int = Field(default=128, ge=1)
+    max_epochs: int = Field(default=200, ge=1)
+    patience: int = Field(
+        default=10, ge=1, description="Epochs without a better validation NDCG before stopping."
+    )
+    valid_k: int = Field(default=10, ge=1, description="K of the validation NDCG@K / Recall@K.")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> SASRecConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"baselines.sasrec.hidden_size ({self.hidden_size}) must be divisible by "
+                f"baselines.sasrec.num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class BiasedMFConfig(_Section):
+    """Biased matrix factorisation, the rating baseline (early stopping on validation RMSE)."""
+
+    factors: int = Field(default=32, ge=1, le=1024)
+    l2: float = Field(default=0.1, ge=0, le=10, description="L2 penalty on biases and factors.")
+    learning_rate: float = Field(default=0.005, gt=0, lt=1)
+    batch_size: int = Field(default=1024, ge=1)
+    max_epochs: int = Field(default=100, ge=1)
+    patience: int = Field(
+        default=5, ge=1, description="Epochs without a lower validation RMSE before stopping."
+    )
+
+
+class BaselinesConfig(_Section):
+    """The learned baselines, trained once per data version (stage `baselines`)."""
+
+    threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="CPU threads of torch while training (small models: 1 is fastest on a "
+        "shared machine).",
+    )
+    sasrec: SASRecConfig = Field(default_factory=SASRecConfig)
+    mf: BiasedMFConfig = Field(default_factory=BiasedMFConfig)
+
+
 class EvaluateConfig(_Section):
     """Test-split evaluation of the merged model and the baselines."""
 
@@ -332,6 +386,7 @@ class PathsConfig(_Section):
     backbone: str = "models/backbone"
     train: str = "models/train"
     merged: str = "models/merged"
+    baselines: str = "models/baselines"
     reports: str = "reports"
 
 
@@ -345,6 +400,7 @@ class Config(_Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

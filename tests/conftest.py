@@ -51,6 +51,18 @@ def write_ml100k_slice(folder: Path, num_users: int = 40, name: str = "mini") ->
 TINY_SECTIONS: dict[str, dict] = {
     "data": {"max_users": 60},
     "tasks": {"max_train_per_task": 60, "max_eval_per_task": 15},
+    "baselines": {
+        "sasrec": {
+            "hidden_size": 16,
+            "num_layers": 1,
+            "num_heads": 1,
+            "inner_size": 32,
+            "max_len": 10,
+            "max_epochs": 4,
+            "patience": 2,
+        },
+        "mf": {"factors": 4, "max_epochs": 4, "patience": 2},
+    },
     "model": {
         "builtin": {
             "hidden_size": 32,
@@ -66,6 +78,8 @@ TINY_SECTIONS: dict[str, dict] = {
     "train": {
         "steps": 6,
         "batch_size": 8,
+        "embedding_batch_size": 8,
+        "samples_per_task": 4,
         "eval_every": 3,
         "val_batch_size": 4,
         "checkpoint_every": 3,

@@ -5,7 +5,8 @@ Every ranker produces a dense ``(n_queries, n_items)`` float64 score matrix whos
 :func:`recfound.evaluation.metrics.rank_of_targets`:
 
 - :class:`PopularityRanker`: training interaction counts, the same for every query;
-- :class:`ItemKNNRanker`: item-item cosine similarity of co-occurrence in training histories;
+- :class:`ItemKNNRanker`: RecBole's ItemKNN, top-``k`` item-item cosine of training co-occurrence
+  (score it with the user's whole training history);
 - :class:`BM25Ranker`: lexical BM25 (``bm25s``) of a text query against item texts.
 """
 
@@ -28,7 +29,7 @@ class BaselineError(UserInputError):
     """Inputs a baseline cannot use (missing columns, duplicate item ids, ...)."""
 
 
-def _item_position(item_ids: Sequence[str]) -> dict[str, int]:
+def item_position(item_ids: Sequence[str]) -> dict[str, int]:
     """Map each item id to its column; duplicate ids would make columns ambiguous."""
     position: dict[str, int] = {}
     for column, item_id in enumerate(item_ids):
@@ -61,7 +62,7 @@ class PopularityRanker:
 
     def __init__(self, item_ids: Sequence[str]) -> None:
         self.item_ids = [str(i) for i in item_ids]
-        self._position = _item_position(self.item_ids)
+        self._position = item_position(self.item_ids)
         self._counts: np.ndarray | None = None
 
     def fit(self, train_interactions: pd.DataFrame) -> PopularityRanker:
@@ -82,16 +83,29 @@ class PopularityRanker:
 
 
 class ItemKNNRanker:
-    """Item-based collaborative filtering on training co-occurrence.
+    """Item-based collaborative filtering on training co-occurrence, as RecBole's ItemKNN.
 
-    ``fit`` builds the binary user-item matrix ``X`` (users x items) and the item-item cosine
-    similarity ``S = D^-1/2 X^T X D^-1/2`` with a zero diagonal (``D`` = item interaction counts),
-    kept sparse. A history scores ``sum_{h in history} S[h, :]``.
+    ``fit`` builds the binary user-item matrix ``X`` (users x items) from the training
+    interactions and the item-item cosine similarity
+    ``S[i, j] = (X^T X)[i, j] / (|x_i| |x_j| + shrink + 1e-6)`` with a zero diagonal. Like
+    RecBole's ``ComputeSimilarity``, each target item ``j`` keeps only its ``k`` most similar items
+    (column ``j`` of ``S``; ties broken by the lower column), so a history scores
+    ``score[j] = sum_{h in history} S[h, j]``.
+
+    Call :meth:`scores` with each user's *whole* training history (plus the valid item for the
+    test target), not a truncated recent window: the model is a sum over every item the user has
+    met, which is how RecBole evaluates it.
     """
 
-    def __init__(self, item_ids: Sequence[str]) -> None:
+    def __init__(self, item_ids: Sequence[str], k: int = 100, shrink: float = 0.0) -> None:
+        if k < 1:
+            raise BaselineError(f"ItemKNN k (neighbours per item) must be >= 1, got {k}")
+        if shrink < 0:
+            raise BaselineError(f"ItemKNN shrink must be >= 0, got {shrink}")
         self.item_ids = [str(i) for i in item_ids]
-        self._position = _item_position(self.item_ids)
+        self._position = item_position(self.item_ids)
+        self.k = k
+        self.shrink = shrink
         self._similarity: sp.csr_matrix | None = None
 
     def fit(self, train_interactions: pd.DataFrame) -> ItemKNNRanker:
@@ -103,15 +117,29 @@ class ItemKNNRanker:
             (np.ones(len(user_codes)), (user_codes, columns.to_numpy())), shape=(n_users, n_items)
         )
         matrix.data[:] = 1.0  # repeated interactions count once
-        co_occurrence = (matrix.T @ matrix).tocsr()
+        co_occurrence = (matrix.T @ matrix).tocoo()
         norms = np.sqrt(co_occurrence.diagonal())
-        inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        scale = sp.diags(inverse)
-        similarity = (scale @ co_occurrence @ scale).tolil()
-        similarity.setdiag(0.0)
-        self._similarity = similarity.tocsr()
-        self._similarity.eliminate_zeros()
+        rows, cols = co_occurrence.row, co_occurrence.col
+        values = co_occurrence.data / (norms[rows] * norms[cols] + self.shrink + 1e-6)
+        values[rows == cols] = 0.0
+        similarity = sp.csc_matrix((values, (rows, cols)), shape=(n_items, n_items))
+        similarity.eliminate_zeros()
+        self._similarity = self._top_k_per_column(similarity).tocsr()
         return self
+
+    def _top_k_per_column(self, similarity: sp.csc_matrix) -> sp.csc_matrix:
+        """Keep the ``k`` largest entries of every column (ties: lower row first)."""
+        similarity.sort_indices()
+        keep = np.ones(similarity.nnz, dtype=bool)
+        for column in range(similarity.shape[1]):
+            start, end = similarity.indptr[column], similarity.indptr[column + 1]
+            if end - start > self.k:
+                order = np.argsort(-similarity.data[start:end], kind="stable")
+                keep[start + order[self.k :]] = False
+        pruned = similarity.copy()
+        pruned.data[~keep] = 0.0
+        pruned.eliminate_zeros()
+        return pruned
 
     def scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """``(len(histories), n_items)`` summed similarities to each history's items.

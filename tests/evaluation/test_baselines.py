@@ -61,12 +61,26 @@ def test_item_knn_scores_co_occurring_item_above_unrelated() -> None:
     assert scores.shape == (3, 5)
     # i2 co-occurs with i1 (u1, u2), never with i4/i5.
     assert scores[0, 0] > scores[0, 3]
-    # cos(i1, i2) = |{u1, u2}| / sqrt(4 * 2); self-similarity is zeroed.
-    assert scores[0, 0] == pytest.approx(2 / math.sqrt(8))
+    # cos(i1, i2) = |{u1, u2}| / (sqrt(4 * 2) + 1e-6), RecBole's; self-similarity is zeroed.
+    assert scores[0, 0] == pytest.approx(2 / (math.sqrt(8) + 1e-6), rel=1e-12)
     assert scores[0, 1] == 0.0
     # i4 co-occurs only with i5 (u4), cosine 1; the repeated history item counts once.
-    np.testing.assert_allclose(scores[1], [0.0, 0.0, 0.0, 0.0, 1.0])
+    np.testing.assert_allclose(scores[1], [0.0, 0.0, 0.0, 0.0, 1.0], rtol=1e-5)
     np.testing.assert_array_equal(scores[2], np.zeros(5))
+
+
+def test_item_knn_keeps_k_neighbours_per_target_item_and_shrinks() -> None:
+    # Neighbours of i1: i2 (cos 2/sqrt(8)) and i3 (cos 1/2); with k=1 column i1 keeps only i2.
+    full = ItemKNNRanker(ITEMS).fit(TRAIN).scores([["i2", "i3"]])
+    top1 = ItemKNNRanker(ITEMS, k=1).fit(TRAIN).scores([["i2", "i3"]])
+    assert full[0, 0] == pytest.approx(2 / math.sqrt(8) + 1 / 2, rel=1e-5)
+    assert top1[0, 0] == pytest.approx(2 / math.sqrt(8), rel=1e-5)
+    # Column i2's only neighbour is i1, so k=1 changes nothing there.
+    assert top1[0, 1] == full[0, 1]
+    shrunk = ItemKNNRanker(ITEMS, shrink=10.0).fit(TRAIN).scores([["i4"]])
+    assert shrunk[0, 4] == pytest.approx(1 / 11, rel=1e-5)
+    with pytest.raises(BaselineError, match="k"):
+        ItemKNNRanker(ITEMS, k=0)
 
 
 def test_bm25_ranks_matching_text_first() -> None:
