@@ -8,12 +8,18 @@ Every ranker produces a dense ``(n_queries, n_items)`` float64 score matrix whos
 - :class:`ItemKNNRanker`: RecBole's ItemKNN, top-``k`` item-item cosine of training co-occurrence
   (score it with the user's whole training history);
 - :class:`BM25Ranker`: lexical BM25 (``bm25s``) of a text query against item texts.
+
+The learned baselines (SASRec in :mod:`recfound.evaluation.sasrec`, biased MF in
+:mod:`recfound.evaluation.mf`) are trained once per data version by the `baselines` stage;
+:func:`load_baselines` reads them back.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bm25s
 import numpy as np
@@ -22,7 +28,15 @@ import scipy.sparse as sp
 
 from recfound.errors import UserInputError
 
+if TYPE_CHECKING:
+    from recfound.evaluation.mf import BiasedMF
+    from recfound.evaluation.sasrec import SASRecRanker
+
 _WORD_PATTERN = re.compile(r"\w+", re.UNICODE)
+
+# Sub-directories of ``paths.baselines`` (written by the `baselines` stage).
+SASREC_DIR = "sasrec"
+MF_DIR = "mf"
 
 
 class BaselineError(UserInputError):
@@ -188,3 +202,13 @@ class BM25Ranker:
             if tokens:
                 out[row] = self._retriever.get_scores(tokens)
         return out
+
+
+def load_baselines(directory: str | Path) -> tuple[SASRecRanker, BiasedMF]:
+    """The SASRec ranker and the biased MF that `recfound baselines` saved in ``directory``."""
+    # Imported here: both modules import this one (item index, BaselineError).
+    from recfound.evaluation.mf import BiasedMF
+    from recfound.evaluation.sasrec import SASRecRanker
+
+    directory = Path(directory)
+    return SASRecRanker.load(directory / SASREC_DIR), BiasedMF.load(directory / MF_DIR)

@@ -6,7 +6,8 @@ RMSE) → write ``paths.baselines`` (``sasrec/``, ``mf/``: safetensors + JSON) a
 ``reports/baselines.json``. Each epoch's validation figures are MLflow step metrics.
 
 The stage depends on the data and its own code only, so DVC does not retrain the baselines when
-the model changes; `evaluate` loads them with :func:`load_baselines`.
+the model changes; `evaluate` loads them with
+:func:`recfound.evaluation.baselines.load_baselines`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from recfound import artifacts
 from recfound.config import Config
+from recfound.evaluation.baselines import MF_DIR, SASREC_DIR, load_baselines
 from recfound.evaluation.mf import BiasedMF, BiasedMFParams
 from recfound.evaluation.sasrec import SASRecParams, SASRecRanker
 from recfound.stages.build_tasks import ITEMS_FILE, SPLIT_INTERACTIONS_FILE
@@ -30,15 +32,9 @@ from recfound.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
 
-SASREC_DIR = "sasrec"
-MF_DIR = "mf"
+__all__ = ["load_baselines", "run_baselines", "torch_threads"]
+
 REPORT_FILE = "baselines.json"
-
-
-def load_baselines(directory: str | Path) -> tuple[SASRecRanker, BiasedMF]:
-    """The SASRec ranker and the biased MF that `recfound baselines` saved in ``directory``."""
-    directory = Path(directory)
-    return SASRecRanker.load(directory / SASREC_DIR), BiasedMF.load(directory / MF_DIR)
 
 
 @contextlib.contextmanager

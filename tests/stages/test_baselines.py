@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from recfound.config import load_config
-from recfound.stages.baselines import load_baselines, run_baselines
+from recfound.evaluation.baselines import load_baselines
+from recfound.stages.baselines import run_baselines
 from tests.conftest import write_tiny_params
 from tests.evaluation.test_sasrec import ITEMS, ordered_interactions
 
