@@ -97,6 +97,12 @@ class TasksConfig(_Section):
 
     enabled: list[str] = Field(default_factory=lambda: list(ALL_TASKS))
     history_length: int = Field(default=10, ge=1, le=200)
+    sequence_length: int = Field(
+        default=50,
+        ge=1,
+        le=1000,
+        description="Items a next-item prompt shows as identifier tokens (behaviour as text).",
+    )
     num_candidates: int = Field(default=20, ge=2, le=1000)
     max_train_per_task: int = Field(default=2000, ge=1)
     max_eval_per_task: int = Field(default=200, ge=1)
@@ -206,7 +212,7 @@ class ModelConfig(_Section):
 
 
 class PretrainConfig(_Section):
-    """Causal-LM pretraining of the builtin backbone on the corpus text."""
+    """Causal-LM pretraining of the backbone on the corpus text and users' behaviour."""
 
     steps: int = Field(default=300, ge=1)
     batch_size: int = Field(default=16, ge=1)
@@ -217,6 +223,12 @@ class PretrainConfig(_Section):
     heldout_fraction: float = Field(default=0.05, gt=0, lt=0.5)
     eval_every: int = Field(default=50, ge=1)
     max_corpus_texts: int = Field(default=50000, ge=100)
+    behaviour_fraction: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of each batch drawn from behaviour sequences (the rest is text).",
+    )
 
 
 class S2SchedConfig(_Section):
@@ -235,9 +247,17 @@ class TrainConfig(_Section):
     """Multi-task adapter training."""
 
     steps: int = Field(default=200, ge=1)
-    batch_size: int = Field(default=16, ge=2)
+    batch_size: int = Field(default=16, ge=1, description="Generative samples per step.")
+    embedding_batch_size: int = Field(
+        default=32, ge=0, description="Embedding samples per step, in blocks of one task each."
+    )
     samples_per_task: int = Field(
-        default=4, ge=1, description="Samples drawn per task block (negatives for InfoNCE)."
+        default=16, ge=2, description="Samples per embedding block (in-batch negatives)."
+    )
+    bank_refresh_every: int = Field(
+        default=25,
+        ge=0,
+        description="Steps between re-embeddings of the catalogue bank of negatives (0: none).",
     )
     grad_accum: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
@@ -252,9 +272,9 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _blocks_fill_the_batch(self) -> TrainConfig:
-        if self.batch_size % self.samples_per_task:
+        if self.embedding_batch_size % self.samples_per_task:
             raise ValueError(
-                f"train.batch_size ({self.batch_size}) must be a multiple of "
+                f"train.embedding_batch_size ({self.embedding_batch_size}) must be a multiple of "
                 f"train.samples_per_task ({self.samples_per_task})"
             )
         return self

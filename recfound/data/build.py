@@ -44,6 +44,7 @@ def build_task_datasets(tables: Tables, cfg: TasksConfig, seed: int) -> TaskData
         tables,
         seed=seed,
         history_length=cfg.history_length,
+        sequence_length=cfg.sequence_length,
         num_candidates=cfg.num_candidates,
         max_train_per_task=cfg.max_train_per_task,
         max_eval_per_task=cfg.max_eval_per_task,
@@ -56,6 +57,8 @@ def build_task_datasets(tables: Tables, cfg: TasksConfig, seed: int) -> TaskData
                 "item_id": list(ctx.items),
                 "text": [ctx.item_text(i) for i in ctx.items],
                 "cold": [i in ctx.cold_items for i in ctx.items],
+                # the identifier token in the model vocabulary ('' for items without one)
+                "token": [ctx.item_tokens.get(i, "") for i in ctx.items],
             }
         ),
         train_interactions=ctx.train_interactions[

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -71,6 +71,27 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
         unk_token=UNK,
         padding_side="right",
     )
+
+
+def add_item_tokens(model: PreTrainedModel | None, tokenizer, tokens: Iterable[str]) -> int:
+    """Add item identifier tokens to ``tokenizer`` and grow ``model``'s embeddings to match.
+
+    Tokens already in the vocabulary are kept as they are (a backbone is extended, never
+    replaced), so adding the same identifiers twice changes nothing. A token absorbs the space
+    before it (``lstrip``), so ``" <item_1>"`` and ``"<item_1>"`` are the same single id, as an
+    answer that starts with an identifier needs. New rows start at the mean of the existing
+    embeddings (transformers' mean resizing); ``model`` None extends the tokenizer alone (a model
+    is built from it afterwards). Returns how many tokens were new.
+    """
+    vocab = tokenizer.get_vocab()
+    new = [t for t in dict.fromkeys(tokens) if t and t not in vocab]
+    if new:
+        tokenizer.add_tokens(
+            [AddedToken(t, lstrip=True, rstrip=False, normalized=False, special=False) for t in new]
+        )
+    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return len(new)
 
 
 def build_builtin_backbone(spec: BuiltinSpec, tokenizer: PreTrainedTokenizerFast, seed: int):

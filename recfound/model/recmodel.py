@@ -274,7 +274,12 @@ class RecModel:
     # ---- embeddings ------------------------------------------------------------------------
 
     def embed_batch(self, texts: Sequence[str], tasks: str | Sequence[str]) -> torch.Tensor:
-        """Normalised embeddings ``(len(texts), hidden)``, with gradients (for training)."""
+        """Normalised embeddings ``(len(texts), hidden)``, with gradients (for training).
+
+        A text whose first line is an instruction (``"Find the movie …\n<content>"``) is read
+        whole, but mean pooling covers only the content after the first line break: the
+        embedding says what the content is, not what the template says (as GritLM pools).
+        """
         batch = self._encode(texts)
         mask = batch["attention_mask"]
         attention = mask
@@ -289,12 +294,25 @@ class RecModel:
             )
         hidden = out.hidden_states[-1].float()
         if self.pooling == "mean":
-            weights = mask.unsqueeze(-1).float()
+            weights = (mask * self._content_mask(texts, mask.shape[1])).unsqueeze(-1).float()
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
         else:  # last non-pad token
             last = mask.sum(1) - 1
             pooled = hidden[torch.arange(len(texts), device=hidden.device), last]
         return F.normalize(pooled, dim=-1)
+
+    def _content_mask(self, texts: Sequence[str], width: int) -> torch.Tensor:
+        """``(len(texts), width)``: 0 on the instruction line's tokens, 1 elsewhere (right padding).
+
+        A text without a line break, or whose content would be empty, is content throughout.
+        """
+        out = torch.ones((len(texts), width), dtype=torch.long, device=self.device)
+        for row, text in enumerate(texts):
+            instruction, newline, content = text.partition("\n")
+            if newline and content.strip():
+                n = len(self.tokenizer(instruction + newline)["input_ids"])
+                out[row, : min(n, width - 1)] = 0
+        return out
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str], task: str, batch_size: int = 64) -> torch.Tensor:
@@ -307,10 +325,29 @@ class RecModel:
         return torch.cat(parts) if parts else torch.empty(0)
 
     def contrastive_loss(
-        self, queries: Sequence[str], positives: Sequence[str], tasks: str | Sequence[str]
+        self,
+        queries: Sequence[str],
+        positives: Sequence[str],
+        tasks: str | Sequence[str],
+        bank: torch.Tensor | None = None,
+        exclude: torch.Tensor | None = None,
+        in_batch_exclude: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """InfoNCE: each query against its positive and the batch's other positives."""
+        """InfoNCE: each query against its positive, the batch's other positives and, when
+        given, a ``bank`` ``(n, hidden)`` of precomputed (no-gradient) document embeddings.
+
+        ``exclude`` ``(B, n)`` marks bank rows that are no negatives of a query (its own positive
+        or items it already shows); ``in_batch_exclude`` ``(B, B)`` does the same for the
+        batch's other positives. Excluded logits are removed from the softmax.
+        """
         q = self.embed_batch(queries, tasks)
         d = self.embed_batch(positives, tasks)
         logits = q @ d.T / self.temperature
+        if in_batch_exclude is not None:
+            logits = logits.masked_fill(in_batch_exclude, float("-inf"))
+        if bank is not None:
+            extra = q @ bank.to(q.dtype).T / self.temperature
+            if exclude is not None:
+                extra = extra.masked_fill(exclude, float("-inf"))
+            logits = torch.cat([logits, extra], dim=1)
         return F.cross_entropy(logits, torch.arange(len(queries), device=logits.device))

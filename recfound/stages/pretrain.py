@@ -1,10 +1,15 @@
-"""Stage `pretrain`: build and pretrain the builtin backbone, or record that a checkpoint is used.
+"""Stage `pretrain`: a backbone that knows the catalogue's text and its users' behaviour.
 
-- ``model.backbone: builtin`` → train a BPE tokenizer on the corpus (item texts + train prompts),
-  build the small Llama-style model, pretrain it with causal-LM loss and save both with
-  ``save_pretrained`` to ``paths.backbone``. Loss curve and tokens/s go to MLflow.
-- ``model.backbone: /path/to/checkpoint`` → nothing to train; ``paths.backbone`` gets a pointer to
-  the checkpoint and the stage's metrics say it was skipped and why.
+- ``model.backbone: builtin`` → train a BPE tokenizer on the text corpus (item texts + train
+  prompts, identifiers removed), add one identifier token per item, build the small Llama-style
+  model and pretrain it with causal-LM loss on text blocks and behaviour sequences
+  (:mod:`recfound.data.corpus`).
+- ``model.backbone: /path/to/checkpoint`` → the user's model and tokenizer are loaded, the
+  identifier tokens are *added* (embeddings resized, nothing replaced) and the same pretraining
+  runs on top.
+
+Either way the result is saved with ``save_pretrained`` to ``paths.backbone``; the loss curves and
+tokens/s go to MLflow and ``reports/``.
 """
 
 from __future__ import annotations
@@ -13,24 +18,37 @@ import logging
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import torch
 
 from recfound import artifacts
 from recfound.config import Config
-from recfound.data.corpus import pretraining_texts
-from recfound.data.ingest import read_tables
+from recfound.data.corpus import (
+    BEHAVIOUR_PREFIX,
+    behaviour_sequences,
+    behaviour_windows,
+    text_corpus,
+    without_identifiers,
+)
+from recfound.data.datasets import TaskDataError
 from recfound.model.backbone import (
     BackboneError,
     BuiltinSpec,
+    add_item_tokens,
     build_builtin_backbone,
+    load_backbone,
     save_backbone,
     train_bpe_tokenizer,
-    write_pointer,
 )
 from recfound.tracking.runs import stage_run
-from recfound.train.pretrain import pack_blocks, pretrain_causal_lm, split_blocks
+from recfound.train.pretrain import pack_blocks, pad_rows, pretrain_causal_lm, split_blocks
 
 log = logging.getLogger(__name__)
+
+ITEMS_FILE = "items.parquet"
+# held-out rows scored at every evaluation: enough for a stable loss, few enough to stay cheap
+MAX_HELDOUT_ROWS = 128
+TRAIN_INTERACTIONS_FILE = "train_interactions.parquet"
 
 
 def metrics_path(cfg: Config) -> Path:
@@ -41,62 +59,82 @@ def curve_path(cfg: Config) -> Path:
     return Path(cfg.paths.reports) / "plots" / "pretrain_heldout_loss.json"
 
 
+def _read_task_table(cfg: Config, name: str) -> pd.DataFrame:
+    path = Path(cfg.paths.tasks) / name
+    if not path.is_file():
+        raise TaskDataError(f"{path} is missing: run `recfound build-tasks` before `pretrain`")
+    return pd.read_parquet(path)
+
+
 def run_pretrain(cfg: Config) -> dict:
     """Run the stage; returns the metrics written to ``reports/pretrain.json``."""
-    if cfg.model.backbone != "builtin":
-        return _use_checkpoint(cfg)
-    return _pretrain_builtin(cfg)
-
-
-def _use_checkpoint(cfg: Config) -> dict:
-    checkpoint = Path(cfg.model.backbone)
-    if not (checkpoint / "config.json").is_file():
-        raise BackboneError(
-            f"model.backbone is {cfg.model.backbone!r}, which is not a local Hugging Face "
-            "checkpoint directory (no config.json); use 'builtin' or a directory saved with "
-            "save_pretrained"
+    p = cfg.pretrain
+    items = _read_task_table(cfg, ITEMS_FILE)
+    interactions = _read_task_table(cfg, TRAIN_INTERACTIONS_FILE)
+    item_tokens = {
+        str(i): str(t) for i, t in zip(items["item_id"], items["token"], strict=True) if t
+    }
+    texts = text_corpus(items, cfg.paths.tasks, p.max_corpus_texts, cfg.seed)
+    if cfg.model.backbone == "builtin":
+        spec_cfg = cfg.model.builtin
+        tokenizer = train_bpe_tokenizer(
+            [without_identifiers(t) for t in texts] + [BEHAVIOUR_PREFIX], spec_cfg.vocab_size
         )
-    reason = f"model.backbone is a given checkpoint ({checkpoint}); nothing to pretrain"
-    with artifacts.staged_directory(cfg.paths.backbone) as staging:
-        write_pointer(staging, checkpoint)
-    metrics = {"pretrained": False, "reason": reason}
-    with stage_run(
-        cfg.tracking,
-        "pretrain",
-        {"model.backbone": cfg.model.backbone},
-        tags={"recfound.pretrain": "skipped"},
-    ):
-        mlflow.log_dict(metrics, "pretrain.json")
-    artifacts.write_json(metrics_path(cfg), metrics)
-    artifacts.write_json(curve_path(cfg), [])
-    log.info(reason)
-    return metrics
+        add_item_tokens(None, tokenizer, item_tokens.values())
+        model = build_builtin_backbone(BuiltinSpec(**spec_cfg.model_dump()), tokenizer, cfg.seed)
+        source = "builtin"
+    else:
+        checkpoint = Path(cfg.model.backbone)
+        if not (checkpoint / "config.json").is_file():
+            raise BackboneError(
+                f"model.backbone is {cfg.model.backbone!r}, which is not a local Hugging Face "
+                "checkpoint directory (no config.json); use 'builtin' or a directory saved with "
+                "save_pretrained"
+            )
+        model, tokenizer = load_backbone(checkpoint)
+        added = add_item_tokens(model, tokenizer, item_tokens.values())
+        log.info("extended %s with %d item identifier tokens", checkpoint, added)
+        source = str(checkpoint.resolve())
+    return _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source)
 
 
-def _pretrain_builtin(cfg: Config) -> dict:
-    spec_cfg, p = cfg.model.builtin, cfg.pretrain
-    tables = read_tables(cfg.paths.interim)
-    texts = pretraining_texts(tables.items, cfg.paths.tasks, p.max_corpus_texts, cfg.seed)
-    log.info("pretraining corpus: %d texts (item texts + train prompts)", len(texts))
-    tokenizer = train_bpe_tokenizer(texts, spec_cfg.vocab_size)
-    spec = BuiltinSpec(**spec_cfg.model_dump())
-    model = build_builtin_backbone(spec, tokenizer, seed=cfg.seed)
+def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source: str) -> dict:
+    p = cfg.pretrain
+    seq_len = min(p.seq_len, model.config.max_position_embeddings)
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    seq_len = min(p.seq_len, spec.max_length)
     train_blocks, heldout_blocks = split_blocks(
         pack_blocks(ids, tokenizer.eos_token_id, seq_len), p.heldout_fraction, cfg.seed
     )
+    heldout_blocks = heldout_blocks[:MAX_HELDOUT_ROWS]
+    windows = behaviour_windows(
+        behaviour_sequences(interactions, item_tokens), cfg.tasks.sequence_length
+    )
+    behaviour = tokenizer(windows)["input_ids"]
+    behaviour_rows = pad_rows(
+        [row + [tokenizer.eos_token_id] for row in behaviour], tokenizer.pad_token_id, seq_len
+    )
+    train_behaviour, heldout_behaviour = split_blocks(
+        behaviour_rows, p.heldout_fraction, cfg.seed
+    )
+    heldout_behaviour = heldout_behaviour[:MAX_HELDOUT_ROWS]
     n_params = sum(t.numel() for t in model.parameters())
     log.info(
-        "builtin backbone: %.2fM parameters, vocab %d; %d train / %d held-out blocks of %d tokens",
+        "backbone (%s): %.2fM parameters, vocab %d (%d item identifiers); text: %d train / %d "
+        "held-out blocks of %d tokens; behaviour: %d train / %d held-out windows of up to %d items",
+        source,
         n_params / 1e6,
         len(tokenizer),
+        len(item_tokens),
         len(train_blocks),
         len(heldout_blocks),
         seq_len,
+        len(train_behaviour),
+        len(heldout_behaviour),
+        cfg.tasks.sequence_length,
     )
     settings = {
-        "model.builtin": spec_cfg.model_dump(),
+        "model.backbone": cfg.model.backbone,
+        "model.builtin": cfg.model.builtin.model_dump(),
         "pretrain": p.model_dump(),
         "seed": cfg.seed,
     }
@@ -105,6 +143,10 @@ def _pretrain_builtin(cfg: Config) -> dict:
             model,
             train_blocks,
             heldout_blocks,
+            behaviour_rows=train_behaviour,
+            heldout_behaviour=heldout_behaviour,
+            behaviour_fraction=p.behaviour_fraction,
+            pad_id=tokenizer.pad_token_id,
             steps=p.steps,
             batch_size=p.batch_size,
             learning_rate=p.learning_rate,
@@ -116,27 +158,40 @@ def _pretrain_builtin(cfg: Config) -> dict:
         )
         metrics = {
             "pretrained": True,
+            "backbone": source,
             "heldout_loss_before": result.heldout_loss_before,
             "heldout_loss_after": result.heldout_loss_after,
             "heldout_perplexity_after": float(torch.tensor(result.heldout_loss_after).exp()),
+            "heldout_behaviour_loss_before": result.behaviour_curve[0][1],
+            "heldout_behaviour_loss_after": result.behaviour_curve[-1][1],
             "tokens_per_s": result.tokens_per_s,
             "steps": result.steps,
             "parameters": n_params,
             "vocab_size": len(tokenizer),
+            "item_tokens": len(item_tokens),
+            "behaviour_windows": len(behaviour_rows),
             "mlflow_run_id": run.info.run_id,
         }
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         with artifacts.staged_directory(cfg.paths.backbone) as staging:
             save_backbone(model, tokenizer, staging)
     artifacts.write_json(metrics_path(cfg), metrics)
+    behaviour_at = dict(result.behaviour_curve)
     artifacts.write_json(
-        curve_path(cfg), [{"step": s, "heldout_loss": v} for s, v in result.heldout_curve]
+        curve_path(cfg),
+        [
+            {"step": s, "heldout_loss": v, "heldout_behaviour_loss": behaviour_at.get(s)}
+            for s, v in result.heldout_curve
+        ],
     )
     log.info(
-        "pretrained %d steps: held-out LM loss %.3f → %.3f (%.0f tokens/s)",
+        "pretrained %d steps: held-out text loss %.3f → %.3f, behaviour loss %.3f → %.3f "
+        "(%.0f tokens/s)",
         result.steps,
         result.heldout_loss_before,
         result.heldout_loss_after,
+        metrics["heldout_behaviour_loss_before"],
+        metrics["heldout_behaviour_loss_after"],
         result.tokens_per_s,
     )
     return metrics

@@ -13,10 +13,11 @@ import logging
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from recfound import artifacts
 from recfound.config import Config
-from recfound.data.datasets import read_task_frames, task_kind
+from recfound.data.datasets import TaskDataError, read_task_frames, task_kind
 from recfound.model.backbone import load_backbone
 from recfound.model.build import AdapterSpec
 from recfound.model.bundle import SPEC_FILE, ModelSpec, build_from_spec
@@ -56,7 +57,9 @@ def train_params(cfg: Config) -> TrainParams:
     return TrainParams(
         steps=t.steps,
         batch_size=t.batch_size,
+        embedding_batch_size=t.embedding_batch_size,
         samples_per_task=t.samples_per_task,
+        bank_refresh_every=t.bank_refresh_every,
         grad_accum=t.grad_accum,
         learning_rate=t.learning_rate,
         warmup_steps=t.warmup_steps,
@@ -80,6 +83,14 @@ def load_training_tasks(cfg: Config) -> list[TaskData]:
             continue
         tasks.append(TaskData(name, task_kind(splits), splits["train"], splits["valid"]))
     return tasks
+
+
+def read_catalogue(cfg: Config) -> pd.DataFrame:
+    """The item catalogue (item_id, text, token) that build_tasks wrote."""
+    path = Path(cfg.paths.tasks) / "items.parquet"
+    if not path.is_file():
+        raise TaskDataError(f"{path} is missing: run `recfound build-tasks` first")
+    return pd.read_parquet(path)
 
 
 def model_spec(cfg: Config, task_kinds: dict[str, str]) -> ModelSpec:
@@ -124,6 +135,7 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
             params,
             out,
             log_metrics=lambda values, step: mlflow.log_metrics(values, step=step),
+            catalogue=read_catalogue(cfg),
         )
         result = trainer.train(resume=resume)
         plots = Path(cfg.paths.reports) / "plots"

@@ -28,6 +28,7 @@ class PretrainResult:
     heldout_curve: list[tuple[int, float]] = field(default_factory=list)
     num_train_blocks: int = 0
     num_heldout_blocks: int = 0
+    behaviour_curve: list[tuple[int, float]] = field(default_factory=list)
 
 
 def pack_blocks(token_lists: list[list[int]], eos_id: int, seq_len: int) -> torch.Tensor:
@@ -52,15 +53,40 @@ def split_blocks(
     return blocks[order[n_heldout:]], blocks[order[:n_heldout]]
 
 
+def pad_rows(token_lists: list[list[int]], pad_id: int, seq_len: int) -> torch.Tensor:
+    """``(len(token_lists), seq_len)`` rows, each list cut to ``seq_len`` and right-padded."""
+    rows = torch.full((len(token_lists), seq_len), pad_id, dtype=torch.long)
+    for i, ids in enumerate(token_lists):
+        ids = ids[:seq_len]
+        rows[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return rows
+
+
+def lm_batch(rows: torch.Tensor, pad_id: int | None) -> dict[str, torch.Tensor]:
+    """Inputs, attention mask and labels of a batch of rows; padding is neither attended nor
+    predicted (``pad_id`` None: packed blocks without padding)."""
+    if pad_id is None:
+        return {"input_ids": rows, "labels": rows}
+    mask = rows != pad_id
+    return {
+        "input_ids": rows,
+        "attention_mask": mask.long(),
+        "labels": rows.masked_fill(~mask, -100),
+    }
+
+
 @torch.no_grad()
-def lm_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int) -> float:
-    """Mean next-token cross-entropy over ``blocks`` (token-weighted)."""
+def lm_loss(
+    model: torch.nn.Module, blocks: torch.Tensor, batch_size: int, pad_id: int | None = None
+) -> float:
+    """Mean next-token cross-entropy over ``blocks`` (token-weighted, padding excluded)."""
     model.eval()
     total, count = 0.0, 0
+    device = next(model.parameters()).device
     for start in range(0, len(blocks), batch_size):
-        batch = blocks[start : start + batch_size]
-        out = model(input_ids=batch, labels=batch)
-        n = batch.numel() - len(batch)
+        batch = lm_batch(blocks[start : start + batch_size].to(device), pad_id)
+        out = model(**batch)
+        n = int((batch["labels"][:, 1:] != -100).sum())
         total += float(out.loss) * n
         count += n
     return total / max(count, 1)
@@ -79,6 +105,10 @@ def pretrain_causal_lm(
     train_blocks: torch.Tensor,
     heldout_blocks: torch.Tensor,
     *,
+    behaviour_rows: torch.Tensor | None = None,
+    heldout_behaviour: torch.Tensor | None = None,
+    behaviour_fraction: float = 0.0,
+    pad_id: int | None = None,
     steps: int,
     batch_size: int,
     learning_rate: float,
@@ -88,24 +118,42 @@ def pretrain_causal_lm(
     seed: int,
     log_metrics: Callable[[dict[str, float], int], None] | None = None,
 ) -> PretrainResult:
-    """Train ``model`` with next-token loss for ``steps`` batches of random train blocks."""
+    """Train ``model`` with next-token loss for ``steps`` batches.
+
+    A step holds ``batch_size`` rows: random train text blocks and, when ``behaviour_rows`` are
+    given, a ``behaviour_fraction`` share of random behaviour rows (padded with ``pad_id``); the
+    loss is the two parts' token means weighted by their shares. Each part runs as its own forward
+    pass, so short behaviour rows are not padded to the text blocks' length.
+    """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=learning_rate, weight_decay=weight_decay, betas=(0.9, 0.95)
     )
-    before = lm_loss(model, heldout_blocks, batch_size)
+    has_behaviour = behaviour_rows is not None and len(behaviour_rows) > 0
+    n_behaviour = round(batch_size * behaviour_fraction) if has_behaviour else 0
+    n_text = batch_size - n_behaviour
+
+    def heldout_losses() -> dict[str, float]:
+        out = {"heldout_loss": lm_loss(model, heldout_blocks, batch_size)}
+        if has_behaviour and heldout_behaviour is not None and len(heldout_behaviour):
+            out["heldout_behaviour_loss"] = lm_loss(model, heldout_behaviour, batch_size, pad_id)
+        return out
+
+    before = heldout_losses()
     result = PretrainResult(
-        heldout_loss_before=before,
-        heldout_loss_after=before,
+        heldout_loss_before=before["heldout_loss"],
+        heldout_loss_after=before["heldout_loss"],
         steps=steps,
         tokens_per_s=0.0,
-        heldout_curve=[(0, before)],
+        heldout_curve=[(0, before["heldout_loss"])],
         num_train_blocks=len(train_blocks),
         num_heldout_blocks=len(heldout_blocks),
+        behaviour_curve=[(0, before["heldout_behaviour_loss"])] if has_behaviour else [],
     )
     if log_metrics:
-        log_metrics({"heldout_loss": before}, 0)
+        log_metrics(before, 0)
     tokens, train_time = 0, 0.0
     bar = tqdm(range(steps), desc="pretrain", unit="step", dynamic_ncols=True, mininterval=2.0)
     for step in bar:
@@ -113,24 +161,36 @@ def pretrain_causal_lm(
         lr = lr_at(step, steps, warmup_steps, learning_rate)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        index = torch.randint(len(train_blocks), (batch_size,), generator=generator)
-        batch = train_blocks[index]
+        parts = []
+        if n_text:
+            index = torch.randint(len(train_blocks), (n_text,), generator=generator)
+            parts.append((n_text / batch_size, lm_batch(train_blocks[index].to(device), None)))
+        if n_behaviour:
+            index = torch.randint(len(behaviour_rows), (n_behaviour,), generator=generator)
+            rows = behaviour_rows[index]
+            rows = rows[:, : int((rows != pad_id).sum(1).max())]  # drop all-pad columns
+            parts.append((n_behaviour / batch_size, lm_batch(rows.to(device), pad_id)))
         start = time.perf_counter()
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = sum(share * model(**batch).loss for share, batch in parts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         train_time += time.perf_counter() - start
-        tokens += batch.numel()
+        tokens += sum(int((b["labels"] != -100).sum()) for _, b in parts)
         loss_value = loss.item()
         result.train_losses.append(loss_value)
         metrics = {"train_loss": loss_value, "lr": lr, "tokens_per_s": tokens / train_time}
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            heldout = lm_loss(model, heldout_blocks, batch_size)
-            result.heldout_curve.append((step + 1, heldout))
-            metrics["heldout_loss"] = heldout
-            bar.set_postfix(loss=f"{loss_value:.3f}", heldout=f"{heldout:.3f}")
+            heldout = heldout_losses()
+            result.heldout_curve.append((step + 1, heldout["heldout_loss"]))
+            if "heldout_behaviour_loss" in heldout:
+                result.behaviour_curve.append((step + 1, heldout["heldout_behaviour_loss"]))
+            metrics.update(heldout)
+            bar.set_postfix_str(
+                f"loss {loss_value:.3f}, "
+                + ", ".join(f"{k.replace('_loss', '')} {v:.3f}" for k, v in heldout.items())
+            )
         if log_metrics:
             log_metrics(metrics, step + 1)
     result.heldout_loss_after = result.heldout_curve[-1][1]

@@ -2,23 +2,24 @@
 
 Every ``update_every`` steps after ``warmup_steps`` the trainer reports each task's validation loss.
 The scheduler keeps ``r_i = L_i(t) / L_i(0)`` and, over a sliding window of the last ``window``
-reports, fits each task's slope ``a_i`` (least squares of r against the report index). Inside each
-group (embedding, generative) with K tasks:
+reports, fits each task's slope ``a_i`` (least squares of r against the report index). Each group
+(embedding, generative) is scheduled on its own, because each fills its own batch of a step. Inside
+a group of K tasks, as CoBa and RecFound define them:
 
-- relative convergence score ``RCS_i = softmax_i(K * a_i / sum_j |a_j|)`` — a task whose loss falls
+- relative convergence score ``RCS_i = softmax_i(K * a_i / sum_j |a_j|)``: a task whose loss falls
   slowest, or rises, gets more;
 - absolute convergence score ``ACS_i = softmax_i(-M * a_i / sum_s |a_i(s)|)`` over the task's own
-  last M slopes — a task that starts to diverge against its own history gets less;
-- divergence factor ``DF = min(M * softmax_s(-tau * M * a_max(s) / sum_s |a_max(s)|)[-1], 1)``
-  over the last M values of the group's worst (largest) slope — while the worst task converges as
-  fast as before, DF stays at 1 and RCS balances speeds; when it flattens or turns upwards, DF drops
-  and ACS, which protects tasks from diverging against their own history, takes over;
-- ``w_i = DF * RCS_i + (1 - DF) * ACS_i``.
+  last M slopes: a task that starts to diverge against its own history gets less;
+- divergence factor ``DF = min(t * softmax_s(-tau * t * a_max(s) / sum_s |a_max(s)|)[t], 1)`` over
+  the *whole* history s = 1..t of ``a_max``, the slope of the group's max-loss curve
+  ``max_i r_i``: while the worst loss keeps falling as fast as before, DF stays at 1 and RCS
+  balances speeds; when it flattens or turns upwards, DF drops and ACS takes over;
+- ``w_i = softmax_i(DF * RCS_i + (1 - DF) * ACS_i)`` (the final softmax).
 
 Then ``w_i`` is multiplied by the task's share of its group's data, renormalised inside the group,
-scaled by the group's share of all data, floored (no task starves), renormalised and smoothed with
-an EMA. The result is the probability of each task in the next batches. Uniform and
-size-proportional sampling remain available for ablation (``strategy``).
+floored (no task starves), renormalised and smoothed with an EMA. The result is each task's
+probability within its group for the next batches. Uniform and size-proportional sampling remain
+available for ablation (``strategy``).
 """
 
 from __future__ import annotations
@@ -91,10 +92,15 @@ class S2Scheduler:
         return groups
 
     def _base_weights(self) -> dict[str, float]:
-        if self.strategy == "uniform":
-            return {t: 1.0 / len(self.tasks) for t in self.tasks}
-        total = sum(self.data_sizes.values())
-        return {t: self.data_sizes[t] / total for t in self.tasks}
+        """Uniform or size-proportional probabilities, normalised inside each group."""
+        out: dict[str, float] = {}
+        for members in self._groups().values():
+            if self.strategy == "uniform":
+                out.update({t: 1.0 / len(members) for t in members})
+            else:
+                total = sum(self.data_sizes[t] for t in members)
+                out.update({t: self.data_sizes[t] / total for t in members})
+        return out
 
     def due(self, step: int) -> bool:
         """Whether the trainer should report validation losses at ``step``."""
@@ -123,8 +129,7 @@ class S2Scheduler:
         p = self.params
         for task in self.tasks:
             self.slopes.setdefault(task, []).append(_slope(self.ratios[task][-p.window :]))
-        total = sum(self.data_sizes.values())
-        raw: dict[str, float] = {}
+        weights: dict[str, float] = {}
         for kind, members in self._groups().items():
             a = np.array([self.slopes[t][-1] for t in members])
             k = len(members)
@@ -134,32 +139,39 @@ class S2Scheduler:
                 own = np.array(self.slopes[t][-p.slope_history :])
                 acs_logits.append(-len(own) * own[-1] / max(np.abs(own).sum(), 1e-12))
             acs = _softmax(np.array(acs_logits))
+            # the group's max-loss curve and its slope; DF looks at the slope's whole history
+            reports = min(len(self.ratios[t]) for t in members)
+            worst_curve = [max(self.ratios[t][i] for t in members) for i in range(reports)]
             worst = self.worst_slopes.setdefault(kind, [])
-            worst.append(float(a.max()))
-            w_hist = np.array(worst[-p.slope_history :])
+            worst.append(_slope(worst_curve[-p.window :]))
+            w_hist = np.array(worst)
             n = len(w_hist)
             df_soft = _softmax(-p.tau * n * w_hist / max(np.abs(w_hist).sum(), 1e-12))
             df = min(n * float(df_soft[-1]), 1.0)
-            omega = df * rcs + (1 - df) * acs
+            omega = _softmax(df * rcs + (1 - df) * acs)
             share = np.array([self.data_sizes[t] for t in members], dtype=float)
             scored = omega * share / share.sum()
             scored /= scored.sum()
-            group_share = share.sum() / total
-            for t, value in zip(members, scored, strict=True):
-                raw[t] = float(value * group_share)
-        floored = {t: max(v, p.floor) for t, v in raw.items()}
-        norm = sum(floored.values())
-        self.weights = {
-            t: p.ema * self.weights[t] + (1 - p.ema) * floored[t] / norm for t in self.tasks
-        }
-        norm = sum(self.weights.values())
-        self.weights = {t: v / norm for t, v in self.weights.items()}
+            floored = np.maximum(scored, p.floor)
+            floored /= floored.sum()
+            smoothed = np.array(
+                [p.ema * self.weights[t] + (1 - p.ema) * f for t, f in zip(members, floored)]
+            )
+            smoothed /= smoothed.sum()
+            weights.update(dict(zip(members, smoothed.tolist(), strict=True)))
+        self.weights = weights
 
-    def allocate(self, batch_size: int, rng: np.random.Generator) -> list[str]:
-        """The task of each of the next ``batch_size`` samples, drawn from the weights."""
-        probs = np.array([self.weights[t] for t in self.tasks])
-        draws = rng.choice(len(self.tasks), size=batch_size, p=probs / probs.sum())
-        return [self.tasks[i] for i in draws]
+    def allocate(
+        self, batch_size: int, rng: np.random.Generator, kind: str | None = None
+    ) -> list[str]:
+        """The task of each of the next ``batch_size`` samples of group ``kind`` (every task when
+        None), drawn from the weights."""
+        tasks = [t for t in self.tasks if kind is None or self.task_kinds[t] == kind]
+        if not tasks or batch_size <= 0:
+            return []
+        probs = np.array([self.weights[t] for t in tasks])
+        draws = rng.choice(len(tasks), size=batch_size, p=probs / probs.sum())
+        return [tasks[i] for i in draws]
 
     def state_dict(self) -> dict:
         return {

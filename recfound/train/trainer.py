@@ -64,7 +64,9 @@ class TrainParams:
 
     steps: int = 200
     batch_size: int = 16
+    embedding_batch_size: int = 32
     samples_per_task: int = 4
+    bank_refresh_every: int = 25
     grad_accum: int = 1
     learning_rate: float = 1e-3
     warmup_steps: int = 20
@@ -136,9 +138,16 @@ class Trainer:
         output_dir: str | Path,
         log_metrics: Callable[[dict[str, float], int], None] | None = None,
         accelerator: Accelerator | None = None,
+        catalogue: pd.DataFrame | None = None,
     ) -> None:
         if not tasks:
             raise ValueError("no task to train on")
+        # the item catalogue (item_id, text): every item is a negative of every embedding query
+        self.catalogue_texts = [] if catalogue is None else catalogue["text"].astype(str).tolist()
+        self.catalogue_index = (
+            {} if catalogue is None else {str(i): n for n, i in enumerate(catalogue["item_id"])}
+        )
+        self.banks: dict[str, torch.Tensor] = {}
         self.rec = rec
         self.tasks = {t.name: t for t in tasks}
         self.params = params
@@ -184,23 +193,48 @@ class Trainer:
         torch.distributed.all_reduce(tensor)
         return float(tensor.item())
 
-    def batch_loss(self, rows: list[tuple[str, pd.Series]]) -> tuple[torch.Tensor, dict]:
-        """This process's share of the loss of one global micro-batch of (task, record) pairs.
+    def draw_batch(self) -> tuple[list[tuple[str, pd.Series]], list[list[tuple[str, pd.Series]]]]:
+        """One step's data: ``batch_size`` generative (task, record) pairs, and the embedding
+        batch as blocks of ``samples_per_task`` records of one task each.
 
-        With N processes, process r takes generative samples r, r+N, r+2N, … and whole embedding
-        tasks (the j-th embedding task of the batch goes to process j mod N: InfoNCE needs all of
-        a task's samples for its in-batch negatives). Each share is scaled so that the average of
-        the processes' gradients equals the gradient of the single-process loss; answer-token
-        cross-entropy is normalised by the global token count.
+        Each group is drawn from its own S2Sched probabilities; every process draws the same
+        lists (same seed), so data parallel needs no communication here.
+        """
+        p = self.params
+        generative = self.scheduler.allocate(p.batch_size, self.rng, "generative")
+        blocks = self.scheduler.allocate(
+            p.embedding_batch_size // p.samples_per_task, self.rng, "embedding"
+        )
+        names = generative + [name for name in blocks for _ in range(p.samples_per_task)]
+        counts = {n: names.count(n) for n in set(names)}
+        picked = {n: self.streams[n].take(c) for n, c in sorted(counts.items())}
+
+        def row(name: str) -> tuple[str, pd.Series]:
+            return name, self.tasks[name].train.iloc[picked[name].pop(0)]
+
+        gen_rows = [row(name) for name in generative]
+        emb_blocks = [[row(name) for _ in range(p.samples_per_task)] for name in blocks]
+        return gen_rows, emb_blocks
+
+    def batch_loss(
+        self,
+        gen_rows: list[tuple[str, pd.Series]],
+        emb_blocks: list[list[tuple[str, pd.Series]]],
+    ) -> tuple[torch.Tensor, dict]:
+        """This process's share of one step's loss: answer-token cross-entropy of the generative
+        batch plus the mean InfoNCE of the embedding blocks (GritLM's sum of the two).
+
+        With N processes, process r takes generative samples r, r+N, r+2N, …, scaled so that the
+        average of the processes' gradients is the gradient of the mean over all answer tokens.
+        The embedding blocks are computed whole on every process (InfoNCE needs all of a block's
+        samples and the bank), so their average gradient is exact too.
         """
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        n = len(rows)
         total = torch.zeros((), device=self.accelerator.device)
-        per_task: dict[str, float] = {}
+        per_task: dict[str, list[float]] = {}
         tokens = 0
-        all_gen = [(t, r) for t, r in rows if self.tasks[t].kind == "generative"]
-        gen = all_gen[rank::world]
-        if all_gen:
+        gen = gen_rows[rank::world]
+        if gen_rows:
             local_tokens = 0.0
             if gen:
                 batch = self.rec.encode_with_answers(
@@ -211,21 +245,77 @@ class Trainer:
                 tokens += int(batch["attention_mask"].sum())
             global_tokens = self._all_sum(local_tokens)
             if gen:
-                total = total - picked.sum() * world / max(global_tokens, 1.0) * len(all_gen) / n
+                total = total - picked.sum() * world / max(global_tokens, 1.0)
                 sample_loss = (-(picked.sum(-1)) / mask.sum(-1).clamp(min=1)).detach()
-                for task in {t for t, _ in gen}:
-                    idx = [i for i, (t, _) in enumerate(gen) if t == task]
-                    per_task[task] = float(sample_loss[idx].mean())
-        embedding_tasks = sorted({t for t, _ in rows if self.tasks[t].kind == "embedding"})
-        for task in embedding_tasks[rank::world]:
-            group = [r for t, r in rows if t == task]
+                for i, (task, _) in enumerate(gen):
+                    per_task.setdefault(task, []).append(float(sample_loss[i]))
+        for block in emb_blocks:
+            task, records = block[0][0], [r for _, r in block]
+            bank, bank_mask = self._bank_for(task, records)
             loss = self.rec.contrastive_loss(
-                [r.prompt for r in group], [r.target for r in group], task
+                [r.prompt for r in records],
+                [r.target for r in records],
+                task,
+                bank=bank,
+                exclude=bank_mask,
+                in_batch_exclude=self._in_batch_exclude(records),
             )
-            total = total + loss * len(group) / n * world
-            per_task[task] = float(loss.detach())
-            tokens += self.rec.count_tokens([r.prompt for r in group] + [r.target for r in group])
-        return total, {"per_task": per_task, "tokens": tokens}
+            total = total + loss / len(emb_blocks)
+            per_task.setdefault(task, []).append(float(loss.detach()))
+            tokens += self.rec.count_tokens([r.prompt for r in records] + [r.target for r in records])
+        return total, {"per_task": {t: float(np.mean(v)) for t, v in per_task.items()}, "tokens": tokens}
+
+    # ---- the catalogue bank (negatives beyond the batch) ----------------------------------
+
+    def refresh_banks(self) -> None:
+        """Embed the whole catalogue once per embedding task with the current weights.
+
+        Every embedding target is an item text, so every catalogue item is a negative of every
+        query: the bank makes InfoNCE contrast against the whole catalogue (as full-ranking
+        evaluation does), not only against the few positives in the batch. It is refreshed every
+        ``bank_refresh_every`` steps; between refreshes it lags the weights slightly (no
+        gradient flows into it), as a MoCo-style memory bank does.
+        """
+        if not self.catalogue_texts or self.params.bank_refresh_every <= 0:
+            return
+        for name, task in sorted(self.tasks.items()):
+            if task.kind == "embedding":
+                self.banks[name] = self.rec.embed(self.catalogue_texts, name, batch_size=128)
+        self.rec.model.train()
+
+    def _items_of(self, record: pd.Series) -> tuple[int | None, list[int]]:
+        """Catalogue rows of a record's positive item and of the items the query already shows."""
+        index = self.catalogue_index
+        history = [index[h] for h in record.get("history_ids", []) if h in index]
+        return index.get(str(record.get("item_id", ""))), history
+
+    def _bank_for(
+        self, task: str, records: list[pd.Series]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The bank of ``task`` and, per query, the bank rows that are no negatives: every
+        positive of the block (they are in the batch already) and the query's own history."""
+        bank = self.banks.get(task)
+        if bank is None:
+            return None, None
+        exclude = torch.zeros((len(records), len(bank)), dtype=torch.bool)
+        for record in records:
+            item, _ = self._items_of(record)
+            if item is not None:
+                exclude[:, item] = True
+        for row, record in enumerate(records):
+            exclude[row, self._items_of(record)[1]] = True
+        return bank, exclude.to(bank.device)
+
+    def _in_batch_exclude(self, records: list[pd.Series]) -> torch.Tensor:
+        """``(B, B)``: another query's positive that this query already shows (its history) or
+        that is the same item as this query's positive is not a negative of it."""
+        items = [self._items_of(r) for r in records]
+        exclude = torch.zeros((len(records), len(records)), dtype=torch.bool)
+        for i, (positive, history) in enumerate(items):
+            for j, (other, _) in enumerate(items):
+                if i != j and other is not None and (other == positive or other in history):
+                    exclude[i, j] = True
+        return exclude.to(self.accelerator.device)
 
     @torch.no_grad()
     def validate(self, with_metrics: bool) -> dict[str, float]:
@@ -365,6 +455,8 @@ class Trainer:
                         )
                     self._track_best(val)
                     self.log_metrics({f"val/{k}": v for k, v in val.items()}, step)
+                if p.bank_refresh_every > 0 and (step % p.bank_refresh_every == 0 or not self.banks):
+                    self.refresh_banks()
                 lr = lr_at(step, p.steps, p.warmup_steps, p.learning_rate)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -372,17 +464,9 @@ class Trainer:
                 per_task: dict[str, list[float]] = {}
                 loss_sum = 0.0
                 for _ in range(p.grad_accum):
-                    # tasks are drawn per block of samples_per_task samples, so an embedding
-                    # task always brings in-batch negatives (a lone InfoNCE sample learns nothing)
-                    blocks = self.scheduler.allocate(p.batch_size // p.samples_per_task, self.rng)
-                    names = [name for name in blocks for _ in range(p.samples_per_task)]
-                    counts = {n: names.count(n) for n in set(names)}
-                    picked = {n: self.streams[n].take(c) for n, c in sorted(counts.items())}
-                    rows = []
-                    for name in names:  # same order on every process
-                        rows.append((name, self.tasks[name].train.iloc[picked[name].pop(0)]))
+                    gen_rows, emb_blocks = self.draw_batch()
                     with self.accelerator.autocast():
-                        loss, info = self.batch_loss(rows)
+                        loss, info = self.batch_loss(gen_rows, emb_blocks)
                     if loss.requires_grad:  # a process may get no sample of this micro-batch
                         (loss / p.grad_accum).backward()
                     loss_sum += float(loss.detach()) / p.grad_accum

@@ -17,6 +17,7 @@ if __name__ == "__main__":
     params = TrainParams(
         steps=10,
         batch_size=8,
+        embedding_batch_size=8,
         eval_every=5,
         val_batch_size=8,
         checkpoint_every=100,

@@ -18,6 +18,7 @@ Two kinds of split are used by builders:
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ import pandas as pd
 from recfound.data.schema import SPLITS, Tables, TaskKind, TaskRecord
 from recfound.data.splits import SPLIT_COLUMN, choose_cold_items, split_leave_one_out
 
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,40}")
 ITEM_SPLIT_PERCENT = {"train": 80, "valid": 10, "test": 10}
 YES_NO = ["yes", "no"]
 
@@ -79,6 +81,7 @@ class UserExample:
     split: str
     history_length: int
     row: int  # the row of ``TaskContext.interactions`` this target comes from
+    sequence_length: int = 50
 
     @property
     def user_id(self) -> str:
@@ -100,6 +103,12 @@ class UserExample:
     def history_ids(self) -> list[str]:
         """The last ``history_length`` items before the target, oldest first."""
         return list(self.timeline.item_ids[self._start : self.position])
+
+    @property
+    def sequence_ids(self) -> list[str]:
+        """The last ``sequence_length`` items before the target, oldest first: the behaviour a
+        next-item prompt shows as identifier tokens."""
+        return list(self.timeline.item_ids[max(0, self.position - self.sequence_length) : self.position])
 
     @property
     def history_ratings(self) -> list[float]:
@@ -129,11 +138,13 @@ class TaskContext:
     item_pool: np.ndarray
     seed: int
     history_length: int
+    sequence_length: int
     num_candidates: int
     max_train_per_task: int
     max_eval_per_task: int
     category_word: str
     item_noun: str
+    item_tokens: dict[str, str]
     _flat_user: np.ndarray
     _flat_position: np.ndarray
 
@@ -148,6 +159,7 @@ class TaskContext:
         max_train_per_task: int,
         max_eval_per_task: int,
         cold_item_fraction: float,
+        sequence_length: int = 50,
     ) -> TaskContext:
         """Remove cold items, deduplicate, split by leave-one-out and index per-user timelines.
 
@@ -188,6 +200,7 @@ class TaskContext:
         # Words for prompts: MovieLens items are movies with genres; other sources are generic.
         category_word = "categories" if tables.info.name == "amazon_jsonl" else "genres"
         item_noun = "movie" if tables.info.name == "ml-100k" else "item"
+        train_items = split.loc[split[SPLIT_COLUMN] == "train", "item_id"].astype(str).unique()
         return cls(
             tables=tables,
             interactions=split,
@@ -198,11 +211,13 @@ class TaskContext:
             item_pool=pool,
             seed=seed,
             history_length=history_length,
+            sequence_length=sequence_length,
             num_candidates=num_candidates,
             max_train_per_task=max_train_per_task,
             max_eval_per_task=max_eval_per_task,
             category_word=category_word,
             item_noun=item_noun,
+            item_tokens=item_identifier_tokens(sorted(train_items)),
             _flat_user=users,
             _flat_position=position,
         )
@@ -280,6 +295,7 @@ class TaskContext:
                 split=split,
                 history_length=self.history_length,
                 row=int(row),
+                sequence_length=self.sequence_length,
             )
             for row in rows
         ]
@@ -330,10 +346,22 @@ class TaskContext:
         item = self.items[item_id]
         return f"{item.title} ({item.year})" if item.year is not None else item.title
 
+    def item_ref(self, item_id: str) -> str:
+        """``"<item_1> Toy Story (1995)"``: the identifier token next to the title (the title alone
+        for an item without one: cold, or never in a training interaction)."""
+        token = self.item_tokens.get(item_id)
+        return f"{token} {self.item_title(item_id)}" if token else self.item_title(item_id)
+
+    def sequence_text(self, item_ids: Sequence[str]) -> str:
+        """Behaviour as text: the items' identifier tokens, space-separated, oldest first (items
+        without an identifier are left out; the model knows them only by title)."""
+        return " ".join(self.item_tokens[i] for i in item_ids if i in self.item_tokens)
+
     def item_text(self, item_id: str) -> str:
-        """``"Toy Story (1995) — genres: Animation, Children's, Comedy"`` (+ description)."""
+        """``"<item_1> Toy Story (1995) — genres: Animation, Children's, Comedy"`` (+
+        description)."""
         item = self.items[item_id]
-        parts = [self.item_title(item_id)]
+        parts = [self.item_ref(item_id)]
         if item.genres:
             parts.append(f"{self.category_word}: {', '.join(item.genres)}")
         if item.description:
@@ -341,14 +369,25 @@ class TaskContext:
         return " — ".join(parts)
 
     def history_text(self, item_ids: Sequence[str], ratings: Sequence[float] | None = None) -> str:
-        """Items as a ``; ``-joined list of titles, with ``: 4/5`` ratings when given."""
+        """Items (identifier and title) as a ``; ``-joined list, with ``: 4/5`` ratings when
+        given."""
         if ratings is None:
-            return "; ".join(self.item_title(i) for i in item_ids)
+            return "; ".join(self.item_ref(i) for i in item_ids)
         top = format_rating(self.tables.info.rating_max)
         return "; ".join(
-            f"{self.item_title(i)}: {format_rating(r)}/{top}"
+            f"{self.item_ref(i)}: {format_rating(r)}/{top}"
             for i, r in zip(item_ids, ratings, strict=True)
         )
+
+
+def item_identifier_tokens(item_ids: Sequence[str]) -> dict[str, str]:
+    """One new vocabulary token per item: ``<item_ID>`` (``<item_#N>`` for an id with characters
+    a token should not hold). Only items of training interactions get one (the caller's choice),
+    so identifiers never leak which items are held out."""
+    return {
+        item_id: f"<item_{item_id}>" if _SAFE_ID.fullmatch(item_id) else f"<item_#{n}>"
+        for n, item_id in enumerate(item_ids)
+    }
 
 
 def _item_infos(items: pd.DataFrame) -> dict[str, ItemInfo]:

@@ -25,14 +25,14 @@ class CandidateRankingBuilder(TaskBuilder):
         for split in SPLITS:
             for example in ctx.user_examples(rng, split):
                 candidate_ids = ctx.candidates_for(rng, example, count)
-                titles = [ctx.item_title(i) for i in candidate_ids]
+                titles = [ctx.item_ref(i) for i in candidate_ids]
                 listed = " ".join(f"({n}) {t}" for n, t in enumerate(titles, start=1))
                 records.append(
                     self.record(
                         split,
                         prompt=f"A user's history: {ctx.history_text(example.history_ids)}. "
                         f"Candidates: {listed}. Which candidate will the user choose?",
-                        target=ctx.item_title(example.target_id),
+                        target=ctx.item_ref(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,
                         history_ids=example.history_ids,

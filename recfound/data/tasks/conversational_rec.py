@@ -34,11 +34,11 @@ class ConversationalRecBuilder(TaskBuilder):
                     self.record(
                         split,
                         prompt=self._dialogue(ctx, example),
-                        target=ctx.item_title(example.target_id),
+                        target=ctx.item_ref(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,
                         history_ids=example.history_ids,
-                        candidates=[ctx.item_title(i) for i in candidate_ids],
+                        candidates=[ctx.item_ref(i) for i in candidate_ids],
                         candidate_ids=candidate_ids,
                     )
                 )
@@ -57,6 +57,6 @@ class ConversationalRecBuilder(TaskBuilder):
         return (
             f"User: Can you recommend a {ctx.item_noun}?\n"
             f"Assistant: Sure! What do you usually enjoy?\n"
-            f"User: {likes}recently I enjoyed {ctx.item_title(liked[-1])}.\n"
+            f"User: {likes}recently I enjoyed {ctx.item_ref(liked[-1])}.\n"
             f"Assistant: Which {ctx.item_noun} would you recommend?"
         )

@@ -71,7 +71,8 @@ class Item2ItemBuilder(TaskBuilder):
             records.append(
                 self.record(
                     ctx.item_split(f"item:{anchor_id}"),
-                    prompt=f"Find a {ctx.item_noun} liked by fans of: {ctx.item_text(anchor_id)}",
+                    prompt=f"Find a {ctx.item_noun} liked by fans of this one.\n"
+                    f"{ctx.item_text(anchor_id)}",
                     target=ctx.item_text(partner_id),
                     item_id=partner_id,
                     history_ids=[str(anchor_id)],

@@ -44,7 +44,8 @@ class Query2ItemBuilder(TaskBuilder):
             records.append(
                 self.record(
                     ctx.item_split(f"item:{item_id}"),
-                    prompt=f"Search query: {attribute_query(ctx, item, rng)}",
+                    prompt=f"Find the {ctx.item_noun} this search asks for.\n"
+                    f"{attribute_query(ctx, item, rng)}",
                     target=ctx.item_text(item_id),
                     item_id=item_id,
                 )

@@ -8,8 +8,10 @@ from recfound.data.tasks.base import TaskBuilder, TaskContext
 
 
 class SequentialRecommendationBuilder(TaskBuilder):
-    """The prompt lists the history only; ``candidates`` (the positive plus ``num_candidates - 1``
-    items the user never met) let evaluation score the generated title as a ranking."""
+    """The prompt ends with the history as identifier tokens (the form behaviour pretraining
+    reads), so the answer's first token, the next item's identifier, ranks the whole catalogue
+    in one forward pass. ``candidates`` (the positive plus ``num_candidates - 1`` items the user
+    never met) serve models without identifier tokens."""
 
     name = "sequential_recommendation"
     kind = "generative"
@@ -24,14 +26,13 @@ class SequentialRecommendationBuilder(TaskBuilder):
                 records.append(
                     self.record(
                         split,
-                        prompt=f"A user's history, oldest first: "
-                        f"{ctx.history_text(example.history_ids)}. "
-                        f"Which {ctx.item_noun} will they choose next?",
-                        target=ctx.item_title(example.target_id),
+                        prompt=f"Which {ctx.item_noun} will this user choose next? History, "
+                        f"oldest first: {ctx.sequence_text(example.sequence_ids)}",
+                        target=ctx.item_ref(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,
-                        history_ids=example.history_ids,
-                        candidates=[ctx.item_title(i) for i in candidate_ids],
+                        history_ids=example.sequence_ids,
+                        candidates=[ctx.item_ref(i) for i in candidate_ids],
                         candidate_ids=candidate_ids,
                     )
                 )

@@ -8,7 +8,8 @@ from recfound.data.tasks.base import TaskBuilder, TaskContext
 
 
 class User2ItemBuilder(TaskBuilder):
-    """Query = the user's last ``history_length`` items; positive = the next item's text."""
+    """Query = an instruction line, then the user's last ``sequence_length`` items as identifier
+    tokens (the content embeddings pool over); positive = the next item's text."""
 
     name = "user2item"
     kind = "embedding"
@@ -19,12 +20,12 @@ class User2ItemBuilder(TaskBuilder):
         records = []
         for split in SPLITS:
             for example in ctx.user_examples(rng, split, every_user=True):
-                history = example.history_ids
+                history = example.sequence_ids
                 records.append(
                     self.record(
                         split,
-                        prompt=f"A user recently chose: {ctx.history_text(history)}. "
-                        f"Find the {ctx.item_noun} they choose next.",
+                        prompt=f"Find the {ctx.item_noun} this user chooses next.\n"
+                        f"{ctx.sequence_text(history)}",
                         target=ctx.item_text(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,
