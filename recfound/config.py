@@ -254,10 +254,10 @@ class TrainConfig(_Section):
     samples_per_task: int = Field(
         default=16, ge=2, description="Samples per embedding block (in-batch negatives)."
     )
-    bank_refresh_every: int = Field(
-        default=25,
+    catalogue_negatives: int = Field(
+        default=64,
         ge=0,
-        description="Steps between re-embeddings of the catalogue bank of negatives (0: none).",
+        description="Random catalogue items embedded as extra negatives of each embedding block.",
     )
     grad_accum: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)

@@ -40,6 +40,7 @@ def attach_adapter(
             alpha=spec.alpha,
             dropout=spec.dropout,
             target_modules=list(spec.target_modules),
+            seed=seed,
         )
     config = TMoLEConfig(
         r=spec.rank,

@@ -26,6 +26,19 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def top_k_items(scores: torch.Tensor, exclude: Sequence[Sequence[int]], k: int) -> torch.Tensor:
+    """``(n, k)`` catalogue indices of the best-scored items of each row, best first, never one of
+    that row's ``exclude`` (the items the user already met) nor an item that cannot be scored
+    (``-inf``). Rows with fewer than ``k`` candidates are padded with ``-1``."""
+    masked = scores.clone().float()
+    for row, items in enumerate(exclude):
+        if len(items):
+            masked[row, torch.as_tensor(list(items), dtype=torch.long)] = float("-inf")
+    k = min(k, masked.shape[1])
+    values, indices = masked.topk(k, dim=1)
+    return indices.masked_fill(torch.isinf(values), -1)
+
+
 class TaskAdapter(Protocol):
     """What RecModel needs of an adapter (TMoLE or LoRA)."""
 
@@ -329,25 +342,24 @@ class RecModel:
         queries: Sequence[str],
         positives: Sequence[str],
         tasks: str | Sequence[str],
-        bank: torch.Tensor | None = None,
+        negatives: Sequence[str] = (),
         exclude: torch.Tensor | None = None,
         in_batch_exclude: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """InfoNCE: each query against its positive, the batch's other positives and, when
-        given, a ``bank`` ``(n, hidden)`` of precomputed (no-gradient) document embeddings.
+        """InfoNCE: each query against its positive, the batch's other positives and the extra
+        ``negatives`` (documents embedded in the same pass, with gradients).
 
-        ``exclude`` ``(B, n)`` marks bank rows that are no negatives of a query (its own positive
-        or items it already shows); ``in_batch_exclude`` ``(B, B)`` does the same for the
-        batch's other positives. Excluded logits are removed from the softmax.
+        ``exclude`` ``(B, len(negatives))`` marks extra negatives that are no negatives of a query
+        (its own positive, or an item it already shows); ``in_batch_exclude`` ``(B, B)`` does the
+        same for the batch's other positives. Excluded logits leave the softmax.
         """
         q = self.embed_batch(queries, tasks)
-        d = self.embed_batch(positives, tasks)
-        logits = q @ d.T / self.temperature
+        documents = self.embed_batch([*positives, *negatives], tasks)
+        logits = q @ documents.T / self.temperature
+        mask = torch.zeros_like(logits, dtype=torch.bool)
         if in_batch_exclude is not None:
-            logits = logits.masked_fill(in_batch_exclude, float("-inf"))
-        if bank is not None:
-            extra = q @ bank.to(q.dtype).T / self.temperature
-            if exclude is not None:
-                extra = extra.masked_fill(exclude, float("-inf"))
-            logits = torch.cat([logits, extra], dim=1)
+            mask[:, : len(positives)] = in_batch_exclude
+        if exclude is not None and len(negatives):
+            mask[:, len(positives) :] = exclude
+        logits = logits.masked_fill(mask, float("-inf"))
         return F.cross_entropy(logits, torch.arange(len(queries), device=logits.device))

@@ -113,9 +113,7 @@ def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source: s
     behaviour_rows = pad_rows(
         [row + [tokenizer.eos_token_id] for row in behaviour], tokenizer.pad_token_id, seq_len
     )
-    train_behaviour, heldout_behaviour = split_blocks(
-        behaviour_rows, p.heldout_fraction, cfg.seed
-    )
+    train_behaviour, heldout_behaviour = split_blocks(behaviour_rows, p.heldout_fraction, cfg.seed)
     heldout_behaviour = heldout_behaviour[:MAX_HELDOUT_ROWS]
     n_params = sum(t.numel() for t in model.parameters())
     log.info(

@@ -59,7 +59,7 @@ def train_params(cfg: Config) -> TrainParams:
         batch_size=t.batch_size,
         embedding_batch_size=t.embedding_batch_size,
         samples_per_task=t.samples_per_task,
-        bank_refresh_every=t.bank_refresh_every,
+        catalogue_negatives=t.catalogue_negatives,
         grad_accum=t.grad_accum,
         learning_rate=t.learning_rate,
         warmup_steps=t.warmup_steps,

@@ -155,7 +155,10 @@ class S2Scheduler:
             floored = np.maximum(scored, p.floor)
             floored /= floored.sum()
             smoothed = np.array(
-                [p.ema * self.weights[t] + (1 - p.ema) * f for t, f in zip(members, floored)]
+                [
+                    p.ema * self.weights[t] + (1 - p.ema) * f
+                    for t, f in zip(members, floored, strict=True)
+                ]
             )
             smoothed /= smoothed.sum()
             weights.update(dict(zip(members, smoothed.tolist(), strict=True)))

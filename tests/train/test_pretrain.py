@@ -4,13 +4,23 @@ import json
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+import torch
 
 from recfound.config import parse_config
-from recfound.model.backbone import load_backbone
+from recfound.data.corpus import behaviour_sequences, behaviour_windows
+from recfound.model.backbone import (
+    BuiltinSpec,
+    build_builtin_backbone,
+    load_backbone,
+    save_backbone,
+    train_bpe_tokenizer,
+)
+from recfound.stages.build_tasks import run_build_tasks
 from recfound.stages.ingest import run_ingest
 from recfound.stages.pretrain import run_pretrain
-from recfound.train.pretrain import lr_at, pack_blocks, split_blocks
+from recfound.train.pretrain import lr_at, pack_blocks, pad_rows, split_blocks
 
 
 def test_pack_and_split_blocks() -> None:
@@ -20,6 +30,29 @@ def test_pack_and_split_blocks() -> None:
     assert len(train) == 1 and len(heldout) == 1
     with pytest.raises(ValueError, match="fewer than one block"):
         pack_blocks([[1]], eos_id=0, seq_len=8)
+
+
+def test_padded_rows_cut_and_pad() -> None:
+    rows = pad_rows([[5, 6, 7], [8]], pad_id=0, seq_len=2)
+    assert rows.tolist() == [[5, 6], [8, 0]]
+
+
+def test_behaviour_sequences_follow_time_and_windows_cover_them() -> None:
+    train = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u", "v", "v"],
+            "item_id": ["b", "a", "c", "a", "x"],
+            "timestamp": [2, 1, 3, 5, 6],
+        }
+    )
+    tokens = {"a": "<item_a>", "b": "<item_b>", "c": "<item_c>"}
+    # v's "x" has no identifier, which leaves v with one item: no sequence to predict
+    assert behaviour_sequences(train, tokens) == [["<item_a>", "<item_b>", "<item_c>"]]
+    long = [[f"<item_{i}>" for i in range(10)]]
+    windows = behaviour_windows(long, window=4)
+    covered = {t for w in windows for t in w.split()[3:]}
+    assert covered == set(long[0])
+    assert all(len(w.split()) - 3 <= 4 for w in windows)
 
 
 def test_schedule_warms_up_then_decays() -> None:
@@ -67,11 +100,22 @@ def _config(tmp_path: Path, **model):
 def test_pretrain_lowers_heldout_loss_and_logs_to_mlflow(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     run_ingest(cfg)
+    run_build_tasks(cfg)
     metrics = run_pretrain(cfg)
     assert metrics["pretrained"] is True
     assert metrics["heldout_loss_after"] < 0.75 * metrics["heldout_loss_before"]
+    assert metrics["heldout_behaviour_loss_after"] < metrics["heldout_behaviour_loss_before"]
     model, tok = load_backbone(cfg.paths.backbone)
     assert model.config.hidden_size == 64
+    # every item of a training interaction is one token of the saved vocabulary
+    items = pd.read_parquet(tmp_path / "tasks" / "items.parquet")
+    tokens = [t for t in items["token"] if t]
+    assert len(tokens) == metrics["item_tokens"] > 0
+    for token in tokens[:20]:
+        assert tok(" " + token, add_special_tokens=False)["input_ids"] == [
+            tok.convert_tokens_to_ids(token)
+        ]
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
     assert json.loads((tmp_path / "reports" / "pretrain.json").read_text()) == metrics
     run = mlflow.get_run(metrics["mlflow_run_id"])
     assert run.data.params["pretrain.steps"] == "80"
@@ -79,16 +123,35 @@ def test_pretrain_lowers_heldout_loss_and_logs_to_mlflow(tmp_path: Path) -> None
     assert [m.step for m in history] == [0, 40, 80]
 
 
-def test_given_checkpoint_means_nothing_to_do(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_given_checkpoint_is_extended_with_item_tokens_not_replaced(tmp_path: Path) -> None:
+    texts = ["Toy Story (1995) — genres: Animation", "GoldenEye (1995) — genres: Action"] * 20
+    tokenizer = train_bpe_tokenizer(texts, 300)
+    spec = BuiltinSpec(
+        hidden_size=32,
+        num_layers=1,
+        num_heads=4,
+        intermediate_size=64,
+        max_length=128,
+        vocab_size=300,
+    )
     checkpoint = tmp_path / "my-llm"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
+    save_backbone(build_builtin_backbone(spec, tokenizer, seed=0), tokenizer, checkpoint)
+    original, original_tok = load_backbone(checkpoint)
     cfg = _config(tmp_path, backbone=str(checkpoint))
+    run_ingest(cfg)
+    run_build_tasks(cfg)
     metrics = run_pretrain(cfg)
-    assert metrics["pretrained"] is False
-    assert "nothing to pretrain" in metrics["reason"]
-    pointer = json.loads((tmp_path / "backbone" / "backbone.json").read_text())
-    assert pointer["checkpoint"] == str(checkpoint.resolve())
+    assert metrics["backbone"] == str(checkpoint.resolve())
+    model, tok = load_backbone(cfg.paths.backbone)
+    assert len(tok) == len(original_tok) + metrics["item_tokens"]
+    # the user's vocabulary keeps its ids: old tokens encode exactly as before
+    assert tok("Toy Story")["input_ids"] == original_tok("Toy Story")["input_ids"]
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    assert not torch.equal(  # and the model was trained on top of it
+        model.get_input_embeddings().weight[: len(original_tok)],
+        original.get_input_embeddings().weight,
+    )
 
 
 def test_wrong_checkpoint_path_is_a_clear_error(tmp_path: Path) -> None:

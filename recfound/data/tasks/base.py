@@ -108,7 +108,9 @@ class UserExample:
     def sequence_ids(self) -> list[str]:
         """The last ``sequence_length`` items before the target, oldest first: the behaviour a
         next-item prompt shows as identifier tokens."""
-        return list(self.timeline.item_ids[max(0, self.position - self.sequence_length) : self.position])
+        return list(
+            self.timeline.item_ids[max(0, self.position - self.sequence_length) : self.position]
+        )
 
     @property
     def history_ratings(self) -> list[float]:

@@ -1,0 +1,87 @@
+"""Items as tokens: identifiers survive save/load, the catalogue is ranked from identifier logits
+exactly as scoring every item one by one would, and excluded items are never recommended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from recfound.model.backbone import (
+    BuiltinSpec,
+    add_item_tokens,
+    build_builtin_backbone,
+    load_backbone,
+    save_backbone,
+    train_bpe_tokenizer,
+)
+from recfound.model.build import build_rec_model
+from recfound.model.recmodel import top_k_items
+from tests.train.tiny import ADAPTER
+
+SPEC = BuiltinSpec(
+    hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64, max_length=64, vocab_size=300
+)
+TOKENS = [f"<item_{i}>" for i in range(12)]
+
+
+def _tiny_backbone(tmp_path: Path):
+    texts = ["Which movie will this user choose next? History, oldest first:"] * 30
+    tokenizer = train_bpe_tokenizer(texts, SPEC.vocab_size)
+    add_item_tokens(None, tokenizer, TOKENS)
+    model = build_builtin_backbone(SPEC, tokenizer, seed=0)
+    save_backbone(model, tokenizer, tmp_path / "backbone")
+    return load_backbone(tmp_path / "backbone")
+
+
+def test_identifier_tokens_survive_save_and_load(tmp_path: Path) -> None:
+    model, tokenizer = _tiny_backbone(tmp_path)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in TOKENS]
+    assert len(set(ids)) == len(TOKENS) and tokenizer.unk_token_id not in ids
+    # one token each, with or without the space before it, as prompts and answers write them
+    encoded = tokenizer("History: <item_3> <item_11><item_0>", add_special_tokens=False)
+    assert encoded["input_ids"][-3:] == [ids[3], ids[11], ids[0]]
+    assert tokenizer(" <item_5>", add_special_tokens=False)["input_ids"] == [ids[5]]
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    # adding them again changes nothing
+    assert add_item_tokens(model, tokenizer, TOKENS) == 0
+
+
+def test_catalogue_ranking_equals_scoring_every_item(tmp_path: Path) -> None:
+    base, tokenizer = _tiny_backbone(tmp_path)
+    rec = build_rec_model(base, tokenizer, ADAPTER, {"next": "generative"}, seed=1)
+    with torch.no_grad():  # move the adapter off zero so the task changes the outputs
+        for p in rec.model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    prompts = [
+        "Which movie will this user choose next? History, oldest first: <item_1> <item_2>",
+        "Which movie? <item_7>",
+    ]
+    catalogue = [*TOKENS, ""]  # the last item has no identifier
+    fast = rec.catalogue_scores(prompts, catalogue, "next")
+    assert fast.shape == (2, len(catalogue))
+    assert torch.isinf(fast[:, -1]).all()
+    for row, prompt in enumerate(prompts):
+        picked, mask = rec.answer_token_logprobs([prompt] * len(TOKENS), TOKENS, "next")
+        # the first answer token of "<item_k>" is the identifier itself
+        positions = mask.float().argmax(-1)
+        brute = picked[torch.arange(len(TOKENS)), positions]
+        torch.testing.assert_close(fast[row, :-1], brute, rtol=1e-4, atol=1e-5)
+
+
+def test_excluded_items_are_never_recommended() -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(50, 30, generator=generator)
+    scores[:, 29] = float("-inf")  # an item without an identifier
+    exclude = [list(torch.randperm(30, generator=generator)[:12].tolist()) for _ in range(50)]
+    top = top_k_items(scores, exclude, k=25)
+    for row, items in enumerate(exclude):
+        shown = [i for i in top[row].tolist() if i >= 0]
+        assert not set(shown) & set(items)
+        assert 29 not in shown
+        assert len(shown) == 30 - 1 - len(set(items) - {29})
+        # and the rest are the best of what is left, best first
+        allowed = [i for i in range(29) if i not in items]
+        best = sorted(allowed, key=lambda i: -float(scores[row, i]))
+        assert shown == best[: len(shown)]
