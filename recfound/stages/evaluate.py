@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from recfound import artifacts
 from recfound.config import Config
 from recfound.data.tasks import TASK_BUILDERS
+from recfound.evaluation.baselines import load_baselines
 from recfound.evaluation.outputs import BootstrapSettings
 from recfound.evaluation.report import evaluation_markdown, plot_scores, score_rows
 from recfound.evaluation.runner import (
@@ -38,7 +39,6 @@ from recfound.evaluation.runner import (
 )
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.model.recmodel import RecModel
-from recfound.stages.baselines import load_baselines
 from recfound.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
