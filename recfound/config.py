@@ -105,6 +105,12 @@ class TasksConfig(_Section):
     )
     num_candidates: int = Field(default=20, ge=2, le=1000)
     max_train_per_task: int = Field(default=2000, ge=1)
+    max_train_next_item: int = Field(
+        default=8000,
+        ge=1,
+        description="Training records of the next-item tasks (user2item, "
+        "sequential_recommendation): one per training interaction, up to this many.",
+    )
     max_eval_per_task: int = Field(default=200, ge=1)
     cold_item_fraction: float = Field(
         default=0.02,
@@ -135,6 +141,9 @@ class BuiltinBackboneConfig(_Section):
     intermediate_size: int = Field(default=344, ge=16)
     max_length: int = Field(default=256, ge=16, le=32768, description="Context length in tokens.")
     vocab_size: int = Field(default=4000, ge=300, le=256000, description="BPE vocabulary size.")
+    attention_dropout: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="Dropout on attention weights while training."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> BuiltinBackboneConfig:
@@ -229,6 +238,17 @@ class PretrainConfig(_Section):
         le=1.0,
         description="Share of each batch drawn from behaviour sequences (the rest is text).",
     )
+    window_stride: int = Field(
+        default=5,
+        ge=1,
+        description="Items between the starts of two behaviour windows of one user (a small "
+        "stride shows every item with many different contexts).",
+    )
+    keep_best: bool = Field(
+        default=True,
+        description="Keep the weights with the best next-item NDCG@10 on validation users "
+        "(early stopping; the test split is never looked at).",
+    )
 
 
 class S2SchedConfig(_Section):
@@ -293,7 +313,10 @@ class MergeConfig(_Section):
     )
     trials: int = Field(default=12, ge=1, description="Optuna trials (TPE sampler, seeded).")
     max_per_task: int = Field(
-        default=32, ge=4, description="Validation records per task in the merge objective."
+        default=32,
+        ge=4,
+        description="Validation records per task in each slice: the merge is selected on one "
+        "and reported on the other.",
     )
     density_min: float = Field(default=0.2, gt=0, le=1, description="Lowest TIES density tried.")
 
@@ -362,9 +385,20 @@ class BaselinesConfig(_Section):
 class EvaluateConfig(_Section):
     """Test-split evaluation of the merged model and the baselines."""
 
-    max_per_task: int = Field(default=100, ge=1, description="Test records per task.")
+    max_per_task: int = Field(
+        default=100,
+        ge=1,
+        description="Test records per task that needs generation or per-candidate scoring "
+        "(full-ranking tasks are evaluated on every record).",
+    )
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1)
-    max_new_tokens: int = Field(default=24, ge=1, le=256)
+    max_new_tokens: int = Field(
+        default=64,
+        ge=1,
+        le=256,
+        description="Cap on generated tokens; each task generates as many as its longest "
+        "training answers need (95th percentile).",
+    )
     batch_size: int = Field(default=32, ge=1)
 
     @field_validator("ks")

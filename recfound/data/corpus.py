@@ -67,15 +67,18 @@ def behaviour_sequences(
     return sequences
 
 
-def behaviour_windows(sequences: list[list[str]], window: int) -> list[str]:
+def behaviour_windows(
+    sequences: list[list[str]], window: int, stride: int | None = None
+) -> list[str]:
     """Texts of at most ``window`` identifiers each, covering every sequence.
 
-    A long sequence is cut into windows that overlap by half, so every position is predicted with
-    at least ``window // 2`` items of context (except the first ones of a user).
+    A long sequence is cut into windows starting every ``stride`` items (half a window by
+    default), so every position is predicted with at least ``window - stride`` items of context
+    (except the first ones of a user); a small stride shows each item in many contexts.
     """
     if window < 2:
         raise ValueError(f"a behaviour window needs at least 2 items, got {window}")
-    stride = max(1, window // 2)
+    stride = max(1, window // 2) if stride is None else max(1, min(stride, window))
     texts = []
     for tokens in sequences:
         starts = range(0, max(1, len(tokens) - window + stride), stride)

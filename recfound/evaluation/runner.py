@@ -482,9 +482,8 @@ def model_outputs(
                 total=np.concatenate([t for _, t in counts]),
             )
         elif protocol == "text":
-            generated = rec.generate(
-                prompts, task, max_new_tokens=max_new_tokens, batch_size=batch_size
-            )
+            length = generation_length(rec, data.train_targets.get(name, targets), max_new_tokens)
+            generated = rec.generate(prompts, task, max_new_tokens=length, batch_size=batch_size)
             out[name] = text_outputs(frame, generated)
         else:
             candidates = [list(c) for c in frame["candidates"]]
@@ -494,6 +493,19 @@ def model_outputs(
                 scores_list += rec.score(prompts[i : i + step], candidates[i : i + step], task)
             out[name] = candidate_outputs(frame, scores_list, protocol, ks)
     return out
+
+
+def generation_length(rec: RecModel, train_targets: Sequence[str], cap: int) -> int:
+    """New tokens to generate for a task: enough for its longest training answer (the 95th
+    percentile of their token counts, plus the end-of-text token), at most ``cap``.
+
+    One fixed length cut ``item_profile`` answers (about 48 tokens) at 24, while short answers
+    need far fewer steps. Training answers, never the evaluated ones, set it."""
+    if not train_targets:
+        return cap
+    sample = list(train_targets)[:500]
+    lengths = [len(ids) for ids in rec.tokenizer(sample, add_special_tokens=False)["input_ids"]]
+    return int(min(cap, np.percentile(lengths, 95) + 1))
 
 
 def scored_metrics(

@@ -44,6 +44,7 @@ class BuiltinSpec:
     intermediate_size: int
     max_length: int
     vocab_size: int
+    attention_dropout: float = 0.0
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -109,6 +110,7 @@ def build_builtin_backbone(spec: BuiltinSpec, tokenizer: PreTrainedTokenizerFast
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
+        attention_dropout=spec.attention_dropout,
         attn_implementation="sdpa",
     )
     return LlamaForCausalLM(config)

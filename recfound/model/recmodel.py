@@ -85,6 +85,20 @@ class RecModel:
         return self.adapter.model
 
     @property
+    def decoder(self) -> torch.nn.Module:
+        """The transformer without its LM head (adapters included): its last hidden states are
+        what embeddings pool and what the head scores, so a caller that needs a few positions'
+        logits (answers, the next item) or none (embeddings) never pays for the others."""
+        model = self.model
+        if hasattr(model, "get_base_model"):  # a peft model wraps the transformers model
+            model = model.get_base_model()
+        return model.base_model
+
+    def head_logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over the vocabulary from last hidden states ``(..., hidden)``."""
+        return torch.log_softmax(self.model.get_output_embeddings()(hidden).float(), dim=-1)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -159,14 +173,16 @@ class RecModel:
         """:meth:`answer_token_logprobs` for a batch made by :meth:`encode_with_answers`."""
         prompts = batch["input_ids"]
         with self._for_tasks(tasks, len(prompts)):
-            logits = self.model(
+            hidden = self.decoder(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
+            ).last_hidden_state
         targets = batch["labels"][:, 1:]
         mask = targets != IGNORE_INDEX
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return picked * mask, mask
+        # the head runs only where an answer token is predicted
+        logprobs = self.head_logprobs(hidden[:, :-1][mask])
+        picked = torch.zeros(targets.shape, dtype=logprobs.dtype, device=logprobs.device)
+        picked[mask] = logprobs.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+        return picked, mask
 
     def generative_loss(
         self, prompts: Sequence[str], answers: Sequence[str], tasks: str | Sequence[str]
@@ -224,8 +240,8 @@ class RecModel:
                 chunk = list(prompts[start : start + batch_size])
                 batch = self._encode(chunk)
                 with self._for_tasks(task, len(chunk)):
-                    logits = self.model(**batch).logits[:, -1].float()
-                logprobs = torch.log_softmax(logits, dim=-1)
+                    hidden = self.decoder(**batch).last_hidden_state[:, -1]
+                logprobs = self.head_logprobs(hidden)
                 out = torch.full((len(chunk), len(ids)), -torch.inf, device=logprobs.device)
                 out[:, known] = logprobs[:, ids[known]]
                 rows.append(out.cpu())
@@ -302,10 +318,9 @@ class RecModel:
                 mask, next(self.model.parameters()).dtype, config._attn_implementation
             )
         with self._for_tasks(tasks, len(texts)):
-            out = self.model(
-                input_ids=batch["input_ids"], attention_mask=attention, output_hidden_states=True
-            )
-        hidden = out.hidden_states[-1].float()
+            hidden = self.decoder(
+                input_ids=batch["input_ids"], attention_mask=attention
+            ).last_hidden_state.float()
         if self.pooling == "mean":
             weights = (mask * self._content_mask(texts, mask.shape[1])).unsqueeze(-1).float()
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 
@@ -41,7 +42,14 @@ from recfound.model.backbone import (
     train_bpe_tokenizer,
 )
 from recfound.tracking.runs import stage_run
-from recfound.train.pretrain import pack_blocks, pad_rows, pretrain_causal_lm, split_blocks
+from recfound.train.plots import plot_pretraining
+from recfound.train.pretrain import (
+    next_item_probe,
+    pack_blocks,
+    pad_rows,
+    pretrain_causal_lm,
+    split_blocks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,8 @@ ITEMS_FILE = "items.parquet"
 # held-out rows scored at every evaluation: enough for a stable loss, few enough to stay cheap
 MAX_HELDOUT_ROWS = 128
 TRAIN_INTERACTIONS_FILE = "train_interactions.parquet"
+SPLIT_INTERACTIONS_FILE = "interactions.parquet"
+PROBE_USERS = 500  # validation users the next-item probe ranks the catalogue for
 
 
 def metrics_path(cfg: Config) -> Path:
@@ -95,10 +105,38 @@ def run_pretrain(cfg: Config) -> dict:
         added = add_item_tokens(model, tokenizer, item_tokens.values())
         log.info("extended %s with %d item identifier tokens", checkpoint, added)
         source = str(checkpoint.resolve())
-    return _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source)
+    probe = validation_probe(cfg, tokenizer, items, item_tokens)
+    return _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, probe)
 
 
-def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source: str) -> dict:
+def validation_probe(cfg: Config, tokenizer, items: pd.DataFrame, item_tokens: dict[str, str]):
+    """The next-item probe on (a seeded sample of) the users' validation targets: the prompt is
+    their last ``tasks.sequence_length`` training items in the behaviour format."""
+    split = _read_task_table(cfg, SPLIT_INTERACTIONS_FILE)
+    split = split.assign(_row=range(len(split))).sort_values(
+        ["user_id", "timestamp", "_row"], kind="mergesort"
+    )
+    row_of = {str(i): n for n, i in enumerate(items["item_id"])}
+    valid = split[split["split"] == "valid"]
+    if len(valid) > PROBE_USERS:
+        valid = valid.sample(n=PROBE_USERS, random_state=cfg.seed)
+    train = split[split["split"] == "train"]
+    histories = train.groupby("user_id")["item_id"].agg(list)
+    prompts, targets, exclude = [], [], []
+    for user, target in zip(valid["user_id"], valid["item_id"].astype(str), strict=True):
+        history = [str(i) for i in histories.get(user, [])]
+        shown = [item_tokens[i] for i in history[-cfg.tasks.sequence_length :] if i in item_tokens]
+        prompts.append(f"{BEHAVIOUR_PREFIX} {' '.join(shown)}")
+        targets.append(row_of[target])
+        exclude.append([row_of[i] for i in history if i in row_of])
+    token_ids = torch.tensor(
+        [tokenizer.convert_tokens_to_ids(t) if t else -1 for t in items["token"]],
+        dtype=torch.long,
+    )
+    return next_item_probe(tokenizer, prompts, token_ids, np.array(targets), exclude)
+
+
+def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, probe) -> dict:
     p = cfg.pretrain
     seq_len = min(p.seq_len, model.config.max_position_embeddings)
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -107,7 +145,9 @@ def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source: s
     )
     heldout_blocks = heldout_blocks[:MAX_HELDOUT_ROWS]
     windows = behaviour_windows(
-        behaviour_sequences(interactions, item_tokens), cfg.tasks.sequence_length
+        behaviour_sequences(interactions, item_tokens),
+        cfg.tasks.sequence_length,
+        p.window_stride,
     )
     behaviour = tokenizer(windows)["input_ids"]
     behaviour_rows = pad_rows(
@@ -152,7 +192,11 @@ def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source: s
             weight_decay=p.weight_decay,
             eval_every=p.eval_every,
             seed=cfg.seed,
-            log_metrics=lambda values, step: mlflow.log_metrics(values, step=step),
+            log_metrics=lambda values, step: mlflow.log_metrics(
+                {k.replace("@", "_at_"): v for k, v in values.items()}, step=step
+            ),
+            probe=probe,
+            keep_best="valid_ndcg@10" if p.keep_best else None,
         )
         metrics = {
             "pretrained": True,
@@ -161,35 +205,45 @@ def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source: s
             "heldout_loss_after": result.heldout_loss_after,
             "heldout_perplexity_after": float(torch.tensor(result.heldout_loss_after).exp()),
             "heldout_behaviour_loss_before": result.behaviour_curve[0][1],
-            "heldout_behaviour_loss_after": result.behaviour_curve[-1][1],
+            "heldout_behaviour_loss_after": dict(result.behaviour_curve)[result.kept_step],
+            **{f"{k}_after": v for k, v in result.kept_metrics.items() if "@" in k},
             "tokens_per_s": result.tokens_per_s,
             "steps": result.steps,
+            "kept_step": result.kept_step,
             "parameters": n_params,
             "vocab_size": len(tokenizer),
             "item_tokens": len(item_tokens),
             "behaviour_windows": len(behaviour_rows),
             "mlflow_run_id": run.info.run_id,
         }
-        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+        mlflow.log_metrics(
+            {k.replace("@", "_at_"): v for k, v in metrics.items() if isinstance(v, float)}
+        )
+        figure = plot_pretraining(
+            result.probe_curve, Path(cfg.paths.reports) / "plots" / "pretrain_curves.png"
+        )
+        mlflow.log_artifact(str(figure), "plots")
         with artifacts.staged_directory(cfg.paths.backbone) as staging:
             save_backbone(model, tokenizer, staging)
     artifacts.write_json(metrics_path(cfg), metrics)
-    behaviour_at = dict(result.behaviour_curve)
     artifacts.write_json(
         curve_path(cfg),
         [
-            {"step": s, "heldout_loss": v, "heldout_behaviour_loss": behaviour_at.get(s)}
-            for s, v in result.heldout_curve
+            {"step": s, "train_seconds": round(t, 1), **values}
+            for s, t, values in result.probe_curve
         ],
     )
     log.info(
-        "pretrained %d steps: held-out text loss %.3f → %.3f, behaviour loss %.3f → %.3f "
-        "(%.0f tokens/s)",
+        "pretrained %d steps (kept step %d): held-out text loss %.3f → %.3f, behaviour loss "
+        "%.3f → %.3f; next-item validation Recall@10 %.4f, NDCG@10 %.4f (%.0f tokens/s)",
         result.steps,
+        result.kept_step,
         result.heldout_loss_before,
         result.heldout_loss_after,
         metrics["heldout_behaviour_loss_before"],
         metrics["heldout_behaviour_loss_after"],
+        metrics["valid_recall@10_after"],
+        metrics["valid_ndcg@10_after"],
         result.tokens_per_s,
     )
     return metrics

@@ -55,3 +55,33 @@ def plot_validation_curves(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_pretraining(curve: list[tuple[int, float, dict[str, float]]], path: str | Path) -> Path:
+    """Two panels: held-out text and behaviour loss by step; next-item validation Recall/NDCG@10
+    by minutes of training (what more pretraining compute buys)."""
+    fig, (losses, quality) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [s for s, _, _ in curve]
+    for key, label in (("heldout_loss", "text"), ("heldout_behaviour_loss", "behaviour")):
+        if all(key in v for _, _, v in curve):
+            losses.plot(steps, [v[key] for _, _, v in curve], marker="o", label=label)
+    losses.set_xlabel("step")
+    losses.set_ylabel("held-out next-token loss")
+    losses.set_title("Pretraining loss")
+    losses.legend()
+    minutes = [t / 60 for _, t, _ in curve]
+    for key in ("valid_recall@10", "valid_ndcg@10"):
+        if all(key in v for _, _, v in curve):
+            quality.plot(minutes, [v[key] for _, _, v in curve], marker="o", label=key)
+    quality.set_xlabel("training minutes")
+    quality.set_ylabel("full-ranking score (validation users)")
+    quality.set_title("Next item from the bare backbone")
+    quality.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -12,8 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from recfound.evaluation.metrics import ndcg_at_k, rank_of_targets, recall_at_k
 
 
 @dataclass
@@ -29,6 +32,10 @@ class PretrainResult:
     num_train_blocks: int = 0
     num_heldout_blocks: int = 0
     behaviour_curve: list[tuple[int, float]] = field(default_factory=list)
+    # (step, training seconds so far, held-out figures and probe metrics) at every evaluation
+    probe_curve: list[tuple[int, float, dict[str, float]]] = field(default_factory=list)
+    kept_step: int = 0  # the step whose weights were kept (the last, or the best by the probe)
+    kept_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def pack_blocks(token_lists: list[list[int]], eos_id: int, seq_len: int) -> torch.Tensor:
@@ -117,6 +124,8 @@ def pretrain_causal_lm(
     eval_every: int,
     seed: int,
     log_metrics: Callable[[dict[str, float], int], None] | None = None,
+    probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    keep_best: str | None = None,
 ) -> PretrainResult:
     """Train ``model`` with next-token loss for ``steps`` batches.
 
@@ -124,6 +133,10 @@ def pretrain_causal_lm(
     given, a ``behaviour_fraction`` share of random behaviour rows (padded with ``pad_id``); the
     loss is the two parts' token means weighted by their shares. Each part runs as its own forward
     pass, so short behaviour rows are not padded to the text blocks' length.
+
+    ``keep_best`` names a probe metric (higher is better): the weights of the evaluation where it
+    peaked are restored at the end (early stopping; behaviour overfits long before the text
+    loss stops falling).
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -135,26 +148,44 @@ def pretrain_causal_lm(
     n_behaviour = round(batch_size * behaviour_fraction) if has_behaviour else 0
     n_text = batch_size - n_behaviour
 
-    def heldout_losses() -> dict[str, float]:
-        out = {"heldout_loss": lm_loss(model, heldout_blocks, batch_size)}
-        if has_behaviour and heldout_behaviour is not None and len(heldout_behaviour):
-            out["heldout_behaviour_loss"] = lm_loss(model, heldout_behaviour, batch_size, pad_id)
-        return out
-
-    before = heldout_losses()
     result = PretrainResult(
-        heldout_loss_before=before["heldout_loss"],
-        heldout_loss_after=before["heldout_loss"],
+        heldout_loss_before=0.0,
+        heldout_loss_after=0.0,
         steps=steps,
         tokens_per_s=0.0,
-        heldout_curve=[(0, before["heldout_loss"])],
         num_train_blocks=len(train_blocks),
         num_heldout_blocks=len(heldout_blocks),
-        behaviour_curve=[(0, before["heldout_behaviour_loss"])] if has_behaviour else [],
     )
+    tokens, train_time = 0, 0.0
+
+    def evaluate(step: int) -> dict[str, float]:
+        """Held-out losses (and the probe's metrics) after ``step`` steps, recorded in result."""
+        out = {"heldout_loss": lm_loss(model, heldout_blocks, batch_size)}
+        result.heldout_curve.append((step, out["heldout_loss"]))
+        if has_behaviour and heldout_behaviour is not None and len(heldout_behaviour):
+            out["heldout_behaviour_loss"] = lm_loss(model, heldout_behaviour, batch_size, pad_id)
+            result.behaviour_curve.append((step, out["heldout_behaviour_loss"]))
+        if probe is not None:
+            out.update(probe(model))
+        result.probe_curve.append((step, train_time, dict(out)))
+        return out
+
+    best: dict[str, torch.Tensor] | None = None
+    best_value = -math.inf
+
+    def keep(step: int, values: dict[str, float]) -> None:
+        nonlocal best, best_value
+        if keep_best is None or values.get(keep_best, -math.inf) <= best_value:
+            return
+        best_value = values[keep_best]
+        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        result.kept_step, result.kept_metrics = step, dict(values)
+
+    before = evaluate(0)
+    keep(0, before)
+    result.heldout_loss_before = before["heldout_loss"]
     if log_metrics:
         log_metrics(before, 0)
-    tokens, train_time = 0, 0.0
     bar = tqdm(range(steps), desc="pretrain", unit="step", dynamic_ncols=True, mininterval=2.0)
     for step in bar:
         model.train()
@@ -182,10 +213,8 @@ def pretrain_causal_lm(
         result.train_losses.append(loss_value)
         metrics = {"train_loss": loss_value, "lr": lr, "tokens_per_s": tokens / train_time}
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            heldout = heldout_losses()
-            result.heldout_curve.append((step + 1, heldout["heldout_loss"]))
-            if "heldout_behaviour_loss" in heldout:
-                result.behaviour_curve.append((step + 1, heldout["heldout_behaviour_loss"]))
+            heldout = evaluate(step + 1)
+            keep(step + 1, heldout)
             metrics.update(heldout)
             bar.set_postfix_str(
                 f"loss {loss_value:.3f}, "
@@ -193,6 +222,52 @@ def pretrain_causal_lm(
             )
         if log_metrics:
             log_metrics(metrics, step + 1)
-    result.heldout_loss_after = result.heldout_curve[-1][1]
+    if best is not None and result.kept_step != steps:
+        model.load_state_dict(best)
+    else:
+        result.kept_step, result.kept_metrics = steps, result.probe_curve[-1][2]
+    result.heldout_loss_after = dict(result.heldout_curve)[result.kept_step]
     result.tokens_per_s = tokens / max(train_time, 1e-9)
     return result
+
+
+def next_item_probe(
+    tokenizer,
+    prompts: list[str],
+    item_token_ids: torch.Tensor,
+    targets: np.ndarray,
+    exclude: list[list[int]],
+    k: int = 10,
+    batch_size: int = 64,
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """A probe of what behaviour pretraining buys: full-ranking next-item Recall/NDCG@``k`` of
+    the bare backbone on validation targets (catalogue ranked by the identifier logits after the
+    prompt, the user's earlier items excluded).
+
+    ``item_token_ids`` holds each catalogue item's token id (-1: none, never ranked);
+    ``targets`` the catalogue row of each prompt's target; ``exclude`` its earlier items' rows.
+    """
+    known = item_token_ids >= 0
+
+    @torch.no_grad()
+    def probe(model: torch.nn.Module) -> dict[str, float]:
+        model.eval()
+        device = next(model.parameters()).device
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        rows = []
+        try:
+            for start in range(0, len(prompts), batch_size):
+                batch = tokenizer(
+                    prompts[start : start + batch_size], return_tensors="pt", padding=True
+                )
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits[:, -1]
+                scores = torch.full((len(logits), len(item_token_ids)), -1e30)
+                scores[:, known] = logits.float().cpu()[:, item_token_ids[known]]
+                rows.append(scores)
+        finally:
+            tokenizer.padding_side = side
+        ranks = rank_of_targets(torch.cat(rows).numpy(), targets, exclude)
+        return {f"valid_recall@{k}": recall_at_k(ranks, k), f"valid_ndcg@{k}": ndcg_at_k(ranks, k)}
+
+    return probe

@@ -14,7 +14,10 @@ from recfound.data.splits import split_leave_one_out
 from recfound.data.tasks import TASK_BUILDERS
 
 SEED = 7
-SMALL = TasksConfig(max_train_per_task=200, max_eval_per_task=50, history_length=5)
+SMALL = TasksConfig(
+    max_train_per_task=200, max_train_next_item=300, max_eval_per_task=50, history_length=5
+)
+FULL_RANKING_TASKS = ("user2item", "sequential_recommendation")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +87,11 @@ def test_ml100k_builds_most_tasks_and_skips_review_tasks(built: TaskDatasets) ->
 def test_split_sizes_respect_caps(built: TaskDatasets) -> None:
     for task, splits in built.frames.items():
         assert set(splits) == set(S.SPLITS)
+        if task in FULL_RANKING_TASKS:  # every user is evaluated; one train record per interaction
+            assert len(splits["train"]) == SMALL.max_train_next_item
+            users = built.split_interactions.query("split == 'test'")["user_id"].nunique()
+            assert len(splits["test"]) == len(splits["valid"]) == users
+            continue
         assert len(splits["train"]) <= SMALL.max_train_per_task
         assert len(splits["valid"]) <= SMALL.max_eval_per_task
         assert len(splits["test"]) <= SMALL.max_eval_per_task
@@ -92,6 +100,28 @@ def test_split_sizes_respect_caps(built: TaskDatasets) -> None:
             assert splits["train"].empty
         else:
             assert len(splits["train"]) > 0, task
+
+
+def test_no_held_out_item_reaches_a_users_training_sequences(built: TaskDatasets) -> None:
+    """What behaviour pretraining reads (the train interactions) and every train record of the
+    next-item tasks hold none of the user's validation or test items."""
+    split = built.split_interactions
+    held_out = split[split["split"] != "train"].groupby("user_id")["item_id"].agg(set)
+    train = built.train_interactions
+    assert len(train) == (split["split"] == "train").sum()
+    leaked = [
+        u for u, i in zip(train["user_id"], train["item_id"], strict=True) if i in held_out[u]
+    ]
+    assert not leaked
+    for task in FULL_RANKING_TASKS:
+        frame = built.frames[task]["train"]
+        for user, target, history in zip(
+            frame["user_id"], frame["item_id"], frame["history_ids"], strict=True
+        ):
+            assert target not in held_out[user]
+            assert not set(history) & held_out[user]
+    tokens = set(built.item_texts.loc[built.item_texts["token"] != "", "item_id"])
+    assert tokens <= set(train["item_id"])  # identifiers come from training interactions only
 
 
 def test_records_are_well_formed(built: TaskDatasets) -> None:
@@ -116,7 +146,8 @@ def test_user_tasks_fill_ids_and_labels(built: TaskDatasets) -> None:
     test = built.frames["sequential_recommendation"]["test"]
     assert test["user_id"].ne("").all() and test["item_id"].ne("").all()
     assert (test["candidate_ids"].map(len) == SMALL.num_candidates).all()
-    assert test["history_ids"].map(len).between(1, SMALL.history_length).all()
+    # next-item prompts show the last sequence_length items as identifier tokens
+    assert test["history_ids"].map(len).between(1, SMALL.sequence_length).all()
     rating = built.frames["rating_prediction"]["train"]
     assert rating["label"].between(1, 5).all()
     assert (rating["target"] == rating["label"].astype(int).astype(str)).all()

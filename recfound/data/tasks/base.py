@@ -144,6 +144,7 @@ class TaskContext:
     num_candidates: int
     max_train_per_task: int
     max_eval_per_task: int
+    max_train_next_item: int
     category_word: str
     item_noun: str
     item_tokens: dict[str, str]
@@ -162,6 +163,7 @@ class TaskContext:
         max_eval_per_task: int,
         cold_item_fraction: float,
         sequence_length: int = 50,
+        max_train_next_item: int = 8000,
     ) -> TaskContext:
         """Remove cold items, deduplicate, split by leave-one-out and index per-user timelines.
 
@@ -217,6 +219,7 @@ class TaskContext:
             num_candidates=num_candidates,
             max_train_per_task=max_train_per_task,
             max_eval_per_task=max_eval_per_task,
+            max_train_next_item=max_train_next_item,
             category_word=category_word,
             item_noun=item_noun,
             item_tokens=item_identifier_tokens(sorted(train_items)),
@@ -279,7 +282,8 @@ class TaskContext:
         liked interactions). Train targets are train interactions with at least ``min_history``
         earlier ones; valid/test targets are the users' held-out interactions. ``every_user``
         keeps every valid/test target (no cap): full-ranking tasks are evaluated on every user,
-        as the standard protocol asks, and cost one forward pass per user.
+        as the standard protocol asks, and cost one forward pass per user; their train targets
+        are capped at ``max_train_next_item`` (every training interaction is one).
         """
         mask = (self.interactions[SPLIT_COLUMN].to_numpy() == split) & (
             self._flat_position >= min_history
@@ -287,7 +291,9 @@ class TaskContext:
         if where is not None:
             mask &= where
         rows = np.flatnonzero(mask)
-        cap = len(rows) if every_user and split != "train" else self.cap_for(split)
+        cap = self.cap_for(split)
+        if every_user:
+            cap = self.max_train_next_item if split == "train" else len(rows)
         if len(rows) > cap:
             rows = np.sort(rng.choice(rows, size=cap, replace=False))
         return [
