@@ -5,6 +5,7 @@ Each maps its KFP artifacts (``Input[Dataset]``, ``Output[Model]``, ``Output[Met
 on the tasks in ``pipelines/``, not here. ``check_params`` validates the run's settings first.
 """
 
+from components.baselines import baselines
 from components.build_tasks import build_tasks
 from components.check_params import check_params
 from components.evaluate import evaluate
@@ -19,6 +20,7 @@ from components.validate import validate
 __all__ = [
     "DEFAULT_IMAGE",
     "IMAGE_ENV",
+    "baselines",
     "build_tasks",
     "check_params",
     "evaluate",

@@ -11,12 +11,14 @@ def evaluate(
     tasks: Input[Dataset],
     backbone: Input[Model],
     merged: Input[Model],
+    baselines: Input[Model],
     metrics: Output[Metrics],
     report: Output[Artifact],
     summary: Output[Markdown],
     plots: Output[HTML],
 ) -> None:
-    """Evaluate the merged model (recfound evaluate); logs to MLflow. ``metrics`` has the overall
+    """Evaluate the merged model (recfound evaluate) against the baselines, with SASRec and
+    biased MF from ``baselines`` (paths.baselines); logs to MLflow. ``metrics`` has the overall
     scores and each task's score; ``report`` holds ``metrics.json`` (what register reads, with
     every metric and the baselines), ``evaluation.md`` and ``plots/``; ``summary`` is evaluation.md
     for the KFP UI."""
@@ -30,6 +32,7 @@ def evaluate(
         tasks=tasks.path,
         backbone=backbone.path,
         merged=merged.path,
+        baselines=baselines.path,
         reports=report.path,
     )
     document = run_evaluate(cfg)

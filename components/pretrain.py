@@ -8,7 +8,6 @@ from components.runtime import log_scalars, stage_component, stage_config
 @stage_component
 def pretrain(
     params: str,
-    interim: Input[Dataset],
     tasks: Input[Dataset],
     backbone: Output[Model],
     metrics: Output[Metrics],
@@ -20,7 +19,6 @@ def pretrain(
 
     cfg = stage_config(
         params,
-        interim=interim.path,
         tasks=tasks.path,
         backbone=backbone.path,
         reports=report.path,

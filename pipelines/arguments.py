@@ -26,6 +26,7 @@ SECTIONS: tuple[str, ...] = (
     "pretrain",
     "train",
     "merge",
+    "baselines",
     "evaluate",
     "registry",
     "tracking",

@@ -1,6 +1,7 @@
 """The RecFound pipeline: the stages of dvc.yaml as Kubeflow tasks, wired by their artifacts.
 
     check-params → ingest → validate → build-tasks → pretrain → train → merge → evaluate → register
+                                            └──── baselines (SASRec, biased MF) ────┘
 
 ``build_pipeline`` returns the pipeline with params.yaml's values as parameter defaults. The same
 definition runs on a cluster (``target="cluster"``) and on this machine through kfp.local
@@ -17,6 +18,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, PipelineTask
 
 from components import (
+    baselines,
     build_tasks,
     check_params,
     evaluate,
@@ -38,7 +40,7 @@ MLFLOW_SECRET_KEYS: tuple[str, ...] = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
 )
-MLFLOW_STEPS: tuple[str, ...] = ("pretrain", "train", "merge", "evaluate", "register")
+MLFLOW_STEPS: tuple[str, ...] = ("baselines", "pretrain", "train", "merge", "evaluate", "register")
 Target = Literal["cluster", "local"]
 
 
@@ -98,6 +100,7 @@ def build_pipeline(
         pretrain: dict = d["pretrain"],
         train: dict = d["train"],
         merge: dict = d["merge"],
+        baselines: dict = d["baselines"],
         evaluate: dict = d["evaluate"],
         registry: dict = d["registry"],
         tracking: dict = d["tracking"],
@@ -109,7 +112,17 @@ def build_pipeline(
         step_memory: str = r["step_memory"],
     ) -> Artifact:
         steps = _wire_stages(
-            seed, data, tasks, model, pretrain, train, merge, evaluate, registry, tracking
+            seed,
+            data,
+            tasks,
+            model,
+            pretrain,
+            train,
+            merge,
+            baselines,
+            evaluate,
+            registry,
+            tracking,
         )
         for task in steps.values():
             task.set_caching_options(enable_caching=True).set_container_image(image)
@@ -129,7 +142,8 @@ def build_pipeline(
         name=PIPELINE_NAME,
         description=(
             "RecFound: ingest → validate → build tasks → pretrain → train (TMoLE + S2Sched, "
-            "GPUs) → merge (Optuna) → evaluate → register in MLflow. Parameters mirror "
+            "GPUs) → merge (Optuna) → evaluate (against SASRec and biased MF, trained from the "
+            "tasks) → register in MLflow. Parameters mirror "
             "params.yaml (one per section) plus the train step's GPUs, CPU and memory."
         ),
     )(recfound)
@@ -143,6 +157,7 @@ def _wire_stages(
     pretrain_settings: Any,
     train_settings: Any,
     merge_settings: Any,
+    baselines_settings: Any,
     evaluate_settings: Any,
     registry: Any,
     tracking: Any,
@@ -156,6 +171,7 @@ def _wire_stages(
         pretrain=pretrain_settings,
         train=train_settings,
         merge=merge_settings,
+        baselines=baselines_settings,
         evaluate=evaluate_settings,
         registry=registry,
         tracking=tracking,
@@ -164,9 +180,8 @@ def _wire_stages(
     ingested = ingest(params=settings)
     validated = validate(params=settings, interim=ingested.outputs["interim"])
     built = build_tasks(params=settings, interim=ingested.outputs["interim"]).after(validated)
-    pretrained = pretrain(
-        params=settings, interim=ingested.outputs["interim"], tasks=built.outputs["tasks"]
-    )
+    learned = baselines(params=settings, tasks=built.outputs["tasks"])
+    pretrained = pretrain(params=settings, tasks=built.outputs["tasks"])
     trained = train(
         params=settings, tasks=built.outputs["tasks"], backbone=pretrained.outputs["backbone"]
     )
@@ -181,6 +196,7 @@ def _wire_stages(
         tasks=built.outputs["tasks"],
         backbone=pretrained.outputs["backbone"],
         merged=merged.outputs["merged"],
+        baselines=learned.outputs["baselines"],
     )
     registered = register(
         params=settings,
@@ -194,6 +210,7 @@ def _wire_stages(
         "ingest": ingested,
         "validate": validated,
         "build-tasks": built,
+        "baselines": learned,
         "pretrain": pretrained,
         "train": trained,
         "merge": merged,

@@ -34,6 +34,7 @@ def test_overrides_set_dotted_keys_and_resources(cfg: Config) -> None:
             "tasks.enabled=[user2item, rating_prediction]",
             "data.max_users=100",
             "train.bf16=true",
+            "baselines.mf.factors=8",
             "seed=7",
             "train_gpus=4",
             "train_memory=64Gi",
@@ -47,6 +48,7 @@ def test_overrides_set_dotted_keys_and_resources(cfg: Config) -> None:
     assert arguments["model"]["tmole"]["alpha"] == cfg.model.tmole.alpha
     assert arguments["tasks"]["enabled"] == ["user2item", "rating_prediction"]
     assert arguments["data"]["max_users"] == 100
+    assert arguments["baselines"]["mf"]["factors"] == 8
     assert arguments["seed"] == 7
     assert arguments["train_gpus"] == 4 and arguments["train_memory"] == "64Gi"
 

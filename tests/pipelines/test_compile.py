@@ -27,12 +27,15 @@ STAGE_ORDER = [
     "evaluate",
     "register",
 ]
-MLFLOW_STEPS = {"pretrain", "train", "merge", "evaluate", "register"}
+# off the chain: trained from the task data alone, read by evaluate (as in dvc.yaml)
+BASELINES = "baselines"
+STAGES = [*STAGE_ORDER, BASELINES]
+MLFLOW_STEPS = {"baselines", "pretrain", "train", "merge", "evaluate", "register"}
 # (consumer, input artifact) ← (producer, output artifact): what each step reads from the one before
 ARTIFACT_WIRING = {
     ("validate", "interim"): ("ingest", "interim"),
     ("build-tasks", "interim"): ("ingest", "interim"),
-    ("pretrain", "interim"): ("ingest", "interim"),
+    ("baselines", "tasks"): ("build-tasks", "tasks"),
     ("pretrain", "tasks"): ("build-tasks", "tasks"),
     ("train", "tasks"): ("build-tasks", "tasks"),
     ("train", "backbone"): ("pretrain", "backbone"),
@@ -40,6 +43,7 @@ ARTIFACT_WIRING = {
     ("merge", "backbone"): ("pretrain", "backbone"),
     ("evaluate", "merged"): ("merge", "merged"),
     ("evaluate", "tasks"): ("build-tasks", "tasks"),
+    ("evaluate", "baselines"): ("baselines", "baselines"),
     ("register", "merged"): ("merge", "merged"),
     ("register", "backbone"): ("pretrain", "backbone"),
     ("register", "evaluation"): ("evaluate", "report"),
@@ -69,13 +73,16 @@ def _executor(spec: dict, task: str) -> str:
 def test_every_stage_is_a_task_wired_in_stage_order(compiled: tuple[dict, dict]) -> None:
     spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"check-params", *STAGE_ORDER}
+    assert set(tasks) == {"check-params", *STAGES}
     for before, after in zip(STAGE_ORDER, STAGE_ORDER[1:], strict=False):
         assert before in tasks[after]["dependentTasks"], f"{after} does not wait for {before}"
+    assert sorted(tasks[BASELINES]["dependentTasks"]) == ["build-tasks", "check-params"]
+    assert BASELINES in tasks["evaluate"]["dependentTasks"]
+    assert "interim" not in tasks["pretrain"]["inputs"]["artifacts"]  # it reads the tasks only
     for (consumer, name), (producer, output) in ARTIFACT_WIRING.items():
         source = tasks[consumer]["inputs"]["artifacts"][name]["taskOutputArtifact"]
         assert source == {"producerTask": producer, "outputArtifactKey": output}, consumer
-    for stage in STAGE_ORDER:  # every step gets the settings validated by check-params
+    for stage in STAGES:  # every step gets the settings validated by check-params
         params = tasks[stage]["inputs"]["parameters"]["params"]["taskOutputParameter"]
         assert params["producerTask"] == "check-params"
     assert tasks["ingest"]["dependentTasks"] == ["check-params"]
@@ -104,7 +111,7 @@ def test_train_requests_gpus_cpu_and_memory_from_parameters(compiled: tuple[dict
     assert "train_memory" in resources["resourceMemoryLimit"]
     train_inputs = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
     assert train_inputs["pipelinechannel--train_gpus"] == {"componentInputParameter": "train_gpus"}
-    for stage in set(STAGE_ORDER) - {"train"}:
+    for stage in set(STAGES) - {"train"}:
         assert "accelerator" not in executors[_executor(spec, stage)]["container"]["resources"]
     train_k8s = platform["deploymentSpec"]["executors"][_executor(spec, "train")]
     assert train_k8s["emptyDirMounts"] == [
@@ -115,7 +122,7 @@ def test_train_requests_gpus_cpu_and_memory_from_parameters(compiled: tuple[dict
 def test_mlflow_steps_get_the_secret_backed_environment(compiled: tuple[dict, dict]) -> None:
     spec, platform = compiled
     k8s = platform["deploymentSpec"]["executors"]
-    for stage in STAGE_ORDER:
+    for stage in STAGES:
         secrets = k8s.get(_executor(spec, stage), {}).get("secretAsEnv", [])
         if stage not in MLFLOW_STEPS:
             assert secrets == [], f"{stage} does not use MLflow and gets no credentials"
@@ -162,6 +169,6 @@ def test_local_target_leaves_out_the_cluster_settings(tmp_path: Path) -> None:
     compiler.Compiler().compile(build_pipeline(defaults, target="local"), str(out))
     spec, platform = _load(out)
     assert platform == {}
-    assert set(spec["root"]["dag"]["tasks"]) == {"check-params", *STAGE_ORDER}
+    assert set(spec["root"]["dag"]["tasks"]) == {"check-params", *STAGES}
     for executor in spec["deploymentSpec"]["executors"].values():
         assert "resources" not in executor["container"]

@@ -17,6 +17,7 @@ STAGE_COMPONENTS = [
     components.ingest,
     components.validate,
     components.build_tasks,
+    components.baselines,
     components.pretrain,
     components.train,
     components.merge,

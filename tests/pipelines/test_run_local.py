@@ -26,6 +26,7 @@ STEPS = (
     "ingest",
     "validate",
     "build-tasks",
+    "baselines",
     "pretrain",
     "train",
     "merge",
@@ -76,7 +77,10 @@ def test_run_local_runs_every_step_and_registers_the_model(tmp_path: Path) -> No
     for step in STEPS:
         assert (run_dir / step / "executor_output.json").is_file(), step
     assert (run_dir / "train" / "checkpoints" / "last").is_dir()
-    assert (run_dir / "evaluate" / "report" / "metrics.json").is_file()
+    assert (run_dir / "baselines" / "baselines" / "sasrec").is_dir()
+    assert (run_dir / "baselines" / "baselines" / "mf").is_dir()
+    evaluation = (run_dir / "evaluate" / "report" / "metrics.json").read_text()
+    assert '"sasrec"' in evaluation  # evaluate found the trained baselines
     assert "<img" in (run_dir / "train" / "plots").read_text()
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -91,7 +95,7 @@ def test_run_local_runs_every_step_and_registers_the_model(tmp_path: Path) -> No
     experiment = client.get_experiment_by_name("recfound")
     runs = client.search_runs([experiment.experiment_id])
     stages = {run.data.tags.get("recfound.stage") for run in runs}
-    assert {"pretrain", "train", "merge", "evaluate"} <= stages
+    assert {"baselines", "pretrain", "train", "merge", "evaluate"} <= stages
 
 
 def test_a_failing_step_stops_the_local_run_and_names_it(tmp_path: Path) -> None:
