@@ -105,6 +105,12 @@ class TasksConfig(_Section):
     )
     num_candidates: int = Field(default=20, ge=2, le=1000)
     max_train_per_task: int = Field(default=2000, ge=1)
+    next_item_train_positions: int = Field(
+        default=8,
+        ge=1,
+        description="Next-item tasks train on each user's last N training interactions (long "
+        "histories, like the evaluated targets').",
+    )
     max_train_next_item: int = Field(
         default=8000,
         ge=1,

@@ -36,8 +36,9 @@ def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def repo_copy(tmp_path: Path) -> Path:
     work = tmp_path / "repo"
     work.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", "ablation/dvc.yaml"):
         if (REPO_ROOT / name).exists():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(REPO_ROOT / name, work / name)
     shutil.copytree(
         REPO_ROOT / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache")
@@ -53,9 +54,10 @@ def repo_copy(tmp_path: Path) -> Path:
 def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     first = _dvc("repro", cwd=repo_copy)
     assert first.returncode == 0, first.stdout + first.stderr
-    stages = ("ingest", "validate", "build_tasks", "pretrain", "train", "merge", "evaluate")
-    for stage in (*stages, "ablate", "register"):
+    stages = ("ingest", "validate", "build_tasks", "baselines", "pretrain", "train", "merge")
+    for stage in (*stages, "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout
+    assert "ablate" not in first.stdout  # the ablation is a pipeline of its own
     metrics = json.loads((repo_copy / "reports" / "task_counts.json").read_text())
     assert metrics["num_embedding_tasks"] == 3 and metrics["num_generative_tasks"] >= 10
     assert (repo_copy / "dvc.lock").is_file()
@@ -71,15 +73,20 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     assert len(evaluation["tasks"]) == metrics["num_tasks"]  # zero_shot answered as ctr
     assert {"popularity", "item_knn", "bm25", "majority"} <= set(evaluation["baselines"])
     assert "| user2item | embedding |" in (repo_copy / "reports" / "evaluation.md").read_text()
-    ablation = (repo_copy / "reports" / "ablation.md").read_text()
-    for row in ("recfound", "without_merge", "without_merge_s2sched", "without_all"):
-        assert f"| {row} |" in ablation
     registry = json.loads((repo_copy / "reports" / "registry.json").read_text())
     assert int(registry["version"]) == 1 and registry["alias"] == "champion"
 
     second = _dvc("repro", cwd=repo_copy)
     assert second.returncode == 0, second.stderr
     assert "Running stage" not in second.stdout
+
+    ablate = _dvc("repro", "ablation/dvc.yaml", cwd=repo_copy)
+    assert ablate.returncode == 0, ablate.stdout + ablate.stderr
+    assert "Running stage 'ablation/dvc.yaml:ablate'" in ablate.stdout
+    assert "Running stage 'train'" not in ablate.stdout  # reuses the main pipeline's outputs
+    ablation = (repo_copy / "reports" / "ablation.md").read_text()
+    for row in ("recfound", "without_merge", "without_merge_s2sched", "without_all"):
+        assert f"| {row} |" in ablation
     status = _dvc("status", cwd=repo_copy)
     assert "up to date" in status.stdout
 

@@ -34,11 +34,11 @@ class ConversationalRecBuilder(TaskBuilder):
                     self.record(
                         split,
                         prompt=self._dialogue(ctx, example),
-                        target=ctx.item_ref(example.target_id),
+                        target=ctx.item_answer(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,
                         history_ids=example.history_ids,
-                        candidates=[ctx.item_ref(i) for i in candidate_ids],
+                        candidates=[ctx.item_answer(i) for i in candidate_ids],
                         candidate_ids=candidate_ids,
                     )
                 )

@@ -28,11 +28,11 @@ class SequentialRecommendationBuilder(TaskBuilder):
                         split,
                         prompt=f"Which {ctx.item_noun} will this user choose next? History, "
                         f"oldest first: {ctx.sequence_text(example.sequence_ids)}",
-                        target=ctx.item_ref(example.target_id),
+                        target=ctx.item_answer(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,
                         history_ids=example.sequence_ids,
-                        candidates=[ctx.item_ref(i) for i in candidate_ids],
+                        candidates=[ctx.item_answer(i) for i in candidate_ids],
                         candidate_ids=candidate_ids,
                     )
                 )
