@@ -624,6 +624,14 @@ def _rating_choice(
     )
 
 
+def mf_catalogue_scores(model: RatingPredictor, user_ids: list[str], item_ids: list[str]):
+    """``(len(user_ids), len(item_ids))`` predicted ratings: biased MF as a ranker."""
+    users = np.repeat(np.asarray(user_ids, dtype=object), len(item_ids))
+    items = np.tile(np.asarray(item_ids, dtype=object), len(user_ids))
+    predicted = np.asarray(model.predict(users.tolist(), items.tolist()), dtype=np.float64)
+    return predicted.reshape(len(user_ids), len(item_ids))
+
+
 def baseline_outputs(
     data: EvalSet,
     protocols: Mapping[str, str] | None = None,
@@ -638,7 +646,8 @@ def baseline_outputs(
     - ``sasrec``: the trained SASRec after the same history in time order (user records);
     - ``bm25``: the query text against every item text (retrieval tasks);
     - ``biased_mf``: the trained biased MF's rating (rating tasks: nearest rating and RMSE/MAE;
-      like/dislike tasks: rating − threshold as the margin);
+      like/dislike tasks: rating − threshold as the margin; user records of ranking tasks: every
+      item ranked by the user's predicted rating);
     - ``majority``: the most frequent training answer (classification, rating and text tasks).
     """
     protocols = dict(protocols or assign_protocols(data))
@@ -666,6 +675,10 @@ def baseline_outputs(
             if trained.sasrec is not None and has_users:
                 raw = trained.sasrec.scores(histories)
                 full["sasrec"] = _in_catalogue_order(trained.sasrec, raw, item_ids)
+            if trained.biased_mf is not None and has_users:
+                full["biased_mf"] = mf_catalogue_scores(
+                    trained.biased_mf, frame["user_id"].astype(str).tolist(), item_ids
+                )
             if protocol == "retrieval":
                 full["bm25"] = bm25.scores(frame["prompt"].astype(str).tolist())
             for name, scores in full.items():

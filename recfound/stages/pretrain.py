@@ -79,6 +79,12 @@ def _read_task_table(cfg: Config, name: str) -> pd.DataFrame:
 def run_pretrain(cfg: Config) -> dict:
     """Run the stage; returns the metrics written to ``reports/pretrain.json``."""
     p = cfg.pretrain
+    if cfg.model.backbone != "builtin" and not (Path(cfg.model.backbone) / "config.json").is_file():
+        raise BackboneError(
+            f"model.backbone is {cfg.model.backbone!r}, which is not a local Hugging Face "
+            "checkpoint directory (no config.json); use 'builtin' or a directory saved with "
+            "save_pretrained"
+        )
     items = _read_task_table(cfg, ITEMS_FILE)
     interactions = _read_task_table(cfg, TRAIN_INTERACTIONS_FILE)
     item_tokens = {
@@ -95,12 +101,6 @@ def run_pretrain(cfg: Config) -> dict:
         source = "builtin"
     else:
         checkpoint = Path(cfg.model.backbone)
-        if not (checkpoint / "config.json").is_file():
-            raise BackboneError(
-                f"model.backbone is {cfg.model.backbone!r}, which is not a local Hugging Face "
-                "checkpoint directory (no config.json); use 'builtin' or a directory saved with "
-                "save_pretrained"
-            )
         model, tokenizer = load_backbone(checkpoint)
         added = add_item_tokens(model, tokenizer, item_tokens.values())
         log.info("extended %s with %d item identifier tokens", checkpoint, added)
