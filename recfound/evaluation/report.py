@@ -69,6 +69,12 @@ def _systems(document: Mapping[str, Any], task: str) -> list[tuple[str, Mapping[
     return rows
 
 
+def _difference_cell(entry: Mapping[str, Any]) -> str:
+    low, high = entry["ci"]
+    mark = "*" if entry.get("excludes_zero") else ""
+    return f"{entry['difference']:+.4f} [{_fmt(low)}, {_fmt(high)}]{mark}"
+
+
 def evaluation_markdown(document: Mapping[str, Any]) -> str:
     """Model vs baselines per task (score metric with its 95% interval, record counts, the paired
     model − best baseline), the full-ranking and rating tables, then the model's other metrics."""
@@ -139,6 +145,19 @@ def evaluation_markdown(document: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {system} | " + " | ".join(_metric_cell(values, c) for c in columns) + " |"
             )
+        versus = document.get("versus_each_baseline", {}).get(task, {})
+        if versus:
+            metrics = sorted({m for per in versus.values() for m in per})
+            lines += [
+                "",
+                "Model − each baseline, paired 95% interval (`*`: the interval excludes 0):",
+                "",
+                "| baseline | " + " | ".join(metrics) + " |",
+                "|---|" + "---:|" * len(metrics),
+            ]
+            for baseline, per in versus.items():
+                cells = [_difference_cell(per[m]) if m in per else "–" for m in metrics]
+                lines.append(f"| {baseline} | " + " | ".join(cells) + " |")
     rated = [t for t in sorted(tasks) if tasks[t].get("protocol") in ("rating", "classification")]
     rated = [t for t in rated if any(s == "biased_mf" for s, _ in _systems(document, t))]
     for task in rated:

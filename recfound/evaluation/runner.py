@@ -775,6 +775,9 @@ def _with_intervals(
     return values, estimates
 
 
+PAIRED_RANKING_METRICS = ("recall@10", "ndcg@10")
+
+
 def evaluation_document(
     model: Mapping[str, RecordOutputs],
     baselines: Mapping[str, Mapping[str, RecordOutputs]],
@@ -789,6 +792,8 @@ def evaluation_document(
     - ``baselines[name][task]``: the same for each baseline;
     - ``versus_best_baseline[task]``: model − the best baseline on the score metric, with its
       paired interval (same resampled records for both);
+    - ``versus_each_baseline[task][baseline][metric]``: full-ranking tasks, model − each baseline
+      on Recall@10 and NDCG@10 with its paired interval and whether it excludes 0;
     - ``overall``/``overall_ci``: mean scores (all, embedding, generative) and their intervals
       (tasks resampled independently, replicates averaged).
     """
@@ -825,6 +830,21 @@ def evaluation_document(
             "ci": difference.interval,
             "n_records": difference.n_records,
         }
+    # next-item tasks: the model against *every* baseline on the headline metrics, paired
+    versus_each: dict[str, dict[str, dict[str, Any]]] = {}
+    for task, outputs in model.items():
+        if protocols[task] not in FULL_RANKING_PROTOCOLS:
+            continue
+        for name, per_task in baselines.items():
+            if task not in per_task:
+                continue
+            for metric in PAIRED_RANKING_METRICS:
+                difference = paired_difference(outputs, per_task[task], metric, settings)
+                versus_each.setdefault(task, {}).setdefault(name, {})[metric] = {
+                    "difference": difference.value,
+                    "ci": difference.interval,
+                    "excludes_zero": bool(difference.low > 0 or difference.high < 0),
+                }
     overall, overall_ci = {}, {}
     for key, selected in (
         ("mean_score", list(scores)),
@@ -840,6 +860,7 @@ def evaluation_document(
         "tasks": tasks,
         "baselines": baseline_scores,
         "versus_best_baseline": versus,
+        "versus_each_baseline": versus_each,
         "n_records": {t: len(o) for t, o in model.items()},
         "bootstrap": settings.to_dict(),
     }
