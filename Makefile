@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 
-.PHONY: setup run test test-fast lint format ui clean
+.PHONY: setup run ablate test test-fast lint format ui clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# RecFound's ablation table: three more trainings at the main run's budget (outside `make run`)
+ablate: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro ablation/dvc.yaml
 
 test: setup
 	$(BIN)/python -m pytest
