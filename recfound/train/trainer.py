@@ -1,19 +1,19 @@
 """The multi-task trainer: S2Sched decides the batch mix, accelerate runs it on CPU or GPUs.
 
-Batches. Every optimisation step draws ``batch_size`` samples (per micro-batch) in blocks of
-``samples_per_task``: each block's task comes from the scheduler's probabilities, so one batch
-mixes tasks and every task in it has at least ``samples_per_task`` samples. Generative samples of
-all tasks go through the model together (TMoLE gates are per sample, by task id); embedding
-samples are grouped per task, because InfoNCE uses the other samples of the same task as in-batch
-negatives (a lone sample would learn nothing). The batch loss is
-``(n_gen / n) * CE_answer_tokens + sum_t (n_t / n) * InfoNCE_t``: the scheduler acts through how
-many samples each task gets, and each sample then counts the same (losses are not re-weighted a
-second time).
+Batches. A step holds a generative batch and an embedding batch (as GritLM and RecFound train):
+``batch_size`` generative samples whose tasks come from the generative group's S2Sched
+probabilities, and ``embedding_batch_size`` embedding samples in blocks of ``samples_per_task``
+samples of one task (tasks from the embedding group's probabilities). Generative samples of all
+tasks go through the model together (TMoLE gates are per sample, by task id). Each embedding block
+is one InfoNCE: its queries against the block's positives and ``catalogue_negatives`` random
+catalogue items embedded in the same pass. The step's loss is the mean answer-token cross-entropy
+plus the blocks' mean InfoNCE; the scheduler acts through how many samples each task gets.
 
-Data parallel. With several processes every process draws the same global task list (same seed)
-and takes its share: every N-th generative sample and whole embedding tasks (see ``batch_loss``).
-Gradients are averaged with an all-reduce before the optimiser step, which is what DDP does,
-without DDP's restriction to one forward per backward (InfoNCE needs two).
+Data parallel. With several processes every process draws the same batches (same seed) and takes
+its share of the generative samples (every N-th); the embedding blocks are computed whole on
+every process, since InfoNCE needs all of a block's samples (see ``batch_loss``). Gradients are
+averaged with an all-reduce before the optimiser step, which is what DDP does, without DDP's
+restriction to one forward per backward (InfoNCE needs two).
 
 Checkpoints. ``last`` (every ``checkpoint_every`` steps, at the end, and on SIGTERM), and
 ``best_generative`` / ``best_embedding`` (lowest mean validation-loss ratio of the group), which
