@@ -12,11 +12,17 @@
 
 The adapter decides how the task changes the weights; this class only tells it which task each
 sample belongs to (``adapter.task(names)``).
+
+Thread safety: a fast tokenizer keeps its padding and truncation settings as state that every
+call rewrites, so every tokenizer call here runs under one lock with the padding / truncation side
+it needs (:meth:`RecModel.tokenize`). With the adapter's context-local task selection, one
+RecModel can serve concurrent requests from several threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Literal, Protocol
 
@@ -24,6 +30,9 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+# Fast tokenizers rewrite their backend's padding/truncation state on every call: one lock for
+# every tokenizer call made here (tokenizing is cheap next to the forward passes it feeds).
+_TOKENIZER_LOCK = threading.RLock()
 
 
 def top_k_items(scores: torch.Tensor, exclude: Sequence[Sequence[int]], k: int) -> torch.Tensor:
@@ -108,9 +117,25 @@ class RecModel:
         """Tokens the model reads for ``texts`` (after truncation), for throughput figures."""
         return int(self._encode(texts)["attention_mask"].sum())
 
-    def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(
+    def tokenize(self, texts, *, side: Literal["left", "right"] | None = None, **kwargs):
+        """``self.tokenizer(texts, **kwargs)`` under the tokenizer lock, padding and truncating
+        on ``side`` (the tokenizer's own sides when None); the sides are restored after."""
+        tok = self.tokenizer
+        with _TOKENIZER_LOCK:
+            sides = tok.padding_side, tok.truncation_side
+            if side is not None:
+                tok.padding_side, tok.truncation_side = side, side
+            try:
+                return tok(texts, **kwargs)
+            finally:
+                tok.padding_side, tok.truncation_side = sides
+
+    def _encode(
+        self, texts: Sequence[str], side: Literal["left", "right"] | None = None
+    ) -> dict[str, torch.Tensor]:
+        batch = self.tokenize(
             list(texts),
+            side=side,
             padding=True,
             truncation=True,
             max_length=self.max_length,
@@ -130,8 +155,9 @@ class RecModel:
         tok = self.tokenizer
         rows, labels = [], []
         for prompt, answer in zip(prompts, answers, strict=True):
-            p_ids = tok(prompt)["input_ids"]
-            a_ids = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            p_ids = self.tokenize(prompt)["input_ids"]
+            a_ids = self.tokenize(" " + answer, add_special_tokens=False)["input_ids"]
+            a_ids = a_ids + [tok.eos_token_id]
             a_ids = a_ids[: self.max_length // 2]
             p_ids = p_ids[-(self.max_length - len(a_ids)) :]
             rows.append(p_ids + a_ids)
@@ -231,22 +257,16 @@ class RecModel:
         self.model.eval()
         ids = self.item_token_ids(item_tokens)
         known = ids >= 0
-        tok = self.tokenizer
-        sides = tok.padding_side, tok.truncation_side
-        tok.padding_side, tok.truncation_side = "left", "left"
         rows = []
-        try:
-            for start in range(0, len(prompts), batch_size):
-                chunk = list(prompts[start : start + batch_size])
-                batch = self._encode(chunk)
-                with self._for_tasks(task, len(chunk)):
-                    hidden = self.decoder(**batch).last_hidden_state[:, -1]
-                logprobs = self.head_logprobs(hidden)
-                out = torch.full((len(chunk), len(ids)), -torch.inf, device=logprobs.device)
-                out[:, known] = logprobs[:, ids[known]]
-                rows.append(out.cpu())
-        finally:
-            tok.padding_side, tok.truncation_side = sides
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            batch = self._encode(chunk, side="left")
+            with self._for_tasks(task, len(chunk)):
+                hidden = self.decoder(**batch).last_hidden_state[:, -1]
+            logprobs = self.head_logprobs(hidden)
+            out = torch.full((len(chunk), len(ids)), -torch.inf, device=logprobs.device)
+            out[:, known] = logprobs[:, ids[known]]
+            rows.append(out.cpu())
         return torch.cat(rows) if rows else torch.empty(0, len(ids))
 
     def item_token_ids(self, item_tokens: Sequence[str]) -> torch.Tensor:
@@ -270,34 +290,28 @@ class RecModel:
         """
         self.model.eval()
         tok = self.tokenizer
-        sides = tok.padding_side, tok.truncation_side
-        tok.padding_side, tok.truncation_side = "left", "left"
         outputs: list[str] = []
-        try:
-            for start in range(0, len(prompts), batch_size):
-                chunk = list(prompts[start : start + batch_size])
-                batch = tok(
-                    chunk,
-                    padding=True,
-                    truncation=True,
-                    max_length=max(1, self.max_length - max_new_tokens),
-                    return_tensors="pt",
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            batch = self.tokenize(
+                chunk,
+                side="left",
+                padding=True,
+                truncation=True,
+                max_length=max(1, self.max_length - max_new_tokens),
+                return_tensors="pt",
+            )
+            ids = batch["input_ids"].to(self.device)
+            with self._for_tasks(task, len(chunk)):
+                generated = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=batch["attention_mask"].to(self.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
                 )
-                ids = batch["input_ids"].to(self.device)
-                with self._for_tasks(task, len(chunk)):
-                    generated = self.model.generate(
-                        input_ids=ids,
-                        attention_mask=batch["attention_mask"].to(self.device),
-                        max_new_tokens=max_new_tokens,
-                        do_sample=False,
-                        pad_token_id=tok.pad_token_id,
-                        eos_token_id=tok.eos_token_id,
-                    )
-                outputs.extend(
-                    tok.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
-                )
-        finally:
-            tok.padding_side, tok.truncation_side = sides
+            outputs.extend(tok.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True))
         return [o.strip() for o in outputs]
 
     # ---- embeddings ------------------------------------------------------------------------
@@ -338,7 +352,7 @@ class RecModel:
         for row, text in enumerate(texts):
             instruction, newline, content = text.partition("\n")
             if newline and content.strip():
-                n = len(self.tokenizer(instruction + newline)["input_ids"])
+                n = len(self.tokenize(instruction + newline)["input_ids"])
                 out[row, : min(n, width - 1)] = 0
         return out
 

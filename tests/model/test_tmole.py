@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -353,6 +354,58 @@ def test_mixed_task_batch_equals_each_task_alone() -> None:
         with tmole.task(name):
             alone = logits_of(tmole.model, ids[i : i + 1])
         torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=0)
+
+
+# ---- concurrency: the task selection is per thread -------------------------------------------
+
+
+def test_threads_selecting_different_tasks_do_not_see_each_other() -> None:
+    """Four threads, each in its own ``task(...)``, forward the same model in lock step: each gets
+    its task's logits, as alone (a shared selection would give another task's, or raise)."""
+    tmole = TMoLEModel(tiny_llama(), make_config())
+    randomise(tmole)
+    ids = token_batch(batch=2)
+    expected = {}
+    for task in KINDS:
+        with tmole.task(task):
+            expected[task] = logits_of(tmole.model, ids)
+    barrier = threading.Barrier(len(KINDS))
+    results: dict[str, list[torch.Tensor]] = {task: [] for task in KINDS}
+    errors: list[BaseException] = []
+
+    def worker(task: str) -> None:
+        try:
+            for _ in range(5):
+                with tmole.task(task):
+                    barrier.wait(timeout=30)  # every thread has selected before any forward
+                    results[task].append(logits_of(tmole.model, ids))
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(task,)) for task in KINDS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    for task, outputs in results.items():
+        assert len(outputs) == 5
+        for out in outputs:
+            torch.testing.assert_close(out, expected[task], atol=1e-6, rtol=0)
+    with pytest.raises(TaskSelectionError, match="no task selected"):  # nothing leaked out
+        tmole.model(input_ids=ids)
+
+
+def test_a_new_thread_starts_without_the_callers_selection() -> None:
+    tmole = TMoLEModel(tiny_llama(), make_config())
+    seen: list[object] = []
+    with tmole.task("rating"):
+        thread = threading.Thread(target=lambda: seen.append(tmole.state.selection))
+        thread.start()
+        thread.join()
+        assert tmole.state.selection is not None
+    assert seen == [None] and tmole.state.selection is None
 
 
 # ---- the LoRA baseline ---------------------------------------------------------------------

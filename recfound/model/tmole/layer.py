@@ -1,4 +1,4 @@
-"""The TMoLE math on one ``nn.Linear``, and the task state every adapted layer reads.
+"""The TMoLE math on one ``nn.Linear``, and the task selection every adapted layer reads.
 
 All E experts of a layer run as one concatenated low-rank product of rank ``E * r``:
 
@@ -9,10 +9,15 @@ All E experts of a layer run as one concatenated low-rank product of rank ``E * 
 where ``gate_vec`` (batch, 1, ..., E*r) repeats each expert's gate ``r`` times and already holds
 the LoRA scale ``alpha / r``. Gates depend only on the task, so a layer computes them once per
 distinct task in the batch (a few rows), never per token, and broadcasts them over the sequence.
+
+The selected task lives in a :class:`contextvars.ContextVar`, not on the model: each thread (and
+each asyncio task, e.g. each request of ``mlflow models serve``) sees only its own selection, so
+concurrent forward passes of one model never read each other's tasks.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Sequence
 
@@ -28,12 +33,17 @@ class TaskSelectionError(UserInputError):
     """The task of a forward pass is not set, unknown, or does not fit the batch."""
 
 
+Selection = tuple[torch.Tensor, torch.Tensor]  # (unique_ids (U,), inverse (batch,) or (1,))
+
+
 class TaskState:
-    """The current task of each sample, shared by the model and all its TMoLE layers.
+    """The task of each sample, read by all TMoLE layers of one model; context-local.
 
     Holds a reference to the model's task embedding (owned by the wrapped model, not by the
-    layers) and, while a task is selected, the distinct task ids of the batch and each sample's
-    index into them. Not an ``nn.Module``: it owns no parameters.
+    layers) and a :class:`contextvars.ContextVar` with, while a task is selected, the distinct
+    task ids of the batch and each sample's index into them. A selection made in one thread or
+    asyncio task is invisible to the others (a new thread starts with no selection). Not an
+    ``nn.Module``: it owns no parameters.
     """
 
     def __init__(self, config: TMoLEConfig, embedding: nn.Embedding) -> None:
@@ -41,8 +51,35 @@ class TaskState:
         self.embedding = embedding
         usable = [config.usable_experts(t) for t in self.task_names]
         self._usable = torch.tensor(usable, dtype=torch.bool)  # (T, E)
-        self.unique_ids: torch.Tensor | None = None  # (U,) distinct task ids of the batch
-        self.inverse: torch.Tensor | None = None  # (batch,) or (1,): index into unique_ids
+        self._selection = self._new_selection_var()
+
+    def _new_selection_var(self) -> contextvars.ContextVar[Selection | None]:
+        return contextvars.ContextVar(f"tmole_task_selection_{id(self):x}", default=None)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles (``copy.deepcopy`` of the model) start with no selection."""
+        return {k: v for k, v in self.__dict__.items() if k != "_selection"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._selection = self._new_selection_var()
+
+    @property
+    def selection(self) -> Selection | None:
+        """``(unique_ids, inverse)`` selected in the current context, or None."""
+        return self._selection.get()
+
+    @property
+    def unique_ids(self) -> torch.Tensor | None:
+        """Distinct task ids ``(U,)`` selected in the current context (None: no selection)."""
+        selection = self._selection.get()
+        return None if selection is None else selection[0]
+
+    @property
+    def inverse(self) -> torch.Tensor | None:
+        """Each sample's index into :attr:`unique_ids` in the current context (None: none)."""
+        selection = self._selection.get()
+        return None if selection is None else selection[1]
 
     def task_ids(self, task: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
         """Task ids ``(n,)`` of a task name, a list of names, or a LongTensor of ids."""
@@ -68,29 +105,43 @@ class TaskState:
             )
         return torch.tensor([self.task_names.index(n) for n in names], dtype=torch.long)
 
-    def select(self, task: str | Sequence[str] | torch.Tensor | None) -> None:
-        """Select the task of every sample (one id broadcasts to any batch); None clears it."""
-        if task is None:
-            self.unique_ids = self.inverse = None
-            return
+    def resolve(self, task: str | Sequence[str] | torch.Tensor) -> Selection:
+        """The ``(unique_ids, inverse)`` of a task spec (one id broadcasts to any batch)."""
         ids = self.task_ids(task)
         if ids.numel() == 0:
             raise TaskSelectionError("got an empty list of tasks; give one task per sample")
         device = self.embedding.weight.device
         unique, inverse = torch.unique(ids, return_inverse=True)
-        self.unique_ids, self.inverse = unique.to(device), inverse.to(device)
+        return unique.to(device), inverse.to(device)
 
-    def current(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(self, task: str | Sequence[str] | torch.Tensor | None) -> contextvars.Token:
+        """Select the task of every sample in the current context; None clears it.
+
+        Returns the :class:`contextvars.Token` that :meth:`restore` takes to undo it.
+        """
+        return self._selection.set(None if task is None else self.resolve(task))
+
+    def restore(self, token: contextvars.Token, previous: Selection | None) -> None:
+        """Undo a :meth:`select`; ``previous`` is used when the token belongs to another context
+        (a context manager entered in one asyncio task and left in another)."""
+        try:
+            self._selection.reset(token)
+        except ValueError:
+            self._selection.set(previous)
+
+    def current(self) -> Selection:
         """``(unique_ids, inverse)`` of the selected tasks; raises if none is selected."""
-        if self.unique_ids is None or self.inverse is None:
+        selection = self._selection.get()
+        if selection is None:
             raise TaskSelectionError(
                 "no task selected: run the model inside `with adapter.task(name_or_ids): ...` "
                 f"(tasks: {self.task_names})"
             )
+        unique_ids, inverse = selection
         device = self.embedding.weight.device
-        if self.unique_ids.device != device:  # the model moved since the task was selected
-            self.unique_ids, self.inverse = self.unique_ids.to(device), self.inverse.to(device)
-        return self.unique_ids, self.inverse
+        if unique_ids.device != device:  # the model moved since the task was selected
+            return unique_ids.to(device), inverse.to(device)
+        return unique_ids, inverse
 
     def usable(self, task_ids: torch.Tensor) -> torch.Tensor:
         """Boolean mask ``(len(task_ids), E)`` of the experts each task may use."""

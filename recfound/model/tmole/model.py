@@ -3,8 +3,9 @@
 A sibling of peft's ``LoraModel``: :class:`TMoLEModel` freezes the base model, replaces every
 targeted ``nn.Linear`` by a :class:`TMoLELinear` that keeps the frozen layer, and adds one task
 embedding (``tmole_task_embedding``) to the base model so that ``.model`` alone holds, moves and
-checkpoints every trainable tensor. Layers read the task of each sample from one shared
-:class:`TaskState`, set with ``with tmole.task(...)``.
+checkpoints every trainable tensor. Layers read the task of each sample from one
+:class:`TaskState`, set with ``with tmole.task(...)``; the selection is context-local (a
+``ContextVar``), so threads serving requests of different tasks with one model never mix them.
 """
 
 from __future__ import annotations
@@ -143,19 +144,23 @@ class TMoLEModel:
     # ---- tasks ---------------------------------------------------------------------------
 
     def set_task(self, task: TaskSpec | None) -> None:
-        """Select the task of every sample until changed: a name (whole batch), one name per
-        sample, or a LongTensor ``(batch,)`` of ids (positions in ``config.task_names``)."""
+        """Select the task of every sample until changed, in the current thread / context: a
+        name (whole batch), one name per sample, or a LongTensor ``(batch,)`` of ids (positions
+        in ``config.task_names``)."""
         self.state.select(task)
 
     @contextlib.contextmanager
     def task(self, task: TaskSpec) -> Iterator[None]:
-        """Context in which forward passes use ``task`` (see :meth:`set_task`); nests."""
-        previous = (self.state.unique_ids, self.state.inverse)
-        self.state.select(task)
+        """Context in which forward passes use ``task`` (see :meth:`set_task`); nests.
+
+        Context-local: other threads (and asyncio tasks) keep their own selection meanwhile.
+        """
+        previous = self.state.selection
+        token = self.state.select(task)
         try:
             yield
         finally:
-            self.state.unique_ids, self.state.inverse = previous
+            self.state.restore(token, previous)
 
     def task_id(self, task: str) -> int:
         """Position of ``task`` in ``config.task_names``."""
