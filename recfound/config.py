@@ -430,6 +430,23 @@ class RegistryConfig(_Section):
     )
 
 
+class ServingConfig(_Section):
+    """The registered model's serving: folded weights and request limits (beyond: HTTP 400)."""
+
+    folded: bool = Field(
+        default=True,
+        description="Answer each task with its folded weights (false: through the adapter).",
+    )
+    max_rows: int = Field(default=64, ge=1, description="Rows in one request.")
+    max_input_chars: int = Field(
+        default=4000, ge=1, description="Characters of one row's input, and of one candidate."
+    )
+    max_candidates: int = Field(default=100, ge=1, description="Candidates of one row.")
+    max_new_tokens: int = Field(
+        default=128, ge=1, description="Largest max_new_tokens a request may ask for."
+    )
+
+
 class TrackingConfig(_Section):
     """MLflow: the embedded default store unless MLFLOW_TRACKING_URI points elsewhere."""
 
@@ -463,6 +480,7 @@ class Config(_Section):
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 

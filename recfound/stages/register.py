@@ -9,6 +9,11 @@ tags, the per-record outputs as an artifact of its run; gives it alias ``champio
 ``challenger`` otherwise. Writes ``<paths.reports>/registry.json`` with the comparison (difference
 and paired interval) behind each task's verdict.
 
+The model is logged and registered first; the gates are judged afterwards, under the registry's
+promotion lock, against the champion as it is then (:func:`recfound.tracking.registry.promote`):
+two registrations started together can both log, but the later promotion sees the earlier one's
+result, so the worse of the two never ends up champion.
+
 ``run_promote`` is the by-hand promotion of a registered version (``recfound promote``).
 """
 
@@ -29,18 +34,14 @@ from recfound.evaluation.outputs import BootstrapSettings
 from recfound.model.backbone import resolve_backbone_dir
 from recfound.model.bundle import SPEC_FILE
 from recfound.tracking.registry import (
+    CHALLENGER,
     CHAMPION,
     RECORDS_ARTIFACT,
     GateDecision,
-    apply_promotion,
-    check_gates,
     configure_registry,
     log_and_register,
-    metrics_from_tags,
     promote,
     read_records,
-    run_records,
-    version_by_alias,
 )
 
 log = logging.getLogger(__name__)
@@ -149,16 +150,6 @@ def run_register(cfg: Config) -> dict[str, Any]:
     name = cfg.registry.model_name
 
     client = configure_registry(cfg.tracking)
-    champion = version_by_alias(client, name, CHAMPION)
-    decision = check_gates(
-        metrics,
-        metrics_from_tags(champion.tags) if champion is not None else None,
-        cfg.registry,
-        champion_version=None if champion is None else int(champion.version),
-        candidate_records=records,
-        champion_records=None if champion is None else run_records(client, champion.run_id),
-        settings=BootstrapSettings(seed=cfg.seed),
-    )
     registered = log_and_register(
         tracking_cfg=cfg.tracking,
         model_name=name,
@@ -169,8 +160,17 @@ def run_register(cfg: Config) -> dict[str, Any]:
         params=registry_params(cfg),
         data_version=version_id,
         records_path=records_path if records is not None else None,
+        serving=cfg.serving,
     )
-    alias = apply_promotion(client, name, registered.version, decision)
+    decision = promote(
+        client,
+        cfg.registry,
+        registered.version,
+        challenger_on_refusal=True,
+        candidate_records=records,
+        settings=BootstrapSettings(seed=cfg.seed),
+    )
+    alias = CHAMPION if decision.promote else CHALLENGER
     report = {
         "model_name": name,
         "version": registered.version,

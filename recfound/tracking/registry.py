@@ -18,14 +18,29 @@ Gates (``registry`` in params.yaml): a candidate passes when there is no champio
 A version that passes gets alias ``champion``; otherwise alias ``challenger``, and the champion
 stays. ``promote`` applies the same gates to an already registered version, or skips them when
 forced.
+
+Promotion is atomic with respect to other promotions: :func:`promote` re-reads the champion,
+judges and moves the aliases while holding :func:`promotion_lock`, a registered model named
+``<model_name>.promotion-lock`` that exists only while a promotion runs. Creating a registered
+model is atomic in every MLflow store (a unique name in its database, behind a server or not), so
+of two concurrent registrations the later is judged against whichever became champion first.
+
+The registered model is defined from code (:mod:`recfound.tracking.model_code`, MLflow "models from
+code"): no pickle in the model directory; weights are the backbone's and the bundle's safetensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import socket
 import tempfile
+import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +50,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from recfound.config import RegistryConfig, TrackingConfig
+from recfound.config import RegistryConfig, ServingConfig, TrackingConfig
 from recfound.errors import UserInputError
 from recfound.evaluation.outputs import (
     BootstrapSettings,
@@ -48,8 +63,8 @@ from recfound.model.bundle import read_spec
 from recfound.tracking.runs import configure_tracking, flatten_params, stage_run
 from recfound.tracking.serving import (
     SIGNATURE,
-    RecFoundModel,
     input_example,
+    model_code_path,
     package_dir,
     pinned_requirements,
 )
@@ -65,6 +80,10 @@ TEXT_FIELDS = ("kind", "score_metric")  # per-task tags that are not numbers
 RECORDS_ARTIFACT = "eval_records.json"  # per-record outputs of the evaluation (pairing key)
 # A score equal to its threshold passes even after float rounding (0.52 - 0.02 != 0.50 exactly).
 TOLERANCE = 1e-9
+LOCK_SUFFIX = ".promotion-lock"  # registered model that exists while a promotion runs
+LOCK_OWNER_TAG = "recfound.lock_owner"
+LOCK_WAIT_S = 600.0  # how long a promotion waits for another one to finish
+LOCK_STALE_S = 900.0  # a lock older than this was left by a killed promotion: broken
 
 
 class RegistryError(UserInputError):
@@ -387,11 +406,13 @@ def log_and_register(
     params: dict[str, Any],
     data_version: str,
     records_path: str | Path | None = None,
+    serving: ServingConfig | None = None,
 ) -> RegisteredVersion:
     """Log the bundle as a pyfunc model in a ``register`` run and register it as a new version.
 
     The run holds the params, the scores (as metrics and as the ``metrics.json`` artifact) and the
-    model; the version gets :func:`version_tags`.
+    model; the version gets :func:`version_tags`. The model is logged from code (no pickle) with
+    ``serving`` (folded or not, request limits) as its model config.
     """
     spec, _ = read_spec(bundle_dir)
     configure_registry(tracking_cfg)
@@ -410,7 +431,8 @@ def log_and_register(
         )
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=RecFoundModel(),
+            python_model=model_code_path(),
+            model_config=(serving or ServingConfig()).model_dump(),
             artifacts={"backbone": str(backbone_dir), "bundle": str(bundle_dir)},
             code_paths=[package_dir()],
             pip_requirements=pinned_requirements(),
@@ -466,13 +488,111 @@ def _get_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
     )
 
 
+def _delete_lock(client: MlflowClient, lock_name: str) -> None:
+    try:
+        client.delete_registered_model(lock_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
+@contextlib.contextmanager
+def promotion_lock(
+    client: MlflowClient,
+    name: str,
+    *,
+    wait_s: float = LOCK_WAIT_S,
+    stale_s: float = LOCK_STALE_S,
+    poll_s: float = 0.2,
+) -> Iterator[str]:
+    """Hold the promotion lock of registered model ``name``; yields the lock's owner id.
+
+    The lock is the registered model ``<name>.promotion-lock``: creating it succeeds for exactly
+    one caller (MLflow stores keep registered model names unique), deleting it releases it. A
+    lock older than ``stale_s`` was left by a killed promotion and is broken with a warning; one
+    held longer than ``wait_s`` by a live promotion is a :class:`RegistryError`.
+    """
+    lock_name = f"{name}{LOCK_SUFFIX}"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(
+                lock_name,
+                tags={LOCK_OWNER_TAG: owner},
+                description=f"held while a promotion of {name!r} runs; deleted after it",
+            )
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            held = client.get_registered_model(lock_name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue  # released meanwhile: try again at once
+            raise
+        age_s = time.time() - (held.creation_timestamp or 0) / 1000
+        holder = held.tags.get(LOCK_OWNER_TAG, "unknown")
+        if age_s > stale_s:
+            log.warning(
+                "breaking the promotion lock %s of %s, %.0f s old", lock_name, holder, age_s
+            )
+            _delete_lock(client, lock_name)
+            continue
+        if time.monotonic() > deadline:
+            raise RegistryError(
+                f"another promotion of {name!r} holds the lock {lock_name!r} ({holder}, for "
+                f"{age_s:.0f} s); waited {wait_s:.0f} s. If no registration is running, delete "
+                f"the registered model {lock_name!r} (it is broken by itself after {stale_s:.0f} s)"
+            )
+        time.sleep(poll_s)
+    try:
+        yield owner
+    finally:
+        _delete_lock(client, lock_name)
+
+
 def promote(
-    client: MlflowClient, registry_cfg: RegistryConfig, version: int, force: bool = False
+    client: MlflowClient,
+    registry_cfg: RegistryConfig,
+    version: int,
+    force: bool = False,
+    *,
+    challenger_on_refusal: bool = False,
+    candidate_records: Records | None = None,
+    settings: BootstrapSettings | None = None,
 ) -> GateDecision:
     """Make a registered version champion if it passes the gates against the champion (or forced).
 
-    A refused version keeps its aliases and the champion stays; the decision says why.
+    Runs under :func:`promotion_lock`: the champion is read, the gates judged and the alias moved
+    with no other promotion in between. A refused version keeps its aliases and the champion
+    stays (with ``challenger_on_refusal``, as the register stage does, it gets ``challenger``);
+    the decision says why. ``candidate_records`` spares downloading the candidate's per-record
+    outputs from its run.
     """
+    with promotion_lock(client, registry_cfg.model_name):
+        return _promote_locked(
+            client,
+            registry_cfg,
+            version,
+            force,
+            challenger_on_refusal=challenger_on_refusal,
+            candidate_records=candidate_records,
+            settings=settings,
+        )
+
+
+def _promote_locked(
+    client: MlflowClient,
+    registry_cfg: RegistryConfig,
+    version: int,
+    force: bool,
+    *,
+    challenger_on_refusal: bool,
+    candidate_records: Records | None,
+    settings: BootstrapSettings | None,
+) -> GateDecision:
     name = registry_cfg.model_name
     candidate = _get_version(client, name, version)
     champion = version_by_alias(client, name, CHAMPION)
@@ -493,9 +613,14 @@ def promote(
         registry_cfg,
         champion_version=None if champion is None else int(champion.version),
         force=force,
-        candidate_records=run_records(client, candidate.run_id),
+        candidate_records=(
+            candidate_records
+            if candidate_records is not None
+            else run_records(client, candidate.run_id)
+        ),
         champion_records=None if champion is None else run_records(client, champion.run_id),
+        settings=settings,
     )
-    if decision.promote:
+    if decision.promote or challenger_on_refusal:
         apply_promotion(client, name, version, decision)
     return decision

@@ -16,12 +16,39 @@ The answer has one row per request row, in order, with ``task``, ``kind`` (``emb
   each candidate as the answer) and ``generation`` (the best candidate);
 - generative task without candidates → ``output_type="generation"``, ``generation`` (greedy text).
 
-Rows of one task are answered in one batched call. The backbone and the bundle travel as model
-artifacts and the ``recfound`` package as model code, so a registered version needs nothing else.
+Rows of one task are answered in one batched call, by that task's *folded* model by default
+(:class:`recfound.model.folded.FoldedModels`: TMoLE experts merged into the weights, built once per
+task on first use and cached; ``folded: false`` answers through the adapter, as before).
+
+Requests are checked against the ``serving`` settings of params.yaml (rows, characters, candidates,
+``max_new_tokens``); a request beyond a limit or with a bad field is a client error (HTTP 400 under
+``mlflow models serve``) whose message names the row and the field; a failure of the model itself
+is a server error (HTTP 500). Concurrent requests are independent: the task selection is
+context-local and the tokenizer is called under a lock (see :mod:`recfound.model.recmodel`).
+
+The registered model is defined from code (MLflow "models from code"): its ``python_model`` is
+:mod:`recfound.tracking.model_code`, which builds a :class:`RecFoundModel`; nothing is pickled. The
+backbone and the bundle (safetensors) travel as model artifacts, the ``recfound`` package as model
+code, and the ``serving`` settings as the model config, so a registered version needs nothing else.
+
+Without MLflow (benchmarks, tests), from a backbone directory and a bundle directory::
+
+    from recfound.tracking.serving import RecFoundModel
+    folded = RecFoundModel.from_dirs(backbone_dir, bundle_dir)                  # folded (default)
+    unfolded = RecFoundModel.from_dirs(backbone_dir, bundle_dir, folded=False)  # through TMoLE
+    answers = folded.predict(None, [{"task": "rating_prediction", "input": "...",
+                                     "candidates": ["1", "2", "3", "4", "5"]}],
+                             params={"max_new_tokens": 8})
+    folded.warm_up()            # builds every task's folded model now instead of on first use
+
+``from_dirs`` takes the limits of :class:`recfound.config.ServingConfig` as keywords too
+(``max_rows=...``); ``model.rec`` is the adapted :class:`RecModel` (``model.rec.model``: the TMoLE
+model, ``model.folded_models.for_task(t).model``: a plain folded ``nn.Module``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
@@ -29,15 +56,22 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType, Array
 
 import recfound
+from recfound.config import ServingConfig
 from recfound.model.bundle import load_bundle, read_spec
+from recfound.model.folded import FoldedModels
+from recfound.model.recmodel import RecModel
+
+log = logging.getLogger(__name__)
 
 INPUT_COLUMNS = ("task", "input", "candidates")
 OUTPUT_COLUMNS = ("task", "kind", "output_type", "generation", "embedding", "scores")
@@ -91,6 +125,21 @@ def package_dir() -> str:
     return str(Path(recfound.__file__).resolve().parent)
 
 
+def model_code_path() -> str:
+    """The file MLflow logs as the model's definition ("models from code"), instead of a pickle."""
+    return str(Path(__file__).resolve().with_name("model_code.py"))
+
+
+def client_error(message: str) -> MlflowException:
+    """A bad request (HTTP 400 under ``mlflow models serve``)."""
+    return MlflowException.invalid_parameter_value(message)
+
+
+def server_error(message: str) -> MlflowException:
+    """A failure of the model, not of the request (HTTP 500 under ``mlflow models serve``)."""
+    return MlflowException(message, error_code=INTERNAL_ERROR)
+
+
 def input_example(task_kinds: Mapping[str, str]) -> pd.DataFrame:
     """A request for the first embedding task and the first generative task of the model."""
     rows = []
@@ -109,15 +158,75 @@ def input_example(task_kinds: Mapping[str, str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(INPUT_COLUMNS))
 
 
-def _candidate_list(value: Any, row: int) -> list[str]:
-    """A row's candidates; missing (None, NaN, NA) means none."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise MlflowException.invalid_parameter_value(
-            f"row {row}: 'candidates' must be a list of strings, got {value!r}"
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text_field(value: Any, row: int, name: str, limits: ServingConfig) -> str:
+    """A row's string field, checked: present, a string, at most ``max_input_chars`` long."""
+    if _is_missing(value):
+        raise client_error(f"row {row}: {name!r} is null; give the text the task reads")
+    if not isinstance(value, str):
+        raise client_error(
+            f"row {row}: {name!r} must be a string, got {type(value).__name__} {_short(value)}"
         )
-    return [str(c) for c in value]
+    if len(value) > limits.max_input_chars:
+        raise client_error(
+            f"row {row}: {name!r} has {len(value)} characters; the limit is "
+            f"serving.max_input_chars = {limits.max_input_chars}"
+        )
+    return value
+
+
+def _candidate_list(value: Any, row: int, limits: ServingConfig | None = None) -> list[str]:
+    """A row's candidates; missing (None, NaN, NA) means none. Each must be a string."""
+    limits = limits or ServingConfig()
+    if _is_missing(value):
+        return []
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise client_error(
+            f"row {row}: 'candidates' must be a list of strings, got {_short(value)}"
+        )
+    values = list(value)
+    if len(values) > limits.max_candidates:
+        raise client_error(
+            f"row {row}: 'candidates' has {len(values)} entries; the limit is "
+            f"serving.max_candidates = {limits.max_candidates}"
+        )
+    out = []
+    for n, candidate in enumerate(values):
+        if not isinstance(candidate, str):
+            raise client_error(
+                f"row {row}: 'candidates' must be a list of strings; entry {n} is "
+                f"{type(candidate).__name__} {_short(candidate)}"
+            )
+        out.append(_text_field(candidate, row, f"candidates[{n}]", limits))
+    return out
+
+
+def _max_new_tokens(params: Mapping[str, Any] | None, limits: ServingConfig) -> int:
+    """The request's ``max_new_tokens`` (default 32, capped by the limit), checked."""
+    value = (params or {}).get("max_new_tokens")
+    if value is None:
+        return min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise client_error(
+            f"params: 'max_new_tokens' must be an integer, got {type(value).__name__} "
+            f"{_short(value)}"
+        )
+    if not 1 <= int(value) <= limits.max_new_tokens:
+        raise client_error(
+            f"params: 'max_new_tokens' is {int(value)}; allowed: 1 to "
+            f"serving.max_new_tokens = {limits.max_new_tokens}"
+        )
+    return int(value)
 
 
 def _as_frame(model_input: Any) -> pd.DataFrame:
@@ -126,15 +235,23 @@ def _as_frame(model_input: Any) -> pd.DataFrame:
     elif isinstance(model_input, Mapping):
         frame = pd.DataFrame([model_input])
     elif isinstance(model_input, Sequence) and not isinstance(model_input, str):
-        frame = pd.DataFrame(list(model_input))
+        rows = list(model_input)
+        if not all(isinstance(r, Mapping) for r in rows):
+            raise client_error(
+                "a request is a list of {'task', 'input', 'candidates'} rows (objects); got "
+                + ", ".join(sorted({type(r).__name__ for r in rows}))
+            )
+        frame = pd.DataFrame(rows)
     else:
-        raise MlflowException.invalid_parameter_value(
+        raise client_error(
             "a request is a DataFrame or a list of {'task', 'input', 'candidates'} rows, "
             f"got {type(model_input).__name__}"
         )
+    if frame.empty:
+        raise client_error("the request has no rows; send at least one {'task', 'input'} row")
     missing = [c for c in ("task", "input") if c not in frame.columns]
     if missing:
-        raise MlflowException.invalid_parameter_value(
+        raise client_error(
             f"request is missing column(s) {missing}; every row needs 'task' and 'input' "
             "(and optionally 'candidates', a list of strings)"
         )
@@ -159,37 +276,95 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
     """The merged model behind ``models:/recfound@champion`` (see the module docstring)."""
 
     def load_context(self, context) -> None:
-        spec, _ = read_spec(context.artifacts["bundle"])
+        config = dict(context.model_config or {})
+        try:
+            settings = ServingConfig.model_validate(config)
+        except ValueError as error:
+            raise server_error(f"the model's serving config {config} is invalid: {error}") from None
+        self.load(context.artifacts["backbone"], context.artifacts["bundle"], settings)
+
+    @classmethod
+    def from_dirs(
+        cls, backbone_dir: str | Path, bundle_dir: str | Path, **settings: Any
+    ) -> RecFoundModel:
+        """The model from a backbone directory and a bundle directory, without MLflow.
+
+        ``settings`` are :class:`ServingConfig` fields: ``folded`` (default True) and the limits.
+        """
+        model = cls()
+        model.load(backbone_dir, bundle_dir, ServingConfig(**settings))
+        return model
+
+    def load(
+        self, backbone_dir: str | Path, bundle_dir: str | Path, settings: ServingConfig
+    ) -> None:
+        spec, _ = read_spec(bundle_dir)
         self.task_kinds: dict[str, str] = dict(spec.task_kinds)
-        self.rec = load_bundle(context.artifacts["backbone"], context.artifacts["bundle"])
+        self.settings = settings
+        self.rec = load_bundle(backbone_dir, bundle_dir)
         if torch.cuda.is_available():
             self.rec.model.to("cuda")
+        self.folded_models = FoldedModels(self.rec)
+
+    def model_for(self, task: str) -> RecModel:
+        """The RecModel that answers ``task``: its folded model, or the adapted one (unfolded)."""
+        return self.folded_models.for_task(task) if self.settings.folded else self.rec
+
+    def warm_up(self) -> None:
+        """Build every task's folded model now (otherwise each is built on its first request)."""
+        if self.settings.folded:
+            for task in self.task_kinds:
+                self.folded_models.for_task(task)
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
+        limits = self.settings
         frame = _as_frame(model_input)
-        max_new_tokens = int((params or {}).get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
-        tasks = frame["task"].astype(str).tolist()
+        if len(frame) > limits.max_rows:
+            raise client_error(
+                f"the request has {len(frame)} rows; the limit is "
+                f"serving.max_rows = {limits.max_rows}: split it into smaller requests"
+            )
+        max_new_tokens = _max_new_tokens(params, limits)
+        tasks = []
+        for i, task in enumerate(frame["task"].tolist()):
+            if _is_missing(task) or not isinstance(task, str):
+                raise client_error(
+                    f"row {i}: 'task' must be a task name, got {_short(task)}; "
+                    f"this model answers: {', '.join(sorted(self.task_kinds))}"
+                )
+            tasks.append(task)
         unknown = sorted(set(tasks) - set(self.task_kinds))
         if unknown:
-            raise MlflowException.invalid_parameter_value(
+            raise client_error(
                 f"unknown task(s) {unknown}; "
                 f"this model answers: {', '.join(sorted(self.task_kinds))}"
             )
-        texts = frame["input"].astype(str).tolist()
+        texts = [_text_field(v, i, "input", limits) for i, v in enumerate(frame["input"].tolist())]
         has_candidates = "candidates" in frame.columns
         candidates = [
-            _candidate_list(frame["candidates"].iloc[i], i) if has_candidates else []
+            _candidate_list(frame["candidates"].iloc[i], i, limits) if has_candidates else []
             for i in range(len(frame))
         ]
         answers: list[dict[str, Any]] = [{} for _ in range(len(frame))]
         for task in dict.fromkeys(tasks):  # tasks in order of first appearance
             rows = [i for i, t in enumerate(tasks) if t == task]
-            if self.task_kinds[task] == "embedding":
-                self._embed(task, rows, texts, candidates, answers)
-            else:
-                self._generate(task, rows, texts, candidates, answers, max_new_tokens)
+            try:
+                rec = self.model_for(task)
+                if self.task_kinds[task] == "embedding":
+                    self._embed(rec, task, rows, texts, candidates, answers)
+                else:
+                    self._generate(rec, task, rows, texts, candidates, answers, max_new_tokens)
+            except MlflowException:
+                raise
+            except Exception as error:  # the model failed, not the request: a server error
+                log.exception("answering %d row(s) of task %s failed", len(rows), task)
+                raise server_error(
+                    f"the model failed on {len(rows)} row(s) of task {task!r} "
+                    f"({type(error).__name__}: {error}); this is a server-side error, "
+                    "the request was valid"
+                ) from error
         out = [
             {
                 "task": tasks[i],
@@ -205,16 +380,17 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
 
     def _embed(
         self,
+        rec: RecModel,
         task: str,
         rows: list[int],
         texts: list[str],
         candidates: list[list[str]],
         answers: list[dict[str, Any]],
     ) -> None:
-        vectors = self.rec.embed([texts[i] for i in rows], task).cpu()
+        vectors = rec.embed([texts[i] for i in rows], task).cpu()
         with_candidates = [i for i in rows if candidates[i]]
         flat = [c for i in with_candidates for c in candidates[i]]
-        candidate_vectors = self.rec.embed(flat, task).cpu() if flat else None
+        candidate_vectors = rec.embed(flat, task).cpu() if flat else None
         start = 0
         for n, i in enumerate(rows):
             answer = {"output_type": "embedding", "embedding": vectors[n].tolist()}
@@ -226,6 +402,7 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
 
     def _generate(
         self,
+        rec: RecModel,
         task: str,
         rows: list[int],
         texts: list[str],
@@ -234,7 +411,7 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
         max_new_tokens: int,
     ) -> None:
         for chunk in _chunks([i for i in rows if candidates[i]], candidates):
-            values = self.rec.score([texts[i] for i in chunk], [candidates[i] for i in chunk], task)
+            values = rec.score([texts[i] for i in chunk], [candidates[i] for i in chunk], task)
             for i, scores in zip(chunk, values, strict=True):
                 best = max(range(len(scores)), key=scores.__getitem__)
                 answers[i] = {
@@ -244,6 +421,6 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
                 }
         free = [i for i in rows if not candidates[i]]
         if free:
-            generated = self.rec.generate([texts[i] for i in free], task, max_new_tokens)
+            generated = rec.generate([texts[i] for i in free], task, max_new_tokens)
             for i, text in zip(free, generated, strict=True):
                 answers[i] = {"output_type": "generation", "generation": text}

@@ -185,14 +185,23 @@ class TMoLEModel:
         return {name: layer.fold(task_id) for name, layer in self.layers().items()}
 
     @torch.no_grad()
-    def merge_into_base(self, task: str) -> nn.Module:
+    def merge_into_base(self, task: str, *, share_untouched: bool = False) -> nn.Module:
         """A deep copy of the base model with ``W0 += B_f A_f`` for ``task``; no adapter left.
 
         The result is a plain model (stock ``nn.Linear`` layers, zero extra latency); this
-        adapter is left unchanged.
+        adapter is left unchanged. With ``share_untouched`` only the targeted layers' weights are
+        new tensors: every other parameter and buffer (embeddings, norms, untargeted layers, the
+        biases) is the very tensor of this adapter's frozen base, so a model per task costs only
+        the targeted weights (for serving; the shared tensors must then stay frozen).
         """
         folds = self.fold(task)
-        merged = copy.deepcopy(self.model)
+        memo: dict[int, object] = {}
+        if share_untouched:
+            targeted = {id(layer.base_layer.weight) for layer in self.layers().values()}
+            for tensor in [*self.model.parameters(), *self.model.buffers()]:
+                if id(tensor) not in targeted:
+                    memo[id(tensor)] = tensor
+        merged = copy.deepcopy(self.model, memo)
         for name, (a_f, b_f) in folds.items():
             base_layer = merged.get_submodule(name).base_layer
             delta = b_f.double() @ a_f.double()
