@@ -4,11 +4,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
+from recfound.model.backbone import load_backbone
+from recfound.model.bundle import ModelSpec, adapter_tensors, build_from_spec, save_bundle
 from tests.conftest import write_params
 
 
@@ -59,3 +69,105 @@ def project_params(root: Path, backbone: Path, bundle: Path, **sections: dict) -
         "reports": str(root / "reports"),
     }
     return write_params(root / "params.yaml", paths=paths, **sections)
+
+
+FOUR_TASKS = {
+    "genre": "generative",
+    "year": "generative",
+    "match": "embedding",
+    "similar": "embedding",
+}
+
+
+@pytest.fixture(scope="session")
+def four_task_bundle(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bundle: tuple[Path, Path]
+) -> tuple[Path, Path]:
+    """``(backbone_dir, bundle_dir)``: the tiny backbone with a TMoLE of four tasks (two of each
+    kind), moved off its initial values so every task has its own weights."""
+    from tests.train import tiny
+
+    backbone, _ = tiny_bundle
+    root = tmp_path_factory.mktemp("four_tasks")
+    spec = ModelSpec(adapter=tiny.ADAPTER, task_kinds=dict(FOUR_TASKS), seed=0, max_length=48)
+    base, tokenizer = load_backbone(backbone)
+    rec = build_from_spec(base, tokenizer, spec)
+    generator = torch.Generator().manual_seed(1)
+    tensors = {
+        name: value + 0.05 * torch.randn(value.shape, generator=generator)
+        for name, value in adapter_tensors(rec.model).items()
+    }
+    save_bundle(root / "bundle", spec, tensors)
+    return backbone, root / "bundle"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(process: subprocess.Popen, url: str, log_path: Path, timeout: float) -> None:
+    """Poll ``url`` until it answers 200; fail with the log's tail if the process dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args[:3]} exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} not up after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def mlflow_cli() -> str:
+    return str(Path(sys.executable).parent / "mlflow")
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path):
+    """``mlflow server`` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path."""
+    store = tmp_path / "server"
+    store.mkdir()
+    port = free_port()
+    log_path = store / "server.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [
+                mlflow_cli(),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{store}/mlflow.db",
+                "--artifacts-destination",
+                str(store / "artifacts"),
+            ],
+            cwd=store,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the workers go down with it
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(process, f"{url}/health", log_path, timeout=120)
+        yield url
+    finally:
+        stop_process_group(process)

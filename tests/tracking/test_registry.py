@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -258,65 +251,6 @@ def test_a_clear_drop_is_a_regression_and_records_pair_by_key() -> None:
 
 
 # ---- a real MLflow server -----------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture()
-def mlflow_server(tmp_path: Path):
-    """``mlflow server`` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path."""
-    store = tmp_path / "server"
-    store.mkdir()
-    port = _free_port()
-    log_file = (store / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{store}/mlflow.db",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-        ],
-        cwd=store,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the workers go down with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited:\n{(store / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up:\n{(store / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log_file.close()
 
 
 @pytest.mark.slow
