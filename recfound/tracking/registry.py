@@ -524,7 +524,8 @@ def promotion_lock(
             )
             break
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            # a sqlite store answers "does not exist" when the lock went between its two reads
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         try:
             held = client.get_registered_model(lock_name)

@@ -16,6 +16,7 @@ from typing import Any
 import mlflow
 
 from recfound.config import TrackingConfig
+from recfound.tracking.store import create_experiment_once, store_init_lock
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,11 @@ def configure_tracking(cfg: TrackingConfig) -> str:
     uri = env if from_user else cfg.tracking_uri
     mlflow.set_tracking_uri(uri)
     _exported = (os.environ.get("MLFLOW_TRACKING_URI"), from_user)
-    if mlflow.get_experiment_by_name(cfg.experiment) is None:
-        location = None
-        if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
-            location = Path(cfg.artifact_location).resolve().as_uri()
-        mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    location = None
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        location = Path(cfg.artifact_location).resolve().as_uri()
+    with store_init_lock(uri):  # several processes may open a fresh store at once
+        create_experiment_once(cfg.experiment, location)
     mlflow.set_experiment(cfg.experiment)
     return uri
 

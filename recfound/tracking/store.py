@@ -1,0 +1,57 @@
+"""First use of an MLflow store by several processes at once.
+
+MLflow creates a sqlite database's tables (alembic migrations) on first connection; two processes
+doing that together crash with a raw alembic / SQLAlchemy error. :func:`store_init_lock` holds an
+exclusive file lock next to a sqlite database (``<file>.lock``) while a process opens it, so
+the second waits for the first's tables. A server creates its own tables once; there, and for
+sqlite, two processes creating the same experiment together is settled by
+:func:`create_experiment_once`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///<path>`` URI, as SQLAlchemy reads it (an absolute path
+    after the third slash, else relative to the working directory); None for any other store."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = unquote(uri[len(prefix) :].partition("?")[0])
+    return None if path in ("", ":memory:") else Path(path)
+
+
+@contextlib.contextmanager
+def store_init_lock(uri: str) -> Iterator[None]:
+    """Exclusive lock for opening the store at ``uri`` (a no-op unless it is a sqlite file)."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def create_experiment_once(name: str, artifact_location: str | None) -> None:
+    """Create experiment ``name`` unless it exists (another process may create it meanwhile)."""
+    if mlflow.get_experiment_by_name(name) is not None:
+        return
+    try:
+        mlflow.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise

@@ -1,0 +1,121 @@
+"""Promotion is atomic: two ``recfound register`` processes started together, one clearly better
+than the other (both better than the old champion), against a real ``mlflow server`` and on a
+fresh sqlite store; the worse never ends up champion, and neither process crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from recfound.config import load_config
+from recfound.stages.register import run_register
+from recfound.tracking.registry import LOCK_SUFFIX
+from tests.tracking.conftest import project_params, write_metrics
+
+OLD, WORSE, BETTER = 0.50, 0.55, 0.60  # mean scores: WORSE passes against OLD, not against BETTER
+TASK_SCORES = {"genre": 0.5, "match": 0.5}
+PROCESS_TIMEOUT_S = 400
+
+
+def project(root: Path, bundle: tuple[Path, Path], name: str, mean: float, **sections) -> Path:
+    """A params.yaml of its own (reports, tasks) registering ``name`` with ``mean`` as score."""
+    params = project_params(root, *bundle, registry={"model_name": name}, **sections)
+    write_metrics(Path(load_config(params).paths.reports) / "metrics.json", mean, TASK_SCORES)
+    return params
+
+
+def start_register(params: Path, env: dict[str, str]) -> subprocess.Popen:
+    log = (params.parent / "register.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "recfound.cli", "--params", str(params), "register"],
+        cwd=params.parent,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def register_together(
+    first: Path, second: Path, env: dict[str, str], stagger_s: float = 0.3
+) -> tuple[dict, dict]:
+    """Both registrations at (nearly) the same time; each one's reports/registry.json."""
+    processes = [start_register(first, env)]
+    time.sleep(stagger_s)
+    processes.append(start_register(second, env))
+    for params, process in zip((first, second), processes, strict=True):
+        code = process.wait(timeout=PROCESS_TIMEOUT_S)
+        log = (params.parent / "register.log").read_text()
+        assert code == 0, f"{params.parent.name} exited {code}:\n{log[-4000:]}"
+        assert "Traceback" not in log, log[-4000:]
+    return tuple(
+        json.loads((p.parent / "reports" / "registry.json").read_text()) for p in (first, second)
+    )
+
+
+def assert_better_is_champion(client: MlflowClient, name: str, better: dict, worse: dict) -> None:
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert int(champion.version) == better["version"], (better["decision"], worse["decision"])
+    assert champion.tags["metric.overall.mean_score"] == repr(BETTER)
+    assert better["alias"] == "champion"
+    if worse["alias"] == "champion":  # promoted first: the better one was judged against it
+        assert better["decision"]["champion_version"] == worse["version"]
+    else:  # promoted second: judged against the better one, not the old champion
+        assert worse["alias"] == "challenger"
+        assert worse["decision"]["champion_version"] == better["version"]
+        assert "below the champion's 0.6000" in worse["decision"]["failures"][0]
+    assert not any(m.name.endswith(LOCK_SUFFIX) for m in client.search_registered_models())
+
+
+@pytest.mark.slow
+def test_concurrent_registrations_on_a_real_server_never_crown_the_worse(
+    mlflow_server: str, tiny_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    client = MlflowClient(tracking_uri=mlflow_server)
+
+    # a fresh server: both processes create the experiment and the registered model at once
+    better = project(tmp_path / "fresh-better", tiny_bundle, "fresh", BETTER)
+    worse = project(tmp_path / "fresh-worse", tiny_bundle, "fresh", WORSE)
+    better_report, worse_report = register_together(better, worse, env)
+    assert_better_is_champion(client, "fresh", better_report, worse_report)
+
+    # with an old champion both pass against, in both starting orders
+    for order, name in (("better first", "race-a"), ("worse first", "race-b")):
+        old = project(tmp_path / f"{name}-old", tiny_bundle, name, OLD)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+            patch.chdir(old.parent)
+            assert run_register(load_config(old))["alias"] == "champion"
+        better = project(tmp_path / f"{name}-better", tiny_bundle, name, BETTER)
+        worse = project(tmp_path / f"{name}-worse", tiny_bundle, name, WORSE)
+        if order == "better first":
+            better_report, worse_report = register_together(better, worse, env)
+        else:
+            worse_report, better_report = register_together(worse, better, env)
+        assert_better_is_champion(client, name, better_report, worse_report)
+
+
+@pytest.mark.slow
+def test_concurrent_first_use_of_a_fresh_sqlite_store(
+    tiny_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two processes create the same sqlite database (tables, experiment, registered model) at
+    once: both register, the better ends champion, no SQLAlchemy traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    tracking = {
+        "tracking_uri": f"sqlite:///{tmp_path}/shared.db",
+        "artifact_location": str(tmp_path / "mlartifacts"),
+    }
+    better = project(tmp_path / "better", tiny_bundle, "recfound", BETTER, tracking=tracking)
+    worse = project(tmp_path / "worse", tiny_bundle, "recfound", WORSE, tracking=tracking)
+    worse_report, better_report = register_together(worse, better, env, stagger_s=0.0)
+    client = MlflowClient(tracking_uri=tracking["tracking_uri"])
+    assert_better_is_champion(client, "recfound", better_report, worse_report)
