@@ -135,16 +135,16 @@ def interactions_suite(
         _all_null(UNKNOWN_ITEM_ID, "item_id", "values are not an item_id of the items table"),
         _all_null(UNKNOWN_USER_ID, "user_id", "values are not a user_id of the users table"),
     ]
-    if declared:
-        expectations.append(
-            gx.expectations.ExpectColumnToExist(
-                column="timestamp",
-                meta=_meta(
-                    "timestamp",
-                    "column is missing, but the source declares timestamps (source.json signals)",
-                ),
-            )
+    missing_time = (
+        "column is missing, but the source declares timestamps (source.json signals)"
+        if declared
+        else "column is missing (a source without time stores each user's event order in it)"
+    )
+    expectations.append(
+        gx.expectations.ExpectColumnToExist(
+            column="timestamp", meta=_meta("timestamp", missing_time)
         )
+    )
     if not has_time:
         return gx.ExpectationSuite(name="interactions", expectations=expectations)
     expectations.append(_not_null("timestamp"))
@@ -220,12 +220,16 @@ def interactions_frame(
 
 def _short_timestamps(values: pd.Series) -> pd.Series:
     """Times before :data:`TIMESTAMP_MIN` with fewer digits than most (a line cut short), else
-    null; a unit error (milliseconds) has more digits, not fewer."""
+    null; a unit error (milliseconds) has more digits, not fewer. Only where most values look
+    like Unix times."""
     numbers = pd.to_numeric(values, errors="coerce")
     digits = numbers.abs().round().astype("Int64").astype(str).str.len().where(numbers.notna())
     if digits.notna().sum() == 0:
         return pd.Series(None, index=values.index, dtype=object)
-    short = (digits < digits.mode().iloc[0]) & (numbers < TIMESTAMP_MIN)
+    usual = digits.mode().iloc[0]
+    if usual < len(str(TIMESTAMP_MIN)):  # most values are not times (e.g. file order 0..n)
+        return pd.Series(None, index=values.index, dtype=object)
+    short = (digits < usual) & (numbers < TIMESTAMP_MIN)
     return values.astype(object).where(short.fillna(False), None)
 
 
