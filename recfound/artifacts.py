@@ -65,9 +65,33 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    replace_directory(staging, target)
+
+
+def replace_directory(source: str | Path, target: str | Path) -> None:
+    """Move the complete directory ``source`` into the place of ``target`` (replacing it whole)."""
+    source, target = Path(source), Path(target)
     backup = target.with_name(f".{target.name}.previous")
     shutil.rmtree(backup, ignore_errors=True)
     if target.exists():
         os.replace(target, backup)
-    os.replace(staging, target)
+    os.replace(source, target)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def partial_directory(target: str | Path, *, resume: bool) -> Path:
+    """Where a long stage builds ``target`` before :func:`replace_directory` swaps it in.
+
+    Unlike :func:`staged_directory` the place is fixed (``.<name>.partial`` beside ``target``) and
+    survives a crash, so a resumed run continues from it; ``target`` keeps the previous complete
+    outputs until then. A fresh run (``resume=False``) starts from an empty directory; a resumed
+    run with no partial work starts from a copy of ``target``.
+    """
+    target = Path(target)
+    work = target.with_name(f".{target.name}.partial")
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    elif not work.exists() and target.is_dir():
+        shutil.copytree(target, work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work

@@ -66,6 +66,11 @@ class DataConfig(_Section):
     rating_threshold: float = Field(
         default=4.0, description="A rating at or above this counts as a like (implicit feedback)."
     )
+    timestamps: bool = Field(
+        default=True,
+        description="The source declares event times (recbole_atomic: a 'timestamp' field is "
+        "required); false orders each user's events by file order.",
+    )
     min_user_interactions: int = Field(default=5, ge=3, description="k-core: users with fewer go.")
     min_item_interactions: int = Field(default=1, ge=1, description="k-core: items with fewer go.")
     max_users: int | None = Field(
@@ -532,4 +537,25 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if isinstance(raw, dict):
+        require_sections(raw, origin=str(path))
     return parse_config(raw, origin=str(path))
+
+
+def require_sections(raw: dict[str, Any], origin: str = "params.yaml") -> None:
+    """A params file names every section: a missing one is an error, not silent defaults.
+
+    (:func:`parse_config` alone accepts partial mappings, e.g. pipeline overrides.)
+    """
+    missing = [
+        name
+        for name, field in Config.model_fields.items()
+        if isinstance(field.annotation, type)
+        and issubclass(field.annotation, BaseModel)
+        and name not in raw
+    ]
+    if missing:
+        raise ConfigError(
+            f"{origin} lacks section(s) {', '.join(missing)}; every section must be present "
+            "(copy it from the repository's params.yaml, whose values are the defaults)"
+        )

@@ -46,3 +46,31 @@ def test_staged_directory_swaps_only_on_success(tmp_path: Path) -> None:
     with artifacts.staged_directory(target) as staging:
         (staging / "b.txt").write_text("third")
     assert file_digests(target) == {"b.txt": b"third"}
+
+
+def test_partial_directory_keeps_the_target_until_it_is_swapped_in(tmp_path: Path) -> None:
+    """How `train` writes paths.train: the previous outputs stay until the new run completes; a
+    failed or killed run leaves its work for `--resume`; a fresh run starts empty."""
+    target = tmp_path / "train"
+    (target / "last").mkdir(parents=True)
+    (target / "last" / "w").write_text("old")
+    before = file_digests(target)
+
+    work = artifacts.partial_directory(target, resume=False)
+    assert work.parent == target.parent and list(work.iterdir()) == []
+    (work / "last").mkdir()
+    (work / "last" / "w").write_text("new, half done")
+    assert file_digests(target) == before  # a run that dies here changes nothing
+
+    again = artifacts.partial_directory(target, resume=True)  # resume continues the partial run
+    assert again == work and (work / "last" / "w").read_text() == "new, half done"
+    assert list(artifacts.partial_directory(target, resume=False).iterdir()) == []  # fresh: empty
+
+    (work / "last").mkdir()
+    (work / "last" / "w").write_text("new")
+    artifacts.replace_directory(work, target)
+    assert (target / "last" / "w").read_text() == "new" and not work.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]  # nothing else left behind
+
+    resumed = artifacts.partial_directory(target, resume=True)  # no partial work: from target
+    assert file_digests(resumed) == file_digests(target)

@@ -156,3 +156,89 @@ def test_truncated_source_file_exit_code_and_outputs_kept(
     assert result.returncode == EXIT_USER_ERROR
     assert "mini.inter" in result.stderr and "truncated" in result.stderr
     assert file_digests(mini_project / "data" / "interim") == interim_before
+
+
+# --- issue 15: each bad input is a named error, and the previous outputs stay as they were ------
+
+
+def _cut_last_timestamp(folder: Path) -> None:
+    inter = folder / "mini.inter"
+    inter.write_text(inter.read_text()[:-4])
+
+
+def _drop_timestamp_column(folder: Path) -> None:
+    inter = folder / "mini.inter"
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join(ln.rsplit("\t", 1)[0] for ln in lines) + "\n")
+
+
+def _blank_user_id(folder: Path) -> None:
+    inter = folder / "mini.inter"
+    lines = inter.read_text().splitlines()
+    lines[7] = "\t" + lines[7].split("\t", 1)[1]
+    inter.write_text("\n".join(lines) + "\n")
+
+
+SOURCE_FAULTS = {
+    # name: (corrupt the raw folder, words the message must contain)
+    "truncated_mid_timestamp": (_cut_last_timestamp, ["mini.inter: line", "looks truncated"]),
+    "dropped_timestamp_column": (
+        _drop_timestamp_column,
+        ["mini.inter: the header has no 'timestamp' field", "data.timestamps"],
+    ),
+    "blank_user_id": (_blank_user_id, ["mini.inter: empty user_id at line 8"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCE_FAULTS))
+def test_bad_source_is_named_and_interim_tables_are_kept(
+    name: str, mini_project: Path, mini_atomic: Path
+) -> None:
+    assert run_cli("ingest", cwd=mini_project).returncode == 0
+    before = file_digests(mini_project / "data" / "interim")
+    corrupt, words = SOURCE_FAULTS[name]
+    corrupt(mini_atomic)
+    result = run_cli("ingest", cwd=mini_project)
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    for word in words:
+        assert word in result.stderr
+    assert "Traceback" not in result.stderr
+    assert file_digests(mini_project / "data" / "interim") == before
+
+
+def test_amazon_rating_five_names_file_and_line(tmp_path: Path) -> None:
+    fixture = Path(__file__).parent / "fixtures" / "amazon"
+    raw = tmp_path / "amazon"
+    shutil.copytree(fixture, raw)
+    reviews = raw / "reviews.jsonl"
+    lines = reviews.read_text().splitlines()
+    record = json.loads(lines[2])
+    record["rating"] = "five"
+    lines[2] = json.dumps(record)
+    reviews.write_text("\n".join(lines) + "\n")
+    write_params(tmp_path / "params.yaml", data={"source": "amazon_jsonl", "path": str(raw)})
+    result = run_cli("ingest", cwd=tmp_path)
+    assert result.returncode == EXIT_USER_ERROR
+    assert f"{reviews}: line 3: rating is 'five'; expected a number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "train"])
+def test_missing_backbone_path_stops_the_stage(stage: str, mini_project: Path) -> None:
+    params = mini_project / "params.yaml"
+    params.write_text(params.read_text().replace("backbone: builtin", "backbone: /nope", 1))
+    result = run_cli(stage, cwd=mini_project)
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    assert "model.backbone is '/nope', which is not a local Hugging Face checkpoint" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_params_file_missing_a_section_stops_before_anything_runs(mini_project: Path) -> None:
+    params = mini_project / "params.yaml"
+    params.write_text(params.read_text().split("\ntrain:", 1)[0] + "\n")
+    result = run_cli("ingest", cwd=mini_project)
+    assert result.returncode == EXIT_USER_ERROR
+    assert "lacks section(s) train, merge," in result.stderr
+    assert not (mini_project / "data").exists()

@@ -66,3 +66,16 @@ def test_unparsable_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_params_file_missing_whole_sections_names_them(tmp_path: Path) -> None:
+    import yaml
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    del params["merge"], params["registry"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path} lacks section(s) merge, registry;")
+    parse_config({"data": {"max_users": 10}})  # partial mappings (pipeline overrides) stay fine

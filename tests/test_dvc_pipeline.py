@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, write_tiny_params
+from tests.conftest import (
+    REPO_ROOT,
+    TINY_SECTIONS,
+    file_digests,
+    write_ml100k_slice,
+    write_tiny_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +99,61 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     shown = _dvc("metrics", "show", "--json", cwd=repo_copy)
     assert shown.returncode == 0
     assert "num_generative_tasks" in shown.stdout
+
+
+def test_failed_repro_keeps_the_previous_outputs(repo_copy: Path, tmp_path: Path) -> None:
+    """A stage that fails leaves its outputs (DVC `persist`) as they were, byte for byte; the next
+    good run replaces them whole, so no stale file stays behind."""
+    good = write_ml100k_slice(tmp_path / "raw", num_users=15)  # a catalogue of < 1000 items
+    data = {"source": "recbole_atomic", "path": str(good), "dataset_name": "mini"}
+    write_tiny_params(repo_copy / "params.yaml", data=data)
+    first = _dvc("repro", "build_tasks", cwd=repo_copy)
+    assert first.returncode == 0, first.stdout + first.stderr
+    outputs = ("data/interim", "data/tasks", "reports/validation", "reports/task_counts.json")
+
+    def snapshot() -> dict[str, dict[str, bytes]]:
+        return {
+            name: file_digests(repo_copy / name)
+            if (repo_copy / name).is_dir()
+            else {name: (repo_copy / name).read_bytes()}
+            for name in outputs
+        }
+
+    before = snapshot()
+    lock_before = (repo_copy / "dvc.lock").read_bytes()
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(good, corrupt)
+    inter = corrupt / "mini.inter"
+    inter.write_text(inter.read_text()[:-4])  # cut inside the last line's timestamp
+    write_tiny_params(repo_copy / "params.yaml", data={**data, "path": str(corrupt)})
+    failed = _dvc("repro", "build_tasks", cwd=repo_copy)
+    assert failed.returncode != 0
+    assert "Running stage 'ingest'" in failed.stdout
+    assert "mini.inter: line" in failed.stderr and "looks truncated" in failed.stderr
+    assert snapshot() == before
+    assert (repo_copy / "dvc.lock").read_bytes() == lock_before
+
+    # a later stage failing (a setting the data cannot satisfy) keeps its outputs too
+    write_tiny_params(
+        repo_copy / "params.yaml",
+        data=data,
+        tasks={**TINY_SECTIONS["tasks"], "num_candidates": 1000},
+    )
+    failed = _dvc("repro", "build_tasks", cwd=repo_copy)
+    assert failed.returncode != 0
+    assert "Running stage 'build_tasks'" in failed.stdout
+    assert "tasks.num_candidates is 1000" in failed.stderr
+    assert snapshot() == before
+
+    # back to good settings: the stage runs again and replaces its outputs whole
+    (repo_copy / "data" / "tasks" / "stale.parquet").write_bytes(b"left over")
+    write_tiny_params(repo_copy / "params.yaml", data=data)
+    again = _dvc("repro", "build_tasks", cwd=repo_copy)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not (repo_copy / "data" / "tasks" / "stale.parquet").exists()
+    after = snapshot()
+    for name in ("data/interim", "data/tasks"):  # the same settings give the same bytes
+        assert after[name] == before[name]
+    status = _dvc("status", "build_tasks", cwd=repo_copy)
+    assert "up to date" in status.stdout, status.stdout

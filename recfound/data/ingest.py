@@ -31,7 +31,11 @@ def load_source(cfg: DataConfig) -> S.Tables:
         folder = Path(cfg.path or "")
         name = cfg.dataset_name or folder.name
         return _load_atomic(
-            folder, name, rating_range=rating_range, rating_threshold=cfg.rating_threshold
+            folder,
+            name,
+            rating_range=rating_range,
+            rating_threshold=cfg.rating_threshold,
+            timestamps=cfg.timestamps,
         )
     if cfg.source == "amazon_jsonl":
         return load_amazon_jsonl(

@@ -45,12 +45,19 @@ def _read_atomic(path: Path) -> pd.DataFrame:
         raise IngestError(f"missing source file: {path}")
     try:
         with path.open(encoding="utf-8") as handle:
-            header = handle.readline().rstrip("\n").split("\t")
-            rows = [line.rstrip("\n").split("\t") for line in handle if line.strip()]
+            lines = handle.readlines()
     except UnicodeDecodeError as exc:
         raise IngestError(
             f"{path} is not readable UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from None
+    if lines and not lines[-1].endswith("\n"):
+        raise IngestError(
+            f"{path}: line {len(lines)} has no line end: the file looks truncated (cut off "
+            "mid-line); restore the complete file, or end its last line with a newline if it is "
+            "complete"
+        )
+    header = lines[0].rstrip("\n").split("\t") if lines else []
+    rows = [line.rstrip("\n").split("\t") for line in lines[1:] if line.strip()]
     names = [h.split(":", 1)[0] for h in header]
     if len(names) < 2 or any(not n for n in names):
         raise IngestError(f"{path}: first line must be a RecBole header like 'user_id:token\\t…'")
@@ -79,17 +86,34 @@ def _to_number(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return values
 
 
-def _normalize_interactions(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
-    for column in ("user_id", "item_id"):
+def _require_ids(raw: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
+    """Every row names its ids: an empty id is an error, not a row to drop."""
+    for column in columns:
         if column not in raw.columns:
             raise IngestError(f"{path}: required field {column!r} is missing from the header")
+        empty = raw[column].isna() | raw[column].astype(str).str.strip().eq("")
+        if empty.any():
+            line = int(empty.to_numpy().nonzero()[0][0]) + 2
+            raise IngestError(
+                f"{path}: empty {column} at line {line}; every row needs a non-empty {column}"
+            )
+
+
+def _normalize_interactions(raw: pd.DataFrame, path: Path, timestamps: bool) -> pd.DataFrame:
+    _require_ids(raw, ("user_id", "item_id"), path)
     rating = _to_number(raw, "rating", path) if "rating" in raw.columns else 1.0
     if "timestamp" in raw.columns:
         timestamp = _to_number(raw, "timestamp", path)
         if timestamp.isna().any():
             line = int(timestamp.isna().to_numpy().nonzero()[0][0]) + 2
             raise IngestError(f"{path}: empty timestamp at line {line}")
-    else:  # no time: keep file order as the order of events
+    elif timestamps:
+        raise IngestError(
+            f"{path}: the header has no 'timestamp' field, but data.timestamps is true (the "
+            "source declares event times); restore the field, or set data.timestamps: false to "
+            "order each user's events by file order"
+        )
+    else:  # no time, as declared: keep file order as the order of events
         timestamp = pd.Series(range(len(raw)), dtype="float64")
     return pd.DataFrame(
         {
@@ -104,8 +128,7 @@ def _normalize_interactions(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def _normalize_items(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
-    if "item_id" not in raw.columns:
-        raise IngestError(f"{path}: required field 'item_id' is missing from the header")
+    _require_ids(raw, ("item_id",), path)
     title = _first(raw, _TITLE_FIELDS)
     year = _first(raw, _YEAR_FIELDS)
     categories = _first(raw, _CATEGORY_FIELDS)
@@ -128,9 +151,12 @@ def _normalize_items(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     )
 
 
-def _normalize_users(raw: pd.DataFrame | None, user_ids: pd.Series) -> pd.DataFrame:
+def _normalize_users(
+    raw: pd.DataFrame | None, user_ids: pd.Series, path: Path | None = None
+) -> pd.DataFrame:
     if raw is None:
         return pd.DataFrame({"user_id": sorted(user_ids.astype(str).unique())})
+    _require_ids(raw, ("user_id",), path or Path("users"))
     users = pd.DataFrame({"user_id": raw["user_id"].astype(str)})
     if "age" in raw.columns:
         users["age"] = pd.to_numeric(raw["age"], errors="coerce").astype("Int64")
@@ -164,8 +190,13 @@ def load_recbole_atomic(
     source_name: str = "recbole_atomic",
     rating_range: tuple[float, float] = (1.0, 5.0),
     rating_threshold: float = 4.0,
+    timestamps: bool = True,
 ) -> S.Tables:
-    """Load ``NAME.inter`` (required), ``NAME.item`` (required) and ``NAME.user`` (optional)."""
+    """Load ``NAME.inter`` (required), ``NAME.item`` (required) and ``NAME.user`` (optional).
+
+    ``timestamps``: the source declares event times, so ``NAME.inter`` must have a ``timestamp``
+    field; without it, each user's events keep file order.
+    """
     folder = Path(folder)
     inter_path, item_path, user_path = (
         folder / f"{name}.{ext}" for ext in ("inter", "item", "user")
@@ -173,9 +204,9 @@ def load_recbole_atomic(
     raw_inter = _read_atomic(inter_path)
     raw_items = _read_atomic(item_path)
     raw_users = _read_atomic(user_path) if user_path.is_file() else None
-    interactions = _normalize_interactions(raw_inter, inter_path)
+    interactions = _normalize_interactions(raw_inter, inter_path, timestamps)
     items = _normalize_items(raw_items, item_path)
-    users = _normalize_users(raw_users, interactions["user_id"])
+    users = _normalize_users(raw_users, interactions["user_id"], user_path)
     info = S.SourceInfo(
         name=source_name,
         rating_min=rating_range[0],
@@ -212,7 +243,8 @@ def load_ml100k(rating_threshold: float = 4.0) -> S.Tables:
     )
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """``(line number, record)`` of every non-blank line; each line must be one JSON object."""
     if not path.is_file():
         raise IngestError(f"missing source file: {path}")
     records = []
@@ -222,15 +254,37 @@ def _read_jsonl(path: Path) -> list[dict]:
                 if not line.strip():
                     continue
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise IngestError(
                         f"{path}: line {number} is not valid JSON ({exc.msg}); "
                         "the file looks truncated or corrupted"
                     ) from None
+                if not isinstance(record, dict):
+                    raise IngestError(
+                        f"{path}: line {number} is a JSON {type(record).__name__}, not an object"
+                    )
+                records.append((number, record))
     except UnicodeDecodeError as exc:
         raise IngestError(f"{path} is not readable UTF-8 text ({exc.reason})") from None
     return records
+
+
+def _number(value: object, path: Path, line: int, field: str) -> float:
+    """A JSON number (or numeric string) of one record; anything else names file and line."""
+    if not isinstance(value, bool):
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass
+    raise IngestError(f"{path}: line {line}: {field} is {value!r}; expected a number")
+
+
+def _identifier(value: object, path: Path, line: int, field: str) -> str:
+    """A non-empty id (JSON string or integer) of one record."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        return str(value)
+    raise IngestError(f"{path}: line {line}: {field} is {value!r}; expected a non-empty string id")
 
 
 def _text(value: object) -> str:
@@ -253,32 +307,44 @@ def load_amazon_jsonl(
     reviews = _read_jsonl(reviews_path)
     meta = _read_jsonl(meta_path)
     required = ("user_id", "parent_asin", "rating", "timestamp")
-    for number, review in enumerate(reviews, start=1):
+    for line, review in reviews:
         missing = [k for k in required if k not in review]
         if missing:
-            raise IngestError(f"{reviews_path}: record {number} lacks field(s) {missing}")
-    timestamps = pd.Series([r["timestamp"] for r in reviews], dtype="float64")
+            raise IngestError(f"{reviews_path}: line {line} lacks field(s) {missing}")
+    timestamps = pd.Series(
+        [_number(r["timestamp"], reviews_path, n, "timestamp") for n, r in reviews],
+        dtype="float64",
+    )
     if len(timestamps) and timestamps.median() > 1e11:  # Amazon 2023 stores milliseconds
         timestamps = timestamps // 1000
     interactions = pd.DataFrame(
         {
-            "user_id": [str(r["user_id"]) for r in reviews],
-            "item_id": [str(r["parent_asin"]) for r in reviews],
-            "rating": pd.Series([r["rating"] for r in reviews], dtype="float64"),
+            "user_id": [_identifier(r["user_id"], reviews_path, n, "user_id") for n, r in reviews],
+            "item_id": [
+                _identifier(r["parent_asin"], reviews_path, n, "parent_asin") for n, r in reviews
+            ],
+            "rating": pd.Series(
+                [_number(r["rating"], reviews_path, n, "rating") for n, r in reviews],
+                dtype="float64",
+            ),
             "timestamp": timestamps.astype("int64"),
-            "review_title": [_text(r.get("title")) for r in reviews],
-            "review_text": [_text(r.get("text")) for r in reviews],
+            "review_title": [_text(r.get("title")) for _, r in reviews],
+            "review_text": [_text(r.get("text")) for _, r in reviews],
         }
     )
-    for number, record in enumerate(meta, start=1):
+    for line, record in meta:
         if "parent_asin" not in record:
-            raise IngestError(f"{meta_path}: record {number} lacks field 'parent_asin'")
+            raise IngestError(f"{meta_path}: line {line} lacks field 'parent_asin'")
+    meta = [
+        (n, {**m, "parent_asin": _identifier(m["parent_asin"], meta_path, n, "parent_asin")})
+        for n, m in meta
+    ]
     items = pd.DataFrame(
         {
-            "item_id": [str(m["parent_asin"]) for m in meta],
-            "title": [_text(m.get("title")) for m in meta],
-            "description": [_text(m.get("description")) for m in meta],
-            "categories": ["|".join(_text(c) for c in m.get("categories") or []) for m in meta],
+            "item_id": [str(m["parent_asin"]) for _, m in meta],
+            "title": [_text(m.get("title")) for _, m in meta],
+            "description": [_text(m.get("description")) for _, m in meta],
+            "categories": ["|".join(_text(c) for c in m.get("categories") or []) for _, m in meta],
             "year": pd.Series([pd.NA] * len(meta), dtype="Int64"),
         }
     )

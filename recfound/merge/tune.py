@@ -154,19 +154,22 @@ def tune_merge(
     if "slerp" in methods and len(names) < 2:
         raise UserInputError("SLERP needs two checkpoints")
     settings = {"methods": tuple(methods), "density_min": density_min, "seed": seed}
+    store = optuna.storages.get_storage(storage)
     study = optuna.create_study(
         study_name=study_name(checkpoints, settings),
-        storage=storage,
+        storage=store,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
         load_if_exists=True,
     )
+    fail_stale_trials(study, store)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     if done:
         log.info(
             "resuming merge study %s: %d of %d trials done", study.study_name, len(done), trials
         )
-    elif "linear" in methods:  # start from the plain average, the usual hand-set merge
+    elif "linear" in methods and not waiting:  # start from the plain average (the usual merge)
         study.enqueue_trial({"method": "linear", **{f"w_{n}": 1.0 for n in names}})
 
     def objective(trial: optuna.Trial) -> float:
@@ -191,6 +194,27 @@ def tune_merge(
     return TuneResult(choice, float(best.value), best.number, study)
 
 
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Mark trials ``FAIL`` that a killed merge left ``RUNNING``; returns their numbers.
+
+    Only the merge stage uses its study storage, one process at a time, so a trial still running
+    when a study is loaded belongs to a process that is gone. Failed trials do not count as done,
+    so the resumed study runs that many trials again (TPE ignores failed ones).
+    """
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in stale:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        log.warning(
+            "merge study %s: trial %d was left running by a killed merge; marked FAIL and run "
+            "again",
+            study.study_name,
+            trial.number,
+        )
+    return [t.number for t in stale]
+
+
 def study_figures(study: optuna.Study, directory: Path) -> list[Path]:
     """Optimisation history and parameter importances as PNG files (what can be drawn)."""
     import matplotlib
@@ -212,6 +236,7 @@ def study_figures(study: optuna.Study, directory: Path) -> list[Path]:
                 axes = make(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. too few trials
             log.warning("cannot draw %s: %s", filename, exc)
+            (directory / filename).unlink(missing_ok=True)  # no stale figure of an older study
             continue
         figure = axes.figure if hasattr(axes, "figure") else plt.gcf()
         figure.set_size_inches(8, 5)

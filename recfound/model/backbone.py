@@ -34,6 +34,19 @@ class BackboneError(UserInputError):
     """The backbone directory is missing, incomplete or not a causal LM."""
 
 
+def check_backbone_setting(backbone: str) -> None:
+    """``model.backbone`` is ``builtin`` or a local checkpoint directory (with ``config.json``).
+
+    Checked by every stage that reads the setting, so a wrong path stops the stage instead of it
+    going on with the backbone an earlier run left in ``paths.backbone``.
+    """
+    if backbone != "builtin" and not (Path(backbone) / "config.json").is_file():
+        raise BackboneError(
+            f"model.backbone is {backbone!r}, which is not a local Hugging Face checkpoint "
+            "directory (no config.json); use 'builtin' or a directory saved with save_pretrained"
+        )
+
+
 @dataclass(frozen=True)
 class BuiltinSpec:
     """Sizes of the builtin backbone (mirrors ``model.builtin`` in params.yaml)."""

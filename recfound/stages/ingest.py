@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
+from recfound import artifacts
 from recfound.config import Config
 from recfound.data import schema as S
 from recfound.data.ingest import filter_tables, load_source, write_tables
@@ -23,7 +23,8 @@ def run_ingest(cfg: Config) -> S.Tables:
         len(raw.users),
     )
     tables = filter_tables(raw, cfg.data)
-    write_tables(tables, Path(cfg.paths.interim))
+    with artifacts.staged_directory(cfg.paths.interim) as staging:  # whole: no stale file stays
+        write_tables(tables, staging)
     log.info(
         "wrote %s: %d interactions of %d users after %d-core filtering; signals: %s",
         cfg.paths.interim,

@@ -33,10 +33,10 @@ from recfound.data.corpus import (
 )
 from recfound.data.datasets import TaskDataError
 from recfound.model.backbone import (
-    BackboneError,
     BuiltinSpec,
     add_item_tokens,
     build_builtin_backbone,
+    check_backbone_setting,
     load_backbone,
     save_backbone,
     train_bpe_tokenizer,
@@ -79,12 +79,7 @@ def _read_task_table(cfg: Config, name: str) -> pd.DataFrame:
 def run_pretrain(cfg: Config) -> dict:
     """Run the stage; returns the metrics written to ``reports/pretrain.json``."""
     p = cfg.pretrain
-    if cfg.model.backbone != "builtin" and not (Path(cfg.model.backbone) / "config.json").is_file():
-        raise BackboneError(
-            f"model.backbone is {cfg.model.backbone!r}, which is not a local Hugging Face "
-            "checkpoint directory (no config.json); use 'builtin' or a directory saved with "
-            "save_pretrained"
-        )
+    check_backbone_setting(cfg.model.backbone)
     items = _read_task_table(cfg, ITEMS_FILE)
     interactions = _read_task_table(cfg, TRAIN_INTERACTIONS_FILE)
     item_tokens = {

@@ -18,7 +18,7 @@ import pandas as pd
 from recfound import artifacts
 from recfound.config import Config
 from recfound.data.datasets import TaskDataError, read_task_frames, task_kind
-from recfound.model.backbone import load_backbone
+from recfound.model.backbone import check_backbone_setting, load_backbone
 from recfound.model.build import AdapterSpec
 from recfound.model.bundle import SPEC_FILE, ModelSpec, build_from_spec
 from recfound.model.recmodel import RecModel
@@ -112,12 +112,14 @@ def build_model_for(cfg: Config, task_kinds: dict[str, str]) -> RecModel:
 
 
 def run_train(cfg: Config, resume: bool = False) -> dict:
+    check_backbone_setting(cfg.model.backbone)  # not silently the backbone already built
     tasks = load_training_tasks(cfg)
     task_kinds = {t.name: t.kind for t in tasks}
     rec = build_model_for(cfg, task_kinds)
     params = train_params(cfg)
-    out = Path(cfg.paths.train)
-    out.mkdir(parents=True, exist_ok=True)
+    # Trained in a partial directory swapped in at the end: a failed or killed run keeps the
+    # previous paths.train (DVC persists it) and `--resume` continues the partial one.
+    out = artifacts.partial_directory(cfg.paths.train, resume=resume)
     artifacts.write_json(out / SPEC_FILE, model_spec(cfg, task_kinds).to_dict())
     trainable = sum(p.numel() for p in rec.model.parameters() if p.requires_grad)
     log.info(
@@ -159,6 +161,7 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
             "mlflow_run_id": run.info.run_id,
         }
         mlflow.log_dict(metrics, "train.json")
+    artifacts.replace_directory(out, cfg.paths.train)
     artifacts.write_json(Path(cfg.paths.reports) / "train.json", metrics)
     artifacts.write_json(
         plots / "train_task_share.json",

@@ -39,6 +39,7 @@ HELD_OUT_SPLITS = ("valid", "test")
 # Derived columns (see the module docstring).
 UNKNOWN_ITEM_ID = "unknown_item_id"
 UNKNOWN_USER_ID = "unknown_user_id"
+SHORT_TIMESTAMP = "short_timestamp"
 FILE_TASK = "file_task"
 FILE_SPLIT = "file_split"
 MISSING_COLUMNS = "missing_columns"
@@ -102,20 +103,28 @@ def _not_empty_table() -> gx.expectations.Expectation:
 # --- normalized tables ------------------------------------------------------------------------
 
 
-def interactions_suite(info: SourceInfo, *, now: float | None = None) -> gx.ExpectationSuite:
+def interactions_suite(
+    info: SourceInfo, *, now: float | None = None, columns: Iterable[str] | None = None
+) -> gx.ExpectationSuite:
     """Ids present and known, ratings inside the source's range, plausible Unix-second times.
 
     The time range applies only where the source has real timestamps: a source without time
-    stores each user's event order (0..n) in ``timestamp``. ``now`` (Unix seconds, default the
-    current time) fixes the upper bound for reproducible tests. Expects the frame produced by
-    :func:`interactions_frame`.
+    stores each user's event order (0..n) in ``timestamp``. Where the source declares timestamps
+    the column must exist (``columns``, the checked frame's columns, leaves out the value checks
+    of a missing one), and an out-of-range time with fewer digits than the others is named as a
+    truncated line. ``now`` (Unix seconds, default the current time) fixes the upper bound for
+    reproducible tests. Expects the frame produced by :func:`interactions_frame`.
     """
     now = time.time() if now is None else now
     rating_range = f"[{info.rating_min}, {info.rating_max}]"
+    declared = SIGNAL_TIMESTAMPS in info.signals
+    has_time = columns is None or "timestamp" in set(columns)
     expectations = [
         _not_empty_table(),
         _not_null("user_id"),
+        _not_blank("user_id"),
         _not_null("item_id"),
+        _not_blank("item_id"),
         _not_null("rating"),
         gx.expectations.ExpectColumnValuesToBeBetween(
             column="rating",
@@ -123,11 +132,31 @@ def interactions_suite(info: SourceInfo, *, now: float | None = None) -> gx.Expe
             max_value=info.rating_max,
             meta=_meta("rating", f"values outside {rating_range}"),
         ),
-        _not_null("timestamp"),
         _all_null(UNKNOWN_ITEM_ID, "item_id", "values are not an item_id of the items table"),
         _all_null(UNKNOWN_USER_ID, "user_id", "values are not a user_id of the users table"),
     ]
-    if SIGNAL_TIMESTAMPS in info.signals:
+    missing_time = (
+        "column is missing, but the source declares timestamps (source.json signals)"
+        if declared
+        else "column is missing (a source without time stores each user's event order in it)"
+    )
+    expectations.append(
+        gx.expectations.ExpectColumnToExist(
+            column="timestamp", meta=_meta("timestamp", missing_time)
+        )
+    )
+    if not has_time:
+        return gx.ExpectationSuite(name="interactions", expectations=expectations)
+    expectations.append(_not_null("timestamp"))
+    if declared:
+        expectations.append(
+            _all_null(
+                SHORT_TIMESTAMP,
+                "timestamp",
+                "values are before 1990 with fewer digits than the other times: a line cut "
+                "short, the source file looks truncated",
+            )
+        )
         latest = int(now) + TIMESTAMP_FUTURE_SLACK_S
         expectations.append(
             gx.expectations.ExpectColumnValuesToBeBetween(
@@ -162,7 +191,12 @@ def users_suite() -> gx.ExpectationSuite:
     """Every user has one unique id."""
     return gx.ExpectationSuite(
         name="users",
-        expectations=[_not_empty_table(), _not_null("user_id"), _unique("user_id")],
+        expectations=[
+            _not_empty_table(),
+            _not_null("user_id"),
+            _not_blank("user_id"),
+            _unique("user_id"),
+        ],
     )
 
 
@@ -179,7 +213,24 @@ def interactions_frame(
     frame = interactions.copy()
     frame[UNKNOWN_ITEM_ID] = _unknown_ids(frame["item_id"], items["item_id"])
     frame[UNKNOWN_USER_ID] = _unknown_ids(frame["user_id"], users["user_id"])
+    if "timestamp" in frame.columns:
+        frame[SHORT_TIMESTAMP] = _short_timestamps(frame["timestamp"])
     return frame
+
+
+def _short_timestamps(values: pd.Series) -> pd.Series:
+    """Times before :data:`TIMESTAMP_MIN` with fewer digits than most (a line cut short), else
+    null; a unit error (milliseconds) has more digits, not fewer. Only where most values look
+    like Unix times."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    digits = numbers.abs().round().astype("Int64").astype(str).str.len().where(numbers.notna())
+    if digits.notna().sum() == 0:
+        return pd.Series(None, index=values.index, dtype=object)
+    usual = digits.mode().iloc[0]
+    if usual < len(str(TIMESTAMP_MIN)):  # most values are not times (e.g. file order 0..n)
+        return pd.Series(None, index=values.index, dtype=object)
+    short = (digits < usual) & (numbers < TIMESTAMP_MIN)
+    return values.astype(object).where(short.fillna(False), None)
 
 
 # --- task datasets ----------------------------------------------------------------------------

@@ -122,7 +122,11 @@ def validate_tables(tables: Tables, report_dir: Path) -> ValidationReport:
     return _run_suites(
         "tables",
         [
-            ("interactions", interactions, suites.interactions_suite(tables.info)),
+            (
+                "interactions",
+                interactions,
+                suites.interactions_suite(tables.info, columns=tables.interactions.columns),
+            ),
             ("items", tables.items, suites.items_suite()),
             ("users", tables.users, suites.users_suite()),
         ],

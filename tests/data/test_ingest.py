@@ -91,7 +91,7 @@ def test_truncated_atomic_file_is_named(mini_atomic: Path) -> None:
     cfg = parse_config(
         {"data": {"source": "recbole_atomic", "path": str(mini_atomic), "dataset_name": "mini"}}
     )
-    with pytest.raises(IngestError, match=r"mini\.inter: line\(s\) \[\d+\].*truncated"):
+    with pytest.raises(IngestError, match=r"mini\.inter: line \d+ has no line end.*truncated"):
         load_source(cfg.data)
 
 
@@ -123,3 +123,84 @@ def test_truncated_parquet_is_named_and_not_overwritten(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match=r"items\.parquet is unreadable"):
         read_tables(tmp_path)
     assert file_digests(tmp_path) == before
+
+
+# --- silent acceptance (issue 15): each bad input is a named error -------------------------------
+
+
+def _atomic_cfg(folder: Path, **data: object):
+    return parse_config(
+        {"data": {"source": "recbole_atomic", "path": str(folder), "dataset_name": "mini", **data}}
+    ).data
+
+
+def _rewrite(path: Path, transform) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(transform(lines)) + "\n")
+
+
+def test_atomic_file_cut_inside_the_last_timestamp_is_named_truncated(mini_atomic: Path) -> None:
+    inter = mini_atomic / "mini.inter"
+    text = inter.read_text()
+    inter.write_text(text[:-4])  # same number of fields, a shorter timestamp, no line end
+    lines = text.count("\n")
+    with pytest.raises(IngestError, match=rf"mini\.inter: line {lines} has no line end.*truncated"):
+        load_source(_atomic_cfg(mini_atomic))
+
+
+def test_dropped_timestamp_column_is_named_when_the_source_declares_times(
+    mini_atomic: Path,
+) -> None:
+    inter = mini_atomic / "mini.inter"
+    _rewrite(inter, lambda lines: [ln.rsplit("\t", 1)[0] for ln in lines])  # last field: time
+    with pytest.raises(IngestError) as err:
+        load_source(_atomic_cfg(mini_atomic))
+    message = str(err.value)
+    assert "mini.inter" in message and "no 'timestamp' field" in message
+    assert "data.timestamps: false" in message
+    # declared absent, file order is the order of events (and the signal is not claimed)
+    tables = load_source(_atomic_cfg(mini_atomic, timestamps=False))
+    assert S.SIGNAL_TIMESTAMPS not in tables.info.signals
+
+
+@pytest.mark.parametrize("column", [0, 1])
+def test_empty_id_in_atomic_file_is_named_with_its_line(mini_atomic: Path, column: int) -> None:
+    def blank(lines: list[str]) -> list[str]:
+        fields = lines[7].split("\t")
+        fields[column] = ""
+        return [*lines[:7], "\t".join(fields), *lines[8:]]
+
+    _rewrite(mini_atomic / "mini.inter", blank)
+    name = ("user_id", "item_id")[column]
+    with pytest.raises(IngestError, match=rf"mini\.inter: empty {name} at line 8"):
+        load_source(_atomic_cfg(mini_atomic))
+
+
+def _amazon_copy(tmp_path: Path, line: int, **changes: object) -> Path:
+    import json
+
+    folder = tmp_path / "amazon"
+    folder.mkdir()
+    (folder / "meta.jsonl").write_text((AMAZON / "meta.jsonl").read_text())
+    lines = (AMAZON / "reviews.jsonl").read_text().splitlines()
+    lines[line - 1] = json.dumps({**json.loads(lines[line - 1]), **changes})
+    (folder / "reviews.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"rating": "five"}, "rating is 'five'; expected a number"),
+        ({"timestamp": None}, "timestamp is None; expected a number"),
+        ({"user_id": None}, "user_id is None; expected a non-empty string id"),
+        ({"user_id": ""}, "user_id is ''; expected a non-empty string id"),
+    ],
+)
+def test_bad_amazon_values_name_file_and_line(
+    tmp_path: Path, changes: dict[str, object], words: str
+) -> None:
+    folder = _amazon_copy(tmp_path, 12, **changes)
+    with pytest.raises(IngestError) as err:
+        load_amazon_jsonl(folder)
+    assert str(err.value) == f"{folder / 'reviews.jsonl'}: line 12: {words}"

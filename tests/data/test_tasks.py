@@ -275,3 +275,22 @@ def test_review_tasks_are_built_on_a_source_with_review_text() -> None:
     assert explanation["target"].str.contains("Title").all()
     assert "user_profile" in built.skipped and "user_attributes" in built.skipped["user_profile"]
     assert "zero_shot" in built.skipped  # no cold items when cold_item_fraction is 0
+
+
+def test_more_candidates_than_the_catalogue_is_a_named_error() -> None:
+    from recfound.config import ConfigError, parse_config
+    from recfound.data.ingest import filter_tables
+
+    tables = filter_tables(load_ml100k(), parse_config({"data": {"max_users": 10}}).data)
+    tables = S.Tables(
+        interactions=tables.interactions,
+        items=tables.items[tables.items["item_id"].isin(tables.interactions["item_id"])],
+        users=tables.users,
+        info=tables.info,
+    )
+    too_many = SMALL.model_copy(update={"num_candidates": 1000})
+    with pytest.raises(ConfigError) as err:
+        build_task_datasets(tables, too_many, seed=SEED)
+    message = str(err.value)
+    assert message.startswith("tasks.num_candidates is 1000, but the catalogue has only ")
+    assert "set tasks.num_candidates to at most" in message

@@ -7,6 +7,9 @@ else (Optuna study, sqlite storage, merge methods) is the real thing.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from recfound.merge.tune import (
     tune_merge,
 )
 from recfound.train.checkpoint import TENSORS_FILE
+from tests.conftest import REPO_ROOT
 
 BASE = {"w": torch.zeros(4)}
 # each checkpoint moved the adapter towards one task's solution
@@ -92,3 +96,49 @@ def test_missing_checkpoints_are_named(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="run `recfound train` first"):
         read_checkpoint_tensors(tmp_path, ["best_generative", "last"])
     assert not (tmp_path / "last" / TENSORS_FILE).exists()
+
+
+KILLED_MERGE = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+from tests.merge.test_tune import BASE, CHECKPOINTS, reference, task_scores
+from recfound.merge.tune import tune_merge
+
+calls = []
+
+def score(state):
+    calls.append(1)
+    if len(calls) == 3:  # the third trial: killed while it runs
+        os.kill(os.getpid(), signal.SIGKILL)
+    return task_scores(state)
+
+tune_merge(CHECKPOINTS, BASE, score, reference(), trials=5, methods=["linear", "ties"],
+           density_min=0.2, seed=0, storage=sys.argv[1])
+"""
+
+
+def test_a_trial_left_running_by_a_killed_merge_is_failed_and_run_again(tmp_path: Path) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MERGE, storage, str(REPO_ROOT)], check=False
+    )
+    assert killed.returncode == -signal.SIGKILL
+    (name,) = optuna.get_all_study_names(storage)
+    states = [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
+    assert states.count(optuna.trial.TrialState.RUNNING) == 1  # left behind by the kill
+
+    calls: list[int] = []
+
+    def score(state: dict[str, torch.Tensor]) -> dict[str, float]:
+        calls.append(1)
+        return task_scores(state)
+
+    kwargs = {"methods": ["linear", "ties"], "density_min": 0.2, "seed": 0, "storage": storage}
+    resumed = tune_merge(CHECKPOINTS, BASE, score, reference(), trials=5, **kwargs)
+    states = [t.state for t in resumed.study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states.count(optuna.trial.TrialState.RUNNING) == 0
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 5
+    assert len(calls) == 3  # 2 were done before the kill; the killed one ran again

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from recfound.config import TrackingConfig
-from recfound.tracking.runs import configure_tracking
+from recfound.tracking.runs import KILLED_NOTE_TAG, configure_tracking, stage_run
 
 
 def store(tmp_path: Path, name: str) -> TrackingConfig:
@@ -31,3 +35,58 @@ def test_the_users_environment_wins_on_every_call(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", users)
     assert configure_tracking(store(tmp_path, "a")) == users
     assert configure_tracking(store(tmp_path, "b")) == users
+
+
+# --- runs left RUNNING by a killed process (issue 15) -----------------------------------------
+
+OPEN_A_RUN = """
+import os, signal, sys
+import mlflow
+from recfound.config import TrackingConfig
+from recfound.tracking.runs import stage_run
+
+cfg = TrackingConfig(tracking_uri=sys.argv[1], artifact_location=sys.argv[2])
+with stage_run(cfg, "merge", {"trials": 2}) as run:
+    with mlflow.start_run(run_name="trial-0", nested=True) as child:
+        print(run.info.run_id, child.info.run_id, flush=True)
+        if sys.argv[3] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        sys.stdin.readline()  # stay alive (and RUNNING) until the test lets go
+"""
+
+
+def _open_run(cfg: TrackingConfig, how: str) -> tuple[subprocess.Popen[str], list[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", OPEN_A_RUN, cfg.tracking_uri, cfg.artifact_location, how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    ids = process.stdout.readline().split()
+    assert len(ids) == 2
+    return process, ids
+
+
+def test_runs_of_a_killed_process_are_marked_killed_on_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = store(tmp_path, "runs")
+    killed, (parent, child) = _open_run(cfg, "kill")
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    assert client.get_run(parent).info.status == "RUNNING"  # nobody could close it
+    alive, (alive_parent, _) = _open_run(cfg, "wait")  # the next start closes it
+    try:
+        with stage_run(cfg, "merge", {"trials": 2}) as run:  # and one more start
+            assert run.info.status == "RUNNING"
+        for run_id in (parent, child):
+            closed = client.get_run(run_id)
+            assert closed.info.status == "KILLED"
+            assert closed.data.tags[KILLED_NOTE_TAG].startswith("its process ended")
+        assert client.get_run(alive_parent).info.status == "RUNNING"  # its process still runs
+        assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    finally:
+        alive.communicate("\n", timeout=120)
+    assert client.get_run(alive_parent).info.status == "FINISHED"

@@ -250,3 +250,45 @@ def test_cold_item_in_a_train_record_fails(tmp_path: Path) -> None:
     assert failure.examples == ["item2item: 99"]
     with pytest.raises(DataValidationError, match="cold"):
         raise_for_failures(report)
+
+
+# --- issue 15: what ingest now refuses is also caught here (interim tables written elsewhere) --
+
+
+def test_missing_timestamp_column_fails_where_the_source_declares_times(
+    ml100k: Tables, tmp_path: Path
+) -> None:
+    dropped = dataclasses.replace(
+        ml100k, interactions=ml100k.interactions.drop(columns="timestamp")
+    )
+    failure = _only_failure(validate_tables(dropped, tmp_path))
+    assert (failure.expectation_type, failure.column) == ("expect_column_to_exist", "timestamp")
+    assert "column is missing, but the source declares timestamps" in failure.summary
+    undeclared = dataclasses.replace(
+        ml100k.info, signals=tuple(s for s in ml100k.info.signals if s != "timestamps")
+    )
+    failure = _only_failure(
+        validate_tables(dataclasses.replace(dropped, info=undeclared), tmp_path)
+    )
+    assert failure.column == "timestamp"
+    assert "column is missing (a source without time" in failure.summary
+
+
+def test_blank_user_id_fails_by_name(ml100k: Tables, tmp_path: Path) -> None:
+    inter = ml100k.interactions.copy()
+    inter.loc[10, "user_id"] = " "
+    report = validate_tables(dataclasses.replace(ml100k, interactions=inter), tmp_path)
+    summaries = [f.summary for f in report.failures]
+    assert "user_id: 1 of 100000 values are empty or blank" in summaries[0], summaries
+
+
+def test_truncated_last_line_is_named_as_truncation(ml100k: Tables, tmp_path: Path) -> None:
+    inter = ml100k.interactions.copy()
+    last = len(inter) - 1
+    inter.loc[last, "timestamp"] = int(str(inter.loc[last, "timestamp"])[:5])  # cut mid-field
+    report = validate_tables(dataclasses.replace(ml100k, interactions=inter), tmp_path)
+    assert not report.success
+    assert any(
+        f.column == "timestamp" and "source file looks truncated" in f.summary
+        for f in report.failures
+    ), report.summary()

@@ -28,6 +28,7 @@ from typing import ClassVar, TypeVar
 import numpy as np
 import pandas as pd
 
+from recfound.config import ConfigError
 from recfound.data.schema import SPLITS, Tables, TaskKind, TaskRecord
 from recfound.data.splits import SPLIT_COLUMN, choose_cold_items, split_leave_one_out
 
@@ -204,6 +205,12 @@ class TaskContext:
             )
         cold_interactions = raw[is_cold & raw["user_id"].isin(timelines.keys())]
         pool = np.array(sorted(i for i in items if i not in cold), dtype=object)
+        if num_candidates > len(pool):
+            raise ConfigError(
+                f"tasks.num_candidates is {num_candidates}, but the catalogue has only "
+                f"{len(pool)} items to draw candidates from (after filtering and holding out "
+                f"cold items); set tasks.num_candidates to at most {len(pool)}"
+            )
         # Words for prompts: MovieLens items are movies with genres; other sources are generic.
         category_word = "categories" if tables.info.name == "amazon_jsonl" else "genres"
         item_noun = "movie" if tables.info.name == "ml-100k" else "item"
