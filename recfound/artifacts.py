@@ -49,13 +49,46 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
     _write_via_temp(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
 
 
+def _sibling(target: Path, suffix: str) -> Path:
+    return target.with_name(f".{target.name}.{suffix}")
+
+
+def recover_staged(target: str | Path) -> Path:
+    """Finish or undo a :func:`staged_directory` swap that a crash interrupted; returns ``target``.
+
+    A swap moves the complete staging folder to ``.NAME.next``, the current ``NAME`` to
+    ``.NAME.previous``, ``.NAME.next`` to ``NAME``, and deletes ``.NAME.previous``. After a crash
+    at any point the newest complete folder becomes ``NAME`` again: ``.NAME.next`` if it exists
+    (it is complete), else ``.NAME.previous`` when ``NAME`` is missing. Staging folders left by a
+    crash while writing (incomplete by construction) are deleted.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return target
+    for stale in target.parent.glob(f".{target.name}.*.staging"):
+        shutil.rmtree(stale, ignore_errors=True)
+    ready, backup = _sibling(target, "next"), _sibling(target, "previous")
+    if ready.is_dir():
+        if target.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(target, backup)
+        os.replace(ready, target)
+    elif not target.exists() and backup.is_dir():
+        os.replace(backup, target)
+    shutil.rmtree(backup, ignore_errors=True)
+    return target
+
+
 @contextlib.contextmanager
 def staged_directory(target: str | Path) -> Iterator[Path]:
     """Yield an empty staging directory that replaces ``target`` only if the block succeeds.
 
     On an exception the staging directory is removed and ``target`` keeps its previous contents.
+    The previous ``target`` is deleted only once the new one is in place; a crash between the
+    renames is repaired by :func:`recover_staged` (called here first, and by readers that must
+    find the newest complete folder, such as ``train --resume``).
     """
-    target = Path(target)
+    target = recover_staged(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(
         tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent)
@@ -65,9 +98,9 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    backup = target.with_name(f".{target.name}.previous")
-    shutil.rmtree(backup, ignore_errors=True)
+    ready, backup = _sibling(target, "next"), _sibling(target, "previous")
+    os.replace(staging, ready)  # complete: from here on a crash keeps the new folder
     if target.exists():
         os.replace(target, backup)
-    os.replace(staging, target)
+    os.replace(ready, target)
     shutil.rmtree(backup, ignore_errors=True)

@@ -82,6 +82,15 @@ def save_checkpoint(
         (staging / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
 
 
+def complete_checkpoint(directory: str | Path) -> Path | None:
+    """``directory`` if it holds a complete checkpoint, after finishing or undoing a replacement
+    that a crash interrupted (the newest complete one wins); None when there is none."""
+    directory = artifacts.recover_staged(directory)
+    if (directory / TENSORS_FILE).is_file() and (directory / STATE_FILE).is_file():
+        return directory
+    return None
+
+
 def load_checkpoint(
     directory: str | Path,
     model: torch.nn.Module,
