@@ -54,19 +54,25 @@ def _sibling(target: Path, suffix: str) -> Path:
 
 
 def recover_staged(target: str | Path) -> Path:
-    """Finish or undo a :func:`staged_directory` swap that a crash interrupted; returns ``target``.
+    """Finish or undo a directory replacement that a crash interrupted; returns ``target``.
 
-    A swap moves the complete staging folder to ``.NAME.next``, the current ``NAME`` to
-    ``.NAME.previous``, ``.NAME.next`` to ``NAME``, and deletes ``.NAME.previous``. After a crash
-    at any point the newest complete folder becomes ``NAME`` again: ``.NAME.next`` if it exists
-    (it is complete), else ``.NAME.previous`` when ``NAME`` is missing. Staging folders left by a
-    crash while writing (incomplete by construction) are deleted.
+    A replacement (:func:`replace_directory`) moves the complete new folder to ``.NAME.next``,
+    the current ``NAME`` to ``.NAME.previous``, ``.NAME.next`` to ``NAME``, and deletes
+    ``.NAME.previous``. After a crash at any point the newest complete folder becomes ``NAME``
+    again: ``.NAME.next`` if it exists (it is complete), else ``.NAME.previous`` when ``NAME`` is
+    missing. Staging folders left by a crash while writing (incomplete by construction) are
+    deleted.
     """
     target = Path(target)
     if not target.parent.is_dir():
         return target
     for stale in target.parent.glob(f".{target.name}.*.staging"):
         shutil.rmtree(stale, ignore_errors=True)
+    _finish_replacement(target)
+    return target
+
+
+def _finish_replacement(target: Path) -> None:
     ready, backup = _sibling(target, "next"), _sibling(target, "previous")
     if ready.is_dir():
         if target.exists():
@@ -76,7 +82,6 @@ def recover_staged(target: str | Path) -> Path:
     elif not target.exists() and backup.is_dir():
         os.replace(backup, target)
     shutil.rmtree(backup, ignore_errors=True)
-    return target
 
 
 @contextlib.contextmanager
@@ -98,8 +103,19 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    replace_directory(staging, target)
+
+
+def replace_directory(source: str | Path, target: str | Path) -> None:
+    """Move the complete directory ``source`` into the place of ``target`` (replacing it whole).
+
+    The previous ``target`` is deleted only after the new one is in place; a crash between the
+    renames leaves what :func:`recover_staged` needs to put the newest complete folder back.
+    """
+    source, target = Path(source), Path(target)
+    _finish_replacement(target)
     ready, backup = _sibling(target, "next"), _sibling(target, "previous")
-    os.replace(staging, ready)  # complete: from here on a crash keeps the new folder
+    os.replace(source, ready)  # complete: from here on a crash keeps the new folder
     if target.exists():
         os.replace(target, backup)
     os.replace(ready, target)
