@@ -92,12 +92,12 @@ def adapter_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def load_adapter_tensors(
-    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, check_only: bool = False
 ) -> None:
     """Copy ``tensors`` into the model's trainable parameters.
 
     Names and shapes are all checked before anything is copied, so a mismatch leaves the model
-    as it was.
+    as it was. ``check_only`` checks and copies nothing.
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
@@ -112,6 +112,8 @@ def load_adapter_tensors(
                 f"{source}: {name} has shape {tuple(tensors[name].shape)}, the model expects "
                 f"{tuple(param.shape)}; it was written for another backbone"
             )
+    if check_only:
+        return
     for name, param in params.items():
         param.copy_(tensors[name].to(param.device, param.dtype))
 
