@@ -307,8 +307,8 @@ class Trainer:
         sampler sees the same figures."""
         self.module.eval()
         out: dict[str, float] = {}
-        for name, batch in self._val_batches.items():
-            prompts, targets = batch["prompt"].tolist(), batch["target"].tolist()
+        for name, records in self._val_batches.items():
+            prompts, targets = records["prompt"].tolist(), records["target"].tolist()
             if self.tasks[name].kind == "generative":
                 answer = self.rec.answer_tokens(
                     self.rec.encode_with_answers(prompts, targets), name
