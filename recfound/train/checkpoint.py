@@ -3,7 +3,8 @@
 A checkpoint holds the trainable (adapter) tensors, the AdamW state flattened into tensors (both
 gathered whole with torch's distributed state-dict API, so one format serves one process, DDP and
 FSDP), and a JSON document with everything else needed to continue exactly where training
-stopped: step, scheduler state, the sampling RNG and per-task data positions, and the torch RNG state.
+stopped: step, scheduler state, the sampling RNG and per-task data positions, and the torch RNG
+state.
 """
 
 from __future__ import annotations
