@@ -146,8 +146,11 @@ def read_spec(directory: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
         raise BundleError(f"{path} is damaged: {exc}") from None
 
 
-def load_bundle(backbone_dir: str | Path, directory: str | Path) -> RecModel:
-    """The bundle's model on the backbone in ``backbone_dir``, ready for inference (eval mode)."""
+def load_bundle(
+    backbone_dir: str | Path, directory: str | Path, device: torch.device | str = "cpu"
+) -> RecModel:
+    """The bundle's model on the backbone in ``backbone_dir``, on ``device``, ready for inference
+    (eval mode)."""
     spec, _ = read_spec(directory)
     weights = Path(directory) / WEIGHTS_FILE
     try:
@@ -156,6 +159,7 @@ def load_bundle(backbone_dir: str | Path, directory: str | Path) -> RecModel:
         raise BundleError(f"{weights} cannot be read ({exc}); write the bundle again") from None
     base, tokenizer = load_backbone(backbone_dir)
     rec = build_from_spec(base, tokenizer, spec)
+    rec.model.to(device)
     load_adapter_tensors(rec.model, tensors, str(weights))
     rec.model.eval()
     return rec

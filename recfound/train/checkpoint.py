@@ -69,7 +69,9 @@ def training_tensors(
     """
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     weights = get_model_state_dict(module, options=FULL)
-    state = get_optimizer_state_dict(module, optimizer, options=FULL)["state"]
+    state = {}
+    if optimizer.state:  # before the first step there is none (and asking would make one up)
+        state = get_optimizer_state_dict(module, optimizer, options=FULL).get("state", {})
     tensors = {  # a frozen weight tied to another name (the LM head) may come along: dropped
         f"{MODEL_PREFIX}{k.removeprefix(prefix)}": v
         for k, v in weights.items()
@@ -99,6 +101,8 @@ def restore_training_tensors(
         if key.startswith("opt."):
             name, slot = key.removeprefix("opt.").rsplit(".", 1)
             state.setdefault(prefix + name, {})[slot] = value
+    if not state:
+        return
     groups = get_optimizer_state_dict(module, optimizer)["param_groups"]
     set_optimizer_state_dict(
         module,
