@@ -1,17 +1,27 @@
-"""Training throughput and model FLOPs utilisation of a real training step.
+"""Training throughput and model FLOPs utilisation (MFU) of the adapter training step.
 
-Measures, in one run on one machine:
-- the matmul peak: the best FLOP/s of large square matrix products (fp32 on CPU, bf16 on a GPU);
-- real training steps of the default backbone (params.yaml `model.builtin`) with the configured
-  adapter, on batches of real task records, through the same Trainer code as `recfound train`.
+For each backbone size (built from a config, random weights: throughput does not depend on them)
+with the TMoLE adapter on its attention and MLP projections, measures:
 
-Model FLOPs of a step are counted analytically for the tokens actually processed: every linear
-layer of the frozen backbone costs 2 FLOPs per weight per token forward and 2 backward (gradients
-of the activations; frozen weights need no weight gradient), the trainable adapter weights 6, and
-attention 4 * seq * hidden per token per layer forward (x2 backward). MFU = model FLOP/s divided
-by the measured matmul peak. Writes reports/bench/train_throughput.json.
+- ``lm_step``: next-token loss over every position of ``batch x seq_len`` tokens, backward,
+  AdamW step on the adapter: the plain causal-LM figure MFU is usually quoted for;
+- ``rec_step``: the step ``recfound train`` takes, through the same RecModel code the trainer
+  calls: answer-token cross-entropy of a generative batch (the LM head runs only on answer
+  positions) plus InfoNCE of an embedding block (queries and documents: two forward passes).
 
-    python bench/train_throughput.py [--steps 20] [--params params.yaml]
+Model FLOPs are counted analytically for the tokens processed: a frozen weight costs 2 FLOPs per
+token forward and 2 backward (activation gradients only), a trainable weight 6, attention
+``4 * seq * hidden`` per token and layer forward (twice that backward), the LM head only where it
+runs. MFU = model FLOP/s over the device's peak: the vendor's dense bf16 figure for known GPUs
+(``nominal``) and the best measured large bf16 matmul (``measured``); on a CPU the measured fp32
+matmul. On CUDA the weights are fp32 and the step runs under bf16 autocast (what the trainer's
+accelerate ``mixed_precision="bf16"`` does).
+
+    python bench/train_throughput.py                     # CPU: the builtin size only
+    python bench/train_throughput.py --sizes 125m,350m,1b --max-seconds 40   # a GPU
+
+Needs torch, transformers, tokenizers and peft only (no params.yaml, no data): it runs on a bare
+GPU machine. Writes ``--out`` (default reports/bench/train_throughput.json).
 """
 
 from __future__ import annotations
@@ -25,116 +35,246 @@ from pathlib import Path
 
 import torch
 
-from recfound import artifacts
-from recfound.config import load_config
-from recfound.data.sources import load_ml100k
-from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
-from recfound.model.build import build_rec_model
-from recfound.stages.train import adapter_spec
+from recfound.model.backbone import (
+    BuiltinSpec,
+    add_item_tokens,
+    build_builtin_backbone,
+    train_bpe_tokenizer,
+)
+from recfound.model.build import AdapterSpec, build_rec_model
+
+# Llama-style sizes (tied embeddings); vocab = BPE words + one token per item, as RecFound's
+SIZES: dict[str, BuiltinSpec] = {
+    "builtin": BuiltinSpec(128, 3, 4, 344, 256, 4000),  # params.yaml's model.builtin
+    "125m": BuiltinSpec(768, 12, 12, 2048, 1024, 32000),
+    "350m": BuiltinSpec(1024, 24, 16, 2816, 1024, 32000),
+    "1b": BuiltinSpec(2048, 16, 32, 5632, 1024, 32000),
+}
+ADAPTER = AdapterSpec(  # params.yaml's model.tmole defaults
+    "tmole",
+    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    rank=8,
+    alpha=16.0,
+)
+# dense bf16 tensor-core peaks (vendor data sheets, without sparsity), by device-name substring
+NOMINAL_BF16 = {
+    "H200": 989.4e12,
+    "H100 SXM": 989.4e12,
+    "H100 80GB HBM3": 989.4e12,
+    "H100 NVL": 835.5e12,
+    "H100 PCIe": 756.5e12,
+    "H100": 756.5e12,
+    "A100": 312e12,
+    "L40S": 362.05e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+}
+TASKS = {"next_item": "generative", "user2item": "embedding"}
 
 
-def matmul_peak(
-    device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 8
-) -> float:
+def nominal_peak(device: torch.device) -> tuple[str, float | None]:
+    if device.type != "cuda":
+        return platform.processor() or platform.machine(), None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in NOMINAL_BF16.items():
+        if key in name:
+            return name, peak
+    return name, None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 10) -> float:
+    """Best FLOP/s of a square matmul (after three warm-ups)."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = 0.0
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    for i in range(repeats + 3):
+        synchronize(device)
         start = time.perf_counter()
-        (a @ b).sum().item()
-        elapsed = time.perf_counter() - start
-        best = max(best, 2 * size**3 / elapsed)
+        a @ b
+        synchronize(device)
+        if i >= 3:
+            best = max(best, 2 * size**3 / (time.perf_counter() - start))
     return best
 
 
-def step_flops(model: torch.nn.Module, tokens: int, seq_len: int) -> float:
-    """Analytic FLOPs of one training step over ``tokens`` tokens (see module docstring)."""
-    frozen = trainable = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            n = module.weight.numel()
-            if module.weight.requires_grad:
-                trainable += n
-            else:
-                frozen += n
-    adapter = sum(p.numel() for p in model.parameters() if p.requires_grad) - trainable
-    config = model.config
-    attention = 4 * seq_len * config.hidden_size * config.num_hidden_layers
-    per_token = 4 * frozen + 6 * (trainable + adapter) + 3 * attention
-    return float(per_token * tokens)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--out", default="reports/bench/train_throughput.json")
-    args = parser.parse_args()
-
-    cfg = load_config(args.params)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    peak = matmul_peak(device, dtype)
-
-    items = load_ml100k().items
-    texts = (items["title"] + " — " + items["categories"].str.replace("|", ", ")).tolist()
-    tokenizer = train_bpe_tokenizer(texts, cfg.model.builtin.vocab_size)
-    spec = BuiltinSpec(**cfg.model.builtin.model_dump())
-    base = build_builtin_backbone(spec, tokenizer, seed=cfg.seed)
-    kinds = {"generative_task": "generative"}
-    rec = build_rec_model(
-        base, tokenizer, adapter_spec(cfg), kinds, seed=cfg.seed, max_length=args.seq_len
+def linear_weights(model: torch.nn.Module) -> tuple[int, int]:
+    """(frozen, trainable) weights of the transformer's linear layers and adapters, LM head
+    excluded (counted separately, where it runs)."""
+    head = model.get_output_embeddings().weight
+    frozen = sum(
+        m.weight.numel()
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad and m.weight is not head
     )
-    model = rec.model.to(device=device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, len(tokenizer), (args.batch_size, args.seq_len), generator=generator)
-    ids = ids.to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return frozen, trainable
 
-    def one_step() -> None:
-        with (
-            rec.adapter.task(["generative_task"] * args.batch_size),
-            torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"),
-        ):
+
+def forward_flops(model: torch.nn.Module, tokens: int, seq: int, head_tokens: int) -> float:
+    """Model FLOPs of forward + backward over ``tokens`` tokens of rows of length ``seq``, with
+    the LM head (frozen, tied) on ``head_tokens`` of them."""
+    frozen, trainable = linear_weights(model)
+    config = model.config
+    attention = 4 * seq * config.hidden_size * config.num_hidden_layers
+    per_token = 4 * frozen + 6 * trainable + 3 * attention
+    head = 4 * model.get_output_embeddings().weight.numel()
+    return float(per_token * tokens + head * head_tokens)
+
+
+def build(spec: BuiltinSpec, device: torch.device, seed: int = 0):
+    words = [f"w{i}" for i in range(400)]
+    generator = torch.Generator().manual_seed(seed)
+    texts = [
+        " ".join(words[j] for j in torch.randint(len(words), (12,), generator=generator))
+        for _ in range(2000)
+    ]
+    tokenizer = train_bpe_tokenizer(texts, min(spec.vocab_size, 1000))
+    items = [f"<item_{i}>" for i in range(max(0, spec.vocab_size - len(tokenizer)))]
+    add_item_tokens(None, tokenizer, items)
+    with torch.device(device):  # weights initialised in place (1B on a CPU takes long)
+        base = build_builtin_backbone(spec, tokenizer, seed)
+    rec = build_rec_model(base, tokenizer, ADAPTER, TASKS, seed=seed, max_length=spec.max_length)
+    return rec, tokenizer, items
+
+
+def measure(step, device: torch.device, max_steps: int, max_seconds: float) -> tuple[int, float]:
+    """(steps, seconds) of timed steps after two warm-ups."""
+    for _ in range(2):
+        step()
+    synchronize(device)
+    start, steps = time.perf_counter(), 0
+    while steps < max_steps and time.perf_counter() - start < max_seconds:
+        step()
+        steps += 1
+    synchronize(device)
+    return steps, time.perf_counter() - start
+
+
+def bench_size(name: str, args: argparse.Namespace, device: torch.device, peaks: dict) -> dict:
+    spec = SIZES[name]
+    seq = min(args.seq_len, spec.max_length)
+    rec, tokenizer, items = build(spec, device)
+    model = rec.model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, len(tokenizer), (args.batch_size, seq), generator=generator).to(device)
+
+    def lm_step() -> None:
+        with rec.adapter.task("next_item"), autocast:
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(3):  # warm up
-        one_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        one_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    tokens = args.batch_size * args.seq_len * args.steps
-    flops = step_flops(model, args.batch_size * args.seq_len, args.seq_len) * args.steps
+    # rec_step data: behaviour prompts of item tokens, an item + a few words as the answer
+    def texts(n: int, length: int) -> list[str]:
+        rows = torch.randint(len(items), (n, length), generator=generator)
+        return [" ".join(items[i] for i in row) for row in rows.tolist()]
+
+    answer_len = max(4, seq // 8)
+    prompts, answers = texts(args.batch_size, seq - answer_len - 2), texts(args.batch_size, 4)
+    queries = texts(args.batch_size, seq // 2)
+    documents = texts(args.batch_size, seq // 4)
+    gen_batch = rec.encode_with_answers(prompts, answers)
+    answer_tokens = int((gen_batch["labels"] != -100).sum())
+
+    def rec_step() -> None:
+        with autocast:
+            picked, mask = rec.logprobs_of(gen_batch, "next_item")
+            loss = -picked.sum() / mask.sum() + rec.contrastive_loss(
+                queries, documents, "user2item"
+            )
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     result = {
-        "tokens_per_s": tokens / elapsed,
-        "model_flops_per_s": flops / elapsed,
-        "measured_matmul_peak_flops": peak,
-        "mfu_vs_measured_peak": flops / elapsed / peak,
-        "steps": args.steps,
+        "backbone": spec.__dict__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "seq_len": seq,
         "batch_size": args.batch_size,
-        "seq_len": args.seq_len,
-        "backbone": cfg.model.builtin.model_dump(),
-        "adapter": cfg.model.adapter,
+    }
+    gen_tokens = int(gen_batch["attention_mask"].sum())
+    q_tokens, d_tokens = rec.count_tokens(queries), rec.count_tokens(documents)
+    per_step = {
+        "lm_step": (
+            ids.numel(),
+            forward_flops(model, ids.numel(), seq, ids.numel()),
+        ),
+        "rec_step": (
+            gen_tokens + q_tokens + d_tokens,
+            forward_flops(model, gen_tokens, seq, answer_tokens)
+            + forward_flops(model, q_tokens, seq // 2, 0)
+            + forward_flops(model, d_tokens, seq // 4, 0),
+        ),
+    }
+    for kind, step in (("lm_step", lm_step), ("rec_step", rec_step)):
+        steps, seconds = measure(step, device, args.steps, args.max_seconds)
+        tokens, flops = per_step[kind]
+        flops_per_s = flops * steps / seconds
+        result[kind] = {
+            "steps": steps,
+            "seconds": round(seconds, 3),
+            "tokens_per_step": tokens,
+            "tokens_per_s": tokens * steps / seconds,
+            "model_tflops_per_s": flops_per_s / 1e12,
+            **{f"mfu_vs_{k}_peak": flops_per_s / v for k, v in peaks.items() if v},
+        }
+        print(name, kind, json.dumps(result[kind]), flush=True)
+    if device.type == "cuda":
+        result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default=None, help=f"comma-separated, of {list(SIZES)}")
+    parser.add_argument("--steps", type=int, default=20, help="most timed steps per measure")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="per measure")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seq-len", type=int, default=None)
+    parser.add_argument("--out", default="reports/bench/train_throughput.json")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    args.sizes = args.sizes or ("125m,350m,1b" if gpu else "builtin")
+    args.batch_size = args.batch_size or (16 if gpu else 8)
+    args.seq_len = args.seq_len or (512 if gpu else 128)
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    name, nominal = nominal_peak(device)
+    measured = matmul_peak(device, torch.bfloat16 if gpu else torch.float32, 8192 if gpu else 1024)
+    peaks = {"nominal_bf16": nominal, "measured_matmul": measured}
+    document = {
         "device": str(device),
-        "dtype": str(dtype),
+        "device_name": name,
+        "dtype": "bf16 autocast, fp32 weights" if gpu else "fp32",
+        "nominal_bf16_peak_flops": nominal,
+        "measured_matmul_peak_flops": measured,
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
+        "sizes": {},
     }
-    artifacts.write_json(Path(args.out), result)
-    print(json.dumps(result, indent=2))
+    for size in args.sizes.split(","):
+        try:
+            document["sizes"][size] = bench_size(size, args, device, peaks)
+        except torch.OutOfMemoryError as error:  # report the sizes that fit
+            document["sizes"][size] = {"error": f"out of memory: {error}"[:300]}
+        if gpu:
+            torch.cuda.empty_cache()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
+    print(json.dumps(document, indent=2))
 
 
 if __name__ == "__main__":

@@ -49,13 +49,51 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
     _write_via_temp(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
 
 
+def _sibling(target: Path, suffix: str) -> Path:
+    return target.with_name(f".{target.name}.{suffix}")
+
+
+def recover_staged(target: str | Path) -> Path:
+    """Finish or undo a directory replacement that a crash interrupted; returns ``target``.
+
+    A replacement (:func:`replace_directory`) moves the complete new folder to ``.NAME.next``,
+    the current ``NAME`` to ``.NAME.previous``, ``.NAME.next`` to ``NAME``, and deletes
+    ``.NAME.previous``. After a crash at any point the newest complete folder becomes ``NAME``
+    again: ``.NAME.next`` if it exists (it is complete), else ``.NAME.previous`` when ``NAME`` is
+    missing. Staging folders left by a crash while writing (incomplete by construction) are
+    deleted.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return target
+    for stale in target.parent.glob(f".{target.name}.*.staging"):
+        shutil.rmtree(stale, ignore_errors=True)
+    _finish_replacement(target)
+    return target
+
+
+def _finish_replacement(target: Path) -> None:
+    ready, backup = _sibling(target, "next"), _sibling(target, "previous")
+    if ready.is_dir():
+        if target.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(target, backup)
+        os.replace(ready, target)
+    elif not target.exists() and backup.is_dir():
+        os.replace(backup, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_directory(target: str | Path) -> Iterator[Path]:
     """Yield an empty staging directory that replaces ``target`` only if the block succeeds.
 
     On an exception the staging directory is removed and ``target`` keeps its previous contents.
+    The previous ``target`` is deleted only once the new one is in place; a crash between the
+    renames is repaired by :func:`recover_staged` (called here first, and by readers that must
+    find the newest complete folder, such as ``train --resume``).
     """
-    target = Path(target)
+    target = recover_staged(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(
         tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent)
@@ -69,14 +107,25 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
 
 
 def replace_directory(source: str | Path, target: str | Path) -> None:
-    """Move the complete directory ``source`` into the place of ``target`` (replacing it whole)."""
+    """Move the complete directory ``source`` into the place of ``target`` (replacing it whole).
+
+    The previous ``target`` is deleted only after the new one is in place; a crash between the
+    renames leaves what :func:`recover_staged` needs to put the newest complete folder back.
+    """
     source, target = Path(source), Path(target)
-    backup = target.with_name(f".{target.name}.previous")
-    shutil.rmtree(backup, ignore_errors=True)
+    _finish_replacement(target)
+    ready, backup = _sibling(target, "next"), _sibling(target, "previous")
+    os.replace(source, ready)  # complete: from here on a crash keeps the new folder
     if target.exists():
         os.replace(target, backup)
-    os.replace(source, target)
+    os.replace(ready, target)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def partial_path(target: str | Path) -> Path:
+    """The fixed place (``.<name>.partial`` beside ``target``) where a long stage builds it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.partial")
 
 
 def partial_directory(target: str | Path, *, resume: bool) -> Path:
@@ -88,7 +137,7 @@ def partial_directory(target: str | Path, *, resume: bool) -> Path:
     run with no partial work starts from a copy of ``target``.
     """
     target = Path(target)
-    work = target.with_name(f".{target.name}.partial")
+    work = partial_path(target)
     if not resume:
         shutil.rmtree(work, ignore_errors=True)
     elif not work.exists() and target.is_dir():

@@ -299,7 +299,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(default=50, ge=1)
     strategy: Literal["s2sched", "uniform", "proportional"] = "s2sched"
     s2sched: S2SchedConfig = Field(default_factory=S2SchedConfig)
-    bf16: bool = Field(default=False, description="bf16 autocast (GPUs).")
+    bf16: bool = Field(
+        default=True, description="bf16 autocast on GPUs (mixed precision); ignored on CPUs."
+    )
 
     @model_validator(mode="after")
     def _blocks_fill_the_batch(self) -> TrainConfig:

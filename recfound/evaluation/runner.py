@@ -73,7 +73,7 @@ from recfound.evaluation.outputs import (
     paired_difference,
     task_metrics,
 )
-from recfound.model.recmodel import IGNORE_INDEX, RecModel
+from recfound.model.recmodel import RecModel
 
 log = logging.getLogger(__name__)
 
@@ -414,16 +414,8 @@ def teacher_forced_counts(
     rec: RecModel, prompts: list[str], targets: list[str], task: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per record: answer tokens predicted right given the true prefix, and answer tokens."""
-    batch = rec.encode_with_answers(prompts, targets)
-    with rec.adapter.task([task] * len(prompts)):
-        logits = rec.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-    labels = batch["labels"][:, 1:]
-    predicted = logits[:, :-1].argmax(-1)
-    mask = labels != IGNORE_INDEX
-    correct = ((predicted == labels) & mask).sum(dim=1)
-    return correct.cpu().numpy(), mask.sum(dim=1).cpu().numpy()
+    answer = rec.answer_tokens(rec.encode_with_answers(prompts, targets), task)
+    return answer.correct.sum(dim=1).cpu().numpy(), answer.mask.sum(dim=1).cpu().numpy()
 
 
 def model_outputs(

@@ -203,6 +203,7 @@ class SASRecRanker:
         split_interactions: pd.DataFrame,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         progress: bool = True,
+        device: torch.device | str = "cpu",
     ) -> SASRecRanker:
         """Train on ``split == "train"`` rows; early-stop on NDCG of the ``valid`` targets.
 
@@ -227,7 +228,7 @@ class SASRecRanker:
         valid_targets = np.array([valid[u][0] for u in valid_users], dtype=np.int64)
 
         torch.manual_seed(p.seed)
-        self.network = SASRecNetwork(len(self.item_ids), p)
+        self.network = SASRecNetwork(len(self.item_ids), p).to(device)
         optimizer = torch.optim.Adam(self.network.parameters(), lr=p.learning_rate)
         order = torch.Generator().manual_seed(p.seed)
         inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
@@ -279,9 +280,10 @@ class SASRecRanker:
         permutation = torch.randperm(len(inputs), generator=order)
         for start in range(0, len(inputs), self.params.batch_size):
             batch = permutation[start : start + self.params.batch_size]
-            hidden = self.network(inputs[batch])
+            device = next(self.network.parameters()).device
+            hidden = self.network(inputs[batch].to(device))
             logits = self.network.item_logits(hidden)
-            target = targets[batch]
+            target = targets[batch].to(device)
             loss = nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=_IGNORE
             )
@@ -317,9 +319,11 @@ class SASRecRanker:
                 recent = np.asarray(history[-max_len:], dtype=np.int64)
                 tokens[row, : len(recent)] = recent + 1
                 last[row] = max(len(recent) - 1, 0)  # an empty history reads the padding slot
-            hidden = self.network(torch.from_numpy(tokens))
-            final = hidden[torch.arange(len(chunk)), torch.from_numpy(last)]
-            out[start : start + len(chunk)] = self.network.item_logits(final).double().numpy()
+            device = next(self.network.parameters()).device
+            hidden = self.network(torch.from_numpy(tokens).to(device))
+            rows = torch.arange(len(chunk), device=device)
+            final = hidden[rows, torch.from_numpy(last).to(device)]
+            out[start : start + len(chunk)] = self.network.item_logits(final).double().cpu().numpy()
         return out
 
     def scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
@@ -341,7 +345,7 @@ class SASRecRanker:
         """Weights as safetensors + params, item index and training history as JSON (atomic)."""
         if self.network is None:
             raise RuntimeError("SASRecRanker.save called before fit")
-        state = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
         with artifacts.staged_directory(directory) as staging:
             save_file(state, str(staging / WEIGHTS_FILE))
             artifacts.write_json(

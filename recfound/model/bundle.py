@@ -92,12 +92,12 @@ def adapter_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def load_adapter_tensors(
-    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, check_only: bool = False
 ) -> None:
     """Copy ``tensors`` into the model's trainable parameters.
 
     Names and shapes are all checked before anything is copied, so a mismatch leaves the model
-    as it was.
+    as it was. ``check_only`` checks and copies nothing.
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
@@ -112,6 +112,8 @@ def load_adapter_tensors(
                 f"{source}: {name} has shape {tuple(tensors[name].shape)}, the model expects "
                 f"{tuple(param.shape)}; it was written for another backbone"
             )
+    if check_only:
+        return
     for name, param in params.items():
         param.copy_(tensors[name].to(param.device, param.dtype))
 
@@ -144,8 +146,11 @@ def read_spec(directory: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
         raise BundleError(f"{path} is damaged: {exc}") from None
 
 
-def load_bundle(backbone_dir: str | Path, directory: str | Path) -> RecModel:
-    """The bundle's model on the backbone in ``backbone_dir``, ready for inference (eval mode)."""
+def load_bundle(
+    backbone_dir: str | Path, directory: str | Path, device: torch.device | str = "cpu"
+) -> RecModel:
+    """The bundle's model on the backbone in ``backbone_dir``, on ``device``, ready for inference
+    (eval mode)."""
     spec, _ = read_spec(directory)
     weights = Path(directory) / WEIGHTS_FILE
     try:
@@ -154,6 +159,7 @@ def load_bundle(backbone_dir: str | Path, directory: str | Path) -> RecModel:
         raise BundleError(f"{weights} cannot be read ({exc}); write the bundle again") from None
     base, tokenizer = load_backbone(backbone_dir)
     rec = build_from_spec(base, tokenizer, spec)
+    rec.model.to(device)
     load_adapter_tensors(rec.model, tensors, str(weights))
     rec.model.eval()
     return rec

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,48 @@ def bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype, impleme
     return keep
 
 
+class DecoderStates(torch.nn.Module):
+    """The forward pass every RecModel loss and score runs: the decoder's last hidden states
+    ``(batch, seq, hidden)`` and, where ``head_at`` ``(batch, seq)`` is True, the LM head's
+    log-probabilities ``(n_true, vocab)`` (None without ``head_at``).
+
+    It is the module a trainer hands to ``accelerator.prepare``: DDP and FSDP see every forward
+    pass (the head included) through their wrapper, so gradients are synchronised and sharded
+    weights gathered, however many forward passes a step makes.
+    """
+
+    def __init__(self, causal_lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.causal_lm = causal_lm
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        head_at: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        model = self.causal_lm
+        if hasattr(model, "get_base_model"):  # a peft model wraps the transformers model
+            model = model.get_base_model()
+        hidden = model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
+        if head_at is None:
+            return hidden, None
+        logits = self.causal_lm.get_output_embeddings()(hidden[head_at])
+        return hidden, torch.log_softmax(logits.float(), dim=-1)
+
+
+class AnswerTokens(NamedTuple):
+    """Teacher-forced answer tokens of a batch from :meth:`RecModel.encode_with_answers`, each
+    ``(batch, seq - 1)``: log-probability of the true token, answer positions, and whether the
+    model's most likely token is the true one (token accuracy is ``correct.sum() / mask.sum()``)."""
+
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+    correct: torch.Tensor
+
+
 class RecModel:
     """An adapted causal LM that generates, embeds and scores for recommendation tasks."""
 
@@ -88,6 +130,8 @@ class RecModel:
         self.embedding_attention = embedding_attention
         self.max_length = max_length
         self.temperature = temperature
+        # what losses and scores call; a trainer replaces it by its DDP/FSDP-prepared wrapper
+        self.states: torch.nn.Module = DecoderStates(adapter.model)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -197,18 +241,25 @@ class RecModel:
         self, batch: dict[str, torch.Tensor], tasks: str | Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`answer_token_logprobs` for a batch made by :meth:`encode_with_answers`."""
-        prompts = batch["input_ids"]
-        with self._for_tasks(tasks, len(prompts)):
-            hidden = self.decoder(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).last_hidden_state
+        answer = self.answer_tokens(batch, tasks)
+        return answer.logprobs, answer.mask
+
+    def answer_tokens(
+        self, batch: dict[str, torch.Tensor], tasks: str | Sequence[str]
+    ) -> AnswerTokens:
+        """Teacher-forced log-probabilities and hits of the answer tokens (one forward pass; the
+        LM head runs only where an answer token is predicted)."""
         targets = batch["labels"][:, 1:]
         mask = targets != IGNORE_INDEX
-        # the head runs only where an answer token is predicted
-        logprobs = self.head_logprobs(hidden[:, :-1][mask])
+        head_at = F.pad(mask, (0, 1), value=False)  # the position before each answer token
+        with self._for_tasks(tasks, len(targets)):
+            _, logprobs = self.states(batch["input_ids"], batch["attention_mask"], head_at)
+        true = targets[mask]
         picked = torch.zeros(targets.shape, dtype=logprobs.dtype, device=logprobs.device)
-        picked[mask] = logprobs.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
-        return picked, mask
+        picked[mask] = logprobs.gather(-1, true.unsqueeze(-1)).squeeze(-1)
+        correct = torch.zeros(targets.shape, dtype=torch.bool, device=logprobs.device)
+        correct[mask] = logprobs.argmax(-1) == true
+        return AnswerTokens(picked, mask, correct)
 
     def generative_loss(
         self, prompts: Sequence[str], answers: Sequence[str], tasks: str | Sequence[str]
@@ -323,7 +374,22 @@ class RecModel:
         whole, but mean pooling covers only the content after the first line break: the
         embedding says what the content is, not what the template says (as GritLM pools).
         """
+        return self.embed_tokens(self.encode_texts(texts), tasks)
+
+    def encode_texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids, attention mask and pooling weights ``(len(texts), seq)`` of texts to embed."""
         batch = self._encode(texts)
+        mask = batch["attention_mask"]
+        if self.pooling == "mean":
+            pool = mask * self._content_mask(texts, mask.shape[1])
+        else:  # last non-pad token
+            pool = F.one_hot(mask.sum(1) - 1, mask.shape[1]) * mask
+        return {**batch, "pool": pool}
+
+    def embed_tokens(
+        self, batch: dict[str, torch.Tensor], tasks: str | Sequence[str]
+    ) -> torch.Tensor:
+        """:meth:`embed_batch` of a batch made by :meth:`encode_texts`."""
         mask = batch["attention_mask"]
         attention = mask
         if self.embedding_attention == "bidirectional":
@@ -331,16 +397,10 @@ class RecModel:
             attention = bidirectional_mask(
                 mask, next(self.model.parameters()).dtype, config._attn_implementation
             )
-        with self._for_tasks(tasks, len(texts)):
-            hidden = self.decoder(
-                input_ids=batch["input_ids"], attention_mask=attention
-            ).last_hidden_state.float()
-        if self.pooling == "mean":
-            weights = (mask * self._content_mask(texts, mask.shape[1])).unsqueeze(-1).float()
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        else:  # last non-pad token
-            last = mask.sum(1) - 1
-            pooled = hidden[torch.arange(len(texts), device=hidden.device), last]
+        with self._for_tasks(tasks, len(mask)):
+            hidden, _ = self.states(batch["input_ids"], attention)
+        weights = batch["pool"].unsqueeze(-1).float()
+        pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
         return F.normalize(pooled, dim=-1)
 
     def _content_mask(self, texts: Sequence[str], width: int) -> torch.Tensor:
@@ -384,11 +444,18 @@ class RecModel:
         """
         q = self.embed_batch(queries, tasks)
         documents = self.embed_batch([*positives, *negatives], tasks)
-        logits = q @ documents.T / self.temperature
-        mask = torch.zeros_like(logits, dtype=torch.bool)
+        excluded = torch.zeros((len(queries), len(documents)), dtype=torch.bool, device=q.device)
         if in_batch_exclude is not None:
-            mask[:, : len(positives)] = in_batch_exclude
+            excluded[:, : len(positives)] = in_batch_exclude
         if exclude is not None and len(negatives):
-            mask[:, len(positives) :] = exclude
-        logits = logits.masked_fill(mask, float("-inf"))
+            excluded[:, len(positives) :] = exclude
+        return self.infonce(q, documents, excluded)
+
+    def infonce(
+        self, queries: torch.Tensor, documents: torch.Tensor, excluded: torch.Tensor
+    ) -> torch.Tensor:
+        """InfoNCE of embeddings: query i's positive is document i; ``excluded`` ``(Q, D)`` marks
+        documents that are no negatives of a query (they leave its softmax)."""
+        logits = queries @ documents.T / self.temperature
+        logits = logits.masked_fill(excluded, float("-inf"))
         return F.cross_entropy(logits, torch.arange(len(queries), device=logits.device))

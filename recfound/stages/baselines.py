@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from recfound import artifacts
+from recfound.accelerator import stage_device
 from recfound.config import Config
 from recfound.evaluation.baselines import MF_DIR, SASREC_DIR, load_baselines
 from recfound.evaluation.mf import BiasedMF, BiasedMFParams
@@ -67,8 +68,10 @@ def run_baselines(cfg: Config) -> dict:
         stage_run(cfg.tracking, "baselines", settings) as run,
     ):
         started = time.perf_counter()
+        device = stage_device()
+        log.info("training SASRec on %s (biased MF on the CPU)", device)
         sasrec = SASRecRanker(item_ids, sasrec_params).fit(
-            interactions, on_epoch=lambda record: _log_epoch("sasrec", record)
+            interactions, on_epoch=lambda record: _log_epoch("sasrec", record), device=device
         )
         sasrec_seconds = time.perf_counter() - started
 
@@ -103,6 +106,7 @@ def run_baselines(cfg: Config) -> dict:
                 "valid_rmse": mf_best.get("valid_rmse"),
             },
             "items": len(item_ids),
+            "device": str(device),
             "train_interactions": int((split == "train").sum()),
             "mlflow_run_id": run.info.run_id,
         }

@@ -22,6 +22,7 @@ import mlflow
 from tqdm.auto import tqdm
 
 from recfound import artifacts
+from recfound.accelerator import stage_device
 from recfound.config import Config
 from recfound.data.tasks import TASK_BUILDERS
 from recfound.evaluation.baselines import load_baselines
@@ -126,7 +127,7 @@ def evaluate_bundle(
 
 def run_evaluate(cfg: Config) -> dict[str, Any]:
     spec, info = read_spec(cfg.paths.merged)
-    rec = load_bundle(cfg.paths.backbone, cfg.paths.merged)
+    rec = load_bundle(cfg.paths.backbone, cfg.paths.merged, device=stage_device())
     settings = {"evaluate": cfg.evaluate.model_dump(), "seed": cfg.seed}
     reports = Path(cfg.paths.reports)
     trained = trained_baselines(cfg)

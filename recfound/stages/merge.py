@@ -23,6 +23,7 @@ import mlflow
 import numpy as np
 
 from recfound import artifacts
+from recfound.accelerator import stage_device
 from recfound.config import Config
 from recfound.evaluation.runner import EvalSet, evaluate_model, load_eval_set
 from recfound.merge.tune import (
@@ -73,6 +74,7 @@ def run_merge(cfg: Config) -> dict:
     checkpoints = read_checkpoint_tensors(cfg.paths.train, cfg.merge.checkpoints)
     base_model, tokenizer = load_backbone(cfg.paths.backbone)
     rec = build_from_spec(base_model, tokenizer, spec)
+    rec.model.to(stage_device())  # every trial scores on the accelerator's device
     base = adapter_tensors(rec.model)  # the seeded initial adapter: task vectors are ckpt - base
     data = load_eval_set(
         cfg.paths.tasks, "valid", 2 * cfg.merge.max_per_task, cfg.seed, tasks=list(spec.task_kinds)

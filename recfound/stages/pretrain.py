@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from recfound import artifacts
+from recfound.accelerator import stage_device
 from recfound.config import Config
 from recfound.data.corpus import (
     BEHAVIOUR_PREFIX,
@@ -100,6 +101,9 @@ def run_pretrain(cfg: Config) -> dict:
         added = add_item_tokens(model, tokenizer, item_tokens.values())
         log.info("extended %s with %d item identifier tokens", checkpoint, added)
         source = str(checkpoint.resolve())
+    device = stage_device()
+    model.to(device)
+    log.info("pretraining on %s", device)
     probe = validation_probe(cfg, tokenizer, items, item_tokens)
     return _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, probe)
 
@@ -203,6 +207,7 @@ def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, p
             "heldout_behaviour_loss_after": dict(result.behaviour_curve)[result.kept_step],
             **{f"{k}_after": v for k, v in result.kept_metrics.items() if "@" in k},
             "tokens_per_s": result.tokens_per_s,
+            "device": str(next(model.parameters()).device),
             "steps": result.steps,
             "kept_step": result.kept_step,
             "parameters": n_params,

@@ -24,8 +24,7 @@ from recfound.model.bundle import SPEC_FILE, ModelSpec, build_from_spec
 from recfound.model.recmodel import RecModel
 from recfound.tracking.runs import stage_run
 from recfound.train.plots import plot_task_shares, plot_validation_curves
-from recfound.train.s2sched import S2SchedParams
-from recfound.train.trainer import TaskData, Trainer, TrainParams
+from recfound.train.trainer import TaskData, Trainer, make_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +48,6 @@ def adapter_spec(cfg: Config) -> AdapterSpec:
         t.task_embedding_dim,
         t.top_k,
         t.gate_temperature,
-    )
-
-
-def train_params(cfg: Config) -> TrainParams:
-    t = cfg.train
-    return TrainParams(
-        steps=t.steps,
-        batch_size=t.batch_size,
-        embedding_batch_size=t.embedding_batch_size,
-        samples_per_task=t.samples_per_task,
-        catalogue_negatives=t.catalogue_negatives,
-        grad_accum=t.grad_accum,
-        learning_rate=t.learning_rate,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        eval_every=t.eval_every,
-        val_batch_size=t.val_batch_size,
-        checkpoint_every=t.checkpoint_every,
-        strategy=t.strategy,
-        s2sched=S2SchedParams(**t.s2sched.model_dump()),
-        bf16=t.bf16,
-        seed=cfg.seed,
     )
 
 
@@ -112,32 +89,49 @@ def build_model_for(cfg: Config, task_kinds: dict[str, str]) -> RecModel:
 
 
 def run_train(cfg: Config, resume: bool = False) -> dict:
+    """Train on the accelerator's device(s). Under ``accelerate launch`` / ``torchrun`` every
+    process runs this; the main process tracks (MLflow) and writes the reports.
+
+    Training happens in a partial directory swapped in at the end: a failed or killed run keeps
+    the previous ``paths.train`` (DVC persists it) and ``--resume`` continues the partial one."""
     check_backbone_setting(cfg.model.backbone)  # not silently the backbone already built
     tasks = load_training_tasks(cfg)
     task_kinds = {t.name: t.kind for t in tasks}
     rec = build_model_for(cfg, task_kinds)
-    params = train_params(cfg)
-    # Trained in a partial directory swapped in at the end: a failed or killed run keeps the
-    # previous paths.train (DVC persists it) and `--resume` continues the partial one.
-    out = artifacts.partial_directory(cfg.paths.train, resume=resume)
+    accelerator = make_accelerator(cfg.train)
+    if accelerator.is_main_process:
+        artifacts.partial_directory(cfg.paths.train, resume=resume)
+    accelerator.wait_for_everyone()
+    out = artifacts.partial_path(cfg.paths.train)
+    catalogue = read_catalogue(cfg)
+    if not accelerator.is_main_process:
+        Trainer(
+            rec, tasks, cfg.train, out, seed=cfg.seed, accelerator=accelerator, catalogue=catalogue
+        ).train(resume=resume)
+        return {}
     artifacts.write_json(out / SPEC_FILE, model_spec(cfg, task_kinds).to_dict())
     trainable = sum(p.numel() for p in rec.model.parameters() if p.requires_grad)
     log.info(
-        "training a %s adapter (%d trainable parameters) on %d tasks for %d steps",
+        "training a %s adapter (%d trainable parameters) on %d tasks for %d steps on %s "
+        "(%d process(es))",
         cfg.model.adapter,
         trainable,
         len(tasks),
-        params.steps,
+        cfg.train.steps,
+        accelerator.device,
+        accelerator.num_processes,
     )
     settings = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(), "seed": cfg.seed}
     with stage_run(cfg.tracking, "train", settings, log_system_metrics=True) as run:
         trainer = Trainer(
             rec,
             tasks,
-            params,
+            cfg.train,
             out,
+            seed=cfg.seed,
             log_metrics=lambda values, step: mlflow.log_metrics(values, step=step),
-            catalogue=read_catalogue(cfg),
+            accelerator=accelerator,
+            catalogue=catalogue,
         )
         result = trainer.train(resume=resume)
         plots = Path(cfg.paths.reports) / "plots"
@@ -156,6 +150,8 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
             "steps": result.steps,
             "trainable_parameters": trainable,
             "tokens_per_s": result.tokens_per_s,
+            "device": result.device,
+            "processes": accelerator.num_processes,
             "final_val_loss": result.final_val_loss,
             "best_val_loss_ratio": result.best,
             "mlflow_run_id": run.info.run_id,

@@ -1,8 +1,10 @@
 """Training checkpoints: safetensors + JSON, each checkpoint directory swapped in atomically.
 
-A checkpoint holds the trainable (adapter) tensors, the AdamW state flattened into tensors, and a
-JSON document with everything else needed to continue exactly where training stopped: step,
-scheduler state, the sampling RNG and per-task data positions, and the torch RNG state.
+A checkpoint holds the trainable (adapter) tensors, the AdamW state flattened into tensors (both
+gathered whole with torch's distributed state-dict API, so one format serves one process, DDP and
+FSDP), and a JSON document with everything else needed to continue exactly where training
+stopped: step, scheduler state, the sampling RNG and per-task data positions, and the torch RNG
+state.
 """
 
 from __future__ import annotations
@@ -15,10 +17,17 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from recfound import artifacts
 from recfound.errors import UserInputError
-from recfound.model.bundle import BundleError, adapter_tensors, load_adapter_tensors
+from recfound.model.bundle import BundleError, load_adapter_tensors
 
 TENSORS_FILE = "checkpoint.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -36,28 +45,6 @@ def adapter_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """AdamW state as ``opt.{param_index}.{name}`` tensors (safetensors holds only tensors)."""
-    state = optimizer.state_dict()["state"]
-    out = {}
-    for index, slots in state.items():
-        for name, value in slots.items():
-            tensor = value if torch.is_tensor(value) else torch.tensor(value)
-            out[f"opt.{index}.{name}"] = tensor.detach().clone().contiguous()
-    return out
-
-
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    full = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    full["state"] = state
-    optimizer.load_state_dict(full)
-
-
 def torch_rng_state() -> str:
     return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
 
@@ -67,40 +54,104 @@ def set_torch_rng_state(encoded: str) -> None:
     torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
 
 
-def save_checkpoint(
-    directory: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    state: dict[str, Any],
+# full tensors of the trainable parameters only, gathered to the main process's CPU (FSDP shards
+# are collected; with one process or DDP it is the local copy)
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+
+
+def training_tensors(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """The adapter weights (``model.NAME``) and AdamW state (``opt.NAME.SLOT``) of a plain,
+    DDP- or FSDP-wrapped ``module`` whose parameter names start with ``prefix``.
+
+    A collective under FSDP: every process calls it; the main process gets the tensors.
+    """
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    weights = get_model_state_dict(module, options=FULL)
+    state = {}
+    if optimizer.state:  # before the first step there is none (and asking would make one up)
+        state = get_optimizer_state_dict(module, optimizer, options=FULL).get("state", {})
+    tensors = {  # a frozen weight tied to another name (the LM head) may come along: dropped
+        f"{MODEL_PREFIX}{k.removeprefix(prefix)}": v
+        for k, v in weights.items()
+        if any(name.endswith(k) for name in trainable)
+    }
+    for name, slots in state.items():
+        for slot, value in slots.items():
+            tensor = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"opt.{name.removeprefix(prefix)}.{slot}"] = tensor.detach().contiguous()
+    return {k: v.contiguous() for k, v in tensors.items()}
+
+
+def restore_training_tensors(
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    prefix: str = "",
 ) -> None:
+    """Put :func:`training_tensors` back into ``module`` and ``optimizer`` (every process calls
+    it with the full tensors; FSDP keeps each process's shard)."""
+    weights = {prefix + k: v for k, v in adapter_part(tensors).items()}
+    set_model_state_dict(
+        module, weights, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            name, slot = key.removeprefix("opt.").rsplit(".", 1)
+            state.setdefault(prefix + name, {})[slot] = value
+    if not state:
+        return
+    groups = get_optimizer_state_dict(module, optimizer)["param_groups"]
+    set_optimizer_state_dict(
+        module,
+        optimizer,
+        {"state": state, "param_groups": groups},
+        options=StateDictOptions(full_state_dict=True),
+    )
+
+
+def write_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
     """Write one checkpoint directory; readers see the old or the new one, never a mix."""
-    tensors = {f"{MODEL_PREFIX}{k}": v for k, v in adapter_tensors(model).items()}
-    if optimizer is not None:
-        tensors.update(optimizer_tensors(optimizer))
     with artifacts.staged_directory(directory) as staging:
         save_file(tensors, str(staging / TENSORS_FILE))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
 
 
-def load_checkpoint(
-    directory: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> dict[str, Any]:
-    """Load adapter tensors (and optimizer state) into place; returns the JSON state."""
+def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and JSON state of a checkpoint directory."""
     directory = Path(directory)
     tensor_path, state_path = directory / TENSORS_FILE, directory / STATE_FILE
     if not tensor_path.is_file() or not state_path.is_file():
         raise CheckpointError(f"{directory} is not a training checkpoint (missing files)")
     try:
-        tensors = load_file(str(tensor_path))
-        state = json.loads(state_path.read_text())
+        return load_file(str(tensor_path)), json.loads(state_path.read_text())
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{directory} is damaged: {exc}") from None
+
+
+def check_adapter_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str):
+    """Raise :class:`CheckpointError` unless ``tensors`` hold exactly ``model``'s trainable
+    parameters with their shapes (checked before anything is loaded)."""
     try:
-        load_adapter_tensors(model, adapter_part(tensors), str(directory))
+        load_adapter_tensors(model, adapter_part(tensors), source, check_only=True)
     except BundleError as exc:
         raise CheckpointError(str(exc)) from None
-    if optimizer is not None:
-        restore_optimizer(optimizer, tensors)
+
+
+def complete_checkpoint(directory: str | Path) -> Path | None:
+    """``directory`` if it holds a complete checkpoint, after finishing or undoing a replacement
+    that a crash interrupted (the newest complete one wins); None when there is none."""
+    directory = artifacts.recover_staged(directory)
+    if (directory / TENSORS_FILE).is_file() and (directory / STATE_FILE).is_file():
+        return directory
+    return None
+
+
+def load_checkpoint(directory: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load a checkpoint's adapter tensors into a plain ``model``; returns the JSON state."""
+    tensors, state = read_checkpoint(directory)
+    check_adapter_tensors(model, tensors, str(directory))
+    load_adapter_tensors(model, adapter_part(tensors), str(directory))
     return state

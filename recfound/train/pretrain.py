@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recfound.evaluation.metrics import ndcg_at_k, rank_of_targets, recall_at_k
+from recfound.train.lr_schedule import lr_at
 
 
 @dataclass
@@ -97,14 +98,6 @@ def lm_loss(
         total += float(out.loss) * n
         count += n
     return total / max(count, 1)
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warmup then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def pretrain_causal_lm(

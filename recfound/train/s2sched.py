@@ -30,20 +30,9 @@ from typing import Literal
 
 import numpy as np
 
+from recfound.config import S2SchedConfig
+
 Strategy = Literal["s2sched", "uniform", "proportional"]
-
-
-@dataclass(frozen=True)
-class S2SchedParams:
-    """Constants of the scheduler (``train.s2sched`` in params.yaml)."""
-
-    warmup_steps: int = 20
-    update_every: int = 10
-    window: int = 4
-    slope_history: int = 5
-    tau: float = 5.0
-    floor: float = 0.02
-    ema: float = 0.5
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -65,7 +54,7 @@ class S2Scheduler:
 
     task_kinds: Mapping[str, str]
     data_sizes: Mapping[str, int]
-    params: S2SchedParams = field(default_factory=S2SchedParams)
+    params: S2SchedConfig = field(default_factory=S2SchedConfig)
     strategy: Strategy = "s2sched"
     initial_loss: dict[str, float] = field(default_factory=dict)
     ratios: dict[str, list[float]] = field(default_factory=dict)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfound.config import S2SchedConfig, TrainConfig
 from recfound.evaluation import metrics as M
 from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
 from recfound.model.build import build_rec_model
-from recfound.train.s2sched import S2SchedParams
-from recfound.train.trainer import TaskData, Trainer, TrainParams
+from recfound.train.trainer import TaskData, Trainer
 from tests.train.tiny import ADAPTER
 
 COLOURS = {"red": "rojo", "blue": "azul", "green": "verde", "black": "negro", "white": "blanco"}
@@ -59,9 +59,9 @@ def test_infonce_with_catalogue_negatives_learns_retrieval(tmp_path: Path) -> No
     base = build_builtin_backbone(spec, tokenizer, seed=0)
     rec = build_rec_model(base, tokenizer, ADAPTER, {"match": "embedding"}, seed=0, max_length=32)
     task = TaskData("match", "embedding", queries, queries)
-    params = TrainParams(
+    params = TrainConfig(
         steps=40,
-        batch_size=0,
+        batch_size=1,  # no generative task
         embedding_batch_size=8,
         samples_per_task=8,
         catalogue_negatives=12,
@@ -70,10 +70,9 @@ def test_infonce_with_catalogue_negatives_learns_retrieval(tmp_path: Path) -> No
         eval_every=30,
         val_batch_size=8,
         checkpoint_every=100,
-        s2sched=S2SchedParams(warmup_steps=10, update_every=10),
-        seed=0,
+        s2sched=S2SchedConfig(warmup_steps=10, update_every=10),
     )
-    trainer = Trainer(rec, [task], params, tmp_path, catalogue=catalogue)
+    trainer = Trainer(rec, [task], params, tmp_path, seed=0, catalogue=catalogue)
     chance = float(np.mean(1.0 / np.arange(1, len(catalogue) + 1)))  # a random ranking's MRR
     before = _mrr(trainer, catalogue, queries)
     trainer.train()

@@ -20,7 +20,8 @@ from recfound.model.backbone import (
 from recfound.stages.build_tasks import run_build_tasks
 from recfound.stages.ingest import run_ingest
 from recfound.stages.pretrain import run_pretrain
-from recfound.train.pretrain import lr_at, pack_blocks, pad_rows, split_blocks
+from recfound.train.lr_schedule import lr_at
+from recfound.train.pretrain import pack_blocks, pad_rows, split_blocks
 
 
 def test_pack_and_split_blocks() -> None:

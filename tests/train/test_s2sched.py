@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from recfound.train.s2sched import S2SchedParams, S2Scheduler, _slope
+from recfound.config import S2SchedConfig
+from recfound.train.s2sched import S2Scheduler, _slope
 
 
 def test_slope_of_a_line() -> None:
@@ -25,7 +26,7 @@ def test_uniform_and_proportional_strategies() -> None:
 
 
 def test_slow_task_gets_more_and_floor_holds() -> None:
-    params = S2SchedParams(warmup_steps=0, update_every=1, window=3, floor=0.05, ema=0.0)
+    params = S2SchedConfig(warmup_steps=0, update_every=1, window=3, floor=0.05, ema=0.0)
     sched = S2Scheduler(
         {"fast": "generative", "slow": "generative"}, {"fast": 1, "slow": 1}, params
     )
@@ -38,7 +39,7 @@ def test_slow_task_gets_more_and_floor_holds() -> None:
 
 
 def test_each_group_is_scheduled_on_its_own() -> None:
-    params = S2SchedParams(warmup_steps=0, update_every=1, window=3, floor=0.0, ema=0.0)
+    params = S2SchedConfig(warmup_steps=0, update_every=1, window=3, floor=0.0, ema=0.0)
     kinds = {"g1": "generative", "g2": "generative", "e1": "embedding", "e2": "embedding"}
     sched = S2Scheduler(kinds, {"g1": 50, "g2": 50, "e1": 50, "e2": 50}, params)
     for step in range(6):
@@ -55,7 +56,7 @@ def test_each_group_is_scheduled_on_its_own() -> None:
 
 def test_state_dict_round_trip() -> None:
     kinds, sizes = {"a": "generative", "b": "generative"}, {"a": 1, "b": 2}
-    params = S2SchedParams(warmup_steps=0, update_every=1)
+    params = S2SchedConfig(warmup_steps=0, update_every=1)
     sched = S2Scheduler(kinds, sizes, params)
     for step in range(5):
         sched.observe(step, {"a": 1 / (step + 1), "b": 1.0})
@@ -89,7 +90,7 @@ def _train_two_tasks(strategy: str, steps: int = 120, seed: int = 0) -> dict[str
         with torch.no_grad():
             return float(((x @ weights[task] - y) ** 2).mean() / (y**2).mean())
 
-    params = S2SchedParams(warmup_steps=5, update_every=5, window=3, floor=0.05, ema=0.3)
+    params = S2SchedConfig(warmup_steps=5, update_every=5, window=3, floor=0.05, ema=0.3)
     sched = S2Scheduler(
         {"fast": "generative", "slow": "generative"},
         {"fast": 1, "slow": 1},
