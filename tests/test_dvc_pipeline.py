@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO_ROOT, write_tiny_params
 
@@ -93,3 +94,18 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     shown = _dvc("metrics", "show", "--json", cwd=repo_copy)
     assert shown.returncode == 0
     assert "num_generative_tasks" in shown.stdout
+
+
+def test_changing_paths_in_params_moves_the_tracked_output(repo_copy: Path) -> None:
+    """dvc.yaml takes its paths from params.yaml: a new paths.tasks is written and tracked."""
+    write_tiny_params(repo_copy / "params.yaml", paths={"tasks": "data/tasks_v2"})
+    result = _dvc("repro", "build_tasks", cwd=repo_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (repo_copy / "data" / "tasks_v2" / "manifest.json").is_file()
+    assert not (repo_copy / "data" / "tasks").exists()
+    lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())
+    outs = [out["path"] for out in lock["stages"]["build_tasks"]["outs"]]
+    assert "data/tasks_v2" in outs
+    assert lock["stages"]["build_tasks"]["params"]["params.yaml"]["paths.tasks"] == "data/tasks_v2"
+    status = _dvc("status", "build_tasks", cwd=repo_copy)
+    assert "up to date" in status.stdout, status.stdout

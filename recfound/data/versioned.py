@@ -68,7 +68,7 @@ def fetch_dvc_output(location: DataLocation, dest: str | Path) -> DataVersion:
             uninitialized=True,
             remote=location.remote or None,
         ) as repo:
-            commit = repo.scm.get_rev()
+            commit = repo.get_rev()  # the commit of rev (the clone's HEAD may differ)
             root = repo.root_dir
             lock = _read_yaml(repo.fs, repo.fs.join(root, "dvc.lock"))
             if lock is None:

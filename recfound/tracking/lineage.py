@@ -275,7 +275,5 @@ def log_task_datasets(version: DataVersion, tasks_dir: str | Path, contexts: Seq
     """Log the task datasets the active run read, one per context, as MLflow inputs."""
     import mlflow
 
-    pairs = task_datasets(version, tasks_dir, contexts)
-    mlflow.log_inputs(
-        datasets=[dataset for dataset, _ in pairs], contexts=[context for _, context in pairs]
-    )
+    for dataset, context in task_datasets(version, tasks_dir, contexts):
+        mlflow.log_input(dataset, context=context)
