@@ -222,8 +222,10 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "register the merged model in MLflow; alias champion only if it passes the gates",
         "Logs the merged model (paths.merged on the backbone in paths.backbone) as an MLflow "
         "pyfunc model that answers {task, input, candidates} rows with generations, embeddings "
-        "or scores, and registers it as registry.model_name with the data version, params and "
-        "the scores of reports/metrics.json as version tags. Gates from params.yaml: the "
+        "or scores, and registers it as registry.model_name: the run holds the params, the "
+        "scores of reports/metrics.json and the datasets; the version a few tags (data version, "
+        "git commit, primary metric, gate result) and a description of its scores against the "
+        "champion. Gates from params.yaml: the "
         "registry.primary_metric must beat the champion's by registry.min_improvement and no "
         "task may drop more than registry.max_regression; a passing version gets alias "
         "champion, any other alias challenger. Writes reports/registry.json. Tracking store: "
@@ -235,7 +237,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "Moves alias champion of registry.model_name to --version N when that version passes "
         "the promotion gates against the current champion (registry.primary_metric, "
         "registry.min_improvement, registry.max_regression; the scores are read from the "
-        "versions' tags). A version that fails is left as it is and the failed gates are "
+        "versions' runs). A version that fails is left as it is and the failed gates are "
         f"printed (exit code {EXIT_USER_ERROR}); --force promotes it anyway.",
     ),
     "export-split": (

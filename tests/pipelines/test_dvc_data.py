@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 
 from recfound.tracking.lineage import DATA_VERSION_FILE
 from tests.conftest import write_tiny_params
+from tests.pipelines.test_run_local import _tiny_params as run_local_params
 
 DATA_DVC_YAML = """\
 stages:
@@ -32,7 +33,7 @@ stages:
     outs:
       - ${paths.interim}
 """
-USERS = {"v1": 20, "v2": 30}
+USERS = {"v1": 30, "v2": 40}
 
 
 def _env() -> dict[str, str]:
@@ -56,7 +57,7 @@ def _git(*args: str, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def data_repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """A DVC project whose tag v1 holds 20 users' tables and v2 30 users'; both pushed."""
+    """A DVC project whose tag v1 holds 30 users' tables and v2 40 users'; both pushed."""
     root = tmp_path_factory.mktemp("dvc_data")
     repo, remote = root / "data-repo", root / "remote"
     repo.mkdir()
@@ -119,16 +120,7 @@ def test_each_pipeline_run_trains_on_its_revision_and_registers_its_md5(
     data_repo: dict[str, object], tmp_path: Path
 ) -> None:
     repo, md5 = data_repo["repo"], data_repo["md5"]
-    write_tiny_params(
-        tmp_path / "params.yaml",
-        tasks={
-            "enabled": ["user2item", "sequential_recommendation", "rating_prediction"],
-            "max_train_per_task": 40,
-            "max_eval_per_task": 8,
-        },
-        merge={"trials": 1, "max_per_task": 4, "checkpoints": ["best_generative", "last"]},
-        evaluate={"max_per_task": 4, "max_new_tokens": 2},
-    )
+    run_local_params(tmp_path / "params.yaml")  # the sizes test_run_local.py runs at
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**_env(), "MLFLOW_TRACKING_URI": tracking_uri}
     for tag in USERS:

@@ -63,8 +63,15 @@ def test_run_local_runs_every_step_and_registers_the_model(tmp_path: Path) -> No
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run(
         [
-            sys.executable, "-m", "recfound.cli", "pipeline", "run-local", "--output-dir", "kfp",
-            "--param", "data_from=raw",  # a first run: re-read the raw source
+            sys.executable,
+            "-m",
+            "recfound.cli",
+            "pipeline",
+            "run-local",
+            "--output-dir",
+            "kfp",
+            "--param",
+            "data_from=raw",  # a first run: re-read the raw source
         ],  # fmt: skip
         cwd=tmp_path,
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"},
