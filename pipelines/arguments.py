@@ -2,9 +2,10 @@
 
 Every top-level section of params.yaml except ``paths`` is one pipeline parameter (a dict; ``seed``
 an int); ``paths`` is not, because on the cluster each step's inputs and outputs are KFP artifacts.
-The resource parameters (GPUs, CPU, memory of the steps) are plain scalars. An override is checked
-with the same parser as params.yaml before anything is submitted, so a bad value fails here with
-the key named.
+The resource parameters (GPUs, CPU, memory of the steps) and the data location (the data
+repository, revision and DVC remote the first data step fetches from) are plain scalars. An
+override is checked with the same parser as params.yaml before anything is submitted, so a bad
+value fails here with the key named.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ RESOURCE_DEFAULTS: dict[str, int | str] = {
     "step_cpu": "2",  # every other step (they run on CPU)
     "step_memory": "8G",
 }
+# Where the run's data comes from: "dvc" fetches the DVC-tracked tables of the data repository
+# data_repo (a Git URL or path) at data_rev from its DVC remote (data_remote, default: the
+# repository's default remote); "raw" re-reads data.source (a first run, before any data is
+# versioned).
+DATA_DEFAULTS: dict[str, str] = {
+    "data_from": "dvc",
+    "data_repo": "",
+    "data_rev": "",
+    "data_remote": "",
+}
+DATA_FROM = ("dvc", "raw")
 _CPU = re.compile(r"^([0-9]*[.])?[0-9]+m?$")
 _MEMORY = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
 
@@ -91,21 +103,42 @@ def _check_resource(key: str, value: Any) -> int | str:
     return text
 
 
-def pipeline_arguments(cfg: Config, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """All pipeline arguments: ``cfg``'s sections and the resources, with ``KEY=VALUE`` applied.
+def check_data_location(arguments: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` unless the arguments say where the run's data comes from."""
+    if arguments["data_from"] not in DATA_FROM:
+        raise ConfigError(
+            f"--param data_from: expected one of {', '.join(DATA_FROM)}, got "
+            f"{arguments['data_from']!r}"
+        )
+    if arguments["data_from"] == "dvc" and not arguments["data_repo"]:
+        raise ConfigError(
+            "the run reads versioned data (data_from=dvc) but no data repository is set: pass "
+            "--param data_repo=<Git URL or path of the DVC project> --param data_rev=<tag, "
+            "branch or commit>, or --param data_from=raw to re-read data.source"
+        )
 
-    ``KEY`` is a dotted params.yaml key (``train.steps``, ``model.tmole.rank``) or a resource
-    parameter (``train_gpus``, ``gpu_type``, …); ``VALUE`` is read as YAML (``500``, ``true``,
+
+def pipeline_arguments(cfg: Config, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """All pipeline arguments: ``cfg``'s sections, the resources and the data location, with
+    ``KEY=VALUE`` applied.
+
+    ``KEY`` is a dotted params.yaml key (``train.steps``, ``model.tmole.rank``), a resource
+    parameter (``train_gpus``, ``gpu_type``, …) or a data-location parameter (``data_from``,
+    ``data_repo``, ``data_rev``, ``data_remote``); ``VALUE`` is read as YAML (``500``, ``true``,
     ``[user2item, item2item]``, ``null``). Raises :class:`ConfigError` naming the key when the
     result is not a valid params.yaml or a resource value is malformed.
     """
     raw = copy.deepcopy(config_arguments(cfg))
     resources = dict(RESOURCE_DEFAULTS)
+    location = dict(DATA_DEFAULTS)
     for override in overrides:
         key, sep, text = override.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--param expects KEY=VALUE, got {override!r}")
+        if key in location:
+            location[key] = text.strip()  # a revision such as 1e5 stays text
+            continue
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -120,4 +153,4 @@ def pipeline_arguments(cfg: Config, overrides: Sequence[str] = ()) -> dict[str, 
         else:
             _set_dotted(raw, key, value)
     checked = parse_config(raw, origin="params with --param overrides")
-    return {**config_arguments(checked), **resources}
+    return {**config_arguments(checked), **resources, **location}

@@ -4,7 +4,10 @@
 - ``submit``: compile, then start a run on a Kubeflow Pipelines endpoint (``kfp.Client``).
 - ``run-local``: the same pipeline through kfp.local's subprocess runner: every step runs here, in
   this Python environment, in order; outputs land under ``--output-dir``, MLflow runs in the local
-  store.
+  store, tagged with one ``recfound.run_group``.
+
+Both read versioned data unless told otherwise: ``--param data_repo=… --param data_rev=…`` (the
+DVC project and revision the first step fetches), or ``--param data_from=raw``.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import argparse
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.arguments import config_arguments, pipeline_arguments
+from pipelines.arguments import check_data_location, config_arguments, pipeline_arguments
 from pipelines.recfound_pipeline import PIPELINE_NAME, build_pipeline
 from recfound.config import Config
+from recfound.tracking.runs import RUN_GROUP_ENV
 
 DEFAULT_LOCAL_OUTPUT = "kfp_local"
 
@@ -58,6 +63,7 @@ def submit(
     import kfp
 
     arguments = pipeline_arguments(cfg, overrides)
+    check_data_location(arguments)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(cfg, Path(tmp) / "recfound.yaml", image=image)
         client = kfp.Client(host=host, namespace=namespace)
@@ -120,6 +126,9 @@ def run_local(
     from kfp import local
 
     arguments = pipeline_arguments(cfg, overrides)
+    check_data_location(arguments)
+    if arguments["data_from"] == "dvc" and "://" not in arguments["data_repo"]:
+        arguments["data_repo"] = str(Path(arguments["data_repo"]).resolve())  # steps run elsewhere
     tracking = arguments["tracking"]
     tracking_uri = absolute_tracking_uri(
         os.environ.get("MLFLOW_TRACKING_URI") or tracking["tracking_uri"]
@@ -127,6 +136,8 @@ def run_local(
     os.environ["MLFLOW_TRACKING_URI"] = tracking["tracking_uri"] = tracking_uri
     tracking["artifact_location"] = str(Path(tracking["artifact_location"]).resolve())
 
+    # the MLflow runs of this pipeline run share a tag (on a cluster: the KFP run id)
+    os.environ[RUN_GROUP_ENV] = f"kfp-local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(Path(output_dir).resolve()),

@@ -30,7 +30,8 @@ from components import (
     train,
     validate,
 )
-from pipelines.arguments import RESOURCE_DEFAULTS
+from pipelines.arguments import DATA_DEFAULTS, RESOURCE_DEFAULTS
+from recfound.tracking.runs import RUN_GROUP_ENV
 
 PIPELINE_NAME = "recfound"
 MLFLOW_SECRET = "recfound-mlflow"
@@ -41,6 +42,7 @@ MLFLOW_SECRET_KEYS: tuple[str, ...] = (
     "AWS_SECRET_ACCESS_KEY",
 )
 MLFLOW_STEPS: tuple[str, ...] = ("baselines", "pretrain", "train", "merge", "evaluate", "register")
+RUN_ID_LABEL = "metadata.labels['pipeline/runid']"  # the KFP run id, on every pod of the run
 Target = Literal["cluster", "local"]
 
 
@@ -59,7 +61,9 @@ def apply_cluster_settings(
     - CPU and memory limits of every step; the train step's GPUs (accelerator type and count),
       a toleration for tainted GPU nodes and a memory-backed ``/dev/shm`` for NCCL.
     - The MLflow server and object-store credentials of every step that uses MLflow, from the
-      Kubernetes Secret ``recfound-mlflow`` (keys = variable names, see infra/README.md).
+      Kubernetes Secret ``recfound-mlflow`` (keys = variable names, see infra/README.md), and the
+      KFP run id as ``RECFOUND_RUN_GROUP`` (the MLflow runs of one KFP run share that tag).
+      The ``ingest`` step gets the same credentials: they reach the DVC remote (S3/MinIO).
 
     ``run-local`` leaves all of this out: kfp.local ignores resources and accelerators (with a
     warning) and silently drops Kubernetes platform settings, so a secret-backed environment would
@@ -76,11 +80,15 @@ def apply_cluster_settings(
         training, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"
     )
     kubernetes.empty_dir_mount(training, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
-    for name in MLFLOW_STEPS:
+    for name in (*MLFLOW_STEPS, "ingest"):
         kubernetes.use_secret_as_env(
             steps[name],
             secret_name=MLFLOW_SECRET,
             secret_key_to_env={key: key for key in MLFLOW_SECRET_KEYS},
+        )
+    for name in MLFLOW_STEPS:
+        kubernetes.use_field_path_as_env(
+            steps[name], env_name=RUN_GROUP_ENV, field_path=RUN_ID_LABEL
         )
 
 
@@ -90,7 +98,7 @@ def build_pipeline(
     """The pipeline (a KFP graph component) with ``defaults`` (``config_arguments``) as parameter
     defaults, every step in ``image`` (default: :func:`components.project_image`)."""
     image = image or project_image()
-    d, r = defaults, RESOURCE_DEFAULTS
+    d, r, w = defaults, RESOURCE_DEFAULTS, DATA_DEFAULTS
 
     def recfound(
         seed: int = d["seed"],
@@ -110,8 +118,13 @@ def build_pipeline(
         train_memory: str = r["train_memory"],
         step_cpu: str = r["step_cpu"],
         step_memory: str = r["step_memory"],
+        data_from: str = w["data_from"],
+        data_repo: str = w["data_repo"],
+        data_rev: str = w["data_rev"],
+        data_remote: str = w["data_remote"],
     ) -> Artifact:
         steps = _wire_stages(
+            (data_from, data_repo, data_rev, data_remote),
             seed,
             data,
             tasks,
@@ -141,15 +154,18 @@ def build_pipeline(
     return dsl.pipeline(
         name=PIPELINE_NAME,
         description=(
-            "RecFound: ingest → validate → build tasks → pretrain → train (TMoLE + S2Sched, "
-            "GPUs) → merge (Optuna) → evaluate (against SASRec and biased MF, trained from the "
-            "tasks) → register in MLflow. Parameters mirror "
-            "params.yaml (one per section) plus the train step's GPUs, CPU and memory."
+            "RecFound: ingest (the DVC-versioned tables of data_repo at data_rev, or the raw "
+            "source with data_from=raw) → validate → build tasks → pretrain → train (TMoLE + "
+            "S2Sched, GPUs) → merge (Optuna) → evaluate (against SASRec and biased MF, trained "
+            "from the tasks) → register in MLflow. Parameters mirror "
+            "params.yaml (one per section) plus the train step's GPUs, CPU and memory and the "
+            "data location."
         ),
     )(recfound)
 
 
 def _wire_stages(
+    location: tuple[Any, Any, Any, Any],
     seed: Any,
     data: Any,
     tasks: Any,
@@ -177,7 +193,14 @@ def _wire_stages(
         tracking=tracking,
     )
     settings = params.output
-    ingested = ingest(params=settings)
+    data_from, data_repo, data_rev, data_remote = location
+    ingested = ingest(
+        params=settings,
+        data_from=data_from,
+        data_repo=data_repo,
+        data_rev=data_rev,
+        data_remote=data_remote,
+    )
     validated = validate(params=settings, interim=ingested.outputs["interim"])
     built = build_tasks(params=settings, interim=ingested.outputs["interim"]).after(validated)
     learned = baselines(params=settings, tasks=built.outputs["tasks"])

@@ -27,6 +27,14 @@ def _ingest(cfg: Config, args: argparse.Namespace) -> None:
     run_ingest(cfg)
 
 
+def _fetch_data(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.data.versioned import DataLocation
+    from recfound.stages.fetch_data import run_fetch_data
+
+    location = DataLocation(args.repo, rev=args.rev, remote=args.remote, path=args.path)
+    print(f"fetched {run_fetch_data(cfg, location).describe()} into {cfg.paths.interim}")
+
+
 def _validate(cfg: Config, args: argparse.Namespace) -> None:
     from recfound.stages.validate import run_validate
 
@@ -99,12 +107,7 @@ def _export_split(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _pipeline(cfg: Config, args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    # components/ and pipelines/ sit next to the package in the checkout; they are not installed.
-    checkout = str(Path(__file__).resolve().parents[1])
-    if checkout not in sys.path:
-        sys.path.insert(0, checkout)
+    # pipelines/ and components/ are installed with recfound (they need kfp; the library doesn't)
     from pipelines.commands import run_command
 
     run_command(cfg, args)
@@ -120,6 +123,16 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "data.path, data.dataset_name, data.rating_min/rating_max, data.rating_threshold "
         "(like = rating at or above it), data.min_user_interactions / data.min_item_interactions "
         "(k-core filtering), data.max_users (tiny runs).",
+    ),
+    "fetch-data": (
+        _fetch_data,
+        "fetch the normalized tables of a data repository at a Git revision (DVC)",
+        "Instead of `ingest` (which re-reads the raw source): downloads the DVC-tracked output "
+        "of `ingest` (the repository's paths.interim, or --path) at --rev from the "
+        "repository's DVC remote (--remote, default: its default remote) into paths.interim, "
+        "with data_version.json (the commit and the md5 from that revision's dvc.lock). "
+        "This is the first data step of a Kubeflow run (pipeline parameters data_repo, "
+        "data_rev, data_remote).",
     ),
     "validate": (
         _validate,
@@ -209,8 +222,10 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "register the merged model in MLflow; alias champion only if it passes the gates",
         "Logs the merged model (paths.merged on the backbone in paths.backbone) as an MLflow "
         "pyfunc model that answers {task, input, candidates} rows with generations, embeddings "
-        "or scores, and registers it as registry.model_name with the data version, params and "
-        "the scores of reports/metrics.json as version tags. Gates from params.yaml: the "
+        "or scores, and registers it as registry.model_name: the run holds the params, the "
+        "scores of reports/metrics.json and the datasets; the version a few tags (data version, "
+        "git commit, primary metric, gate result) and a description of its scores against the "
+        "champion. Gates from params.yaml: the "
         "registry.primary_metric must beat the champion's by registry.min_improvement and no "
         "task may drop more than registry.max_regression; a passing version gets alias "
         "champion, any other alias challenger. Writes reports/registry.json. Tracking store: "
@@ -222,7 +237,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "Moves alias champion of registry.model_name to --version N when that version passes "
         "the promotion gates against the current champion (registry.primary_metric, "
         "registry.min_improvement, registry.max_regression; the scores are read from the "
-        "versions' tags). A version that fails is left as it is and the failed gates are "
+        "versions' runs). A version that fails is left as it is and the failed gates are "
         f"printed (exit code {EXIT_USER_ERROR}); --force promotes it anyway.",
     ),
     "export-split": (
@@ -277,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["train"].add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in paths.train"
     )
+    fetch = sub.choices["fetch-data"]
+    fetch.add_argument("--repo", required=True, help="Git URL or path of the data repository")
+    fetch.add_argument("--rev", default=None, help="branch, tag or commit (default: HEAD)")
+    fetch.add_argument("--remote", default=None, help="DVC remote (default: the repo's default)")
+    fetch.add_argument("--path", default=None, help="DVC output (default: its paths.interim)")
     promote = sub.choices["promote"]
     promote.add_argument(
         "--version", type=int, required=True, help="the registered version to promote"

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from mlflow import MlflowClient
 
 from tests.conftest import (
     REPO_ROOT,
@@ -82,6 +84,8 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     registry = json.loads((repo_copy / "reports" / "registry.json").read_text())
     assert int(registry["version"]) == 1 and registry["alias"] == "champion"
 
+    _check_tracking(repo_copy)
+
     second = _dvc("repro", cwd=repo_copy)
     assert second.returncode == 0, second.stderr
     assert "Running stage" not in second.stdout
@@ -95,6 +99,11 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
         assert f"| {row} |" in ablation
     status = _dvc("status", cwd=repo_copy)
     assert "up to date" in status.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo_copy / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("recfound")
+    names = {r.info.run_name for r in client.search_runs([experiment.experiment_id])}
+    rows = {"without_merge_s2sched", "without_merge_tmole", "without_all"}
+    assert {f"ablation/{row}" for row in rows} <= names  # not three more runs named `train`
 
     shown = _dvc("metrics", "show", "--json", cwd=repo_copy)
     assert shown.returncode == 0
@@ -157,3 +166,48 @@ def test_failed_repro_keeps_the_previous_outputs(repo_copy: Path, tmp_path: Path
         assert after[name] == before[name]
     status = _dvc("status", "build_tasks", cwd=repo_copy)
     assert "up to date" in status.stdout, status.stdout
+
+
+def test_changing_paths_in_params_moves_the_tracked_output(repo_copy: Path) -> None:
+    """dvc.yaml takes its paths from params.yaml: a new paths.tasks is written and tracked."""
+    write_tiny_params(repo_copy / "params.yaml", paths={"tasks": "data/tasks_v2"})
+    result = _dvc("repro", "build_tasks", cwd=repo_copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (repo_copy / "data" / "tasks_v2" / "manifest.json").is_file()
+    assert not (repo_copy / "data" / "tasks").exists()
+    lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())
+    outs = [out["path"] for out in lock["stages"]["build_tasks"]["outs"]]
+    assert "data/tasks_v2" in outs
+    assert lock["stages"]["build_tasks"]["params"]["params.yaml"]["paths.tasks"] == "data/tasks_v2"
+    status = _dvc("status", "build_tasks", cwd=repo_copy)
+    assert "up to date" in status.stdout, status.stdout
+
+
+def _check_tracking(repo: Path) -> None:
+    """What a user sees in MLflow after one `dvc repro`: distinct names, one run group, datasets
+    at the data version of dvc.lock, a registered version with a few tags and a description."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("recfound")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    top = {r.info.run_name: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert sorted(top) == ["baselines", "evaluate", "merge", "pretrain", "register", "train"]
+    assert len(top) == len([r for r in runs if "mlflow.parentRunId" not in r.data.tags])
+    children = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert children == ["merge trial 0", "merge trial 1"]
+    groups = {r.data.tags.get("recfound.run_group") for r in runs}
+    assert len(groups) == 1 and None not in groups  # one `dvc repro`, one tag to filter on
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    (interim,) = lock["stages"]["ingest"]["outs"]
+    for name, contexts in {
+        "train": {"training", "validation"},
+        "evaluate": {"test"},
+        "register": {"training", "validation", "test"},
+    }.items():
+        inputs = top[name].inputs.dataset_inputs
+        assert {d.tags[0].value for d in inputs} == contexts, name
+        assert {d.dataset.digest for d in inputs} == {interim["md5"]}, name
+    version = client.get_model_version("recfound", "1")
+    assert version.run_id == top["register"].info.run_id
+    assert len(version.tags) <= 10 and version.tags["data_version"] == interim["md5"]
+    assert version.description.startswith("**champion**")

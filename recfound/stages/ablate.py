@@ -31,6 +31,7 @@ import numpy as np
 
 from recfound import artifacts
 from recfound.config import Config
+from recfound.evaluation.model_eval import evaluate_bundle
 from recfound.evaluation.outputs import (
     BootstrapSettings,
     Estimate,
@@ -39,12 +40,13 @@ from recfound.evaluation.outputs import (
 )
 from recfound.evaluation.report import with_interval
 from recfound.evaluation.runner import outputs_from_records
+from recfound.layout import RECORDS_FILE
 from recfound.model.backbone import load_backbone
 from recfound.model.build import attach_adapter
 from recfound.model.bundle import build_from_spec, load_bundle, read_spec
 from recfound.model.recmodel import RecModel
-from recfound.stages.evaluate import RECORDS_FILE, evaluate_bundle
 from recfound.stages.train import adapter_spec, run_train
+from recfound.tracking.runs import run_named
 from recfound.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -222,7 +224,8 @@ def run_ablate(cfg: Config) -> dict[str, Any]:
             rec, kinds = load_last_checkpoint(cfg.paths.backbone, cfg.paths.train)
         else:
             variant = variant_config(cfg, row, lora_rank)
-            run_train(variant, resume=(Path(variant.paths.train) / "last").exists())
+            with run_named(f"ablation/{row}"):
+                run_train(variant, resume=(Path(variant.paths.train) / "last").exists())
             rec, kinds = load_last_checkpoint(cfg.paths.backbone, variant.paths.train)
         document, records = evaluate_bundle(rec, kinds, cfg)
         results[row] = {

@@ -28,8 +28,8 @@ from recfound.config import Config
 from recfound.evaluation.baselines import MF_DIR, SASREC_DIR, load_baselines
 from recfound.evaluation.mf import BiasedMF, BiasedMFParams
 from recfound.evaluation.sasrec import SASRecParams, SASRecRanker
-from recfound.stages.build_tasks import ITEMS_FILE, SPLIT_INTERACTIONS_FILE
-from recfound.tracking.runs import stage_run
+from recfound.layout import ITEMS_FILE, SPLIT_INTERACTIONS_FILE
+from recfound.tracking.runs import TRAINING, stage_run, task_inputs
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_baselines(cfg: Config) -> dict:
 
     with (
         torch_threads(cfg.baselines.threads),
-        stage_run(cfg.tracking, "baselines", settings) as run,
+        stage_run(cfg.tracking, "baselines", settings, inputs=task_inputs(cfg, *TRAINING)) as run,
     ):
         started = time.perf_counter()
         device = stage_device()

@@ -1,5 +1,8 @@
 """Stage `build_tasks`: normalized tables → validated per-task train/valid/test parquet files.
 
+When the tables came from a data repository (`fetch-data`), their data version
+(``data_version.json``) is carried into ``paths.tasks``.
+
 Everything is built and validated in a staging directory first; ``paths.tasks`` is replaced only
 when the task datasets pass validation, so a failure leaves the previous datasets intact.
 """
@@ -13,15 +16,19 @@ from recfound import artifacts
 from recfound.config import EMBEDDING_TASKS, Config
 from recfound.data.build import TaskDatasets, build_task_datasets
 from recfound.data.ingest import read_tables
-from recfound.stages.validate import validation_dir
+from recfound.layout import (
+    ITEMS_FILE,
+    MANIFEST_FILE,
+    SPLIT_INTERACTIONS_FILE,
+    TRAIN_INTERACTIONS_FILE,
+    validation_dir,
+)
+from recfound.tracking.lineage import recorded_data_version, write_data_version
 from recfound.validation.validate import raise_for_failures, validate_task_datasets
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-ITEMS_FILE = "items.parquet"
-TRAIN_INTERACTIONS_FILE = "train_interactions.parquet"
-SPLIT_INTERACTIONS_FILE = "interactions.parquet"
+__all__ = ["ITEMS_FILE", "SPLIT_INTERACTIONS_FILE", "run_build_tasks", "task_counts"]
 
 
 def task_counts(datasets: TaskDatasets) -> dict[str, dict[str, int]]:
@@ -42,7 +49,7 @@ def run_build_tasks(cfg: Config) -> TaskDatasets:
         datasets.frames,
         enabled_tasks=list(cfg.tasks.enabled),
         cold_items=list(datasets.cold_items),
-        report_dir=validation_dir(cfg),
+        report_dir=validation_dir(cfg.paths.reports),
     )
     raise_for_failures(report)
 
@@ -66,6 +73,8 @@ def run_build_tasks(cfg: Config) -> TaskDatasets:
                 "cold_items": sorted(datasets.cold_items),
             },
         )
+        if (version := recorded_data_version(cfg.paths.interim)) is not None:
+            write_data_version(staging, version)  # fetched data: its version travels on
     n_emb = sum(1 for task in counts if task in EMBEDDING_TASKS)
     n_gen = len(counts) - n_emb
     metrics = {

@@ -42,7 +42,7 @@ from recfound.model.bundle import (
     read_spec,
     save_bundle,
 )
-from recfound.tracking.runs import stage_run
+from recfound.tracking.runs import child_run, stage_run, task_inputs
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def run_merge(cfg: Config) -> dict:
         }
 
     settings = {"merge": cfg.merge.model_dump(), "seed": cfg.seed}
-    with stage_run(cfg.tracking, "merge", settings) as run:
+    with stage_run(cfg.tracking, "merge", settings, inputs=task_inputs(cfg, "validation")) as run:
         single = {name: score(tensors) for name, tensors in checkpoints.items()}
         reference = {t: max(s[t] for s in single.values()) for t in next(iter(single.values()))}
         single_objective = {n: normalised_objective(s, reference)[0] for n, s in single.items()}
@@ -101,7 +101,7 @@ def run_merge(cfg: Config) -> dict:
             mlflow.log_metric(f"checkpoint/{name}/objective", value)
 
         def on_trial(number: int, choice: MergeChoice, value: float, scores: dict) -> None:
-            with mlflow.start_run(run_name=f"trial-{number}", nested=True):
+            with child_run(f"merge trial {number}"):
                 mlflow.log_params({**choice.to_dict(), "coefficients": str(choice.coefficients)})
                 mlflow.log_metric("objective", value)
                 mlflow.log_metrics({f"score/{t}": v for t, v in scores.items()})

@@ -42,7 +42,7 @@ from recfound.model.backbone import (
     save_backbone,
     train_bpe_tokenizer,
 )
-from recfound.tracking.runs import stage_run
+from recfound.tracking.runs import stage_run, task_inputs
 from recfound.train.plots import plot_pretraining
 from recfound.train.pretrain import (
     next_item_probe,
@@ -175,7 +175,7 @@ def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, p
         "pretrain": p.model_dump(),
         "seed": cfg.seed,
     }
-    with stage_run(cfg.tracking, "pretrain", settings) as run:
+    with stage_run(cfg.tracking, "pretrain", settings, inputs=task_inputs(cfg, "training")) as run:
         result = pretrain_causal_lm(
             model,
             train_blocks,

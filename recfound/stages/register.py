@@ -19,13 +19,10 @@ result, so the worse of the two never ends up champion.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from recfound import artifacts
 from recfound.config import Config
@@ -33,6 +30,7 @@ from recfound.errors import UserInputError
 from recfound.evaluation.outputs import BootstrapSettings
 from recfound.model.backbone import resolve_backbone_dir
 from recfound.model.bundle import SPEC_FILE
+from recfound.tracking.lineage import git_commit
 from recfound.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -42,62 +40,18 @@ from recfound.tracking.registry import (
     log_and_register,
     promote,
     read_records,
+    version_description,
+    version_tags,
 )
+from recfound.tracking.runs import task_inputs
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "registry.json"
-DVC_LOCK = "dvc.lock"
 
 
 class PromotionRefused(UserInputError):
     """``recfound promote`` without --force, for a version that fails the gates."""
-
-
-# ---- data version -------------------------------------------------------------------------
-
-
-def dvc_locked_md5(tasks_dir: str | Path, lock_path: str | Path = DVC_LOCK) -> str | None:
-    """The md5 DVC recorded in ``dvc.lock`` for the output ``tasks_dir``, or None."""
-    lock_path = Path(lock_path)
-    if not lock_path.is_file():
-        return None
-    try:
-        lock = yaml.safe_load(lock_path.read_text()) or {}
-    except yaml.YAMLError:
-        log.warning("%s is not valid YAML; the data version is a content hash instead", lock_path)
-        return None
-    target = Path(tasks_dir).resolve()
-    for stage in (lock.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            if (lock_path.parent / out.get("path", "")).resolve() == target and out.get("md5"):
-                return str(out["md5"])
-    return None
-
-
-def content_hash(directory: str | Path) -> str:
-    """A deterministic hash of a directory's files (relative paths and bytes): ``sha256:…``."""
-    directory = Path(directory)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return "sha256:" + digest.hexdigest()
-
-
-def data_version(tasks_dir: str | Path, lock_path: str | Path = DVC_LOCK) -> tuple[str, str]:
-    """``(version, source)`` of the task datasets: DVC's md5 from dvc.lock, else a content hash.
-
-    ``source`` is ``dvc.lock``, ``content`` or ``missing`` (no dvc.lock entry and no directory:
-    the version is ``unknown``).
-    """
-    md5 = dvc_locked_md5(tasks_dir, lock_path)
-    if md5:
-        return md5, "dvc.lock"
-    if Path(tasks_dir).is_dir():
-        return content_hash(tasks_dir), "content"
-    log.warning("no task datasets at %s and no dvc.lock entry: data version unknown", tasks_dir)
-    return "unknown", "missing"
 
 
 # ---- inputs -------------------------------------------------------------------------------
@@ -146,7 +100,8 @@ def run_register(cfg: Config) -> dict[str, Any]:
     records = read_records(records_path)
     if records is None:
         log.warning("%s is missing: task regressions are judged on point scores", records_path)
-    version_id, version_source = data_version(cfg.paths.tasks)
+    inputs = task_inputs(cfg, "training", "validation", "test")
+    data = inputs.version
     name = cfg.registry.model_name
 
     client = configure_registry(cfg.tracking)
@@ -158,7 +113,8 @@ def run_register(cfg: Config) -> dict[str, Any]:
         metrics=metrics,
         metrics_path=metrics_path,
         params=registry_params(cfg),
-        data_version=version_id,
+        tags=version_tags(metrics, cfg.registry.primary_metric, data, git_commit()),
+        inputs=inputs,
         records_path=records_path if records is not None else None,
         serving=cfg.serving,
     )
@@ -171,6 +127,9 @@ def run_register(cfg: Config) -> dict[str, Any]:
         settings=BootstrapSettings(seed=cfg.seed),
     )
     alias = CHAMPION if decision.promote else CHALLENGER
+    client.update_model_version(
+        name, str(registered.version), version_description(metrics, decision, data, alias)
+    )
     report = {
         "model_name": name,
         "version": registered.version,
@@ -178,8 +137,9 @@ def run_register(cfg: Config) -> dict[str, Any]:
         "alias": alias,
         "champion_uri": f"models:/{name}@{CHAMPION}",
         "mlflow_run_id": registered.run_id,
-        "data_version": version_id,
-        "data_version_source": version_source,
+        "data_version": data.md5,
+        "data_version_source": data.origin,
+        "data": data.to_dict(),
         "decision": decision.to_dict(),
     }
     client.log_dict(registered.run_id, report, REPORT_FILE)

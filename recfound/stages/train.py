@@ -22,7 +22,7 @@ from recfound.model.backbone import check_backbone_setting, load_backbone
 from recfound.model.build import AdapterSpec
 from recfound.model.bundle import SPEC_FILE, ModelSpec, build_from_spec
 from recfound.model.recmodel import RecModel
-from recfound.tracking.runs import stage_run
+from recfound.tracking.runs import TRAINING, stage_run, task_inputs
 from recfound.train.plots import plot_task_shares, plot_validation_curves
 from recfound.train.trainer import TaskData, Trainer, make_accelerator
 
@@ -122,7 +122,9 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
         accelerator.num_processes,
     )
     settings = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(), "seed": cfg.seed}
-    with stage_run(cfg.tracking, "train", settings, log_system_metrics=True) as run:
+    with stage_run(
+        cfg.tracking, "train", settings, log_system_metrics=True, inputs=task_inputs(cfg, *TRAINING)
+    ) as run:
         trainer = Trainer(
             rec,
             tasks,

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from recfound.config import Config
 from recfound.data.ingest import read_tables
+from recfound.layout import validation_dir
 from recfound.validation.validate import ValidationReport, raise_for_failures, validate_tables
 
 log = logging.getLogger(__name__)
-
-
-def validation_dir(cfg: Config) -> Path:
-    return Path(cfg.paths.reports) / "validation"
 
 
 def run_validate(cfg: Config) -> ValidationReport:
@@ -22,7 +18,7 @@ def run_validate(cfg: Config) -> ValidationReport:
     The full results (JSON) and the GX data docs (HTML) are written whether or not it passes.
     """
     tables = read_tables(cfg.paths.interim)
-    report = validate_tables(tables, validation_dir(cfg))
+    report = validate_tables(tables, validation_dir(cfg.paths.reports))
     raise_for_failures(report)
     log.info("tables passed validation (%s)", report.statistics)
     return report

@@ -1,9 +1,12 @@
 """MLflow model registry: log the merged model, register a version, promote it by alias.
 
-Every registered version of ``registry.model_name`` carries as tags what the promotion gates need:
-``data_version``, the settings (``param.<key>``) and the evaluation scores
-(``metric.overall.<name>``, ``metric.<task>.score``). The champion's scores are read back from its
-tags, so the registry alone decides a promotion, on any machine.
+A registered version of ``registry.model_name`` is readable in the UI: its source run is the
+``register`` run that logged the model (which holds the full settings as params, the scores as
+metrics and ``metrics.json``, and the datasets); the version itself keeps a few tags (data
+version and revision, git commit, the primary metric, and the gate result ``promotion.*``) and a
+description that summarises its scores against the champion. The champion's scores are read back
+from its run's ``metrics.json`` (:func:`version_metrics`), so the registry alone decides a
+promotion, on any machine.
 
 Gates (``registry`` in params.yaml): a candidate passes when there is no champion yet, or when
 
@@ -60,7 +63,8 @@ from recfound.evaluation.outputs import (
 )
 from recfound.evaluation.runner import outputs_from_records
 from recfound.model.bundle import read_spec
-from recfound.tracking.runs import configure_tracking, flatten_params, stage_run
+from recfound.tracking.lineage import DataVersion
+from recfound.tracking.runs import RunInputs, configure_tracking, stage_run
 from recfound.tracking.serving import (
     SIGNATURE,
     input_example,
@@ -74,7 +78,10 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 DATA_VERSION_TAG = "data_version"
-PARAM_PREFIX = "param."
+DATA_REVISION_TAG = "data_revision"
+GIT_COMMIT_TAG = "git_commit"
+PRIMARY_METRIC_TAG = "primary_metric"
+METRICS_ARTIFACT = "metrics.json"
 METRIC_PREFIX = "metric."
 TEXT_FIELDS = ("kind", "score_metric")  # per-task tags that are not numbers
 RECORDS_ARTIFACT = "eval_records.json"  # per-record outputs of the evaluation (pairing key)
@@ -168,19 +175,75 @@ def configure_registry(cfg: TrackingConfig) -> MlflowClient:
 
 
 def version_tags(
-    metrics: dict[str, Any], params: dict[str, Any], data_version: str
+    metrics: dict[str, Any],
+    primary_metric: str,
+    data: DataVersion,
+    code_commit: str | None = None,
 ) -> dict[str, str]:
-    """The tags of a registered version: data version, flattened params, scores (as text)."""
-    tags = {DATA_VERSION_TAG: data_version}
-    tags.update({f"{PARAM_PREFIX}{k}": v for k, v in flatten_params(params).items()})
-    for name, value in metrics.get("overall", {}).items():
-        tags[f"{METRIC_PREFIX}overall.{name}"] = repr(float(value))
-    for task, values in metrics.get("tasks", {}).items():
-        tags[f"{METRIC_PREFIX}{task}.score"] = repr(float(values["score"]))
-        for text_field in TEXT_FIELDS:
-            if text_field in values:
-                tags[f"{METRIC_PREFIX}{task}.{text_field}"] = str(values[text_field])
+    """The few tags of a registered version: data version and revision, the code's commit, the
+    primary metric and its value. The full settings and every score stay on the version's run;
+    :func:`apply_promotion` adds the gate result (``promotion.*``): nine tags at most."""
+    tags = {DATA_VERSION_TAG: data.md5, PRIMARY_METRIC_TAG: primary_metric}
+    if data.revision:
+        tags[DATA_REVISION_TAG] = data.revision
+    if code_commit:
+        tags[GIT_COMMIT_TAG] = code_commit
+    value = metrics.get("overall", {}).get(primary_metric)
+    if value is not None:
+        tags[f"{METRIC_PREFIX}overall.{primary_metric}"] = repr(float(value))
     return tags
+
+
+def run_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scores of metrics.json as flat MLflow metrics (``overall.mean_score``, ``x.score``)."""
+    flat = {f"overall.{name}": float(v) for name, v in metrics.get("overall", {}).items()}
+    for task, values in metrics.get("tasks", {}).items():
+        flat[f"{task}.score"] = float(values["score"])
+    return flat
+
+
+def version_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, Any]:
+    """A version's scores in metrics.json's shape: its run's ``metrics.json`` (versions
+    registered before it was logged there: their tags)."""
+    try:
+        names = {a.path for a in client.list_artifacts(version.run_id)}
+        if METRICS_ARTIFACT in names:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = client.download_artifacts(version.run_id, METRICS_ARTIFACT, tmp)
+                return json.loads(Path(local).read_text())
+    except MlflowException as exc:
+        log.warning("cannot read %s of run %s: %s", METRICS_ARTIFACT, version.run_id, exc)
+    return metrics_from_tags(version.tags)
+
+
+def version_description(
+    metrics: dict[str, Any], decision: GateDecision, data: DataVersion, alias: str
+) -> str:
+    """A few lines for the version page: the verdict, the primary metric and every task's score
+    against the champion, and the data the model was trained on."""
+    primary = decision.primary_metric
+    lines = [f"**{alias}**: {decision.summary().splitlines()[0]}."]
+    value = _overall(metrics, primary)
+    if decision.champion_value is not None and value is not None:
+        lines.append(
+            f"{primary} {value:.4f} vs champion v{decision.champion_version} "
+            f"{decision.champion_value:.4f} ({value - decision.champion_value:+.4f})."
+        )
+    elif value is not None:
+        lines.append(f"{primary} {value:.4f}.")
+    scores = []
+    for task, values in sorted(metrics.get("tasks", {}).items()):
+        score = f"{task} {float(values['score']):.3f}"
+        comparison = decision.comparisons.get(task)
+        if comparison is not None:
+            flag = ", regressed" if comparison["regressed"] else ""
+            score += f" ({comparison['difference']:+.3f}{flag})"
+        scores.append(score)
+    if scores:
+        lines.append("Scores (vs champion): " + "; ".join(scores) + ".")
+    lines += [f"Failed gate: {failure}" for failure in decision.failures]
+    lines.append(f"Data: {data.describe()}.")
+    return "\n\n".join(lines)
 
 
 def metrics_from_tags(tags: dict[str, str]) -> dict[str, Any]:
@@ -404,31 +467,26 @@ def log_and_register(
     metrics: dict[str, Any],
     metrics_path: str | Path | None,
     params: dict[str, Any],
-    data_version: str,
+    tags: dict[str, str],
+    inputs: RunInputs | None = None,
     records_path: str | Path | None = None,
     serving: ServingConfig | None = None,
 ) -> RegisteredVersion:
     """Log the bundle as a pyfunc model in a ``register`` run and register it as a new version.
 
-    The run holds the params, the scores (as metrics and as the ``metrics.json`` artifact) and the
-    model; the version gets :func:`version_tags`. The model is logged from code (no pickle) with
-    ``serving`` (folded or not, request limits) as its model config.
+    The run holds the params, the scores (as metrics and as the ``metrics.json`` artifact), the
+    datasets (``inputs``) and the model; it is the version's source run. The version gets
+    ``tags`` (:func:`version_tags`). The model is logged from code (no pickle) with ``serving``
+    (folded or not, request limits) as its model config.
     """
     spec, _ = read_spec(bundle_dir)
     configure_registry(tracking_cfg)
-    tags = version_tags(metrics, params, data_version)
-    with stage_run(tracking_cfg, "register", params, tags={DATA_VERSION_TAG: data_version}) as run:
+    with stage_run(tracking_cfg, "register", params, inputs=inputs) as run:
         if metrics_path is not None:
             mlflow.log_artifact(str(metrics_path))
         if records_path is not None and Path(records_path).is_file():
             mlflow.log_artifact(str(records_path))
-        mlflow.log_metrics(
-            {
-                key[len(METRIC_PREFIX) :]: float(value)
-                for key, value in tags.items()
-                if key.startswith(METRIC_PREFIX) and key.rpartition(".")[2] not in TEXT_FIELDS
-            }
-        )
+        mlflow.log_metrics(run_metrics(metrics))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=model_code_path(),
@@ -438,7 +496,7 @@ def log_and_register(
             pip_requirements=pinned_requirements(),
             signature=SIGNATURE,
             input_example=input_example(spec.task_kinds),
-            metadata={"task_kinds": dict(spec.task_kinds), DATA_VERSION_TAG: data_version},
+            metadata={"task_kinds": dict(spec.task_kinds), **tags},
         )
         version = mlflow.register_model(info.model_uri, model_name, tags=tags)
     log.info("registered %s version %s (run %s)", model_name, version.version, run.info.run_id)
@@ -598,7 +656,7 @@ def _promote_locked(
     candidate = _get_version(client, name, version)
     champion = version_by_alias(client, name, CHAMPION)
     if champion is not None and int(champion.version) == version:
-        value = _overall(metrics_from_tags(candidate.tags), registry_cfg.primary_metric)
+        value = _overall(version_metrics(client, candidate), registry_cfg.primary_metric)
         return GateDecision(
             passed=True,
             primary_metric=registry_cfg.primary_metric,
@@ -607,9 +665,9 @@ def _promote_locked(
             champion_version=version,
             notes=[f"v{version} already is {CHAMPION}; nothing to do"],
         )
-    champion_metrics = metrics_from_tags(champion.tags) if champion is not None else None
+    champion_metrics = version_metrics(client, champion) if champion is not None else None
     decision = check_gates(
-        metrics_from_tags(candidate.tags),
+        version_metrics(client, candidate),
         champion_metrics,
         registry_cfg,
         champion_version=None if champion is None else int(champion.version),

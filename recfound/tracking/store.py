@@ -46,12 +46,14 @@ def store_init_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def create_experiment_once(name: str, artifact_location: str | None) -> None:
+def create_experiment_once(
+    name: str, artifact_location: str | None, tags: dict[str, str] | None = None
+) -> None:
     """Create experiment ``name`` unless it exists (another process may create it meanwhile)."""
     if mlflow.get_experiment_by_name(name) is not None:
         return
     try:
-        mlflow.create_experiment(name, artifact_location=artifact_location)
+        mlflow.create_experiment(name, artifact_location=artifact_location, tags=tags)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise

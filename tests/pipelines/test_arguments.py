@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from pipelines.arguments import RESOURCE_DEFAULTS, config_arguments, pipeline_arguments
+from pipelines.arguments import (
+    DATA_DEFAULTS,
+    RESOURCE_DEFAULTS,
+    check_data_location,
+    config_arguments,
+    pipeline_arguments,
+)
 from recfound.cli import EXIT_USER_ERROR, main
 from recfound.config import Config, ConfigError, load_config
 from tests.conftest import REPO_ROOT
@@ -20,7 +26,7 @@ def cfg() -> Config:
 
 def test_no_overrides_gives_params_yaml_and_the_default_resources(cfg: Config) -> None:
     arguments = pipeline_arguments(cfg)
-    assert arguments == {**config_arguments(cfg), **RESOURCE_DEFAULTS}
+    assert arguments == {**config_arguments(cfg), **RESOURCE_DEFAULTS, **DATA_DEFAULTS}
     assert "paths" not in arguments
     assert arguments["train"]["steps"] == cfg.train.steps
 
@@ -105,8 +111,11 @@ def fake_kfp(monkeypatch: pytest.MonkeyPatch) -> type[_FakeClient]:
     return _FakeClient
 
 
+DATA = ("--param", "data_repo=https://git.example.com/recfound-data.git", "--param", "data_rev=v1")
+
+
 def _submit(host: str, *extra: str) -> int:
-    args = ["pipeline", "submit", "--host", host, "--experiment", "recfound-dev", *extra]
+    args = ["pipeline", "submit", "--host", host, "--experiment", "recfound-dev", *DATA, *extra]
     return main(["--params", str(REPO_ROOT / "params.yaml"), *args])
 
 
@@ -123,6 +132,8 @@ def test_submit_sends_the_checked_arguments_to_the_experiment(
     assert call["enable_caching"] is None  # the compiled setting: caching on
     assert call["arguments"]["train"]["steps"] == 500
     assert call["arguments"]["train_gpus"] == 2
+    assert call["arguments"]["data_repo"] == "https://git.example.com/recfound-data.git"
+    assert call["arguments"]["data_rev"] == "v1"
     assert "http://kfp.example:8080/#/runs/details/run-123" in capsys.readouterr().out
 
 
@@ -138,3 +149,15 @@ def test_submit_with_a_bad_override_stops_before_the_cluster(
 def test_submit_no_cache_turns_caching_off_for_the_run(fake_kfp: type[_FakeClient]) -> None:
     assert _submit("http://kfp", "--no-cache") == 0
     assert fake_kfp.calls[0]["enable_caching"] is False
+
+
+def test_the_data_location_is_text_and_must_be_set_for_versioned_data(cfg: Config) -> None:
+    with pytest.raises(ConfigError, match="--param data_repo="):
+        check_data_location(pipeline_arguments(cfg))
+    arguments = pipeline_arguments(cfg, ["data_repo=https://git.example.com/d.git", "data_rev=1e5"])
+    assert arguments["data_repo"] == "https://git.example.com/d.git"
+    assert arguments["data_rev"] == "1e5"  # text, not the number 100000.0
+    check_data_location(arguments)
+    check_data_location(pipeline_arguments(cfg, ["data_from=raw"]))
+    with pytest.raises(ConfigError, match="data_from: expected one of dvc, raw"):
+        check_data_location(pipeline_arguments(cfg, ["data_from=s3"]))

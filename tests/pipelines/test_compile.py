@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from components import DEFAULT_IMAGE, IMAGE_ENV
-from pipelines.arguments import RESOURCE_DEFAULTS, config_arguments
+from pipelines.arguments import DATA_DEFAULTS, RESOURCE_DEFAULTS, config_arguments
 from pipelines.commands import compile_pipeline
 from pipelines.recfound_pipeline import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, build_pipeline
 from recfound.cli import main
@@ -92,11 +92,24 @@ def test_parameters_mirror_params_yaml(compiled: tuple[dict, dict]) -> None:
     spec, _ = compiled
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     expected = config_arguments(load_config(REPO_ROOT / "params.yaml"))
-    assert set(parameters) == set(expected) | set(RESOURCE_DEFAULTS)
+    assert set(parameters) == set(expected) | set(RESOURCE_DEFAULTS) | set(DATA_DEFAULTS)
     for section, value in expected.items():
         assert parameters[section]["defaultValue"] == value, section  # 200.0 == 200
     assert parameters["data"]["parameterType"] == "STRUCT"
     assert parameters["train_gpus"]["defaultValue"] == RESOURCE_DEFAULTS["train_gpus"]
+    assert parameters["data_from"]["defaultValue"] == "dvc"  # versioned data unless told
+
+
+def test_ingest_reads_the_data_location(compiled: tuple[dict, dict]) -> None:
+    spec, platform = compiled
+    ingest = spec["root"]["dag"]["tasks"]["ingest"]["inputs"]["parameters"]
+    for name in DATA_DEFAULTS:
+        assert ingest[name] == {"componentInputParameter": name}
+    k8s = platform["deploymentSpec"]["executors"]
+    for stage in MLFLOW_STEPS:  # the MLflow runs of one KFP run share the KFP run id as a tag
+        (field,) = k8s[_executor(spec, stage)]["fieldPathAsEnv"]
+        assert field["name"] == "RECFOUND_RUN_GROUP"
+        assert field["fieldPath"] == "metadata.labels['pipeline/runid']"
 
 
 def test_train_requests_gpus_cpu_and_memory_from_parameters(compiled: tuple[dict, dict]) -> None:
@@ -124,7 +137,7 @@ def test_mlflow_steps_get_the_secret_backed_environment(compiled: tuple[dict, di
     k8s = platform["deploymentSpec"]["executors"]
     for stage in STAGES:
         secrets = k8s.get(_executor(spec, stage), {}).get("secretAsEnv", [])
-        if stage not in MLFLOW_STEPS:
+        if stage not in (*MLFLOW_STEPS, "ingest"):  # ingest: the DVC remote's credentials
             assert secrets == [], f"{stage} does not use MLflow and gets no credentials"
             continue
         assert len(secrets) == 1, stage

@@ -62,7 +62,17 @@ def test_run_local_runs_every_step_and_registers_the_model(tmp_path: Path) -> No
     _tiny_params(tmp_path / "params.yaml")
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "recfound.cli", "pipeline", "run-local", "--output-dir", "kfp"],
+        [
+            sys.executable,
+            "-m",
+            "recfound.cli",
+            "pipeline",
+            "run-local",
+            "--output-dir",
+            "kfp",
+            "--param",
+            "data_from=raw",  # a first run: re-read the raw source
+        ],  # fmt: skip
         cwd=tmp_path,
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"},
         capture_output=True,
@@ -109,6 +119,8 @@ def test_a_failing_step_stops_the_local_run_and_names_it(tmp_path: Path) -> None
             "run-local",
             "--output-dir",
             "kfp",
+            "--param",
+            "data_from=raw",
             "--param",
             "data.source=recbole_atomic",
             "--param",

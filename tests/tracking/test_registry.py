@@ -15,13 +15,8 @@ from recfound.config import RegistryConfig, load_config
 from recfound.errors import UserInputError
 from recfound.evaluation.outputs import RankOutputs
 from recfound.evaluation.runner import records_document
-from recfound.stages.register import (
-    PromotionRefused,
-    content_hash,
-    data_version,
-    run_promote,
-    run_register,
-)
+from recfound.stages.register import PromotionRefused, run_promote, run_register
+from recfound.tracking.lineage import DataVersion, content_hash, data_version
 from recfound.tracking.registry import (
     RegistryError,
     check_gates,
@@ -113,39 +108,47 @@ def test_tasks_in_one_model_only_are_noted_not_compared() -> None:
     assert any("old" in n for n in decision.notes) and any("new" in n for n in decision.notes)
 
 
-def test_scores_survive_the_round_trip_through_version_tags() -> None:
+def test_a_version_keeps_a_few_tags_and_the_old_tags_still_read_back() -> None:
     metrics = scores(0.123456789, genre=0.5, year=1 / 3)
-    tags = version_tags(metrics, {"seed": 42, "model": {"tmole": {"rank": 8}}}, "abc")
-    assert tags["data_version"] == "abc"
-    assert tags["param.model.tmole.rank"] == "8"
-    assert tags["metric.year.score"] == repr(1 / 3)
-    back = metrics_from_tags(tags)
-    assert back["overall"] == metrics["overall"]
-    assert {t: v["score"] for t, v in back["tasks"].items()} == {"genre": 0.5, "year": 1 / 3}
+    data = DataVersion("dec81e53.dir", "data/interim", revision="a" * 40, repo="/data")
+    tags = version_tags(metrics, "mean_score", data, "b" * 40)
+    assert tags == {
+        "data_version": "dec81e53.dir",
+        "data_revision": "a" * 40,
+        "git_commit": "b" * 40,
+        "primary_metric": "mean_score",
+        "metric.overall.mean_score": repr(0.123456789),
+    }
+    # versions registered before this change carried every score as a tag
+    old = {"metric.overall.mean_score": "0.5", "metric.year.score": repr(1 / 3)}
+    back = metrics_from_tags(old)
+    assert back["overall"] == {"mean_score": 0.5} and back["tasks"]["year"]["score"] == 1 / 3
 
 
 def test_data_version_prefers_dvc_lock(tmp_path: Path) -> None:
-    tasks = tmp_path / "data" / "tasks"
-    (tasks / "genre").mkdir(parents=True)
-    (tasks / "genre" / "train.parquet").write_bytes(b"one")
-    first = content_hash(tasks)
-    assert first == content_hash(tasks)  # deterministic
-    (tasks / "genre" / "train.parquet").write_bytes(b"two")
-    assert content_hash(tasks) != first
-    assert data_version(tasks, tmp_path / "dvc.lock") == (content_hash(tasks), "content")
+    interim = tmp_path / "data" / "interim"
+    interim.mkdir(parents=True)
+    (interim / "interactions.parquet").write_bytes(b"one")
+    first = content_hash(interim)
+    assert first == content_hash(interim)  # deterministic
+    (interim / "interactions.parquet").write_bytes(b"two")
+    assert content_hash(interim) != first
+    version = data_version(interim, lock_path=tmp_path / "dvc.lock")
+    assert (version.md5, version.origin) == (content_hash(interim), "content")
 
     lock = {
         "schema": "2.0",
         "stages": {
-            "build_tasks": {
+            "ingest": {
                 "outs": [
-                    {"path": "data/tasks", "hash": "md5", "md5": "dec81e53.dir"},
+                    {"path": "data/interim", "hash": "md5", "md5": "dec81e53.dir"},
                 ]
             }
         },
     }
     (tmp_path / "dvc.lock").write_text(json.dumps(lock))  # JSON is YAML
-    assert data_version(tasks, tmp_path / "dvc.lock") == ("dec81e53.dir", "dvc.lock")
+    version = data_version(interim, lock_path=tmp_path / "dvc.lock")
+    assert (version.md5, version.origin, version.path) == ("dec81e53.dir", "dvc.lock", str(interim))
 
 
 def test_register_names_the_stage_to_run_first(tmp_path: Path) -> None:
@@ -295,13 +298,24 @@ def test_gates_judge_drops_on_paired_intervals_on_a_real_server(
     assert client.get_model_version_by_alias("recfound", "champion").version == "2"
     assert client.get_model_version_by_alias("recfound", "challenger").version == "3"
     v3 = client.get_model_version("recfound", "3")
-    assert v3.tags["metric.year.score"] == "0.3"
-    assert v3.tags["metric.year.score_metric"] == "recall@10"
     assert v3.tags["metric.overall.mean_score"] == "0.6"
+    assert v3.tags["primary_metric"] == "mean_score"
     assert v3.tags["data_version"] == first["data_version"]
-    assert v3.tags["param.registry.max_regression"] == "0.02"
     assert v3.tags["promotion.alias"] == "challenger"
+    assert len(v3.tags) <= 10
+    assert v3.description.startswith("**challenger**: fails 1 gate(s) against the champion v2")
+    assert "mean_score 0.6000 vs champion v2 0.5500 (+0.0500)" in v3.description
+    assert "year 0.300 (-0.270, regressed)" in v3.description
     assert v3.run_id == third["mlflow_run_id"]
+    run = client.get_run(v3.run_id)  # the full settings and every score stay on the run
+    assert run.data.params["registry.max_regression"] == "0.02"
+    assert run.data.metrics["year.score"] == 0.3
+    assert run.info.run_name == "register"
+    assert {d.tags[0].value for d in run.inputs.dataset_inputs} == {
+        "training",
+        "validation",
+        "test",
+    }
     artifacts = {a.path for a in client.list_artifacts(third["mlflow_run_id"])}
     assert {"metrics.json", "eval_records.json", "registry.json"} <= artifacts
 

@@ -1,0 +1,170 @@
+"""DVC-versioned data into the pipeline: a data repository (Git + DVC, a local directory remote)
+with data pushed at two revisions; `fetch-data` and the pipeline (kfp.local) read each revision's
+data, and the registered version's dataset digest is that revision's md5 from dvc.lock.
+
+The data repository runs only `ingest` (the output a Kubeflow run fetches); its DVC cache and
+workspace copy are deleted after the pushes, so every read comes from the remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from recfound.tracking.lineage import DATA_VERSION_FILE
+from tests.conftest import write_tiny_params
+from tests.pipelines.test_run_local import _tiny_params as run_local_params
+
+DATA_DVC_YAML = """\
+stages:
+  ingest:
+    cmd: recfound ingest
+    params:
+      - data
+    outs:
+      - ${paths.interim}
+"""
+USERS = {"v1": 30, "v2": 40}
+
+
+def _env() -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _run(*args: str, cwd: Path) -> str:
+    result = subprocess.run(
+        args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False, timeout=600
+    )
+    assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return _run("git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def data_repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A DVC project whose tag v1 holds 30 users' tables and v2 40 users'; both pushed."""
+    root = tmp_path_factory.mktemp("dvc_data")
+    repo, remote = root / "data-repo", root / "remote"
+    repo.mkdir()
+    _git("init", "-q", cwd=repo)
+    _run("dvc", "init", "-q", cwd=repo)
+    _run("dvc", "remote", "add", "-d", "storage", str(remote), cwd=repo)
+    (repo / "dvc.yaml").write_text(DATA_DVC_YAML)
+    md5 = {}
+    for tag, users in USERS.items():
+        write_tiny_params(repo / "params.yaml", data={"max_users": users})
+        _run("dvc", "repro", "-q", cwd=repo)
+        _run("dvc", "push", "-q", cwd=repo)
+        _git("add", "-A", cwd=repo)
+        _git("commit", "-q", "-m", f"data with {users} users", cwd=repo)
+        _git("tag", tag, cwd=repo)
+        lock = yaml.safe_load(_git("show", f"{tag}:dvc.lock", cwd=repo))
+        (out,) = lock["stages"]["ingest"]["outs"]
+        md5[tag] = out["md5"]
+    shutil.rmtree(repo / ".dvc" / "cache")  # only the remote holds the data now
+    shutil.rmtree(repo / "data" / "interim")
+    commits = {tag: _git("rev-parse", tag, cwd=repo).strip() for tag in USERS}
+    return {"repo": repo, "md5": md5, "commits": commits}
+
+
+def test_fetch_data_reads_each_revision_from_the_remote(
+    data_repo: dict[str, object], tmp_path: Path
+) -> None:
+    repo, md5, commits = data_repo["repo"], data_repo["md5"], data_repo["commits"]
+    write_tiny_params(tmp_path / "params.yaml")
+    for tag, users in USERS.items():
+        out = _run(
+            sys.executable, "-m", "recfound.cli", "fetch-data", "--repo", str(repo), "--rev", tag,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert md5[tag] in out
+        interim = tmp_path / "data" / "interim"
+        interactions = pd.read_parquet(interim / "interactions.parquet")
+        assert interactions["user_id"].nunique() == users
+        version = json.loads((interim / DATA_VERSION_FILE).read_text())
+        assert version["md5"] == md5[tag] and version["revision"] == commits[tag]
+        assert version["path"] == "data/interim"
+
+
+def test_a_revision_that_does_not_exist_is_named(
+    data_repo: dict[str, object], tmp_path: Path
+) -> None:
+    write_tiny_params(tmp_path / "params.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "recfound.cli", "fetch-data", "--repo", str(data_repo["repo"]),
+         "--rev", "v9"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "cannot fetch the data of" in result.stderr and "v9" in result.stderr
+    assert not (tmp_path / "data" / "interim").exists()
+
+
+@pytest.mark.slow
+def test_each_pipeline_run_trains_on_its_revision_and_registers_its_md5(
+    data_repo: dict[str, object], tmp_path: Path
+) -> None:
+    repo, md5 = data_repo["repo"], data_repo["md5"]
+    run_local_params(tmp_path / "params.yaml")  # the sizes test_run_local.py runs at
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**_env(), "MLFLOW_TRACKING_URI": tracking_uri}
+    for tag in USERS:
+        result = subprocess.run(
+            [sys.executable, "-m", "recfound.cli", "pipeline", "run-local", "--output-dir",
+             f"kfp-{tag}", "--param", f"data_repo={repo}", "--param", f"data_rev={tag}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("recfound")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    groups = []
+    for number, (tag, users) in enumerate(USERS.items(), start=1):
+        (run_dir,) = (tmp_path / f"kfp-{tag}").iterdir()
+        interim = run_dir / "ingest" / "interim"
+        assert pd.read_parquet(interim / "interactions.parquet")["user_id"].nunique() == users
+        counts = json.loads((run_dir / "build-tasks" / "tasks" / "manifest.json").read_text())
+        train_records = sum(s["train"] for s in counts["built"].values())
+
+        version = client.get_model_version("recfound", str(number))
+        assert version.tags["data_version"] == md5[tag]
+        assert version.tags["data_revision"] == data_repo["commits"][tag]
+        assert len(version.tags) <= 10 and version.description
+        source = client.get_run(version.run_id)
+        assert source.data.tags["recfound.stage"] == "register"  # the run that logged the model
+        assert {d.dataset.digest for d in source.inputs.dataset_inputs} == {md5[tag]}
+        group = source.data.tags["recfound.run_group"]
+        groups.append(group)
+        runs = client.search_runs(
+            [experiment.experiment_id], f"tags.`recfound.run_group` = '{group}'"
+        )
+        top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        names = sorted(r.info.run_name for r in top)
+        assert names == ["baselines", "evaluate", "merge", "pretrain", "register", "train"]
+        (train,) = [r for r in top if r.info.run_name == "train"]
+        inputs = {
+            d.tags[0].value: d.dataset for d in train.inputs.dataset_inputs
+        }  # context → dataset
+        assert set(inputs) == {"training", "validation"}
+        assert inputs["training"].digest == md5[tag]
+        assert json.loads(inputs["training"].profile)["num_records"] == train_records
+        source_info = json.loads(inputs["training"].source)
+        assert source_info["rev"] == data_repo["commits"][tag]
+        assert any(r.info.run_name == "merge trial 0" for r in runs)
+    assert groups[0] != groups[1]
