@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from recfound.inference.decoder import DecoderSteps, causal_mask
-from recfound.model.recmodel import RecModel
+from recfound.model.recmodel import RecModel, answer_ids
 
 
 class LateInteractionScorer:
@@ -52,12 +52,6 @@ class LateInteractionScorer:
 
     # ---- item side -----------------------------------------------------------------------
 
-    def answer_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` as an answer (as :meth:`RecModel.encode_with_answers`)."""
-        tok = self.tokenizer
-        ids = tok(" " + text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        return ids[: self.max_length // 2]
-
     @torch.no_grad()
     def cache_catalogue(self, texts: Iterable[str], batch_size: int = 64) -> int:
         """Compute and keep the item side of every new text; returns how many were new."""
@@ -65,7 +59,7 @@ class LateInteractionScorer:
         bos = self.tokenizer.bos_token_id
         for start in range(0, len(new), batch_size):
             chunk = new[start : start + batch_size]
-            rows = [self.answer_ids(t) for t in chunk]
+            rows = [answer_ids(self.tokenizer, t, self.max_length) for t in chunk]
             sink = [] if bos is None else [bos]
             ids, mask = self._pad([sink + r for r in rows])
             if self.split_layer:
