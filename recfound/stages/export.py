@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-from recfound import artifacts
 from recfound.config import Config
 from recfound.device.export import export_task
 from recfound.errors import UserInputError
@@ -74,7 +73,6 @@ def run_export(cfg: Config, task: str, out: str | Path | None = None) -> dict[st
         )
     else:
         report["artifact_uri"] = log_next_to_version(cfg, task, directory, version)
-    artifacts.write_json(directory.parent / f"{task}.json", report)
     return report
 
 
