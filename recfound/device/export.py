@@ -38,7 +38,7 @@ from torch import nn
 from recfound import artifacts
 from recfound.errors import UserInputError
 from recfound.inference.decoder import DecoderSteps
-from recfound.inference.folded import fold_task
+from recfound.model.folded import fold_rec_model
 from recfound.model.recmodel import RecModel
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def export_task(
     to the int8 one.
     """
     kind = check_exportable(rec, task, task_kinds)
-    folded = fold_task(rec, task)
+    folded = fold_rec_model(rec, task)
     directory = Path(directory)
     with artifacts.staged_directory(directory) as staging, tempfile.TemporaryDirectory() as tmp:
         float_path = Path(tmp) / FLOAT_MODEL_FILE

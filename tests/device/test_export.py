@@ -16,8 +16,8 @@ import pytest
 
 from recfound.device.export import ExportError, export_task
 from recfound.device.runtime import DeviceModel
-from recfound.inference.folded import fold_task
 from recfound.model.bundle import load_bundle, read_spec
+from recfound.model.folded import fold_rec_model
 
 PROMPTS = ["History: Toy Story (1995). Choose one:", "Which one?"]
 CANDIDATES = [["GoldenEye (1995)", "Jumanji (1995)", "Casino (1995)"], ["Heat (1995)", "Sabrina"]]
@@ -57,14 +57,14 @@ def _close(got: list[list[float]], want: list[list[float]], atol: float) -> None
 def test_float_graph_equals_the_folded_model(model, exported) -> None:
     rec, _ = model
     float_model = DeviceModel(exported["genre"], model_file="model.float.onnx")
-    expected = fold_task(rec, "genre").score(PROMPTS, CANDIDATES, "genre")
+    expected = fold_rec_model(rec, "genre").score(PROMPTS, CANDIDATES, "genre")
     _close(float_model.score(PROMPTS, CANDIDATES), expected, atol=1e-4)
 
 
 def test_int8_artifact_scores_within_tolerance_and_is_smaller(model, exported) -> None:
     rec, _ = model
     device = DeviceModel(exported["genre"], threads=1)
-    expected = fold_task(rec, "genre").score(PROMPTS, CANDIDATES, "genre")
+    expected = fold_rec_model(rec, "genre").score(PROMPTS, CANDIDATES, "genre")
     _close(device.score(PROMPTS, CANDIDATES), expected, atol=0.02)
     manifest = device.manifest
     assert manifest["task"] == "genre" and manifest["kind"] == "generative"
@@ -76,7 +76,7 @@ def test_int8_embeddings_and_catalogue(model, exported) -> None:
     rec, _ = model
     device = DeviceModel(exported["match"])
     texts = ["Toy Story (1995)", "a user who likes thrillers\nHeat (1995)"]
-    expected = fold_task(rec, "match").embed(texts, "match").numpy()
+    expected = fold_rec_model(rec, "match").embed(texts, "match").numpy()
     got = device.embed(texts)
     cosine = (got * expected).sum(1)
     assert np.all(cosine >= 0.99), cosine

@@ -17,8 +17,8 @@ from recfound.inference.early_exit import (
     exit_divergence,
     train_exit_heads,
 )
-from recfound.inference.folded import fold_task
 from recfound.model.bundle import load_bundle
+from recfound.model.folded import fold_rec_model
 
 PROMPTS = ["History: Toy Story (1995). Choose one:", "Which one?"]
 CANDIDATES = [["GoldenEye (1995)", "Jumanji (1995)", "Casino (1995)"], ["Heat (1995)", "Sabrina"]]
@@ -27,7 +27,7 @@ CANDIDATES = [["GoldenEye (1995)", "Jumanji (1995)", "Casino (1995)"], ["Heat (1
 @pytest.fixture(scope="module")
 def folded(tiny_bundle: tuple[Path, Path]):
     backbone, bundle = tiny_bundle
-    return fold_task(load_bundle(backbone, bundle), "genre")
+    return fold_rec_model(load_bundle(backbone, bundle), "genre")
 
 
 def test_never_exiting_equals_full_scoring(folded) -> None:

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from recfound.inference.decoder import DecoderSteps
-from recfound.inference.folded import FoldedTaskError, fold_task
 from recfound.inference.late_interaction import LateInteractionScorer
 from recfound.model.bundle import load_bundle
+from recfound.model.folded import fold_rec_model
+from recfound.model.tmole import TaskSelectionError
 
 PROMPTS = [
     "History: Toy Story (1995). Choose one:",
@@ -26,7 +27,7 @@ CANDIDATES = [
 @pytest.fixture(scope="module")
 def folded(tiny_bundle: tuple[Path, Path]):
     backbone, bundle = tiny_bundle
-    return fold_task(load_bundle(backbone, bundle), "genre")
+    return fold_rec_model(load_bundle(backbone, bundle), "genre")
 
 
 def test_decoder_steps_equal_transformers_forward(folded) -> None:
@@ -63,7 +64,7 @@ def test_upper_split_uses_cached_items_and_stays_close(folded) -> None:
 
 
 def test_folded_model_refuses_another_task(folded) -> None:
-    with pytest.raises(FoldedTaskError, match="genre"):
+    with pytest.raises(TaskSelectionError, match="genre"):
         folded.score(PROMPTS[:1], CANDIDATES[:1], "year")
 
 
