@@ -95,6 +95,13 @@ def _promote(cfg: Config, args: argparse.Namespace) -> None:
     run_promote(cfg, version=args.version, force=args.force)
 
 
+def _export(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.stages.export import run_export
+
+    report = run_export(cfg, args.task, out=args.out)
+    print(f"wrote {report['directory']} ({report['model_bytes'] / 1e6:.2f} MB int8 model)")
+
+
 def _export_split(cfg: Config, args: argparse.Namespace) -> None:
     from recfound.data.export import export_recbole_split, load_split_inputs
 
@@ -240,6 +247,17 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "versions' runs). A version that fails is left as it is and the failed gates are "
         f"printed (exit code {EXIT_USER_ERROR}); --force promotes it anyway.",
     ),
+    "export": (
+        _export,
+        "write one task's folded, int8-quantised ONNX model for CPUs and devices",
+        "Folds the task's TMoLE experts into the backbone's weights (paths.backbone + "
+        "paths.merged), exports the model as ONNX and quantises its weights to int8 "
+        "(onnxruntime dynamic quantisation); writes model.onnx, the tokenizer, the item "
+        "catalogue (and, for an embedding task, the catalogue's embeddings) and manifest.json to "
+        "models/device/TASK/ (or --out), and logs the folder next to the registered version of "
+        "reports/registry.json (artifact device/TASK of its run, version tag device.TASK). "
+        "Run it with recfound.device.runtime.DeviceModel (onnxruntime, no torch).",
+    ),
     "export-split": (
         _export_split,
         "write the train/valid/test split for another library (RecBole atomic files)",
@@ -302,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", type=int, required=True, help="the registered version to promote"
     )
     promote.add_argument("--force", action="store_true", help="skip the promotion gates")
+    device = sub.choices["export"]
+    device.add_argument("--task", required=True, help="the task to export (one of the model's)")
+    device.add_argument("--out", default=None, help="folder to write (default models/device/TASK)")
     export = sub.choices["export-split"]
     export.add_argument("dir", metavar="DIR", help="folder to write (replaced as a whole)")
     export.add_argument(

@@ -48,6 +48,29 @@ def top_k_items(scores: torch.Tensor, exclude: Sequence[Sequence[int]], k: int) 
     return indices.masked_fill(torch.isinf(values), -1)
 
 
+def answer_ids(tokenizer, answer: str, max_length: int) -> list[int]:
+    """Token ids of ``answer`` as the model reads it after a prompt: ``" " + answer`` and EOS,
+    cut at ``max_length // 2`` tokens."""
+    ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    return (ids + [tokenizer.eos_token_id])[: max_length // 2]
+
+
+def answer_rows(
+    tokenizer, prompts: Sequence[str], answers: Sequence[str], max_length: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Per pair, the ids of ``prompt + " " + answer + EOS`` and its labels (``IGNORE_INDEX`` on
+    the prompt). The answer is cut at ``max_length // 2`` tokens, the prompt from the left so
+    that both fit in ``max_length``. (The device runtime encodes with this too.)"""
+    rows, labels = [], []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        p_ids = tokenizer(prompt)["input_ids"]
+        a_ids = answer_ids(tokenizer, answer, max_length)
+        p_ids = p_ids[-(max_length - len(a_ids)) :]
+        rows.append(p_ids + a_ids)
+        labels.append([IGNORE_INDEX] * len(p_ids) + a_ids)
+    return rows, labels
+
+
 class TaskAdapter(Protocol):
     """What RecModel needs of an adapter (TMoLE or LoRA)."""
 
@@ -196,19 +219,10 @@ class RecModel:
 
         Long prompts are cut from the left so the answer always fits in ``max_length``.
         """
-        tok = self.tokenizer
-        rows, labels = [], []
-        for prompt, answer in zip(prompts, answers, strict=True):
-            p_ids = self.tokenize(prompt)["input_ids"]
-            a_ids = self.tokenize(" " + answer, add_special_tokens=False)["input_ids"]
-            a_ids = a_ids + [tok.eos_token_id]
-            a_ids = a_ids[: self.max_length // 2]
-            p_ids = p_ids[-(self.max_length - len(a_ids)) :]
-            rows.append(p_ids + a_ids)
-            labels.append([IGNORE_INDEX] * len(p_ids) + a_ids)
+        with _TOKENIZER_LOCK:  # a fast tokenizer is not safe to call from two threads at once
+            rows, labels = answer_rows(self.tokenizer, prompts, answers, self.max_length)
         width = max(len(r) for r in rows)
-        pad = tok.pad_token_id
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, (row, lab) in enumerate(zip(rows, labels, strict=True)):
