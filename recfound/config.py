@@ -197,6 +197,18 @@ class LoRAParams(_Section):
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
+class OptionParams(_Section):
+    """M6-Rec's option tuning: per-task trainable options on a frozen backbone."""
+
+    prompt_length: int = Field(default=6, ge=1, le=512, description="Options per task.")
+    deep: bool = Field(default=False, description="Options at every decoder layer's input.")
+    adapter_rank: int = Field(
+        default=0, ge=0, le=1024, description="Rank of per-task small adapters (0: none)."
+    )
+    adapter_alpha: float = Field(default=2.0, gt=0)
+    adapter_modules: list[str] = Field(default_factory=lambda: ["down_proj"], min_length=1)
+
+
 class ModelConfig(_Section):
     """Backbone, adapter and the embedding / generation heads."""
 
@@ -205,7 +217,7 @@ class ModelConfig(_Section):
         description="'builtin' or the path of a local Hugging Face causal-LM checkpoint directory.",
     )
     builtin: BuiltinBackboneConfig = Field(default_factory=BuiltinBackboneConfig)
-    adapter: Literal["tmole", "lora"] = "tmole"
+    adapter: Literal["tmole", "lora", "option"] = "tmole"
     target_modules: list[str] = Field(
         default_factory=lambda: [
             "q_proj",
@@ -220,6 +232,7 @@ class ModelConfig(_Section):
     )
     tmole: TMoLEParams = Field(default_factory=TMoLEParams)
     lora: LoRAParams = Field(default_factory=LoRAParams)
+    option: OptionParams = Field(default_factory=OptionParams)
     pooling: Literal["mean", "last"] = "mean"
     embedding_attention: Literal["bidirectional", "causal"] = "bidirectional"
     infonce_temperature: float = Field(default=0.05, gt=0, le=10)
