@@ -150,6 +150,21 @@ class BuiltinBackboneConfig(_Section):
     attention_dropout: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Dropout on attention weights while training."
     )
+    share_layers: int = Field(
+        default=1,
+        ge=1,
+        description="ALBERT-style cross-layer sharing: consecutive layers per group of shared "
+        "weights (1: no sharing; num_layers: one layer's weights for all).",
+    )
+
+    @model_validator(mode="after")
+    def _share_at_most_all_layers(self) -> BuiltinBackboneConfig:
+        if self.share_layers > self.num_layers:
+            raise ValueError(
+                f"model.builtin.share_layers ({self.share_layers}) must be at most "
+                f"model.builtin.num_layers ({self.num_layers})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> BuiltinBackboneConfig:

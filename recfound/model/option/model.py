@@ -165,9 +165,9 @@ class OptionModel:
         getattr(merged, PROMPTS_NAME).state.ids = task_id
         for name in self.target_names:
             layer = merged.get_submodule(name)
-            layer.base_layer.weight.add_(
-                layer.delta(int(task_id)).to(layer.base_layer.weight.dtype)
-            )
+            weight = layer.base_layer.weight  # a new tensor: shared layers stay apart
+            delta = layer.delta(int(task_id)).to(weight.dtype)
+            layer.base_layer.weight = nn.Parameter(weight + delta, weight.requires_grad)
             _set_submodule(merged, name, layer.base_layer)
         return merged
 

@@ -247,7 +247,8 @@ class TMoLEModel:
         for name, (a_f, b_f) in folds.items():
             base_layer = merged.get_submodule(name).base_layer
             delta = b_f.double() @ a_f.double()
-            base_layer.weight.add_(delta.to(base_layer.weight.dtype))
+            weight = base_layer.weight  # a new tensor: shared layers (share_layers) stay apart
+            base_layer.weight = nn.Parameter(weight + delta.to(weight.dtype), weight.requires_grad)
             _set_submodule(merged, name, base_layer)
         delattr(merged, EMBEDDING_NAME)
         return merged
