@@ -155,6 +155,21 @@ class BuiltinBackboneConfig(_Section):
     attention_dropout: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Dropout on attention weights while training."
     )
+    share_layers: int = Field(
+        default=1,
+        ge=1,
+        description="ALBERT-style cross-layer sharing: consecutive layers per group of shared "
+        "weights (1: no sharing; num_layers: one layer's weights for all).",
+    )
+
+    @model_validator(mode="after")
+    def _share_at_most_all_layers(self) -> BuiltinBackboneConfig:
+        if self.share_layers > self.num_layers:
+            raise ValueError(
+                f"model.builtin.share_layers ({self.share_layers}) must be at most "
+                f"model.builtin.num_layers ({self.num_layers})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> BuiltinBackboneConfig:
@@ -202,6 +217,18 @@ class LoRAParams(_Section):
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
+class OptionParams(_Section):
+    """M6-Rec's option tuning: per-task trainable options on a frozen backbone."""
+
+    prompt_length: int = Field(default=6, ge=1, le=512, description="Options per task.")
+    deep: bool = Field(default=False, description="Options at every decoder layer's input.")
+    adapter_rank: int = Field(
+        default=0, ge=0, le=1024, description="Rank of per-task small adapters (0: none)."
+    )
+    adapter_alpha: float = Field(default=2.0, gt=0)
+    adapter_modules: list[str] = Field(default_factory=lambda: ["down_proj"], min_length=1)
+
+
 class ModelConfig(_Section):
     """Backbone, adapter and the embedding / generation heads."""
 
@@ -210,7 +237,7 @@ class ModelConfig(_Section):
         description="'builtin' or the path of a local Hugging Face causal-LM checkpoint directory.",
     )
     builtin: BuiltinBackboneConfig = Field(default_factory=BuiltinBackboneConfig)
-    adapter: Literal["tmole", "lora"] = "tmole"
+    adapter: Literal["tmole", "lora", "option"] = "tmole"
     target_modules: list[str] = Field(
         default_factory=lambda: [
             "q_proj",
@@ -225,6 +252,7 @@ class ModelConfig(_Section):
     )
     tmole: TMoLEParams = Field(default_factory=TMoLEParams)
     lora: LoRAParams = Field(default_factory=LoRAParams)
+    option: OptionParams = Field(default_factory=OptionParams)
     pooling: Literal["mean", "last"] = "mean"
     embedding_attention: Literal["bidirectional", "causal"] = "bidirectional"
     infonce_temperature: float = Field(default=0.05, gt=0, le=10)

@@ -95,7 +95,8 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     assert "Running stage 'ablation/dvc.yaml:ablate'" in ablate.stdout
     assert "Running stage 'train'" not in ablate.stdout  # reuses the main pipeline's outputs
     ablation = (repo_copy / "reports" / "ablation.md").read_text()
-    for row in ("recfound", "without_merge", "without_merge_s2sched", "without_all"):
+    rows = ("recfound", "without_merge", "without_merge_s2sched", "without_all", "option_tuning")
+    for row in rows:
         assert f"| {row} |" in ablation
     status = _dvc("status", cwd=repo_copy)
     assert "up to date" in status.stdout

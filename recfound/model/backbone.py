@@ -23,11 +23,13 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as transformers_logging
 
 from recfound.errors import UserInputError
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 POINTER_FILE = "backbone.json"
+SHARE_KEY = "recfound_share_layers"  # config.json: decoder layers per weight-sharing group
 
 
 class BackboneError(UserInputError):
@@ -58,6 +60,7 @@ class BuiltinSpec:
     max_length: int
     vocab_size: int
     attention_dropout: float = 0.0
+    share_layers: int = 1  # ALBERT-style: consecutive layers per group of shared weights
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -125,14 +128,64 @@ def build_builtin_backbone(spec: BuiltinSpec, tokenizer: PreTrainedTokenizerFast
         tie_word_embeddings=True,
         attention_dropout=spec.attention_dropout,
         attn_implementation="sdpa",
+        **({SHARE_KEY: spec.share_layers} if spec.share_layers > 1 else {}),
     )
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    share_layer_weights(model, spec.share_layers)
+    return model
+
+
+def decoder_layers(model: PreTrainedModel) -> tuple[str, torch.nn.ModuleList]:
+    """``(state-dict prefix, layers)`` of a decoder-only model's layer list."""
+    layers = getattr(model.base_model, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise BackboneError(
+            f"{type(model).__name__} has no decoder layer list (`.layers`); layer sharing and "
+            "pruning need a Llama-style causal LM"
+        )
+    prefix = next(name for name, module in model.named_modules() if module is layers)
+    return prefix + ".", layers
+
+
+def share_layer_weights(model: PreTrainedModel, group: int) -> None:
+    """ALBERT-style cross-layer sharing: layer ``i`` uses the weights of layer ``(i // group) *
+    group`` (its group's first), so ``L`` layers hold ``ceil(L / group)`` layers' parameters.
+
+    Each layer stays its own module (its own ``layer_idx`` for the KV cache, its own adapters);
+    only the ``nn.Parameter`` objects are shared, so gradients of a group add up in one tensor.
+    """
+    if group < 1:
+        raise BackboneError(f"share_layers must be >= 1, got {group}")
+    _, layers = decoder_layers(model)
+    for index, layer in enumerate(layers):
+        leader = layers[(index // group) * group]
+        if leader is layer:
+            continue
+        pairs = zip(layer.named_modules(), leader.named_modules(), strict=True)
+        for (_, module), (_, source) in pairs:
+            for name, _ in list(module.named_parameters(recurse=False)):
+                setattr(module, name, getattr(source, name))
+
+
+def _shared_copies(model: PreTrainedModel) -> set[str]:
+    """State-dict keys of layers that reuse an earlier layer's weights (not saved)."""
+    group = int(getattr(model.config, SHARE_KEY, 1) or 1)
+    if group <= 1:
+        return set()
+    prefix, layers = decoder_layers(model)
+    followers = [f"{prefix}{i}." for i in range(len(layers)) if i % group]
+    return {key for key in model.state_dict() if key.startswith(tuple(followers))}
 
 
 def save_backbone(model: PreTrainedModel, tokenizer, directory: str | Path) -> None:
     """Save model and tokenizer with ``save_pretrained`` (safetensors)."""
     directory = Path(directory)
-    model.save_pretrained(directory, safe_serialization=True)
+    copies = _shared_copies(model)
+    if copies:  # shared layers are saved once, as their group's first layer
+        state = {k: v for k, v in model.state_dict().items() if k not in copies}
+        model.save_pretrained(directory, safe_serialization=True, state_dict=state)
+    else:
+        model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
 
 
@@ -162,11 +215,19 @@ def load_backbone(directory: str | Path, dtype: torch.dtype = torch.float32):
             f"{directory} is not a Hugging Face checkpoint directory (no config.json); "
             "set model.backbone to 'builtin' or to a local causal-LM directory"
         )
+    group = int(json.loads((directory / "config.json").read_text()).get(SHARE_KEY, 1) or 1)
+    verbosity = transformers_logging.get_verbosity()
     try:
+        if group > 1:  # the shared layers' copies are absent by design: no missing-key report
+            transformers_logging.set_verbosity_error()
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load the backbone from {directory}: {exc}") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    if group > 1:
+        share_layer_weights(model, group)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

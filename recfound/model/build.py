@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from recfound.model.lora import LoRAAdapter
+from recfound.model.option import OptionConfig, OptionModel
 from recfound.model.recmodel import RecModel
 from recfound.model.tmole import TMoLEConfig, TMoLEModel
 
@@ -16,9 +17,9 @@ from recfound.model.tmole import TMoLEConfig, TMoLEModel
 class AdapterSpec:
     """Which adapter and its sizes (mirrors ``model`` in params.yaml)."""
 
-    kind: str  # "tmole" | "lora"
-    target_modules: tuple[str, ...]
-    rank: int
+    kind: str  # "tmole" | "lora" | "option"
+    target_modules: tuple[str, ...]  # option: the modules of its small adapters
+    rank: int  # option: the rank of its small adapters (0: none)
     alpha: float
     dropout: float = 0.0
     num_embedding_experts: int = 2
@@ -27,12 +28,25 @@ class AdapterSpec:
     task_embedding_dim: int = 32
     top_k: int | None = None
     gate_temperature: float = 1.0
+    prompt_length: int = 8  # option: options per task
+    deep_prompts: bool = False  # option: options at every decoder layer's input
 
 
 def attach_adapter(
     base: torch.nn.Module, spec: AdapterSpec, task_kinds: Mapping[str, str], seed: int
-) -> TMoLEModel | LoRAAdapter:
+) -> TMoLEModel | LoRAAdapter | OptionModel:
     """Freeze ``base`` and wrap it with the adapter named by ``spec.kind``."""
+    if spec.kind == "option":
+        option = OptionConfig(
+            task_names=sorted(task_kinds),
+            prompt_length=spec.prompt_length,
+            deep=spec.deep_prompts,
+            adapter_rank=spec.rank,
+            adapter_alpha=spec.alpha,
+            adapter_modules=list(spec.target_modules),
+            seed=seed,
+        )
+        return OptionModel(base, option)
     if spec.kind == "lora":
         return LoRAAdapter(
             base,

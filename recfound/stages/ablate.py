@@ -10,9 +10,11 @@ without_merge_s2sched        TMoLE trained with uniform task sampling; ``last``
 without_merge_tmole          one LoRA with the TMoLE adapter's number of trainable parameters,
                              S2Sched; ``last``
 without_all                  that LoRA with uniform sampling; ``last``
+option_tuning                M6-Rec's option tuning (``model.option``: per-task options on the
+                             frozen backbone, about 1% task parameters), S2Sched; ``last``
 ============================ =====================================================================
 
-The three extra trainings run with the main run's ``train`` settings (steps, batch, learning rate,
+The four extra trainings run with the main run's ``train`` settings (steps, batch, learning rate,
 seed) into ``<paths.train>/../ablation/<row>/``; every row is evaluated on the same test records
 as `evaluate` (every record of full-ranking tasks, the same seeded sample of the others). Each row
 is reported as its difference to ``recfound`` per task and per group mean, with a paired bootstrap
@@ -51,12 +53,20 @@ from recfound.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-ROWS = ("recfound", "without_merge", "without_merge_s2sched", "without_merge_tmole", "without_all")
+ROWS = (
+    "recfound",
+    "without_merge",
+    "without_merge_s2sched",
+    "without_merge_tmole",
+    "without_all",
+    "option_tuning",
+)
 # row -> (adapter, strategy) of the extra training runs
 TRAINED_ROWS = {
     "without_merge_s2sched": ("tmole", "uniform"),
     "without_merge_tmole": ("lora", "s2sched"),
     "without_all": ("lora", "uniform"),
+    "option_tuning": ("option", "s2sched"),
 }
 
 

@@ -35,6 +35,16 @@ def adapter_spec(cfg: Config) -> AdapterSpec:
         return AdapterSpec(
             "lora", tuple(m.target_modules), m.lora.rank, m.lora.alpha, m.lora.dropout
         )
+    if m.adapter == "option":
+        o = m.option
+        return AdapterSpec(
+            "option",
+            tuple(o.adapter_modules),
+            o.adapter_rank,
+            o.adapter_alpha,
+            prompt_length=o.prompt_length,
+            deep_prompts=o.deep,
+        )
     t = m.tmole
     return AdapterSpec(
         "tmole",

@@ -69,6 +69,62 @@ def save_file_atomically(
         raise
 
 
+def write_adapter_directory(
+    directory: str | Path, adapter_type: str, tensors: dict[str, torch.Tensor], config: dict
+) -> None:
+    """``adapter_model.safetensors`` and ``adapter_config.json`` (``adapter_type``,
+    ``format_version``, ``config``) into ``directory``, each written atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
+    metadata = {"adapter_type": adapter_type, "format_version": str(FORMAT_VERSION)}
+    save_file_atomically(tensors, directory / WEIGHTS_FILE, metadata)
+    artifacts.write_json(
+        directory / CONFIG_FILE,
+        {"adapter_type": adapter_type, "format_version": FORMAT_VERSION, "config": config},
+    )
+
+
+def read_adapter_directory(
+    directory: str | Path, adapter_type: str, writer: str
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The saved ``config`` mapping and tensors of an adapter directory of ``adapter_type``.
+
+    Raises :class:`AdapterLoadError` naming the file when one is missing, is not valid JSON or
+    safetensors, describes another adapter type, or has another format version.
+    """
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise AdapterLoadError(
+                f"{path} is missing; {directory} is not an adapter directory written by {writer}"
+            )
+    try:
+        payload = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AdapterLoadError(f"{config_path} is not valid JSON ({error})") from error
+    if not isinstance(payload, dict) or payload.get("adapter_type") != adapter_type:
+        raise AdapterLoadError(
+            f"{config_path} does not describe a {adapter_type} adapter (adapter_type)"
+        )
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise AdapterLoadError(
+            f"{config_path} has format_version {payload.get('format_version')!r}; this code "
+            f"reads version {FORMAT_VERSION}"
+        )
+    if not isinstance(payload.get("config"), dict):
+        raise AdapterLoadError(f"{config_path} has no `config` mapping")
+    try:
+        tensors = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise AdapterLoadError(
+            f"{weights_path} cannot be read ({error}); the file is damaged or truncated, "
+            "save the adapter again"
+        ) from error
+    return payload["config"], tensors
+
+
 class TMoLEModel:
     """A causal LM with task-wise mixtures of low-rank experts on its targeted linear layers.
 
@@ -205,7 +261,8 @@ class TMoLEModel:
         for name, (a_f, b_f) in folds.items():
             base_layer = merged.get_submodule(name).base_layer
             delta = b_f.double() @ a_f.double()
-            base_layer.weight.add_(delta.to(base_layer.weight.dtype))
+            weight = base_layer.weight  # a new tensor: shared layers (share_layers) stay apart
+            base_layer.weight = nn.Parameter(weight + delta.to(weight.dtype), weight.requires_grad)
             _set_submodule(merged, name, base_layer)
         delattr(merged, EMBEDDING_NAME)
         return merged
@@ -229,20 +286,8 @@ class TMoLEModel:
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each atomically)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            n: t.detach().to("cpu").contiguous() for n, t in self.adapter_state_dict().items()
-        }
-        metadata = {"adapter_type": "tmole", "format_version": str(FORMAT_VERSION)}
-        save_file_atomically(tensors, directory / WEIGHTS_FILE, metadata)
-        artifacts.write_json(
-            directory / CONFIG_FILE,
-            {
-                "adapter_type": "tmole",
-                "format_version": FORMAT_VERSION,
-                "config": self.config.to_dict(),
-            },
+        write_adapter_directory(
+            directory, "tmole", self.adapter_state_dict(), self.config.to_dict()
         )
 
     @classmethod
@@ -253,50 +298,23 @@ class TMoLEModel:
         or damaged, or when the saved tensors do not fit ``base`` (other layer sizes, other
         target modules, other tasks). ``base`` is left unchanged when loading fails.
         """
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise AdapterLoadError(
-                    f"{path} is missing; {directory} is not an adapter directory written by "
-                    "TMoLEModel.save_pretrained"
-                )
-        config = cls._read_config(config_path)
+        raw, tensors = read_adapter_directory(directory, "tmole", "TMoLEModel.save_pretrained")
+        config_path = Path(directory) / CONFIG_FILE
         try:
-            tensors = load_file(weights_path)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            raise AdapterLoadError(
-                f"{weights_path} cannot be read ({error}); the file is damaged or truncated, "
-                "save the adapter again"
-            ) from error
+            config = TMoLEConfig.from_dict(raw)
+        except (TypeError, TMoLEConfigError) as error:
+            message = f"{config_path} holds an invalid TMoLE config: {error}"
+            raise AdapterLoadError(message) from error
         try:
             tmole = cls(base, config)
         except TMoLEConfigError as error:
             raise AdapterLoadError(f"{config_path} does not fit this model: {error}") from error
         try:
-            tmole.load_adapter_tensors(tensors, source=weights_path)
+            tmole.load_adapter_tensors(tensors, source=Path(directory) / WEIGHTS_FILE)
         except AdapterLoadError:
             tmole.unload()
             raise
         return tmole
-
-    @staticmethod
-    def _read_config(path: Path) -> TMoLEConfig:
-        try:
-            payload = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise AdapterLoadError(f"{path} is not valid JSON ({error})") from error
-        if not isinstance(payload, dict) or payload.get("adapter_type") != "tmole":
-            raise AdapterLoadError(f"{path} does not describe a TMoLE adapter (adapter_type)")
-        if payload.get("format_version") != FORMAT_VERSION:
-            raise AdapterLoadError(
-                f"{path} has format_version {payload.get('format_version')!r}; this code reads "
-                f"version {FORMAT_VERSION}"
-            )
-        try:
-            return TMoLEConfig.from_dict(payload["config"])
-        except (KeyError, TypeError, TMoLEConfigError) as error:
-            raise AdapterLoadError(f"{path} holds an invalid TMoLE config: {error}") from error
 
     @torch.no_grad()
     def load_adapter_tensors(
