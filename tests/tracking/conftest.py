@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,15 +11,19 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 
+from recfound.config import load_config
 from recfound.model.backbone import load_backbone
 from recfound.model.bundle import ModelSpec, adapter_tensors, build_from_spec, save_bundle
+from recfound.stages.register import run_register
 from tests.conftest import write_params
 
 
@@ -137,37 +142,65 @@ def mlflow_cli() -> str:
     return str(Path(sys.executable).parent / "mlflow")
 
 
-@pytest.fixture()
-def mlflow_server(tmp_path: Path):
-    """``mlflow server`` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path."""
-    store = tmp_path / "server"
-    store.mkdir()
+@contextlib.contextmanager
+def mlflow_cli_on_localhost(
+    args: list[str], cwd: Path, ready: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> Iterator[str]:
+    """``mlflow <args> --host 127.0.0.1 --port <free>`` in its own process group, logging to
+    ``<cwd>/mlflow-cli.log``; yields its base URL once ``ready`` (a path) answers 200."""
     port = free_port()
-    log_path = store / "server.log"
+    log_path = cwd / "mlflow-cli.log"
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
-            [
-                mlflow_cli(),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{store}/mlflow.db",
-                "--artifacts-destination",
-                str(store / "artifacts"),
-            ],
-            cwd=store,
+            [mlflow_cli(), *args, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
+            env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the workers go down with it
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(process, f"{url}/health", log_path, timeout=120)
+        wait_until_up(process, f"{url}{ready}", log_path, timeout=timeout)
         yield url
     finally:
         stop_process_group(process)
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path):
+    """``mlflow server`` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path."""
+    store = tmp_path / "server"
+    store.mkdir()
+    args = ["server", "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db"]
+    args += ["--artifacts-destination", str(store / "artifacts")]
+    with mlflow_cli_on_localhost(args, store, "/health", timeout=120) as url:
+        yield url
+
+
+def register_in_sqlite(root: Path, bundle: tuple[Path, Path], **sections: dict) -> dict:
+    """Register ``bundle`` (backbone, bundle dirs) as ``recfound`` in a sqlite store under
+    ``root``, no MLflow URI from the environment; the register stage's report."""
+    tracking = {
+        "tracking_uri": f"sqlite:///{root}/mlflow.db",
+        "artifact_location": str(root / "mlartifacts"),
+    }
+    cfg = load_config(project_params(root, *bundle, tracking=tracking, **sections))
+    write_metrics(Path(cfg.paths.reports) / "metrics.json", 0.4, {"genre": 0.3, "match": 0.5})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        patch.chdir(root)  # no dvc.lock here: the data version is a content hash
+        return run_register(cfg)
+
+
+def post_json(url: str, payload: dict) -> tuple[int, dict]:
+    """POST ``payload`` as JSON; the HTTP status and the decoded answer (errors included)."""
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

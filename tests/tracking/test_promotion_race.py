@@ -16,7 +16,12 @@ from mlflow import MlflowClient
 
 from recfound.config import load_config
 from recfound.stages.register import run_register
-from recfound.tracking.registry import LOCK_SUFFIX
+from recfound.tracking.registry import (
+    LOCK_OWNER_TAG,
+    LOCK_SUFFIX,
+    RegistryError,
+    promotion_lock,
+)
 from tests.tracking.conftest import project_params, write_metrics
 
 OLD, WORSE, BETTER = 0.50, 0.55, 0.60  # mean scores: WORSE passes against OLD, not against BETTER
@@ -119,3 +124,15 @@ def test_concurrent_first_use_of_a_fresh_sqlite_store(
     worse_report, better_report = register_together(worse, better, env, stagger_s=0.0)
     client = MlflowClient(tracking_uri=tracking["tracking_uri"])
     assert_better_is_champion(client, "recfound", better_report, worse_report)
+
+
+def test_a_held_lock_is_waited_for_and_named_and_a_stale_one_broken(tmp_path: Path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    with promotion_lock(client, "recfound") as owner:
+        assert client.get_registered_model("recfound" + LOCK_SUFFIX).tags[LOCK_OWNER_TAG] == owner
+        refused = pytest.raises(RegistryError, match=r"holds the lock 'recfound\.promotion-lock'")
+        with refused, promotion_lock(client, "recfound", wait_s=0.5):
+            pass
+        with promotion_lock(client, "recfound", stale_s=0.0) as breaker:  # a killed holder's
+            assert breaker != owner
+    assert not client.search_registered_models()  # released, nothing left behind

@@ -5,29 +5,20 @@ answers are the folded model's; bad requests get a 400 that names the field."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
-import subprocess
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from recfound.config import load_config
-from recfound.stages.register import run_register
 from recfound.tracking.serving import RecFoundModel
 from tests.tracking.conftest import (
     FOUR_TASKS,
-    free_port,
-    mlflow_cli,
-    project_params,
-    stop_process_group,
-    wait_until_up,
-    write_metrics,
+    mlflow_cli_on_localhost,
+    post_json,
+    register_in_sqlite,
 )
 from tests.tracking.test_serving import assert_same_answers
 
@@ -43,54 +34,12 @@ def serve_registered(root: Path, four_task_bundle: tuple[Path, Path], folded: bo
     """The four-task model registered as champion in a sqlite store under ``root`` (with
     ``serving.folded``) and served by ``mlflow models serve --env-manager local`` on 127.0.0.1;
     yields the invocations URL and the server's log file."""
-    backbone, bundle = four_task_bundle
-    tracking_uri = f"sqlite:///{root}/mlflow.db"
-    params = project_params(
-        root,
-        backbone,
-        bundle,
-        tracking={"tracking_uri": tracking_uri, "artifact_location": str(root / "mlartifacts")},
-        serving={"folded": folded},
-    )
-    cfg = load_config(params)
-    write_metrics(Path(cfg.paths.reports) / "metrics.json", 0.4, {"genre": 0.3, "match": 0.5})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        patch.chdir(root)
-        run_register(cfg)
-    port = free_port()
-    log_path = root / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    register_in_sqlite(root, four_task_bundle, serving={"folded": folded})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
     env.pop("MLFLOW_REGISTRY_URI", None)
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [
-                mlflow_cli(),
-                "models",
-                "serve",
-                "-m",
-                "models:/recfound@champion",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            cwd=root,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until_up(process, f"http://127.0.0.1:{port}/ping", log_path, timeout=240)
-        yield f"http://127.0.0.1:{port}/invocations", log_path
-    finally:
-        stop_process_group(process)
+    args = ["models", "serve", "-m", "models:/recfound@champion", "--env-manager", "local"]
+    with mlflow_cli_on_localhost([*args, "--workers", "1"], root, "/ping", env) as url:
+        yield f"{url}/invocations", root / "mlflow-cli.log"
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +54,6 @@ def served_unfolded(tmp_path_factory: pytest.TempPathFactory, four_task_bundle: 
     """The registered model served through TMoLE (``serving.folded: false``)."""
     with serve_registered(tmp_path_factory.mktemp("serve"), four_task_bundle, False) as out:
         yield out
-
-
-def post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def make_requests(n: int, seed: int = 0) -> list[dict]:
@@ -149,13 +87,13 @@ def test_concurrent_clients_get_the_sequential_answers(
     tasks_seen = {row["task"] for r in requests for row in r["dataframe_records"]}
     assert tasks_seen == set(FOUR_TASKS)
 
-    sequential = [post(url, r) for r in requests]
+    sequential = [post_json(url, r) for r in requests]
     assert [status for status, _ in sequential] == [200] * REQUESTS, sequential[:3]
 
     order = list(range(REQUESTS))
     random.Random(1).shuffle(order)  # the clients send them in another order than before
     with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-        futures = {pool.submit(post, url, requests[i]): i for i in order}
+        futures = {pool.submit(post_json, url, requests[i]): i for i in order}
         done, pending = wait(futures, timeout=TIME_CAP_S)
         for future in pending:
             future.cancel()
@@ -174,7 +112,7 @@ def test_http_answers_are_the_folded_models(served, four_task_bundle) -> None:
     folded = RecFoundModel.from_dirs(backbone, bundle)
     unfolded = RecFoundModel.from_dirs(backbone, bundle, folded=False)
     for request in make_requests(12, seed=5):
-        status, body = post(url, request)
+        status, body = post_json(url, request)
         assert status == 200, body
         rows, params = request["dataframe_records"], request["params"]
         assert_same_answers(as_frame(body), folded.predict(None, rows, params), atol=1e-6)
@@ -209,6 +147,6 @@ def test_http_answers_are_the_folded_models(served, four_task_bundle) -> None:
 )
 def test_bad_requests_get_400_naming_the_field(served, payload: dict, field: str) -> None:
     url, _ = served
-    status, body = post(url, payload)
+    status, body = post_json(url, payload)
     assert status == 400, body
     assert field in body["message"] and body["error_code"] == "INVALID_PARAMETER_VALUE"

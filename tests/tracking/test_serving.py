@@ -5,11 +5,8 @@ requests with a 400 naming the field, and reports its own failures as a 500."""
 
 from __future__ import annotations
 
-import json
 import math
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -19,12 +16,11 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from recfound.config import ServingConfig, load_config
+from recfound.config import ServingConfig
 from recfound.model.tmole import TMoLELinear
-from recfound.stages.register import run_register
 from recfound.tracking import serving
 from recfound.tracking.serving import RecFoundModel
-from tests.tracking.conftest import FOUR_TASKS, free_port, project_params, write_metrics
+from tests.tracking.conftest import FOUR_TASKS, free_port, post_json, register_in_sqlite
 
 CANDIDATES = ["Heat (1995)", "Jumanji (1995)", "Casino (1995)"]
 
@@ -33,23 +29,9 @@ CANDIDATES = ["Heat (1995)", "Jumanji (1995)", "Casino (1995)"]
 def champion(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: tuple[Path, Path]):
     """The tiny model registered in a sqlite store as version 1 (champion), then loaded back."""
     root = tmp_path_factory.mktemp("serving")
-    backbone, bundle = tiny_bundle
-    params = project_params(
-        root,
-        backbone,
-        bundle,
-        tracking={
-            "tracking_uri": f"sqlite:///{root}/mlflow.db",
-            "artifact_location": str(root / "mlartifacts"),
-        },
-    )
-    cfg = load_config(params)
-    write_metrics(Path(cfg.paths.reports) / "metrics.json", 0.4, {"genre": 0.3, "match": 0.5})
+    report = register_in_sqlite(root, tiny_bundle)
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        patch.chdir(root)  # no dvc.lock here: the data version is a content hash
-        report = run_register(cfg)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         model = mlflow.pyfunc.load_model("models:/recfound@champion")
         model_dir = Path(mlflow.artifacts.download_artifacts("models:/recfound@champion"))
     return report, model, model_dir
@@ -280,17 +262,6 @@ def test_empty_request_is_a_client_error(champion) -> None:
     assert caught.value.get_http_status_code() == 400
 
 
-def _post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_model_failure_is_500_and_bad_request_400_over_http(
     champion, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -318,11 +289,11 @@ def test_model_failure_is_500_and_bad_request_400_over_http(
             if server.started:
                 break
             threading.Event().wait(0.05)
-        status, body = _post(url, {"dataframe_records": [{"task": "genre", "input": "Heat"}]})
+        status, body = post_json(url, {"dataframe_records": [{"task": "genre", "input": "Heat"}]})
         assert status == 500, body
         assert "server-side error" in body["message"] and "not enough memory" in body["message"]
         assert body["error_code"] == "INTERNAL_ERROR"
-        status, body = _post(
+        status, body = post_json(
             url,
             {
                 "dataframe_records": [{"task": "genre", "input": "x"}],
