@@ -79,6 +79,12 @@ def replace_directory(source: str | Path, target: str | Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def partial_path(target: str | Path) -> Path:
+    """The fixed place :func:`partial_directory` builds ``target`` in."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.partial")
+
+
 def partial_directory(target: str | Path, *, resume: bool) -> Path:
     """Where a long stage builds ``target`` before :func:`replace_directory` swaps it in.
 
@@ -88,7 +94,7 @@ def partial_directory(target: str | Path, *, resume: bool) -> Path:
     run with no partial work starts from a copy of ``target``.
     """
     target = Path(target)
-    work = target.with_name(f".{target.name}.partial")
+    work = partial_path(target)
     if not resume:
         shutil.rmtree(work, ignore_errors=True)
     elif not work.exists() and target.is_dir():
