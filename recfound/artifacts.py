@@ -123,7 +123,7 @@ def replace_directory(source: str | Path, target: str | Path) -> None:
 
 
 def partial_path(target: str | Path) -> Path:
-    """The fixed place (``.<name>.partial`` beside ``target``) where a long stage builds it."""
+    """The fixed place :func:`partial_directory` builds ``target`` in."""
     target = Path(target)
     return target.with_name(f".{target.name}.partial")
 

@@ -234,8 +234,9 @@ def run_ablate(cfg: Config) -> dict[str, Any]:
             rec, kinds = load_last_checkpoint(cfg.paths.backbone, cfg.paths.train)
         else:
             variant = variant_config(cfg, row, lora_rank)
+            trained = [Path(variant.paths.train), artifacts.partial_path(variant.paths.train)]
             with run_named(f"ablation/{row}"):
-                run_train(variant, resume=(Path(variant.paths.train) / "last").exists())
+                run_train(variant, resume=any((d / "last").exists() for d in trained))
             rec, kinds = load_last_checkpoint(cfg.paths.backbone, variant.paths.train)
         document, records = evaluate_bundle(rec, kinds, cfg)
         results[row] = {

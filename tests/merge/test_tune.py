@@ -142,3 +142,22 @@ def test_a_trial_left_running_by_a_killed_merge_is_failed_and_run_again(tmp_path
     assert states.count(optuna.trial.TrialState.RUNNING) == 0
     assert states.count(optuna.trial.TrialState.COMPLETE) == 5
     assert len(calls) == 3  # 2 were done before the kill; the killed one ran again
+
+
+def test_a_figure_that_cannot_be_drawn_leaves_no_stale_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reports/plots is a persisted DVC output: an old study's figure must not pass for this one."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    def cannot_draw(study: optuna.Study) -> None:
+        raise ValueError("too few trials")  # what Optuna raises for some studies
+
+    monkeypatch.setattr(ovm, "plot_param_importances", cannot_draw)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    stale = tmp_path / "merge_param_importances.png"
+    stale.write_bytes(b"an older study's figure")
+    written = study_figures(study, tmp_path)
+    assert stale not in written and not stale.exists()
