@@ -228,14 +228,8 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._request_stop)
         tokens, busy = 0, 0.0
         self.module.train()
-        bar = tqdm(
-            total=c.steps,
-            initial=self.step,
-            desc="train",
-            unit="step",
-            disable=not self.accelerator.is_main_process,
-            mininterval=2.0,
-        )
+        main = self.accelerator.is_main_process
+        bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", disable=not main)
         try:
             while self.step < c.steps:
                 if self.task_sampler.due(self.step) or self.step % c.eval_every == 0:
