@@ -364,8 +364,9 @@ class Trainer:
     def resume(self) -> bool:
         """Continue from ``last`` (repairing a replacement a crash interrupted); says so and
         returns False when there is nothing to resume from."""
-        if self.accelerator.is_main_process:  # repairs an interrupted replacement
-            complete_checkpoint(self.output_dir / "last")
+        if self.accelerator.is_main_process:  # repair replacements a crash interrupted
+            for name in CHECKPOINTS:
+                complete_checkpoint(self.output_dir / name)
         self.accelerator.wait_for_everyone()
         directory = complete_checkpoint(self.output_dir / "last")
         if directory is None:
