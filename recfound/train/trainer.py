@@ -228,14 +228,8 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._request_stop)
         tokens, busy = 0, 0.0
         self.module.train()
-        bar = tqdm(
-            total=c.steps,
-            initial=self.step,
-            desc="train",
-            unit="step",
-            disable=not self.accelerator.is_main_process,
-            mininterval=2.0,
-        )
+        main = self.accelerator.is_main_process
+        bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", disable=not main)
         try:
             while self.step < c.steps:
                 if self.task_sampler.due(self.step) or self.step % c.eval_every == 0:
@@ -370,8 +364,9 @@ class Trainer:
     def resume(self) -> bool:
         """Continue from ``last`` (repairing a replacement a crash interrupted); says so and
         returns False when there is nothing to resume from."""
-        if self.accelerator.is_main_process:  # repairs an interrupted replacement
-            complete_checkpoint(self.output_dir / "last")
+        if self.accelerator.is_main_process:  # repair replacements a crash interrupted
+            for name in CHECKPOINTS:
+                complete_checkpoint(self.output_dir / name)
         self.accelerator.wait_for_everyone()
         directory = complete_checkpoint(self.output_dir / "last")
         if directory is None:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from recfound.accelerator import stage_device
 from recfound.config import parse_config
 from recfound.data.corpus import behaviour_sequences, behaviour_windows
 from recfound.model.backbone import (
@@ -104,6 +105,7 @@ def test_pretrain_lowers_heldout_loss_and_logs_to_mlflow(tmp_path: Path) -> None
     run_build_tasks(cfg)
     metrics = run_pretrain(cfg)
     assert metrics["pretrained"] is True
+    assert metrics["device"] == str(stage_device())  # logged and reported
     assert metrics["heldout_loss_after"] < 0.75 * metrics["heldout_loss_before"]
     assert metrics["heldout_behaviour_loss_after"] < metrics["heldout_behaviour_loss_before"]
     model, tok = load_backbone(cfg.paths.backbone)

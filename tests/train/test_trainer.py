@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -63,6 +64,8 @@ def test_interrupt_and_resume_gives_the_same_weights(tmp_path: Path) -> None:
         interrupted.train()
     state = json.loads((tmp_path / "resumed" / "last" / "trainer_state.json").read_text())
     assert state["step"] == 6
+    # a crash in the middle of replacing `last`: the new complete folder parked, `last` moved off
+    os.replace(tmp_path / "resumed" / "last", tmp_path / "resumed" / ".last.next")
 
     resumed = Trainer(tiny_model(tasks), tasks, PARAMS, tmp_path / "resumed", seed=SEED)
     resumed.train(resume=True)
@@ -98,3 +101,14 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     (tmp_path / "last" / "checkpoint.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="damaged"):
         load_checkpoint(tmp_path / "last", tiny_model(tasks).model)
+
+
+def test_resume_without_a_checkpoint_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tasks = tiny_tasks()
+    trainer = Trainer(tiny_model(tasks), tasks, PARAMS, tmp_path, seed=SEED)
+    with caplog.at_level(logging.WARNING, logger="recfound.train.trainer"):
+        assert trainer.resume() is False
+    assert "no checkpoint" in caplog.text and "step 0" in caplog.text
+    assert trainer.step == 0
