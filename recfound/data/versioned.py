@@ -57,6 +57,7 @@ def fetch_dvc_output(location: DataLocation, dest: str | Path) -> DataVersion:
     from dvc.exceptions import DvcException
     from dvc.fs import download
     from dvc.repo import Repo
+    from dvc.repo.open_repo import clean_repos
     from scmrepo.exceptions import SCMError
 
     where = f"{location.repo}@{location.rev or 'default branch'}"
@@ -93,4 +94,6 @@ def fetch_dvc_output(location: DataLocation, dest: str | Path) -> DataVersion:
             "the data in the remote (credentials: the remote's settings, e.g. "
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for S3)"
         ) from None
+    finally:
+        clean_repos()  # the temporary clone and its cache (`dvc get` does the same on exit)
     return DataVersion(md5=md5, path=path, revision=commit, repo=location.repo)
