@@ -29,19 +29,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -73,7 +67,6 @@ from recfound.model.backbone import load_backbone
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.model.folded import FoldedAdapter, fold_rec_model
 from recfound.model.recmodel import RecModel
-from recfound.tracking import serving
 
 OUTPUT = Path("reports/bench/serving.json")
 TASKS = ("user2item", "rating_prediction", "candidate_ranking")
@@ -84,75 +77,6 @@ GENERATE_TOKENS = 8
 
 
 # ---- models --------------------------------------------------------------------------------
-
-
-class EmulatedFoldedModel(serving.RecFoundModel):
-    """The pyfunc answering each task with its folded model (until the `serving` branch's
-    ``folded`` option is merged): every task folded at load time."""
-
-    def load_context(self, context) -> None:
-        super().load_context(context)
-        self.folded = {task: fold_rec_model(self.rec, task) for task in self.task_kinds}
-
-    @contextlib.contextmanager
-    def _answering(self, task: str) -> Iterator[None]:
-        adapted, self.rec = self.rec, self.folded[task]
-        try:
-            yield
-        finally:
-            self.rec = adapted
-
-    def _embed(self, task: str, *args: Any) -> None:
-        with self._answering(task):
-            super()._embed(task, *args)
-
-    def _generate(self, task: str, *args: Any) -> None:
-        with self._answering(task):
-            super()._generate(task, *args)
-
-
-class BarePyfunc(EmulatedFoldedModel):
-    """The same pyfunc code over the bare backbone: what a request costs without any adapter."""
-
-    def load_context(self, context) -> None:
-        serving.RecFoundModel.load_context(self, context)
-        base, _ = load_backbone(context.artifacts["backbone"])
-        base.eval()
-        bare = RecModel(
-            FoldedAdapter(base, None),
-            self.rec.tokenizer,
-            pooling=self.rec.pooling,
-            embedding_attention=self.rec.embedding_attention,
-            max_length=self.rec.max_length,
-        )
-        self.folded = {task: bare for task in self.task_kinds}
-
-
-def has_folded_option() -> bool:
-    """Whether the pyfunc has the `serving` branch's ``folded`` setting (``from_dirs``)."""
-    return hasattr(serving.RecFoundModel, "from_dirs")
-
-
-def pyfunc_models(backbone: Path, bundle: Path) -> dict[str, serving.RecFoundModel]:
-    context = SimpleNamespace(
-        artifacts={"backbone": str(backbone), "bundle": str(bundle)}, model_config={}
-    )
-    if has_folded_option():
-        models = {
-            "pyfunc_unfolded": serving.RecFoundModel.from_dirs(backbone, bundle, folded=False),
-            "pyfunc_folded": serving.RecFoundModel.from_dirs(backbone, bundle, folded=True),
-        }
-        models["pyfunc_folded"].warm_up()
-    else:
-        models = {
-            "pyfunc_unfolded": serving.RecFoundModel(),
-            "pyfunc_folded": EmulatedFoldedModel(),
-        }
-        for model in models.values():
-            model.load_context(context)
-    models["pyfunc_bare"] = BarePyfunc()
-    models["pyfunc_bare"].load_context(context)
-    return models
 
 
 # ---- quality -------------------------------------------------------------------------------
@@ -192,6 +116,7 @@ def retrieval_quality(
 
 
 def summarize(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p99/mean latency (ms) and sequential throughput (requests/s)."""
     values = np.asarray(seconds) * 1000
     return {
         "n": len(values),
@@ -230,7 +155,7 @@ def request_rows(frame: pd.DataFrame, task: str, with_candidates: bool) -> list[
 
 @dataclass
 class Variants:
-    pyfuncs: dict[str, serving.RecFoundModel]
+    pyfuncs: dict[str, Any]  # name -> an MLflow pyfunc PythonModel (loaded)
     rec: RecModel
     folded: dict[str, RecModel]
     bare: RecModel
@@ -269,102 +194,6 @@ def request_calls(
     }
 
 
-# ---- HTTP ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def save_pyfunc(path: Path, backbone: Path, bundle: Path, folded: bool) -> None:
-    import mlflow
-
-    common = {
-        "artifacts": {"backbone": str(backbone), "bundle": str(bundle)},
-        "code_paths": [serving.package_dir()],
-        "signature": serving.SIGNATURE,
-        "pip_requirements": serving.pinned_requirements(),
-    }
-    if hasattr(serving, "model_code_path"):  # the `serving` branch: models from code
-        mlflow.pyfunc.save_model(
-            str(path),
-            python_model=serving.model_code_path(),
-            model_config={"folded": folded},
-            **common,
-        )
-    else:
-        model = EmulatedFoldedModel() if folded else serving.RecFoundModel()
-        mlflow.pyfunc.save_model(str(path), python_model=model, **common)
-
-
-@contextlib.contextmanager
-def mlflow_server(model_dir: Path, threads: int, startup_s: float = 240) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir),
-        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1",
-    ]  # fmt: skip
-    log_path = Path(tempfile.mkdtemp(prefix="recfound-serve-")) / "server.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited; see {log_path}")
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow models serve did not start in {startup_s}s")
-            time.sleep(1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-def post(url: str, rows: list[dict[str, Any]]) -> Any:
-    body = json.dumps({"dataframe_records": rows}).encode()
-    request = urllib.request.Request(
-        f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read())
-
-
-def http_latency(
-    urls: dict[str, str], requests: dict[str, list[dict[str, Any]]], n: int, cap_s: float
-) -> dict[str, Any]:
-    """Per task, ``n`` requests per server, interleaved, stopped at ``cap_s`` seconds per task."""
-    out: dict[str, Any] = {}
-    for task, rows in requests.items():
-        for url in urls.values():
-            post(url, [rows[0]])  # warm-up (also builds a lazily folded task)
-        times: dict[str, list[float]] = {name: [] for name in urls}
-        start_task = time.monotonic()
-        for i in range(min(n, len(rows))):
-            if time.monotonic() - start_task > cap_s:
-                break
-            for name, url in urls.items():
-                start = time.perf_counter()
-                post(url, [rows[i]])
-                times[name].append(time.perf_counter() - start)
-        out[task] = {name: summarize(values) for name, values in times.items() if values}
-    return out
-
-
 # ---- main ----------------------------------------------------------------------------------
 
 
@@ -385,6 +214,9 @@ def main() -> None:
     parser.add_argument("--http-requests", type=int, default=30)
     parser.add_argument("--http-cap-s", type=float, default=120)
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument(
+        "--no-pyfunc", action="store_true", help="skip the MLflow rows (pyfuncs, HTTP)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=OUTPUT)
     args = parser.parse_args()
@@ -405,7 +237,6 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "threads": args.threads,
         "model": {"backbone": str(args.backbone), "bundle": str(args.bundle)},
-        "folded_pyfunc": "tracking.serving folded option" if has_folded_option() else "emulated",
         "quality": {},
         "choices": {},
     }
@@ -549,7 +380,16 @@ def main() -> None:
         report["quality"][task] = quality
 
     # ---- latency, in process
-    pyfuncs = pyfunc_models(args.backbone, args.bundle)
+    pyfuncs: dict[str, Any] = {}
+    if not args.no_pyfunc:
+        import serving_pyfunc  # bench/ is the script's folder, on sys.path
+
+        pyfuncs = serving_pyfunc.pyfunc_models(args.backbone, args.bundle)
+        report["folded_pyfunc"] = (
+            "tracking.serving folded option"
+            if serving_pyfunc.has_folded_option()
+            else "emulated (bench/serving_pyfunc.py)"
+        )
     base, _ = load_backbone(args.backbone)
     base.eval()
     bare = RecModel(
@@ -574,7 +414,7 @@ def main() -> None:
                             "rating_prediction", with_candidates=False)  # fmt: skip
     params = {"max_new_tokens": GENERATE_TOKENS}
     with torch.no_grad():
-        latency["generate"] = interleaved(
+        latency["generate"] = pyfuncs and interleaved(
             {
                 name: (lambda i, m=model: m.predict(None, pd.DataFrame([gen_rows[i]]), params))
                 for name, model in pyfuncs.items()
@@ -586,6 +426,8 @@ def main() -> None:
     ratios: dict[str, Any] = {}
     for task, rows in latency.items():
         r: dict[str, float] = {}
+        if not rows:
+            continue
         if "pyfunc_bare" in rows:
             r["pyfunc_folded_over_pyfunc_bare"] = ratio(rows["pyfunc_folded"], rows["pyfunc_bare"])
             r["pyfunc_unfolded_over_pyfunc_folded"] = ratio(
@@ -612,14 +454,19 @@ def main() -> None:
     report["ratios"] = ratios
 
     # ---- over HTTP
-    if not args.no_http:
+    if not (args.no_http or args.no_pyfunc):
         models_dir = Path(tempfile.mkdtemp(prefix="recfound-pyfunc-"))
         urls: dict[str, str] = {}
         with contextlib.ExitStack() as stack:
             for name, flag in (("http_unfolded", False), ("http_folded", True)):
-                save_pyfunc(models_dir / name, args.backbone, args.bundle, folded=flag)
-                urls[name] = stack.enter_context(mlflow_server(models_dir / name, args.threads))
-            report["http"] = http_latency(urls, requests, args.http_requests, args.http_cap_s)
+                serving_pyfunc.save_pyfunc(models_dir / name, args.backbone, args.bundle, flag)
+                server = serving_pyfunc.mlflow_server(models_dir / name, args.threads)
+                urls[name] = stack.enter_context(server)
+            times = serving_pyfunc.http_latency(urls, requests, args.http_requests, args.http_cap_s)
+            report["http"] = {
+                task: {name: summarize(values) for name, values in rows.items()}
+                for task, rows in times.items()
+            }
             report["http_settings"] = {
                 "requests_per_task": args.http_requests,
                 "time_cap_s": args.http_cap_s,
@@ -627,7 +474,58 @@ def main() -> None:
             }
     report["wall_s"] = round(time.time() - began, 1)
     artifacts.write_json(args.out, report)
-    print(json.dumps({"ratios": ratios, "quality": report["quality"]}, indent=1))
+    print(markdown(report))
+
+
+ROWS = (
+    "pyfunc_unfolded",
+    "pyfunc_folded",
+    "pyfunc_bare",
+    "recmodel_unfolded",
+    "recmodel_folded",
+    "bare_backbone",
+    "late_interaction",
+    "early_exit",
+    "onnx_float",
+    "onnx_int8",
+)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README table: p50 / p99 ms per request and test score (drop) per variant and task."""
+    tasks = [t for t in (*TASKS, "generate") if report["latency"].get(t)]
+    lines = [
+        "| variant | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
+    for row in ROWS:
+        cells = []
+        for task in tasks:
+            timing = report["latency"][task].get(row)
+            if timing is None:
+                cells.append("–")
+                continue
+            cell = f"{timing['p50_ms']:.1f} / {timing['p99_ms']:.1f}"
+            quality = report["quality"].get(task, {})
+            if row in quality:
+                drop = quality["drop"].get(row)
+                cell += f" · {quality[row]:.3f}" + (f" ({drop:+.3f})" if drop is not None else "")
+            cells.append(cell)
+        if any(c != "–" for c in cells):
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if report.get("http"):
+        lines += ["", "| over HTTP (p50 / p99 ms) | " + " | ".join(report["http"]) + " |"]
+        lines.append("|---|" + "---|" * len(report["http"]))
+        servers = sorted({s for rows in report["http"].values() for s in rows})
+        for server in servers:
+            cells = [
+                f"{rows[server]['p50_ms']:.1f} / {rows[server]['p99_ms']:.1f}"
+                if server in rows
+                else "–"
+                for rows in report["http"].values()
+            ]
+            lines.append(f"| {server} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from recfound.device.export import (
     TOKENIZER_DIR,
     ExportError,
 )
-from recfound.model.recmodel import IGNORE_INDEX, answer_rows
+from recfound.model.recmodel import IGNORE_INDEX, answer_rows, per_request
 
 
 class DeviceModel:
@@ -100,11 +100,7 @@ class DeviceModel:
             tokens = [lab[j + 1] for j in where]
             total = float(logprobs[i, np.arange(len(where)), tokens].sum())
             values.append(total / max(1, len(where)) if length_normalize else total)
-        out, start = [], 0
-        for cands in candidates:
-            out.append(values[start : start + len(cands)])
-            start += len(cands)
-        return out
+        return per_request(values, candidates)
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """``(len(texts), hidden)`` L2-normalised last-token embeddings."""

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from recfound.inference.decoder import DecoderSteps, causal_mask
-from recfound.model.recmodel import RecModel, answer_ids
+from recfound.model.recmodel import RecModel, answer_ids, per_request
 
 
 class LateInteractionScorer:
@@ -152,9 +152,4 @@ class LateInteractionScorer:
         totals = first + picked.sum(1)
         if length_normalize:
             totals = totals / c_mask.sum(1).clamp(min=1)
-        values = totals.tolist()
-        out, start = [], 0
-        for cands in candidates:
-            out.append(values[start : start + len(cands)])
-            start += len(cands)
-        return out
+        return per_request(totals.tolist(), candidates)

@@ -48,6 +48,15 @@ def top_k_items(scores: torch.Tensor, exclude: Sequence[Sequence[int]], k: int) 
     return indices.masked_fill(torch.isinf(values), -1)
 
 
+def per_request(values: Sequence[float], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Flat per-candidate values cut back into one list per request (``candidates``' shape)."""
+    out, start = [], 0
+    for cands in candidates:
+        out.append(list(values[start : start + len(cands)]))
+        start += len(cands)
+    return out
+
+
 def answer_ids(tokenizer, answer: str, max_length: int) -> list[int]:
     """Token ids of ``answer`` as the model reads it after a prompt: ``" " + answer`` and EOS,
     cut at ``max_length // 2`` tokens."""
@@ -297,12 +306,7 @@ class RecModel:
         totals = picked.sum(-1)
         if length_normalize:
             totals = totals / mask.sum(-1).clamp(min=1)
-        values = totals.tolist()
-        out, start = [], 0
-        for cands in candidates:
-            out.append(values[start : start + len(cands)])
-            start += len(cands)
-        return out
+        return per_request(totals.tolist(), candidates)
 
     @torch.no_grad()
     def catalogue_scores(

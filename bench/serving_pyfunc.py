@@ -1,0 +1,197 @@
+"""The pyfunc side of bench/serving.py (kept apart: it needs MLflow, the rest does not).
+
+- the folded pyfunc: the `serving` branch's ``folded`` option when merged, emulated here until
+  then (:class:`EmulatedFoldedModel`, each task's folded model built at load time);
+- the same pyfunc code over the bare backbone (:class:`BarePyfunc`);
+- ``mlflow models serve`` on 127.0.0.1 for a saved pyfunc, and a bounded HTTP load.
+
+This file travels as model code with the saved emulated models (``code_paths``), so that the
+server process can import these classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from recfound.model.backbone import load_backbone
+from recfound.model.folded import FoldedAdapter, fold_rec_model
+from recfound.model.recmodel import RecModel
+from recfound.tracking import serving
+
+
+class EmulatedFoldedModel(serving.RecFoundModel):
+    """The pyfunc answering each task with its folded model (until the `serving` branch's
+    ``folded`` option is merged): every task folded at load time."""
+
+    def load_context(self, context) -> None:
+        super().load_context(context)
+        self.folded = {task: fold_rec_model(self.rec, task) for task in self.task_kinds}
+
+    @contextlib.contextmanager
+    def _answering(self, task: str) -> Iterator[None]:
+        adapted, self.rec = self.rec, self.folded[task]
+        try:
+            yield
+        finally:
+            self.rec = adapted
+
+    def _embed(self, task: str, *args: Any) -> None:
+        with self._answering(task):
+            super()._embed(task, *args)
+
+    def _generate(self, task: str, *args: Any) -> None:
+        with self._answering(task):
+            super()._generate(task, *args)
+
+
+class BarePyfunc(EmulatedFoldedModel):
+    """The same pyfunc code over the bare backbone: what a request costs without any adapter."""
+
+    def load_context(self, context) -> None:
+        serving.RecFoundModel.load_context(self, context)
+        base, _ = load_backbone(context.artifacts["backbone"])
+        base.eval()
+        bare = RecModel(
+            FoldedAdapter(base, None),
+            self.rec.tokenizer,
+            pooling=self.rec.pooling,
+            embedding_attention=self.rec.embedding_attention,
+            max_length=self.rec.max_length,
+        )
+        self.folded = {task: bare for task in self.task_kinds}
+
+
+def has_folded_option() -> bool:
+    """Whether the pyfunc has the `serving` branch's ``folded`` setting (``from_dirs``)."""
+    return hasattr(serving.RecFoundModel, "from_dirs")
+
+
+def pyfunc_models(backbone: Path, bundle: Path) -> dict[str, serving.RecFoundModel]:
+    context = SimpleNamespace(
+        artifacts={"backbone": str(backbone), "bundle": str(bundle)}, model_config={}
+    )
+    if has_folded_option():
+        models = {
+            "pyfunc_unfolded": serving.RecFoundModel.from_dirs(backbone, bundle, folded=False),
+            "pyfunc_folded": serving.RecFoundModel.from_dirs(backbone, bundle, folded=True),
+        }
+        models["pyfunc_folded"].warm_up()
+    else:
+        models = {
+            "pyfunc_unfolded": serving.RecFoundModel(),
+            "pyfunc_folded": EmulatedFoldedModel(),
+        }
+        for model in models.values():
+            model.load_context(context)
+    models["pyfunc_bare"] = BarePyfunc()
+    models["pyfunc_bare"].load_context(context)
+    return models
+
+
+# ---- HTTP ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def save_pyfunc(path: Path, backbone: Path, bundle: Path, folded: bool) -> None:
+    import mlflow
+
+    common = {
+        "artifacts": {"backbone": str(backbone), "bundle": str(bundle)},
+        "code_paths": [serving.package_dir(), __file__],
+        "signature": serving.SIGNATURE,
+        "pip_requirements": serving.pinned_requirements(),
+    }
+    if hasattr(serving, "model_code_path"):  # the `serving` branch: models from code
+        mlflow.pyfunc.save_model(
+            str(path),
+            python_model=serving.model_code_path(),
+            model_config={"folded": folded},
+            **common,
+        )
+    else:
+        model = EmulatedFoldedModel() if folded else serving.RecFoundModel()
+        mlflow.pyfunc.save_model(str(path), python_model=model, **common)
+
+
+@contextlib.contextmanager
+def mlflow_server(model_dir: Path, threads: int, startup_s: float = 240) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir),
+        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1",
+    ]  # fmt: skip
+    log_path = Path(tempfile.mkdtemp(prefix="recfound-serve-")) / "server.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlflow models serve exited; see {log_path}")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow models serve did not start in {startup_s}s")
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def post(url: str, rows: list[dict[str, Any]]) -> Any:
+    body = json.dumps({"dataframe_records": rows}).encode()
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def http_latency(
+    urls: dict[str, str], requests: dict[str, list[dict[str, Any]]], n: int, cap_s: float
+) -> dict[str, dict[str, list[float]]]:
+    """Per task and server, the seconds of each of ``n`` requests (servers interleaved; a task
+    stops at ``cap_s`` seconds)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for task, rows in requests.items():
+        for url in urls.values():
+            post(url, [rows[0]])  # warm-up (also builds a lazily folded task)
+        times: dict[str, list[float]] = {name: [] for name in urls}
+        start_task = time.monotonic()
+        for i in range(min(n, len(rows))):
+            if time.monotonic() - start_task > cap_s:
+                break
+            for name, url in urls.items():
+                start = time.perf_counter()
+                post(url, [rows[i]])
+                times[name].append(time.perf_counter() - start)
+        out[task] = {name: values for name, values in times.items() if values}
+    return out
