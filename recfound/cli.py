@@ -186,7 +186,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
     "train": (
         _train,
         "train TMoLE adapters on all tasks at once with the S2Sched sampler",
-        "Trains the adapter (model.adapter: tmole or lora) on every built task at once; "
+        "Trains the adapter (model.adapter: tmole, lora or option) on every built task at once; "
         "train.strategy picks the sampler (s2sched, uniform, proportional). Writes checkpoints "
         "last/, best_generative/ and best_embedding/ under paths.train (default models/train/), "
         "reports/train.json and plots under reports/plots/; every step's per-task loss, "
