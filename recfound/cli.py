@@ -275,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="path of the params file (default: params.yaml)",
         )
     sub.choices["train"].add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in paths.train"
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run (its partial directory beside paths.train), else from "
+        "the last checkpoint in paths.train",
     )
     promote = sub.choices["promote"]
     promote.add_argument(

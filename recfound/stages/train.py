@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from accelerate import PartialState
 
 from recfound import artifacts
 from recfound.config import Config
@@ -111,15 +112,25 @@ def build_model_for(cfg: Config, task_kinds: dict[str, str]) -> RecModel:
     return build_from_spec(base, tokenizer, model_spec(cfg, task_kinds))
 
 
+def training_directory(cfg: Config, resume: bool) -> Path:
+    """Where the run writes its checkpoints: a partial directory swapped in for paths.train at
+    the end, so a failed or killed run keeps the previous paths.train (DVC persists it) and
+    ``--resume`` continues the partial one. Under ``accelerate launch`` the main process
+    prepares it while the others wait."""
+    processes = PartialState()
+    if processes.is_main_process:
+        artifacts.partial_directory(cfg.paths.train, resume=resume)
+    processes.wait_for_everyone()
+    return artifacts.partial_path(cfg.paths.train)
+
+
 def run_train(cfg: Config, resume: bool = False) -> dict:
     check_backbone_setting(cfg.model.backbone)  # not silently the backbone already built
     tasks = load_training_tasks(cfg)
     task_kinds = {t.name: t.kind for t in tasks}
     rec = build_model_for(cfg, task_kinds)
     params = train_params(cfg)
-    # Trained in a partial directory swapped in at the end: a failed or killed run keeps the
-    # previous paths.train (DVC persists it) and `--resume` continues the partial one.
-    out = artifacts.partial_directory(cfg.paths.train, resume=resume)
+    out = training_directory(cfg, resume)
     artifacts.write_json(out / SPEC_FILE, model_spec(cfg, task_kinds).to_dict())
     trainable = sum(p.numel() for p in rec.model.parameters() if p.requires_grad)
     log.info(
@@ -161,7 +172,10 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
             "mlflow_run_id": run.info.run_id,
         }
         mlflow.log_dict(metrics, "train.json")
-    artifacts.replace_directory(out, cfg.paths.train)
+    processes = PartialState()
+    processes.wait_for_everyone()
+    if processes.is_main_process:
+        artifacts.replace_directory(out, cfg.paths.train)
     artifacts.write_json(Path(cfg.paths.reports) / "train.json", metrics)
     artifacts.write_json(
         plots / "train_task_share.json",
