@@ -308,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="path of the params file (default: params.yaml)",
         )
     sub.choices["train"].add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in paths.train"
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run (its partial directory beside paths.train), else from "
+        "the last checkpoint in paths.train",
     )
     fetch = sub.choices["fetch-data"]
     fetch.add_argument("--repo", required=True, help="Git URL or path of the data repository")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from accelerate import PartialState
 
 from recfound import artifacts
 from recfound.config import Config
@@ -98,26 +99,34 @@ def build_model_for(cfg: Config, task_kinds: dict[str, str]) -> RecModel:
     return build_from_spec(base, tokenizer, model_spec(cfg, task_kinds))
 
 
+def training_directory(cfg: Config, resume: bool) -> Path:
+    """Where the run writes its checkpoints: a partial directory swapped in for paths.train at
+    the end, so a failed or killed run keeps the previous paths.train (DVC persists it) and
+    ``--resume`` continues the partial one. Under ``accelerate launch`` the main process
+    prepares it while the others wait."""
+    processes = PartialState()
+    if processes.is_main_process:
+        artifacts.partial_directory(cfg.paths.train, resume=resume)
+    processes.wait_for_everyone()
+    return artifacts.partial_path(cfg.paths.train)
+
+
 def run_train(cfg: Config, resume: bool = False) -> dict:
     """Train on the accelerator's device(s). Under ``accelerate launch`` / ``torchrun`` every
-    process runs this; the main process tracks (MLflow) and writes the reports.
-
-    Training happens in a partial directory swapped in at the end: a failed or killed run keeps
-    the previous ``paths.train`` (DVC persists it) and ``--resume`` continues the partial one."""
+    process runs this; the main process tracks (MLflow) and writes the reports (checkpoints go to
+    :func:`training_directory`)."""
     check_backbone_setting(cfg.model.backbone)  # not silently the backbone already built
     tasks = load_training_tasks(cfg)
     task_kinds = {t.name: t.kind for t in tasks}
     rec = build_model_for(cfg, task_kinds)
     accelerator = make_accelerator(cfg.train)
-    if accelerator.is_main_process:
-        artifacts.partial_directory(cfg.paths.train, resume=resume)
-    accelerator.wait_for_everyone()
-    out = artifacts.partial_path(cfg.paths.train)
+    out = training_directory(cfg, resume)
     catalogue = read_catalogue(cfg)
     if not accelerator.is_main_process:
         Trainer(
             rec, tasks, cfg.train, out, seed=cfg.seed, accelerator=accelerator, catalogue=catalogue
         ).train(resume=resume)
+        accelerator.wait_for_everyone()  # the main process swaps the directory after this
         return {}
     artifacts.write_json(out / SPEC_FILE, model_spec(cfg, task_kinds).to_dict())
     trainable = sum(p.numel() for p in rec.model.parameters() if p.requires_grad)
@@ -169,6 +178,7 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
             "mlflow_run_id": run.info.run_id,
         }
         mlflow.log_dict(metrics, "train.json")
+    accelerator.wait_for_everyone()  # every process has written its last checkpoint
     artifacts.replace_directory(out, cfg.paths.train)
     artifacts.write_json(Path(cfg.paths.reports) / "train.json", metrics)
     artifacts.write_json(
