@@ -42,7 +42,10 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# MLflow 3.17's UI opens experiments in its GenAI view unless the browser chose "Model training"
+# once; the link below does that (it is remembered).
 ui: setup
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
 
 clean:

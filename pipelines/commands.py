@@ -108,7 +108,8 @@ class LocalRun:
                 "local pipeline run finished",
                 f"  outputs (one folder per step): {self.run_dir}",
                 f"  MLflow: {self.tracking_uri}  (mlflow ui --backend-store-uri "
-                f"{self.tracking_uri})",
+                f"{self.tracking_uri}, then open "
+                "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)",
                 f"  registered model: {registered}",
             ]
         )

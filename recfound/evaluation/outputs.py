@@ -52,6 +52,8 @@ class RecordOutputs:
     record: np.ndarray  # (n,) position of each record in its split file
     user_id: list[str]
     kind: ClassVar[str] = ""
+    # fields that describe the task, not one value per record (a label set, the cut-offs)
+    task_fields: ClassVar[frozenset[str]] = frozenset({"labels", "ks"})
 
     def __len__(self) -> int:
         return len(self.record)
@@ -68,7 +70,9 @@ class RecordOutputs:
         """The outputs of the records at ``positions`` (in that order)."""
         values = {}
         for name, value in self._columns().items():
-            if isinstance(value, np.ndarray):
+            if name in self.task_fields:
+                values[name] = value
+            elif isinstance(value, np.ndarray):
                 values[name] = value[positions]
             elif isinstance(value, list):
                 values[name] = [value[int(p)] for p in positions]

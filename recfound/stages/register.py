@@ -30,7 +30,7 @@ from recfound.errors import UserInputError
 from recfound.evaluation.outputs import BootstrapSettings
 from recfound.model.backbone import resolve_backbone_dir
 from recfound.model.bundle import SPEC_FILE
-from recfound.tracking.lineage import git_commit
+from recfound.tracking.lineage import code_commit
 from recfound.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -113,7 +113,7 @@ def run_register(cfg: Config) -> dict[str, Any]:
         metrics=metrics,
         metrics_path=metrics_path,
         params=registry_params(cfg),
-        tags=version_tags(metrics, cfg.registry.primary_metric, data, git_commit()),
+        tags=version_tags(metrics, cfg.registry.primary_metric, data, code_commit()),
         inputs=inputs,
         records_path=records_path if records is not None else None,
         serving=cfg.serving,

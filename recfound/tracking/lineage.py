@@ -140,6 +140,11 @@ def git_commit(directory: str | Path = ".") -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
+def code_commit() -> str | None:
+    """The commit of the running recfound code (its checkout; None for an installed wheel)."""
+    return git_commit(Path(__file__).resolve().parent)
+
+
 # ---- the data version of a run ------------------------------------------------------------
 
 

@@ -268,6 +268,31 @@ def test_paired_difference_of_identical_and_shifted_systems() -> None:
     assert gain.high - gain.low < unpaired
 
 
+def test_pairing_keeps_the_label_set_and_cut_offs_of_a_task() -> None:
+    """Champion and candidate evaluated on different data versions share only some records; the
+    labels and ks describe the task and are not subset with them."""
+    champion = ChoiceOutputs(
+        record=np.arange(5),
+        user_id=list("abcde"),
+        labels=["yes", "no"],
+        target=np.array([0, 1, 0, 1, 0]),
+        predicted=np.array([0, 1, 1, 1, 0]),
+    )
+    candidate = ChoiceOutputs(
+        record=np.arange(3, 8),
+        user_id=list("defgh"),
+        labels=["yes", "no"],
+        target=np.array([1, 0, 1, 0, 1]),
+        predicted=np.array([1, 0, 1, 0, 0]),
+    )
+    difference = paired_difference(candidate, champion, "accuracy", BootstrapSettings(seed=0))
+    assert difference.n_records == 2 and difference.value == 0.0
+    ranks = RankOutputs(record=np.arange(4), user_id=list("abcd"), ranks=np.array([1, 3, 9, 2]))
+    shifted = RankOutputs(record=np.arange(2, 6), user_id=list("cdef"), ranks=np.ones(4, int))
+    gain = paired_difference(shifted, ranks, "recall@5", BootstrapSettings(seed=0))
+    assert gain.n_records == 2 and gain.value == 0.5
+
+
 def test_outputs_round_trip_through_the_records_document() -> None:
     choice = ChoiceOutputs(
         record=np.arange(4),
