@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import tempfile
@@ -379,6 +380,9 @@ def main() -> None:
         }
         report["quality"][task] = quality
 
+    artifacts.write_json(args.out, report)  # partial: quality and choices
+    print(json.dumps(report["quality"]), flush=True)
+
     # ---- latency, in process
     pyfuncs: dict[str, Any] = {}
     if not args.no_pyfunc:
@@ -452,6 +456,7 @@ def main() -> None:
                 )
         ratios[task] = r
     report["ratios"] = ratios
+    artifacts.write_json(args.out, report)  # partial: without HTTP
 
     # ---- over HTTP
     if not (args.no_http or args.no_pyfunc):
