@@ -73,7 +73,8 @@ OUTPUT = Path("reports/bench/serving.json")
 TASKS = ("user2item", "rating_prediction", "candidate_ranking")
 SCORING = ("rating_prediction", "candidate_ranking")
 KS = (1, 5, 10, 20)
-THRESHOLDS = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+# max softmax over the candidates: uniform is 0.2 for 5 candidates (ratings), 0.1 for 10
+THRESHOLDS = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15)
 GENERATE_TOKENS = 8
 
 
