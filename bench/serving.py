@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import tempfile
@@ -72,7 +73,8 @@ OUTPUT = Path("reports/bench/serving.json")
 TASKS = ("user2item", "rating_prediction", "candidate_ranking")
 SCORING = ("rating_prediction", "candidate_ranking")
 KS = (1, 5, 10, 20)
-THRESHOLDS = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+# max softmax over the candidates: uniform is 0.2 for 5 candidates (ratings), 0.1 for 10
+THRESHOLDS = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15)
 GENERATE_TOKENS = 8
 
 
@@ -379,6 +381,9 @@ def main() -> None:
         }
         report["quality"][task] = quality
 
+    artifacts.write_json(args.out, report)  # partial: quality and choices
+    print(json.dumps(report["quality"]), flush=True)
+
     # ---- latency, in process
     pyfuncs: dict[str, Any] = {}
     if not args.no_pyfunc:
@@ -452,6 +457,7 @@ def main() -> None:
                 )
         ratios[task] = r
     report["ratios"] = ratios
+    artifacts.write_json(args.out, report)  # partial: without HTTP
 
     # ---- over HTTP
     if not (args.no_http or args.no_pyfunc):
