@@ -115,21 +115,21 @@ def run_prune(args: argparse.Namespace) -> dict:
     for setting in args.settings:
         heads, channels = (int(x) for x in setting.split(":"))
         pruned, plan = prune_model(copy.deepcopy(base), importance, heads, channels)
-        rec = build_from_spec(pruned, tokenizer, spec)
-        load_adapter_tensors(rec.model, prune_adapter_tensors(adapter, plan), "pruned adapter")
-        started = time.perf_counter()
-        scores = evaluate_model(rec, data, ks=(10,), batch_size=32)
-        row = {
+        row = {  # the bare pruned backbone, before the adapter wraps it
             "heads_pruned_per_layer": heads,
             "channels_pruned_per_layer": channels,
             "architecture": type(pruned).__name__,
             "backbone_parameters": parameter_count(pruned),
             "safetensors_bytes": saved_bytes(pruned, tokenizer),
             "forward_p50_ms": forward_p50_ms(pruned, timing_batch),
-            "evaluation_seconds": time.perf_counter() - started,
-            "valid_scores": {t: s["score"] for t, s in scores.items()},
-            "score_metrics": {t: s["score_metric"] for t, s in scores.items()},
         }
+        rec = build_from_spec(pruned, tokenizer, spec)
+        load_adapter_tensors(rec.model, prune_adapter_tensors(adapter, plan), "pruned adapter")
+        started = time.perf_counter()
+        scores = evaluate_model(rec, data, ks=(10,), batch_size=32)
+        row["evaluation_seconds"] = time.perf_counter() - started
+        row["valid_scores"] = {t: s["score"] for t, s in scores.items()}
+        row["score_metrics"] = {t: s["score_metric"] for t, s in scores.items()}
         row["valid_mean_score"] = float(np.mean(list(row["valid_scores"].values())))
         rows.append(row)
         print(row, flush=True)
