@@ -76,6 +76,15 @@ def forward_p50_ms(model, batch: dict[str, torch.Tensor], repeats: int = 9) -> f
     return 1000 * statistics.median(times)
 
 
+def add_ratios(rows: list[dict]) -> None:
+    """Size and speed of every row relative to the first (the unchanged model)."""
+    full = rows[0]
+    for row in rows:
+        row["parameters_ratio"] = row["parameters"] / full["parameters"]
+        row["bytes_ratio"] = row["safetensors_bytes"] / full["safetensors_bytes"]
+        row["speedup"] = full["forward_p50_ms"] / row["forward_p50_ms"]
+
+
 def prompt_batch(tokenizer, prompts: list[str], max_length: int = 256) -> dict[str, torch.Tensor]:
     batch = tokenizer(
         prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
@@ -115,30 +124,27 @@ def run_prune(args: argparse.Namespace) -> dict:
     for setting in args.settings:
         heads, channels = (int(x) for x in setting.split(":"))
         pruned, plan = prune_model(copy.deepcopy(base), importance, heads, channels)
+        row = {  # the bare pruned backbone, before the adapter wraps it
+            "heads_pruned_per_layer": heads,
+            "channels_pruned_per_layer": channels,
+            "architecture": type(pruned).__name__,
+            "parameters": parameter_count(pruned),
+            "safetensors_bytes": saved_bytes(pruned, tokenizer),
+            "forward_p50_ms": forward_p50_ms(pruned, timing_batch),
+        }
         rec = build_from_spec(pruned, tokenizer, spec)
         load_adapter_tensors(rec.model, prune_adapter_tensors(adapter, plan), "pruned adapter")
         started = time.perf_counter()
         scores = evaluate_model(rec, data, ks=(10,), batch_size=32)
-        row = {
-            "heads_pruned_per_layer": heads,
-            "channels_pruned_per_layer": channels,
-            "architecture": type(pruned).__name__,
-            "backbone_parameters": parameter_count(pruned),
-            "safetensors_bytes": saved_bytes(pruned, tokenizer),
-            "forward_p50_ms": forward_p50_ms(pruned, timing_batch),
-            "evaluation_seconds": time.perf_counter() - started,
-            "valid_scores": {t: s["score"] for t, s in scores.items()},
-            "score_metrics": {t: s["score_metric"] for t, s in scores.items()},
-        }
+        row["evaluation_seconds"] = time.perf_counter() - started
+        row["valid_scores"] = {t: s["score"] for t, s in scores.items()}
+        row["score_metrics"] = {t: s["score_metric"] for t, s in scores.items()}
         row["valid_mean_score"] = float(np.mean(list(row["valid_scores"].values())))
         rows.append(row)
         print(row, flush=True)
-    full = rows[0]
+    add_ratios(rows)
     for row in rows:
-        row["parameters_ratio"] = row["backbone_parameters"] / full["backbone_parameters"]
-        row["bytes_ratio"] = row["safetensors_bytes"] / full["safetensors_bytes"]
-        row["speedup"] = full["forward_p50_ms"] / row["forward_p50_ms"]
-        row["mean_score_change"] = row["valid_mean_score"] - full["valid_mean_score"]
+        row["mean_score_change"] = row["valid_mean_score"] - rows[0]["valid_mean_score"]
     return {
         "what": "structured pruning of the trained backbone (no retraining): size, speed and "
         "validation quality of the merged TMoLE model on the pruned backbone",
@@ -202,11 +208,7 @@ def run_share(args: argparse.Namespace) -> dict:
             row.update(pretrain_quality(raw, share, args))
         rows.append(row)
         print(row, flush=True)
-    full = rows[0]
-    for row in rows:
-        row["parameters_ratio"] = row["parameters"] / full["parameters"]
-        row["bytes_ratio"] = row["safetensors_bytes"] / full["safetensors_bytes"]
-        row["speedup"] = full["forward_p50_ms"] / row["forward_p50_ms"]
+    add_ratios(rows)
     return {
         "what": "ALBERT-style cross-layer sharing of the builtin backbone (params.yaml sizes, the "
         "default model's vocabulary): size and speed; with --steps, quality after pretraining "
