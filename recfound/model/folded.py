@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from recfound.model.option import OptionModel
 from recfound.model.recmodel import RecModel
 from recfound.model.tmole import TaskSelectionError, TMoLEModel
 
@@ -61,12 +62,15 @@ class FoldedAdapter:
 def fold_rec_model(rec: RecModel, task: str) -> RecModel:
     """A :class:`RecModel` answering ``task`` with folded weights (same tokenizer and settings).
 
-    TMoLE folds ``task``'s experts into the weights; any other adapter (LoRA) merges into the
-    base once, the same for every task.
+    TMoLE folds ``task``'s experts into the weights; option tuning fixes ``task``'s options (and
+    folds its small adapters); any other adapter (LoRA) merges into the base once, the same for
+    every task.
     """
     adapter = rec.adapter
     if isinstance(adapter, TMoLEModel):
         merged, folded_task = adapter.merge_into_base(task, share_untouched=True), task
+    elif isinstance(adapter, OptionModel):
+        merged, folded_task = adapter.merge_into_base(task), task
     elif hasattr(adapter, "merge_into_base"):
         merged, folded_task = adapter.merge_into_base(), None
     else:
@@ -87,7 +91,7 @@ class FoldedModels:
 
     def __init__(self, rec: RecModel) -> None:
         self.rec = rec
-        self._per_task = isinstance(rec.adapter, TMoLEModel)
+        self._per_task = isinstance(rec.adapter, (TMoLEModel, OptionModel))
         self._cache: dict[str, RecModel] = {}
         self._lock = threading.Lock()
 
@@ -100,7 +104,7 @@ class FoldedModels:
                 model = self._cache.get(key)
                 if model is None:
                     if self._per_task:
-                        self.rec.adapter.task_id(task)  # an unknown task is named here
+                        self.rec.adapter.state.task_ids(task)  # an unknown task is named here
                     model = fold_rec_model(self.rec, task)
                     self._cache[key] = model
         return model

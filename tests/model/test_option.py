@@ -223,7 +223,7 @@ def test_trainer_trains_options_unchanged(tmp_path: Path) -> None:
     tasks = tiny_tasks()
     spec = AdapterSpec("option", ("down_proj",), 0, 2.0, prompt_length=4)
     rec = tiny_model(tasks, adapter=spec)
-    result = Trainer(rec, tasks, PARAMS, tmp_path).train()
+    result = Trainer(rec, tasks, PARAMS, tmp_path, seed=0).train()
     first = result.val_history[0][1]
     for task in ("genre", "year", "match"):
         assert result.final_val_loss[f"{task}/loss"] < first[f"{task}/loss"]
@@ -233,8 +233,6 @@ def test_trainer_trains_options_unchanged(tmp_path: Path) -> None:
 def test_merged_option_bundle_loads_and_serves(tiny_bundle, tmp_path: Path) -> None:
     """Task vectors of options are plain tensors: TIES merges them, the bundle saves and loads
     them, and the registered pyfunc answers with them."""
-    from types import SimpleNamespace
-
     import pandas as pd
 
     from recfound.merge.methods import merge
@@ -273,10 +271,9 @@ def test_merged_option_bundle_loads_and_serves(tiny_bundle, tmp_path: Path) -> N
     )
     torch.testing.assert_close(loaded.embed(prompts, "match"), rec.embed(prompts, "match"))
 
-    served = RecFoundModel()
-    artifacts = {"backbone": str(backbone), "bundle": str(tmp_path / "bundle")}
-    context = SimpleNamespace(artifacts=artifacts)
-    served.load_context(context)
     request = pd.DataFrame({"task": ["genre", "genre"], "input": prompts})
-    out = served.predict(context, request, params={"max_new_tokens": 5})
-    assert out["generation"].tolist() == rec.generate(prompts, "genre", max_new_tokens=5)
+    expected = rec.generate(prompts, "genre", max_new_tokens=5)
+    for folded in (True, False):  # options fixed per task, or selected per call
+        served = RecFoundModel.from_dirs(backbone, tmp_path / "bundle", folded=folded)
+        out = served.predict(None, request, params={"max_new_tokens": 5})
+        assert out["generation"].tolist() == expected
