@@ -29,6 +29,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 
 from recfound import artifacts
@@ -47,9 +48,9 @@ from recfound.model.backbone import load_backbone
 from recfound.model.build import attach_adapter
 from recfound.model.bundle import build_from_spec, load_bundle, read_spec
 from recfound.model.recmodel import RecModel
-from recfound.stages.train import adapter_spec, run_train
-from recfound.tracking.runs import run_named
+from recfound.tracking.runs import TRAINING, run_named, stage_run, task_inputs
 from recfound.train.checkpoint import load_checkpoint
+from recfound.train.from_config import adapter_spec, train_adapters
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,18 @@ def run_ablate(cfg: Config) -> dict[str, Any]:
         else:
             variant = variant_config(cfg, row, lora_rank)
             trained = [Path(variant.paths.train), artifacts.partial_path(variant.paths.train)]
-            with run_named(f"ablation/{row}"):
-                run_train(variant, resume=any((d / "last").exists() for d in trained))
+            settings = {"model": variant.model.model_dump(), "train": variant.train.model_dump()}
+            with (
+                run_named(f"ablation/{row}"),
+                stage_run(
+                    variant.tracking, "train", settings, inputs=task_inputs(variant, *TRAINING)
+                ),
+            ):
+                train_adapters(
+                    variant,
+                    resume=any((d / "last").exists() for d in trained),
+                    log_metrics=lambda values, step: mlflow.log_metrics(values, step=step),
+                )
             rec, kinds = load_last_checkpoint(cfg.paths.backbone, variant.paths.train)
         document, records = evaluate_bundle(rec, kinds, cfg)
         results[row] = {
