@@ -1,12 +1,10 @@
 """The pyfunc side of bench/serving.py (kept apart: it needs MLflow, the rest does not).
 
-- the folded pyfunc: the `serving` branch's ``folded`` option when merged, emulated here until
-  then (:class:`EmulatedFoldedModel`, each task's folded model built at load time);
+- today's unfolded pyfunc and the folded one (``serving.folded``), from the bundle directories;
 - the same pyfunc code over the bare backbone (:class:`BarePyfunc`);
 - ``mlflow models serve`` on 127.0.0.1 for a saved pyfunc, and a bounded HTTP load.
 
-This file travels as model code with the saved emulated models (``code_paths``), so that the
-server process can import these classes.
+This file travels as model code with the saved models (``code_paths``).
 """
 
 from __future__ import annotations
@@ -22,81 +20,41 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from recfound.model.backbone import load_backbone
-from recfound.model.folded import FoldedAdapter, fold_rec_model
+from recfound.model.folded import FoldedAdapter
 from recfound.model.recmodel import RecModel
 from recfound.tracking import serving
 
 
-class EmulatedFoldedModel(serving.RecFoundModel):
-    """The pyfunc answering each task with its folded model (until the `serving` branch's
-    ``folded`` option is merged): every task folded at load time."""
-
-    def load_context(self, context) -> None:
-        super().load_context(context)
-        self.folded = {task: fold_rec_model(self.rec, task) for task in self.task_kinds}
-
-    @contextlib.contextmanager
-    def _answering(self, task: str) -> Iterator[None]:
-        adapted, self.rec = self.rec, self.folded[task]
-        try:
-            yield
-        finally:
-            self.rec = adapted
-
-    def _embed(self, task: str, *args: Any) -> None:
-        with self._answering(task):
-            super()._embed(task, *args)
-
-    def _generate(self, task: str, *args: Any) -> None:
-        with self._answering(task):
-            super()._generate(task, *args)
-
-
-class BarePyfunc(EmulatedFoldedModel):
+class BarePyfunc(serving.RecFoundModel):
     """The same pyfunc code over the bare backbone: what a request costs without any adapter."""
 
-    def load_context(self, context) -> None:
-        serving.RecFoundModel.load_context(self, context)
-        base, _ = load_backbone(context.artifacts["backbone"])
+    def load(self, backbone_dir, bundle_dir, settings) -> None:
+        super().load(backbone_dir, bundle_dir, settings)
+        base, _ = load_backbone(backbone_dir)
         base.eval()
-        bare = RecModel(
+        self.bare = RecModel(
             FoldedAdapter(base, None),
             self.rec.tokenizer,
             pooling=self.rec.pooling,
             embedding_attention=self.rec.embedding_attention,
             max_length=self.rec.max_length,
         )
-        self.folded = {task: bare for task in self.task_kinds}
 
-
-def has_folded_option() -> bool:
-    """Whether the pyfunc has the `serving` branch's ``folded`` setting (``from_dirs``)."""
-    return hasattr(serving.RecFoundModel, "from_dirs")
+    def model_for(self, task: str) -> RecModel:
+        return self.bare
 
 
 def pyfunc_models(backbone: Path, bundle: Path) -> dict[str, serving.RecFoundModel]:
-    context = SimpleNamespace(
-        artifacts={"backbone": str(backbone), "bundle": str(bundle)}, model_config={}
-    )
-    if has_folded_option():
-        models = {
-            "pyfunc_unfolded": serving.RecFoundModel.from_dirs(backbone, bundle, folded=False),
-            "pyfunc_folded": serving.RecFoundModel.from_dirs(backbone, bundle, folded=True),
-        }
-        models["pyfunc_folded"].warm_up()
-    else:
-        models = {
-            "pyfunc_unfolded": serving.RecFoundModel(),
-            "pyfunc_folded": EmulatedFoldedModel(),
-        }
-        for model in models.values():
-            model.load_context(context)
-    models["pyfunc_bare"] = BarePyfunc()
-    models["pyfunc_bare"].load_context(context)
+    """Today's unfolded pyfunc, the folded one (every task folded up front) and the bare one."""
+    models = {
+        "pyfunc_unfolded": serving.RecFoundModel.from_dirs(backbone, bundle, folded=False),
+        "pyfunc_folded": serving.RecFoundModel.from_dirs(backbone, bundle, folded=True),
+        "pyfunc_bare": BarePyfunc.from_dirs(backbone, bundle),
+    }
+    models["pyfunc_folded"].warm_up()
     return models
 
 
@@ -118,16 +76,12 @@ def save_pyfunc(path: Path, backbone: Path, bundle: Path, folded: bool) -> None:
         "signature": serving.SIGNATURE,
         "pip_requirements": serving.pinned_requirements(),
     }
-    if hasattr(serving, "model_code_path"):  # the `serving` branch: models from code
-        mlflow.pyfunc.save_model(
-            str(path),
-            python_model=serving.model_code_path(),
-            model_config={"folded": folded},
-            **common,
-        )
-    else:
-        model = EmulatedFoldedModel() if folded else serving.RecFoundModel()
-        mlflow.pyfunc.save_model(str(path), python_model=model, **common)
+    mlflow.pyfunc.save_model(
+        str(path),
+        python_model=serving.model_code_path(),  # models from code: no pickle
+        model_config={"folded": folded},
+        **common,
+    )
 
 
 @contextlib.contextmanager
