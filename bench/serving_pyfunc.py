@@ -88,6 +88,7 @@ def save_pyfunc(path: Path, backbone: Path, bundle: Path, folded: bool) -> None:
 def mlflow_server(model_dir: Path, threads: int, startup_s: float = 240) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     command = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir),
         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1",

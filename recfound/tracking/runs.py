@@ -18,13 +18,15 @@ import contextvars
 import logging
 import os
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import psutil
+from mlflow.exceptions import MlflowException
 
 from recfound.config import Config, TrackingConfig
 from recfound.tracking.lineage import DataVersion, data_version, log_task_datasets
@@ -175,9 +177,26 @@ def stage_run(
     ) as run:
         mlflow.log_params(flatten_params(params))
         if inputs is not None:
-            log_task_datasets(inputs.version, inputs.tasks_dir, inputs.contexts)
+            _retry_store_race(
+                lambda: log_task_datasets(inputs.version, inputs.tasks_dir, inputs.contexts)
+            )
         log.info("MLflow run %s (%s) at %s", run.info.run_id, name, uri)
         yield run
+
+
+def _retry_store_race(write: Callable[[], None], attempts: int = 3) -> None:
+    """Run ``write``, again if it lost a race in the store: two runs that log the same dataset at
+    once (two registrations) both try to insert it, and the loser gets a UNIQUE-constraint error;
+    its second try finds the dataset the other run created and links it."""
+    for attempt in range(attempts):
+        try:
+            write()
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or "unique constraint" not in str(exc).lower():
+                raise
+            log.info("the store was written by another run at the same time; trying again")
+            time.sleep(0.2 * (attempt + 1))
 
 
 def child_run(name: str) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:

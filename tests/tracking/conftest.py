@@ -150,6 +150,10 @@ def mlflow_cli_on_localhost(
     ``<cwd>/mlflow-cli.log``; yields its base URL once ``ready`` (a path) answers 200."""
     port = free_port()
     log_path = cwd / "mlflow-cli.log"
+    # `mlflow models serve` starts `uvicorn` by name: the environment's bin folder goes first on
+    # PATH (make test runs .venv/bin/python without activating the environment)
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             [mlflow_cli(), *args, "--host", "127.0.0.1", "--port", str(port)],
