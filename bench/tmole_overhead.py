@@ -128,7 +128,7 @@ def main() -> None:
     tmole = TMoLEModel(
         copy.deepcopy(base),
         TMoLEConfig(
-            r=args.rank,
+            rank=args.rank,
             alpha=2.0 * args.rank,
             num_embedding_experts=third,
             num_shared_experts=third,

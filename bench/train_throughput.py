@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from recfound.config import ModelConfig
 from recfound.model.backbone import (
     BuiltinSpec,
     add_item_tokens,
@@ -51,10 +52,7 @@ SIZES: dict[str, BuiltinSpec] = {
     "1b": BuiltinSpec(2048, 16, 32, 5632, 1024, 32000),
 }
 ADAPTER = AdapterSpec(  # params.yaml's model.tmole defaults
-    "tmole",
-    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    rank=8,
-    alpha=16.0,
+    ModelConfig().tmole, tuple(ModelConfig().target_modules)
 )
 # dense bf16 tensor-core peaks (vendor data sheets, without sparsity), by device-name substring
 NOMINAL_BF16 = {

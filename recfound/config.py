@@ -182,17 +182,31 @@ class BuiltinBackboneConfig(_Section):
 
 
 class TMoLEParams(_Section):
-    """Task-wise Mixture of Low-rank Experts: expert groups, rank and gating."""
+    """Task-wise Mixture of Low-rank Experts: expert groups, rank and gating.
+
+    The adapter's own settings; :class:`~recfound.model.tmole.TMoLEConfig` adds the task list and
+    the targeted layers to them. Experts are ordered
+    ``[embedding-only | shared | generative-only]``.
+    """
 
     rank: int = Field(default=8, ge=1, le=1024)
+    """Rank r of each expert (each expert adds ``r * (in + out)`` weights per layer)."""
     alpha: float = Field(default=16.0, gt=0)
+    """LoRA alpha: the low-rank update is scaled by ``alpha / rank``."""
     num_embedding_experts: int = Field(default=2, ge=0, le=64)
+    """Experts only embedding tasks route to."""
     num_shared_experts: int = Field(default=2, ge=0, le=64)
+    """Experts every task may route to (may be 0)."""
     num_generative_experts: int = Field(default=2, ge=0, le=64)
+    """Experts only generative tasks route to."""
     task_embedding_dim: int = Field(default=32, ge=1, le=4096)
+    """Width of the learned per-task vector that every layer's router reads."""
     top_k: int | None = Field(default=None, ge=1)
+    """Keep only the ``top_k`` largest router logits per task (``None``: all usable experts)."""
     gate_temperature: float = Field(default=1.0, gt=0)
+    """Router logits are divided by this before the softmax (lower = sharper gates)."""
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout on the adapter's input (training only), like peft's ``lora_dropout``."""
 
     @model_validator(mode="after")
     def _each_kind_has_experts(self) -> TMoLEParams:
@@ -218,15 +232,23 @@ class LoRAParams(_Section):
 
 
 class OptionParams(_Section):
-    """M6-Rec's option tuning: per-task trainable options on a frozen backbone."""
+    """M6-Rec's option tuning: per-task trainable options on a frozen backbone.
+
+    The adapter's own settings; :class:`~recfound.model.option.OptionConfig` adds the task list.
+    """
 
     prompt_length: int = Field(default=6, ge=1, le=512, description="Options per task.")
+    """P: option vectors per task in front of every sequence."""
     deep: bool = Field(default=False, description="Options at every decoder layer's input.")
+    """Re-insert a layer's own options at the input of every decoder layer (P-tuning v2)."""
     adapter_rank: int = Field(
         default=0, ge=0, le=1024, description="Rank of per-task small adapters (0: none)."
     )
+    """Rank r of the per-task low-rank adapters (0: options only)."""
     adapter_alpha: float = Field(default=2.0, gt=0)
+    """The adapters' update is scaled by ``adapter_alpha / adapter_rank``."""
     adapter_modules: list[str] = Field(default_factory=lambda: ["down_proj"], min_length=1)
+    """Name suffixes of the ``nn.Linear`` layers that get adapters (when ``adapter_rank > 0``)."""
 
 
 class ModelConfig(_Section):
@@ -520,7 +542,8 @@ class Config(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any]) -> str:
+    """One line for one pydantic error: the key, the value given and what is allowed."""
     key = ".".join(str(p) for p in error["loc"]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -529,6 +552,8 @@ def _describe(error: dict[str, Any]) -> str:
         allowed = error.get("ctx", {}).get("expected", "")
         return f"{key}: {error['input']!r} is not allowed; allowed: {allowed}"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error["input"], dict):  # a whole section: the message names the keys
+        return f"{key}: {message}"
     return f"{key}: {message} (got {error['input']!r})"
 
 
@@ -541,7 +566,7 @@ def parse_config(raw: dict[str, Any] | None, origin: str = "params.yaml") -> Con
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
+        lines = [describe_error(e) for e in exc.errors()]
         known = _known_keys_hint(lines)
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines) + known) from None
 

@@ -4,73 +4,85 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from recfound.config import LoRAParams, OptionParams, TMoLEParams
 from recfound.model.lora import LoRAAdapter
 from recfound.model.option import OptionConfig, OptionModel
 from recfound.model.recmodel import RecModel
 from recfound.model.tmole import TMoLEConfig, TMoLEModel
 
+AdapterSettings = TMoLEParams | LoRAParams | OptionParams
+SETTINGS_BY_KIND: dict[str, type[AdapterSettings]] = {
+    "tmole": TMoLEParams,
+    "lora": LoRAParams,
+    "option": OptionParams,
+}
+
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """Which adapter and its sizes (mirrors ``model`` in params.yaml)."""
+    """Which adapter, with its params.yaml section (``model.tmole`` / ``model.lora`` /
+    ``model.option``) as it was validated, and the layers it wraps."""
 
-    kind: str  # "tmole" | "lora" | "option"
-    target_modules: tuple[str, ...]  # option: the modules of its small adapters
-    rank: int  # option: the rank of its small adapters (0: none)
-    alpha: float
-    dropout: float = 0.0
-    num_embedding_experts: int = 2
-    num_shared_experts: int = 2
-    num_generative_experts: int = 2
-    task_embedding_dim: int = 32
-    top_k: int | None = None
-    gate_temperature: float = 1.0
-    prompt_length: int = 8  # option: options per task
-    deep_prompts: bool = False  # option: options at every decoder layer's input
+    settings: AdapterSettings
+    target_modules: tuple[str, ...] = ()
+    """tmole / lora: suffixes of the ``nn.Linear`` layers to adapt (option: its settings name
+    the layers of its small adapters)."""
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, t in SETTINGS_BY_KIND.items() if isinstance(self.settings, t))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "target_modules": list(self.target_modules),
+            "settings": self.settings.model_dump(),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> AdapterSpec:
+        """Read :meth:`to_dict` output, or the flat format of bundles written before the settings
+        were nested (every adapter's fields side by side)."""
+        kind, targets = raw["kind"], tuple(raw.get("target_modules", ()))
+        if kind not in SETTINGS_BY_KIND:
+            raise ValueError(f"adapter kind {kind!r} is unknown; known: {sorted(SETTINGS_BY_KIND)}")
+        if "settings" in raw:
+            return cls(SETTINGS_BY_KIND[kind](**raw["settings"]), targets)
+        if kind == "option":
+            return cls(
+                OptionParams(
+                    prompt_length=raw["prompt_length"],
+                    deep=raw["deep_prompts"],
+                    adapter_rank=raw["rank"],
+                    adapter_alpha=raw["alpha"],
+                    adapter_modules=list(targets),
+                )
+            )
+        known = set(SETTINGS_BY_KIND[kind].model_fields)
+        return cls(SETTINGS_BY_KIND[kind](**{k: v for k, v in raw.items() if k in known}), targets)
 
 
 def attach_adapter(
     base: torch.nn.Module, spec: AdapterSpec, task_kinds: Mapping[str, str], seed: int
 ) -> TMoLEModel | LoRAAdapter | OptionModel:
-    """Freeze ``base`` and wrap it with the adapter named by ``spec.kind``."""
-    if spec.kind == "option":
-        option = OptionConfig(
-            task_names=sorted(task_kinds),
-            prompt_length=spec.prompt_length,
-            deep=spec.deep_prompts,
-            adapter_rank=spec.rank,
-            adapter_alpha=spec.alpha,
-            adapter_modules=list(spec.target_modules),
-            seed=seed,
-        )
-        return OptionModel(base, option)
-    if spec.kind == "lora":
+    """Freeze ``base`` and wrap it with the adapter ``spec`` describes."""
+    settings = spec.settings
+    if isinstance(settings, OptionParams):
+        return OptionModel(base, OptionConfig.for_tasks(settings, list(task_kinds), seed))
+    if isinstance(settings, LoRAParams):
         return LoRAAdapter(
             base,
-            r=spec.rank,
-            alpha=spec.alpha,
-            dropout=spec.dropout,
+            r=settings.rank,
+            alpha=settings.alpha,
+            dropout=settings.dropout,
             target_modules=list(spec.target_modules),
             seed=seed,
         )
-    config = TMoLEConfig(
-        r=spec.rank,
-        alpha=spec.alpha,
-        num_embedding_experts=spec.num_embedding_experts,
-        num_shared_experts=spec.num_shared_experts,
-        num_generative_experts=spec.num_generative_experts,
-        task_names=sorted(task_kinds),
-        task_kinds=dict(task_kinds),
-        task_embedding_dim=spec.task_embedding_dim,
-        top_k=spec.top_k,
-        gate_temperature=spec.gate_temperature,
-        dropout=spec.dropout,
-        target_modules=list(spec.target_modules),
-        seed=seed,
-    )
+    config = TMoLEConfig.for_tasks(settings, dict(task_kinds), list(spec.target_modules), seed)
     return TMoLEModel(base, config)
 
 

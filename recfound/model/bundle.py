@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from recfound import artifacts
+from recfound.config import describe_error
 from recfound.errors import UserInputError
 from recfound.model.backbone import load_backbone
 from recfound.model.build import AdapterSpec, build_rec_model
@@ -51,15 +53,11 @@ class ModelSpec:
     temperature: float = 0.05
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["adapter"]["target_modules"] = list(self.adapter.target_modules)
-        return out
+        return {**asdict(self), "adapter": self.adapter.to_dict()}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
-        adapter = dict(raw["adapter"])
-        adapter["target_modules"] = tuple(adapter["target_modules"])
-        return cls(**{**raw, "adapter": AdapterSpec(**adapter)})
+        return cls(**{**raw, "adapter": AdapterSpec.from_dict(raw["adapter"])})
 
 
 def build_from_spec(base: torch.nn.Module, tokenizer, spec: ModelSpec) -> RecModel:
@@ -142,6 +140,9 @@ def read_spec(directory: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
         raw = json.loads(path.read_text())
         info = raw.pop("info", {})
         return ModelSpec.from_dict(raw), info
+    except ValidationError as exc:  # the adapter's settings
+        lines = "; ".join(describe_error(e) for e in exc.errors())
+        raise BundleError(f"{path} is damaged: adapter settings: {lines}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{path} is damaged: {exc}") from None
 

@@ -33,6 +33,7 @@ from recfound.data.corpus import (
     without_identifiers,
 )
 from recfound.data.datasets import TaskDataError
+from recfound.layout import ITEMS_FILE, SPLIT_INTERACTIONS_FILE, TRAIN_INTERACTIONS_FILE
 from recfound.model.backbone import (
     BuiltinSpec,
     add_item_tokens,
@@ -54,11 +55,8 @@ from recfound.train.pretrain import (
 
 log = logging.getLogger(__name__)
 
-ITEMS_FILE = "items.parquet"
 # held-out rows scored at every evaluation: enough for a stable loss, few enough to stay cheap
 MAX_HELDOUT_ROWS = 128
-TRAIN_INTERACTIONS_FILE = "train_interactions.parquet"
-SPLIT_INTERACTIONS_FILE = "interactions.parquet"
 PROBE_USERS = 500  # validation users the next-item probe ranks the catalogue for
 
 

@@ -31,34 +31,9 @@ log = logging.getLogger(__name__)
 
 def adapter_spec(cfg: Config) -> AdapterSpec:
     m = cfg.model
-    if m.adapter == "lora":
-        return AdapterSpec(
-            "lora", tuple(m.target_modules), m.lora.rank, m.lora.alpha, m.lora.dropout
-        )
-    if m.adapter == "option":
-        o = m.option
-        return AdapterSpec(
-            "option",
-            tuple(o.adapter_modules),
-            o.adapter_rank,
-            o.adapter_alpha,
-            prompt_length=o.prompt_length,
-            deep_prompts=o.deep,
-        )
-    t = m.tmole
-    return AdapterSpec(
-        "tmole",
-        tuple(m.target_modules),
-        t.rank,
-        t.alpha,
-        t.dropout,
-        t.num_embedding_experts,
-        t.num_shared_experts,
-        t.num_generative_experts,
-        t.task_embedding_dim,
-        t.top_k,
-        t.gate_temperature,
-    )
+    if m.adapter == "option":  # its settings name the layers of its small adapters
+        return AdapterSpec(m.option)
+    return AdapterSpec(getattr(m, m.adapter), tuple(m.target_modules))
 
 
 def load_training_tasks(cfg: Config) -> list[TaskData]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recfound.config import LoRAParams
 from recfound.model.build import AdapterSpec
 from recfound.model.folded import FoldedModels, fold_rec_model
 from recfound.model.tmole import TaskSelectionError
@@ -27,7 +28,8 @@ def nudge(rec, seed: int = 0) -> None:
 @pytest.mark.parametrize("kind", ["tmole", "lora"])
 def test_folded_models_answer_as_the_adapter(kind: str) -> None:
     tasks = tiny.tiny_tasks(n_train=40, n_valid=4)
-    adapter = tiny.ADAPTER if kind == "tmole" else AdapterSpec("lora", ("q_proj", "v_proj"), 4, 8.0)
+    lora = AdapterSpec(LoRAParams(rank=4, alpha=8.0), ("q_proj", "v_proj"))
+    adapter = tiny.ADAPTER if kind == "tmole" else lora
     rec = tiny.tiny_model(tasks, adapter=adapter)
     nudge(rec)
     rec.model.eval()

@@ -83,7 +83,7 @@ def test_config_rejects_bad_options_and_round_trips() -> None:
 def test_left_padded_batched_generation_equals_one_prompt_at_a_time() -> None:
     """Cache, positions and masks shift by the options consistently (greedy, with KV cache)."""
     tasks = tiny_tasks(n_train=20, n_valid=4)
-    spec = AdapterSpec("option", ("down_proj",), 2, 2.0, prompt_length=3, deep_prompts=True)
+    spec = AdapterSpec(OptionParams(prompt_length=3, deep=True, adapter_rank=2))
     rec = tiny_model(tasks, adapter=spec)
     perturb_adapters(rec.adapter)
     prompts = ["Toy Story (1995) is a", "Heat", "GoldenEye (1995) and Four Rooms (1995)"]
@@ -104,7 +104,7 @@ def test_left_padded_batched_generation_equals_one_prompt_at_a_time() -> None:
 @pytest.mark.parametrize("attention", ["bidirectional", "causal"])
 def test_embeddings_do_not_depend_on_padding(attention: str) -> None:
     tasks = tiny_tasks(n_train=20, n_valid=4)
-    spec = AdapterSpec("option", ("down_proj",), 0, 2.0, prompt_length=3, deep_prompts=True)
+    spec = AdapterSpec(OptionParams(prompt_length=3, deep=True))
     rec = tiny_model(tasks, adapter=spec)
     rec.embedding_attention = attention
     texts = ["Heat", "GoldenEye (1995) and Four Rooms (1995) and Toy Story (1995)"]
@@ -221,7 +221,7 @@ def test_trainer_trains_options_unchanged(tmp_path: Path) -> None:
     from tests.train.test_trainer import PARAMS
 
     tasks = tiny_tasks()
-    spec = AdapterSpec("option", ("down_proj",), 0, 2.0, prompt_length=4)
+    spec = AdapterSpec(OptionParams(prompt_length=4))
     rec = tiny_model(tasks, adapter=spec)
     result = Trainer(rec, tasks, PARAMS, tmp_path, seed=0).train()
     first = result.val_history[0][1]
@@ -248,7 +248,7 @@ def test_merged_option_bundle_loads_and_serves(tiny_bundle, tmp_path: Path) -> N
     from recfound.tracking.serving import RecFoundModel
 
     backbone, _ = tiny_bundle
-    adapter = AdapterSpec("option", ("down_proj",), 2, 2.0, prompt_length=3, deep_prompts=True)
+    adapter = AdapterSpec(OptionParams(prompt_length=3, deep=True, adapter_rank=2))
     kinds = {"genre": "generative", "match": "embedding", "year": "generative"}
     spec = ModelSpec(adapter=adapter, task_kinds=kinds, seed=0, max_length=48)
     rec = build_from_spec(*load_backbone(backbone), spec)

@@ -52,7 +52,7 @@ def tiny_llama(seed: int = 0, hidden: int = 64) -> LlamaForCausalLM:
 
 def make_config(**overrides: object) -> TMoLEConfig:
     options: dict[str, object] = {
-        "r": 4,
+        "rank": 4,
         "alpha": 8.0,
         "num_embedding_experts": 2,
         "num_shared_experts": 1,
@@ -101,7 +101,7 @@ def test_config_round_trips_through_json() -> None:
         ({"task_kinds": {**KINDS, "search": "ranking"}}, "has kind 'ranking'"),
         ({"num_embedding_experts": 0, "num_shared_experts": 0}, "embedding tasks have no expert"),
         ({"num_generative_experts": 0, "num_shared_experts": 0}, "generative tasks have no expert"),
-        ({"r": 0}, "rank r must be >= 1"),
+        ({"rank": 0}, "rank: Input should be greater than or equal to 1"),
         ({"top_k": 0}, "top_k"),
     ],
 )
@@ -112,7 +112,7 @@ def test_config_rejects_bad_options(overrides: dict[str, object], message: str) 
 
 def test_unknown_config_key_is_an_error() -> None:
     with pytest.raises(TMoLEConfigError, match="unknown TMoLE config keys"):
-        TMoLEConfig.from_dict({**make_config().to_dict(), "rank": 4})
+        TMoLEConfig.from_dict({**make_config().to_dict(), "rnak": 4})
 
 
 # ---- structure and gating ------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_targets_that_match_nothing_are_reported() -> None:
 def test_single_expert_equals_peft_lora() -> None:
     r, alpha = 4, 8.0
     config = make_config(
-        r=r, alpha=alpha, num_embedding_experts=0, num_shared_experts=1, num_generative_experts=0
+        rank=r, alpha=alpha, num_embedding_experts=0, num_shared_experts=1, num_generative_experts=0
     )
     tmole = TMoLEModel(tiny_llama(), config)
     randomise(tmole)
@@ -257,7 +257,7 @@ def train_last_token(adapter: TMoLEModel | LoRAAdapter, steps: int) -> float:
 def test_tmole_learns_conflicting_tasks_that_one_lora_cannot() -> None:
     r, steps = 2, 60
     config = TMoLEConfig(
-        r=r,
+        rank=r,
         alpha=2.0 * r,
         num_embedding_experts=0,
         num_shared_experts=2,

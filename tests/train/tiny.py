@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from recfound.config import TMoLEParams
 from recfound.data.sources import load_ml100k
 from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
 from recfound.model.build import AdapterSpec, build_rec_model
@@ -15,14 +16,15 @@ SPEC = BuiltinSpec(
     hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_length=64, vocab_size=600
 )
 ADAPTER = AdapterSpec(
-    "tmole",
+    TMoLEParams(
+        rank=4,
+        alpha=8.0,
+        num_embedding_experts=1,
+        num_shared_experts=1,
+        num_generative_experts=1,
+        task_embedding_dim=8,
+    ),
     ("q_proj", "v_proj", "down_proj"),
-    rank=4,
-    alpha=8.0,
-    num_embedding_experts=1,
-    num_shared_experts=1,
-    num_generative_experts=1,
-    task_embedding_dim=8,
 )
 
 

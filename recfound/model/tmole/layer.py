@@ -166,7 +166,7 @@ class TMoLELinear(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.state = state
-        self.r = config.r
+        self.r = config.rank
         self.num_experts = config.num_experts
         self.scaling = config.scaling
         self.top_k = config.top_k
