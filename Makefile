@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
+# pytest-xdist workers for `make test` (auto: one per core); a test file stays on one worker
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: setup run ablate test test-fast lint format ui clean
 
@@ -29,10 +32,10 @@ ablate: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro ablation/dvc.yaml
 
 test: setup
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .
