@@ -21,6 +21,12 @@ from recfound.model.bundle import ModelSpec, adapter_tensors, build_from_spec, s
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow end-to-end tests first: under `make test`'s workers (``--dist loadfile``) the long
+    files start at once on different workers instead of queueing behind each other at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def read_atomic_text(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
