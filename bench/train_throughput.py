@@ -51,9 +51,8 @@ SIZES: dict[str, BuiltinSpec] = {
     "350m": BuiltinSpec(1024, 24, 16, 2816, 1024, 32000),
     "1b": BuiltinSpec(2048, 16, 32, 5632, 1024, 32000),
 }
-ADAPTER = AdapterSpec(  # params.yaml's model.tmole defaults
-    ModelConfig().tmole, tuple(ModelConfig().target_modules)
-)
+DEFAULTS = ModelConfig()  # params.yaml's model defaults
+ADAPTER = AdapterSpec(DEFAULTS.tmole, tuple(DEFAULTS.target_modules))
 # dense bf16 tensor-core peaks (vendor data sheets, without sparsity), by device-name substring
 NOMINAL_BF16 = {
     "H200": 989.4e12,

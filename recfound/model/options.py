@@ -1,11 +1,11 @@
-"""What every adapter's options class shares: validation errors as the adapter's own error type,
-and a JSON round trip that names unknown keys (a typo, a newer format)."""
+"""What every adapter's options class shares: its task list, validation errors as the adapter's
+own error type, and a JSON round trip that names unknown keys (a typo, a newer format)."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from recfound.config import describe_error
 from recfound.errors import UserInputError
@@ -23,12 +23,24 @@ class AdapterOptions(BaseModel):
     renamed: ClassVar[dict[str, str]] = {}
     """Keys of files written by older versions -> today's key."""
 
+    task_names: list[str] = Field(default_factory=list)
+    """Task names; a task's id is its position in this list (saved with the adapter)."""
+
     def __init__(self, **options: Any) -> None:
         try:
             super().__init__(**options)
         except ValidationError as error:
             lines = "; ".join(describe_error(e) for e in error.errors())
             raise self.error(f"invalid {self.label} config: {lines}") from None
+
+    @model_validator(mode="after")
+    def _one_name_per_task(self) -> Self:
+        if not self.task_names:
+            raise ValueError(f"{self.label} needs at least one task in task_names")
+        duplicates = sorted({t for t in self.task_names if self.task_names.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"task_names has duplicates: {duplicates}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; ``cls.from_dict(c.to_dict()) == c``."""

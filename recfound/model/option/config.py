@@ -8,8 +8,6 @@ declared once there; this class adds the tasks and the seed.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
-
 from recfound.config import OptionParams
 from recfound.errors import UserInputError
 from recfound.model.options import AdapterOptions
@@ -33,8 +31,6 @@ class OptionConfig(AdapterOptions, OptionParams):
     error = OptionConfigError
     label = "option"
 
-    task_names: list[str] = Field(default_factory=list)
-    """Task names; a task's id is its position in this list (saved with the adapter)."""
     seed: int = 0
     """Seed of the initial options (rows of the token embedding) and adapter ``A`` matrices."""
 
@@ -42,15 +38,6 @@ class OptionConfig(AdapterOptions, OptionParams):
     def for_tasks(cls, settings: OptionParams, task_names: list[str], seed: int) -> OptionConfig:
         """params.yaml's ``model.option`` settings applied to these tasks."""
         return cls(**settings.model_dump(), task_names=sorted(task_names), seed=seed)
-
-    @model_validator(mode="after")
-    def _tasks_fit(self) -> OptionConfig:
-        if not self.task_names:
-            raise ValueError("option tuning needs at least one task in task_names")
-        duplicates = sorted({t for t in self.task_names if self.task_names.count(t) > 1})
-        if duplicates:
-            raise ValueError(f"task_names has duplicates: {duplicates}")
-        return self
 
     @property
     def scaling(self) -> float:

@@ -14,7 +14,6 @@ import contextlib
 import copy
 import functools
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,15 +24,7 @@ from recfound.model.option.layer import (
     OptionPrompts,
     OptionState,
 )
-from recfound.model.tmole.model import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    AdapterLoadError,
-    _matches,
-    _set_submodule,
-    read_adapter_directory,
-    write_adapter_directory,
-)
+from recfound.model.tmole.model import FrozenBaseAdapter, _matches, _set_submodule
 
 PROMPTS_NAME = "option_prompts"
 
@@ -50,7 +41,7 @@ def _decoder(model: nn.Module) -> nn.Module:
     return decoder
 
 
-class OptionModel:
+class OptionModel(FrozenBaseAdapter):
     """A frozen causal LM whose every sample starts with its task's trainable options.
 
     Usage::
@@ -63,6 +54,11 @@ class OptionModel:
     the options (``option_prompts.weight``) and, with ``adapter_rank > 0``, the adapters'
     ``option_A`` / ``option_B``.
     """
+
+    adapter_type = "option"
+    config_class = OptionConfig
+    config_error = OptionConfigError
+    holder_name = PROMPTS_NAME
 
     def __init__(self, base: nn.Module, config: OptionConfig) -> None:
         if hasattr(base, PROMPTS_NAME):
@@ -79,11 +75,7 @@ class OptionModel:
                 raise OptionConfigError(
                     f"no nn.Linear matches adapter_modules {config.adapter_modules}"
                 )
-        self.config = config
-        self._model: nn.Module | None = base
-        self._base_requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-        for parameter in base.parameters():
-            parameter.requires_grad_(False)
+        self._take(base, config)
         generator = torch.Generator().manual_seed(config.seed)
         embeddings = decoder.get_input_embeddings().weight
         depth = len(decoder.layers) if config.deep else 1
@@ -117,24 +109,9 @@ class OptionModel:
     # ---- access --------------------------------------------------------------------------
 
     @property
-    def model(self) -> nn.Module:
-        """The adapted model to call (inside ``task(...)``)."""
-        if self._model is None:
-            raise OptionConfigError("this OptionModel was unloaded; wrap the base model again")
-        return self._model
-
-    @property
     def prompts(self) -> nn.Parameter:
         """The options ``(T, depth, P, hidden)``."""
         return getattr(self.model, PROMPTS_NAME).weight
-
-    def trainable_parameters(self) -> int:
-        """Number of trainable scalars (all of them options or adapters; the base is frozen)."""
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every adapter tensor by its name in ``.model``."""
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     # ---- tasks ---------------------------------------------------------------------------
 
@@ -170,55 +147,3 @@ class OptionModel:
             layer.base_layer.weight = nn.Parameter(weight + delta, weight.requires_grad)
             _set_submodule(merged, name, layer.base_layer)
         return merged
-
-    def unload(self) -> nn.Module:
-        """Remove hooks, options and adapters; return the base model as it was given."""
-        model = self.model
-        for hook in self._hooks:
-            hook.remove()
-        for name in self.target_names:
-            _set_submodule(model, name, model.get_submodule(name).base_layer)
-        delattr(model, PROMPTS_NAME)
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(self._base_requires_grad.get(name, False))
-        self._model = None
-        return model
-
-    # ---- persistence ---------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each atomically)."""
-        write_adapter_directory(
-            directory, "option", self.adapter_state_dict(), self.config.to_dict()
-        )
-
-    @classmethod
-    def from_pretrained(cls, base: nn.Module, directory: str | Path) -> OptionModel:
-        """Wrap ``base`` with the options saved in ``directory`` by :meth:`save_pretrained`.
-
-        Raises :class:`AdapterLoadError` naming the file when it is missing, damaged, or does not
-        fit ``base``; ``base`` is left unchanged when loading fails.
-        """
-        raw, tensors = read_adapter_directory(directory, "option", "OptionModel.save_pretrained")
-        config_path = Path(directory) / CONFIG_FILE
-        try:
-            option = cls(base, OptionConfig.from_dict(raw))
-        except (TypeError, OptionConfigError) as error:
-            raise AdapterLoadError(f"{config_path} does not fit this model: {error}") from error
-        expected = option.adapter_state_dict()
-        wrong = sorted(set(expected) ^ set(tensors)) or [
-            f"{n}: file {tuple(tensors[n].shape)} vs model {tuple(p.shape)}"
-            for n, p in expected.items()
-            if tensors[n].shape != p.shape
-        ]
-        if wrong:
-            option.unload()
-            raise AdapterLoadError(
-                f"{Path(directory) / WEIGHTS_FILE} does not fit this model "
-                f"({'; '.join(wrong[:3])}); it was saved for another backbone, task list or "
-                "adapter_modules"
-            )
-        with torch.no_grad():
-            for name, parameter in expected.items():
-                parameter.copy_(tensors[name].to(parameter.device, parameter.dtype))
-        return option

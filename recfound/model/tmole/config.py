@@ -34,8 +34,6 @@ class TMoLEConfig(AdapterOptions, TMoLEParams):
     label = "TMoLE"
     renamed = {"r": "rank"}  # adapters saved before the rank was named like params.yaml's
 
-    task_names: list[str] = Field(default_factory=list)
-    """Task names; a task's id is its position in this list (saved with the adapter)."""
     task_kinds: dict[str, str] = Field(default_factory=dict)
     """Task name -> ``"embedding"`` or ``"generative"``; decides which experts the task may use."""
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
@@ -62,11 +60,6 @@ class TMoLEConfig(AdapterOptions, TMoLEParams):
 
     @model_validator(mode="after")
     def _tasks_fit(self) -> TMoLEConfig:
-        if not self.task_names:
-            raise ValueError("TMoLE needs at least one task in task_names")
-        duplicates = sorted({t for t in self.task_names if self.task_names.count(t) > 1})
-        if duplicates:
-            raise ValueError(f"task_names has duplicates: {duplicates}")
         missing = [t for t in self.task_names if t not in self.task_kinds]
         if missing:
             raise ValueError(

@@ -17,6 +17,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar, Self
 
 import torch
 from safetensors import SafetensorError
@@ -25,6 +26,7 @@ from torch import nn
 
 from recfound import artifacts
 from recfound.errors import UserInputError
+from recfound.model.options import AdapterOptions
 from recfound.model.tmole.config import TMoLEConfig, TMoLEConfigError
 from recfound.model.tmole.layer import TaskState, TMoLELinear
 
@@ -125,7 +127,132 @@ def read_adapter_directory(
     return payload["config"], tensors
 
 
-class TMoLEModel:
+class FrozenBaseAdapter:
+    """What :class:`TMoLEModel` and :class:`~recfound.model.option.OptionModel` share: a base
+    model modified in place and frozen, whose adapter tensors live in ``.model``; ``unload()``
+    gives the base back as it was; ``save_pretrained`` / ``from_pretrained`` write and read an
+    adapter directory (:func:`write_adapter_directory`).
+
+    A subclass names its ``adapter_type``, its ``config_class`` and ``config_error``, and
+    ``holder_name``, the module it adds to the base; it calls :meth:`_take` first in
+    ``__init__`` and then sets ``target_names`` (the wrapped linears) and ``_hooks``.
+    """
+
+    adapter_type: ClassVar[str]
+    config_class: ClassVar[type[AdapterOptions]]
+    config_error: ClassVar[type[UserInputError]]
+    holder_name: ClassVar[str]
+
+    def _take(self, base: nn.Module, config: AdapterOptions) -> None:
+        """Keep ``config``, hold ``base`` and freeze it (remembering its ``requires_grad``)."""
+        self.config = config
+        self._model: nn.Module | None = base
+        self._base_requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
+        for parameter in base.parameters():
+            parameter.requires_grad_(False)
+        self.target_names: list[str] = []
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def model(self) -> nn.Module:
+        """The adapted model to call (inside ``task(...)``)."""
+        if self._model is None:
+            raise self.config_error(
+                f"this {type(self).__name__} was unloaded; wrap the base model again"
+            )
+        return self._model
+
+    def trainable_parameters(self) -> int:
+        """Number of trainable scalars (all of them adapter weights; the base is frozen)."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every adapter tensor by its name in ``.model``."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def unload(self) -> nn.Module:
+        """Remove hooks and adapter layers; return the base model as it was given.
+
+        Parameters get back their ``requires_grad`` flags from before wrapping. The adapter
+        weights are dropped; this adapter cannot be used afterwards.
+        """
+        model = self.model
+        for hook in self._hooks:
+            hook.remove()
+        for name in self.target_names:
+            _set_submodule(model, name, model.get_submodule(name).base_layer)
+        delattr(model, self.holder_name)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(self._base_requires_grad.get(name, False))
+        self._model = None
+        return model
+
+    # ---- persistence ---------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each atomically)."""
+        write_adapter_directory(
+            directory, self.adapter_type, self.adapter_state_dict(), self.config.to_dict()
+        )
+
+    @classmethod
+    def from_pretrained(cls, base: nn.Module, directory: str | Path) -> Self:
+        """Wrap ``base`` with the adapter saved in ``directory`` by :meth:`save_pretrained`.
+
+        Raises :class:`AdapterLoadError` naming the file and the problem when a file is missing
+        or damaged, or when the saved tensors do not fit ``base`` (other layer sizes, other
+        target modules, other tasks). ``base`` is left unchanged when loading fails.
+        """
+        writer = f"{cls.__name__}.save_pretrained"
+        raw, tensors = read_adapter_directory(directory, cls.adapter_type, writer)
+        config_path = Path(directory) / CONFIG_FILE
+        try:
+            config = cls.config_class.from_dict(raw)
+        except (TypeError, cls.config_error) as error:
+            label = cls.config_class.label
+            message = f"{config_path} holds an invalid {label} config: {error}"
+            raise AdapterLoadError(message) from error
+        try:
+            adapter = cls(base, config)
+        except cls.config_error as error:
+            raise AdapterLoadError(f"{config_path} does not fit this model: {error}") from error
+        try:
+            adapter.load_adapter_tensors(tensors, source=Path(directory) / WEIGHTS_FILE)
+        except AdapterLoadError:
+            adapter.unload()
+            raise
+        return adapter
+
+    @torch.no_grad()
+    def load_adapter_tensors(
+        self, tensors: dict[str, torch.Tensor], source: str | Path = "<tensors>"
+    ) -> None:
+        """Copy saved adapter tensors into place after checking names and shapes."""
+        expected = self.adapter_state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise AdapterLoadError(
+                f"{source} does not match this model's adapter: missing {len(missing)} tensors "
+                f"{missing[:3]}, unexpected {len(unexpected)} tensors {unexpected[:3]}; it was "
+                "saved for another model architecture or other target_modules"
+            )
+        wrong = [
+            f"{name}: file {tuple(tensors[name].shape)} vs model {tuple(p.shape)}"
+            for name, p in expected.items()
+            if tensors[name].shape != p.shape
+        ]
+        if wrong:
+            raise AdapterLoadError(
+                f"{source} does not fit this model: {len(wrong)} tensor shapes differ, e.g. "
+                f"{'; '.join(wrong[:3])}; it was saved for a model of other layer sizes or "
+                "other tasks/experts"
+            )
+        for name, parameter in expected.items():
+            parameter.copy_(tensors[name].to(device=parameter.device, dtype=parameter.dtype))
+
+
+class TMoLEModel(FrozenBaseAdapter):
     """A causal LM with task-wise mixtures of low-rank experts on its targeted linear layers.
 
     Usage::
@@ -137,6 +264,11 @@ class TMoLEModel:
     ``.model`` is the module to call, train and checkpoint; its trainable parameters are exactly
     the adapter's (``tmole_A``, ``tmole_B``, ``tmole_router.*`` per layer and the task embedding).
     """
+
+    adapter_type = "tmole"
+    config_class = TMoLEConfig
+    config_error = TMoLEConfigError
+    holder_name = EMBEDDING_NAME
 
     def __init__(self, base: nn.Module, config: TMoLEConfig) -> None:
         if hasattr(base, EMBEDDING_NAME) or any(isinstance(m, TMoLELinear) for m in base.modules()):
@@ -160,11 +292,7 @@ class TMoLEModel:
                 f"no module matches target_modules {config.target_modules}; "
                 f"linear layers of this model are named {linears}"
             )
-        self.config = config
-        self._model: nn.Module | None = base
-        self._base_requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
-        for parameter in base.parameters():
-            parameter.requires_grad_(False)
+        self._take(base, config)
         weight = targets[0][1].weight
         generator = torch.Generator().manual_seed(config.seed)
         embedding = nn.Embedding(len(config.task_names), config.task_embedding_dim)
@@ -178,20 +306,9 @@ class TMoLEModel:
 
     # ---- access --------------------------------------------------------------------------
 
-    @property
-    def model(self) -> nn.Module:
-        """The adapted model to call (inside ``task(...)``)."""
-        if self._model is None:
-            raise TMoLEConfigError("this TMoLEModel was unloaded; wrap the base model again")
-        return self._model
-
     def layers(self) -> dict[str, TMoLELinear]:
         """Targeted module name -> its TMoLE layer, in model order."""
         return {name: self.model.get_submodule(name) for name in self.target_names}
-
-    def trainable_parameters(self) -> int:
-        """Number of trainable scalars (all of them adapter weights; the base is frozen)."""
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Every adapter tensor by its name in ``.model`` (A, B, routers, task embedding)."""
@@ -266,80 +383,3 @@ class TMoLEModel:
             _set_submodule(merged, name, base_layer)
         delattr(merged, EMBEDDING_NAME)
         return merged
-
-    def unload(self) -> nn.Module:
-        """Put the original linear layers back and return the base model as it was given.
-
-        Parameters get back their ``requires_grad`` flags from before wrapping. The adapter
-        weights are dropped; this TMoLEModel cannot be used afterwards.
-        """
-        model = self.model
-        for name in self.target_names:
-            _set_submodule(model, name, model.get_submodule(name).base_layer)
-        delattr(model, EMBEDDING_NAME)
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(self._base_requires_grad.get(name, False))
-        self._model = None
-        return model
-
-    # ---- persistence ---------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each atomically)."""
-        write_adapter_directory(
-            directory, "tmole", self.adapter_state_dict(), self.config.to_dict()
-        )
-
-    @classmethod
-    def from_pretrained(cls, base: nn.Module, directory: str | Path) -> TMoLEModel:
-        """Wrap ``base`` with the adapter saved in ``directory`` by :meth:`save_pretrained`.
-
-        Raises :class:`AdapterLoadError` naming the file and the problem when a file is missing
-        or damaged, or when the saved tensors do not fit ``base`` (other layer sizes, other
-        target modules, other tasks). ``base`` is left unchanged when loading fails.
-        """
-        raw, tensors = read_adapter_directory(directory, "tmole", "TMoLEModel.save_pretrained")
-        config_path = Path(directory) / CONFIG_FILE
-        try:
-            config = TMoLEConfig.from_dict(raw)
-        except (TypeError, TMoLEConfigError) as error:
-            message = f"{config_path} holds an invalid TMoLE config: {error}"
-            raise AdapterLoadError(message) from error
-        try:
-            tmole = cls(base, config)
-        except TMoLEConfigError as error:
-            raise AdapterLoadError(f"{config_path} does not fit this model: {error}") from error
-        try:
-            tmole.load_adapter_tensors(tensors, source=Path(directory) / WEIGHTS_FILE)
-        except AdapterLoadError:
-            tmole.unload()
-            raise
-        return tmole
-
-    @torch.no_grad()
-    def load_adapter_tensors(
-        self, tensors: dict[str, torch.Tensor], source: str | Path = "<tensors>"
-    ) -> None:
-        """Copy saved adapter tensors into place after checking names and shapes."""
-        expected = self.adapter_state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise AdapterLoadError(
-                f"{source} does not match this model's adapter: missing {len(missing)} tensors "
-                f"{missing[:3]}, unexpected {len(unexpected)} tensors {unexpected[:3]}; it was "
-                "saved for another model architecture or other target_modules"
-            )
-        wrong = [
-            f"{name}: file {tuple(tensors[name].shape)} vs model {tuple(p.shape)}"
-            for name, p in expected.items()
-            if tensors[name].shape != p.shape
-        ]
-        if wrong:
-            raise AdapterLoadError(
-                f"{source} does not fit this model: {len(wrong)} tensor shapes differ, e.g. "
-                f"{'; '.join(wrong[:3])}; it was saved for a model of other layer sizes or "
-                "other tasks/experts"
-            )
-        for name, parameter in expected.items():
-            parameter.copy_(tensors[name].to(device=parameter.device, dtype=parameter.dtype))
