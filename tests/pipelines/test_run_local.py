@@ -58,28 +58,27 @@ def _tiny_params(path: Path) -> Path:
     )
 
 
-def test_run_local_runs_every_step_and_registers_the_model(tmp_path: Path) -> None:
-    _tiny_params(tmp_path / "params.yaml")
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recfound.cli",
-            "pipeline",
-            "run-local",
-            "--output-dir",
-            "kfp",
-            "--param",
-            "data_from=raw",  # a first run: re-read the raw source
-        ],  # fmt: skip
-        cwd=tmp_path,
+def run_local(work: Path, *params: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    """`recfound pipeline run-local --output-dir kfp` in ``work`` with ``--param`` each of
+    ``params``, tracking to ``work``'s own sqlite store."""
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    flags = [flag for param in params for flag in ("--param", param)]
+    return subprocess.run(
+        [sys.executable, "-m", "recfound.cli", "pipeline", "run-local", "--output-dir", "kfp"]
+        + flags,
+        cwd=work,
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"},
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=timeout,
         check=False,
     )
+
+
+def test_run_local_runs_every_step_and_registers_the_model(tmp_path: Path) -> None:
+    _tiny_params(tmp_path / "params.yaml")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_local(tmp_path, "data_from=raw", timeout=1200)  # a first run: read the raw data
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
     (run_dir,) = (tmp_path / "kfp").iterdir()
@@ -110,30 +109,13 @@ def test_run_local_runs_every_step_and_registers_the_model(tmp_path: Path) -> No
 
 def test_a_failing_step_stops_the_local_run_and_names_it(tmp_path: Path) -> None:
     _tiny_params(tmp_path / "params.yaml")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recfound.cli",
-            "pipeline",
-            "run-local",
-            "--output-dir",
-            "kfp",
-            "--param",
-            "data_from=raw",
-            "--param",
-            "data.source=recbole_atomic",
-            "--param",
-            f"data.path={tmp_path / 'missing'}",
-            "--param",
-            "data.dataset_name=mini",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        capture_output=True,
-        text=True,
+    result = run_local(
+        tmp_path,
+        "data_from=raw",
+        "data.source=recbole_atomic",
+        f"data.path={tmp_path / 'missing'}",
+        "data.dataset_name=mini",
         timeout=600,
-        check=False,
     )
     assert result.returncode == 1
     assert "local pipeline run failed" in result.stderr and "'ingest'" in result.stderr
