@@ -293,6 +293,11 @@ class PretrainConfig(_Section):
     heldout_fraction: float = Field(default=0.05, gt=0, lt=0.5)
     eval_every: int = Field(default=50, ge=1)
     max_corpus_texts: int = Field(default=50000, ge=100)
+    task_answers: bool = Field(
+        default=True,
+        description="Pretraining text holds each train prompt followed by its answer (false: "
+        "the prompt alone).",
+    )
     behaviour_fraction: float = Field(
         default=0.5,
         ge=0.0,
@@ -339,6 +344,17 @@ class TrainConfig(_Section):
         default=64,
         ge=0,
         description="Random catalogue items embedded as extra negatives of each embedding block.",
+    )
+    negatives_grad: bool = Field(
+        default=False,
+        description="Backpropagate through the catalogue negatives (false: they are embedded "
+        "with the current weights but without gradients, about a third of their cost).",
+    )
+    closed_set_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Weight of the softmax over each closed-set sample's candidates (labels, "
+        "listed items) added to the answer-token loss.",
     )
     grad_accum: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)

@@ -1,7 +1,8 @@
 """What the backbone learns from before the multi-task stage: text and behaviour.
 
 - **Text**: every item's text (exactly the text the tasks show: identifier, title, year,
-  genres/categories, description) and a seeded sample of the tasks' train prompts.
+  genres/categories, description) and a seeded sample of the tasks' train prompts, each followed
+  by its answer (``pretrain.task_answers``).
 - **Behaviour** (M6-Rec's behaviour as text): every user's *training* interactions in time order,
   written as identifier tokens after the same words next-item prompts end with
   (``History, oldest first: <item_3> <item_7> …``). Next-token prediction on it is next-item
@@ -24,18 +25,31 @@ BEHAVIOUR_PREFIX = "History, oldest first:"
 IDENTIFIER_PATTERN = re.compile(r"\s*<item_[^>\s]+>")
 
 
-def train_prompts(tasks_dir: str | Path) -> list[str]:
-    """Prompts of every task's train split under ``tasks_dir`` (``<task>/train.parquet``)."""
+def train_prompts(tasks_dir: str | Path, with_answers: bool = False) -> list[str]:
+    """Prompts of every task's train split under ``tasks_dir`` (``<task>/train.parquet``), each
+    followed by its answer (``prompt + " " + target``) when ``with_answers``."""
     prompts: list[str] = []
     for path in sorted(Path(tasks_dir).glob("*/train.parquet")):
-        prompts.extend(pd.read_parquet(path, columns=["prompt"])["prompt"].tolist())
+        frame = pd.read_parquet(path, columns=["prompt", "target"])
+        if with_answers:
+            prompts.extend((frame["prompt"] + " " + frame["target"]).tolist())
+        else:
+            prompts.extend(frame["prompt"].tolist())
     return prompts
 
 
-def text_corpus(items: pd.DataFrame, tasks_dir: str | Path, max_texts: int, seed: int) -> list[str]:
-    """Item texts (column ``text``) plus a seeded sample of train prompts, at most ``max_texts``."""
+def text_corpus(
+    items: pd.DataFrame,
+    tasks_dir: str | Path,
+    max_texts: int,
+    seed: int,
+    with_answers: bool = False,
+) -> list[str]:
+    """Item texts (column ``text``) plus a seeded sample of train prompts (with their answers
+    when ``with_answers``: the backbone then reads every task's answer template, as an LM reads
+    instructions with their responses), at most ``max_texts``."""
     texts = items["text"].astype(str).tolist()
-    prompts = train_prompts(tasks_dir)
+    prompts = train_prompts(tasks_dir, with_answers)
     room = max(0, max_texts - len(texts))
     if len(prompts) > room:
         chosen = np.random.default_rng(seed).choice(len(prompts), size=room, replace=False)

@@ -11,11 +11,12 @@ import logging
 import time
 from typing import Any
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from recfound.config import Config
 from recfound.data.tasks import TASK_BUILDERS
-from recfound.evaluation.outputs import BootstrapSettings
+from recfound.evaluation.outputs import BootstrapSettings, RecordOutputs, TextOutputs, well_formed
 from recfound.evaluation.runner import (
     TrainedBaselines,
     assign_protocols,
@@ -39,6 +40,31 @@ def answered_as(task_kinds: dict[str, str], tasks: list[str]) -> dict[str, str]:
         builder = TASK_BUILDERS.get(task)
         if task not in task_kinds and builder is not None and builder.answered_as in task_kinds:
             out[task] = builder.answered_as
+    return out
+
+
+SAMPLES_PER_TASK = 3
+
+
+def text_samples(
+    frames: dict[str, pd.DataFrame], outputs: dict[str, RecordOutputs], n: int = SAMPLES_PER_TASK
+) -> dict[str, list[dict[str, Any]]]:
+    """Per text task, its first ``n`` evaluated records: prompt, target, the model's answer and
+    whether the answer is well-formed (so a reader can judge the text, not only its scores)."""
+    out = {}
+    for task, values in outputs.items():
+        if not isinstance(values, TextOutputs):
+            continue
+        prompts = frames[task]["prompt"].astype(str).tolist()
+        out[task] = [
+            {
+                "prompt": prompts[i],
+                "target": values.target[i],
+                "output": values.output[i],
+                "well_formed": well_formed(values.output[i], values.answer_format),
+            }
+            for i in range(min(n, len(values)))
+        ]
     return out
 
 
@@ -84,6 +110,7 @@ def evaluate_bundle(
     )
     document.update(
         {
+            "text_samples": text_samples(data.frames, outputs),
             "answered_as": aliases,
             "split": split,
             "records_file": RECORDS_FILE,

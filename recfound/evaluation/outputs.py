@@ -23,6 +23,7 @@ champion this way.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -53,7 +54,7 @@ class RecordOutputs:
     user_id: list[str]
     kind: ClassVar[str] = ""
     # fields that describe the task, not one value per record (a label set, the cut-offs)
-    task_fields: ClassVar[frozenset[str]] = frozenset({"labels", "ks"})
+    task_fields: ClassVar[frozenset[str]] = frozenset({"labels", "ks", "answer_format"})
 
     def __len__(self) -> int:
         return len(self.record)
@@ -186,14 +187,20 @@ def _auc_or_nan(positive: np.ndarray, margin: np.ndarray) -> float:
 
 @dataclass
 class TextOutputs(RecordOutputs):
-    """Generated text per record: token F1, exact match, corpus BLEU and ROUGE-L."""
+    """Generated text per record: token F1, exact match, corpus BLEU and ROUGE-L, and with an
+    ``answer_format`` (the task's template as a regular expression) the share of well-formed
+    answers (:func:`well_formed`)."""
 
     target: list[str] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
+    answer_format: str = ""
     kind: ClassVar[str] = "text"
 
     def __post_init__(self) -> None:
         pairs = list(zip(self.target, self.output, strict=True))
+        self._well_formed = np.array(
+            [well_formed(o, self.answer_format) for o in self.output], dtype=np.float64
+        )
         self._token_f1 = np.array([token_f1(t, o) for t, o in pairs], dtype=np.float64)
         self._exact = np.array([t.strip().lower() == o.lower() for t, o in pairs], dtype=np.float64)
         self._rouge = np.array([M.rouge_l_f1(t, o) for t, o in pairs], dtype=np.float64)
@@ -201,12 +208,28 @@ class TextOutputs(RecordOutputs):
 
     def metrics_on(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         idx = _as_matrix(indices)
-        return {
+        out = {
             "token_f1": self._token_f1[idx].mean(axis=-1),
             "exact_match": self._exact[idx].mean(axis=-1),
             "bleu": M.bleu_from_statistics(self._bleu[idx].sum(axis=-2)),
             "rouge_l": self._rouge[idx].mean(axis=-1),
         }
+        if self.answer_format:
+            out["well_formed"] = self._well_formed[idx].mean(axis=-1)
+        return out
+
+
+_LOOP = re.compile(r"\b(\S+)( \1\b){2,}")  # a word said three times in a row: decoding looped
+
+
+def well_formed(answer: str, answer_format: str) -> bool:
+    """Whether ``answer`` is whole and parses as its task's template (``answer_format``, a regular
+    expression matched against the whole answer) without a decoding loop. An empty format only
+    asks for a non-empty answer without a loop."""
+    answer = answer.strip()
+    if not answer or _LOOP.search(answer):
+        return False
+    return not answer_format or re.fullmatch(answer_format, answer) is not None
 
 
 @dataclass

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-BASELINES = ("popularity", "item_knn", "sasrec", "bm25", "biased_mf", "majority")
+BASELINES = ("popularity", "item_knn", "sasrec", "bm25", "biased_mf", "majority", "global_mean")
 FULL_RANKING_COLUMNS = (
     "recall@5",
     "recall@10",
@@ -37,6 +37,7 @@ DETAIL_METRICS = (
     "exact_match",
     "bleu",
     "rouge_l",
+    "well_formed",
 )
 
 
@@ -105,10 +106,11 @@ def evaluation_markdown(document: Mapping[str, Any]) -> str:
         "",
         "| task | kind | protocol | n | metric | model | "
         + " | ".join(present)
-        + " | model − best baseline |",
-        "|---|---|---|---:|---|---:|" + "---:|" * len(present) + "---:|",
+        + " | model − best baseline | model − best trivial |",
+        "|---|---|---|---:|---|---:|" + "---:|" * len(present) + "---:|---:|",
     ]
     versus = document.get("versus_best_baseline", {})
+    trivial = document.get("versus_trivial", {})
     for task in sorted(tasks, key=lambda t: (tasks[t]["kind"], t)):
         values = tasks[task]
         metric = values["score_metric"]
@@ -120,13 +122,19 @@ def evaluation_markdown(document: Mapping[str, Any]) -> str:
             else "–"
         )
         n = values.get("n_records", document.get("n_records", {}).get(task, ""))
+        low = trivial.get(task)
+        trivial_cell = f"{_difference_cell(low)} ({low['baseline']})" if low else "–"
         lines.append(
             f"| {task} | {values['kind']} | {values.get('protocol', '')} | {n} | {metric} | "
-            f"{_metric_cell(values, 'score')} | " + " | ".join(cells) + f" | {delta_cell} |"
+            f"{_metric_cell(values, 'score')} | "
+            + " | ".join(cells)
+            + f" | {delta_cell} | {trivial_cell} |"
         )
     if document.get("answered_as"):
         pairs = ", ".join(f"{t} with the {a} adapter" for t, a in document["answered_as"].items())
         lines += ["", f"Evaluation-only tasks answered by a trained task's gates: {pairs}."]
+    lines += _trivial_summary(tasks, trivial)
+    lines += _text_sections(tasks, document.get("text_samples", {}))
 
     full = [t for t in sorted(tasks) if tasks[t].get("protocol") in ("retrieval", "next_item")]
     for task in full:
@@ -187,6 +195,60 @@ def evaluation_markdown(document: Mapping[str, Any]) -> str:
             if metric in tasks[task]:
                 lines.append(f"| {task} | {metric} | {_metric_cell(tasks[task], metric)} |")
     return "\n".join(lines) + "\n"
+
+
+def _trivial_summary(
+    tasks: Mapping[str, Any], trivial: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """How many tasks beat the answer that needs no learning (majority or constant answer,
+    global mean, popularity), and rating RMSE against the global mean."""
+    if not trivial:
+        return []
+    at = sum(1 for e in trivial.values() if e["at_or_above"])
+    above = sum(1 for e in trivial.values() if e["excludes_zero"] and e["difference"] > 0)
+    lines = [
+        "",
+        f"**Against the trivial answer** (`*`: paired interval excludes 0): {at} of {len(trivial)} "
+        f"tasks at or above their best trivial baseline, {above} above it with the interval "
+        "excluding 0.",
+    ]
+    for task, entry in sorted(trivial.items()):
+        if "rmse" in entry:
+            rmse = entry["rmse"]
+            lines.append(
+                f"{task}: RMSE model − global mean {_difference_cell(rmse)} (lower is better; "
+                f"model RMSE {_fmt(tasks[task].get('rmse'))})."
+            )
+    return lines
+
+
+def _text_sections(
+    tasks: Mapping[str, Any], samples: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[str]:
+    """Per text task: the well-formed rate and three answers beside their targets."""
+    if not samples:
+        return []
+    lines = [
+        "",
+        "## Generated text",
+        "",
+        "Well-formed: the answer parses as the task's template or answer type (and does not "
+        "repeat a word three times in a row).",
+    ]
+    for task in sorted(samples):
+        rate = _metric_cell(tasks.get(task), "well_formed")
+        lines += [
+            "",
+            f"### {task} — well-formed {rate}, token F1 {_metric_cell(tasks.get(task), 'score')}",
+            "",
+            "| target | model | well-formed |",
+            "|---|---|---|",
+        ]
+        for sample in samples[task]:
+            target = str(sample["target"]).replace("|", "\\|")
+            output = str(sample["output"]).replace("|", "\\|") or "(empty)"
+            lines.append(f"| {target} | {output} | {'yes' if sample['well_formed'] else 'no'} |")
+    return lines
 
 
 def score_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -55,6 +55,7 @@ import pandas as pd
 import torch
 
 from recfound.data.datasets import read_task_frames
+from recfound.data.tasks import TASK_BUILDERS
 from recfound.errors import UserInputError
 from recfound.evaluation import metrics as M
 from recfound.evaluation.baselines import BM25Ranker, ItemKNNRanker, PopularityRanker
@@ -166,7 +167,7 @@ def load_eval_set(
                 f"{tasks_dir / name} is missing: run `recfound build-tasks` (this version writes "
                 "the item catalogue and the training interactions for evaluation)"
             )
-    frames = read_task_frames(tasks_dir, splits=("train", split))
+    frames = read_task_frames(tasks_dir, splits=tuple(dict.fromkeys(("train", "valid", split))))
     selected, kinds, train_targets = {}, {}, {}
     for name, splits in frames.items():
         if tasks is not None and name not in tasks:
@@ -177,7 +178,10 @@ def load_eval_set(
         frame = frame.assign(**{RECORD_COLUMN: np.arange(len(frame), dtype=np.int64)})
         selected[name] = sample_records(frame, max_per_task, seed)
         kinds[name] = str(frame["kind"].iloc[0])
-        train_targets[name] = splits["train"]["target"].astype(str).tolist()
+        known = splits["train"]
+        if known.empty and split != "valid":  # evaluation-only: its validation answers
+            known = splits["valid"]
+        train_targets[name] = known["target"].astype(str).tolist()
     split_path = tasks_dir / SPLIT_INTERACTIONS_FILE
     if not split_path.is_file():
         log.warning(
@@ -391,9 +395,19 @@ def choice_metrics(
     return task_metrics(candidate_outputs(frame, scores, protocol, ks))
 
 
+def answer_format_of(task: str) -> str:
+    """The well-formed pattern of a text task's answers (its builder's), '' when unknown."""
+    builder = TASK_BUILDERS.get(task)
+    return builder.answer_format if builder is not None else ""
+
+
 def text_outputs(frame: pd.DataFrame, outputs: Sequence[str]) -> TextOutputs:
+    task = str(frame["task"].iloc[0]) if len(frame) and "task" in frame else ""
     return TextOutputs(
-        **_keys(frame), target=frame["target"].astype(str).tolist(), output=list(outputs)
+        **_keys(frame),
+        target=frame["target"].astype(str).tolist(),
+        output=list(outputs),
+        answer_format=answer_format_of(task),
     )
 
 
@@ -477,12 +491,9 @@ def model_outputs(
             length = generation_length(rec, data.train_targets.get(name, targets), max_new_tokens)
             generated = rec.generate(prompts, task, max_new_tokens=length, batch_size=batch_size)
             out[name] = text_outputs(frame, generated)
-        else:
+        else:  # a closed set: labels or listed items, scored within the set
             candidates = [list(c) for c in frame["candidates"]]
-            scores_list: list[list[float]] = []
-            step = max(1, batch_size // max(len(c) for c in candidates))
-            for i in range(0, len(prompts), step):
-                scores_list += rec.score(prompts[i : i + step], candidates[i : i + step], task)
+            scores_list = rec.choice_scores(prompts, candidates, task, batch_size)
             out[name] = candidate_outputs(frame, scores_list, protocol, ks)
     return out
 
@@ -616,6 +627,14 @@ def _rating_choice(
     )
 
 
+def _global_mean_outputs(frame: pd.DataFrame, interactions: pd.DataFrame) -> ChoiceOutputs | None:
+    """The mean training rating as every record's expected rating (None without ratings)."""
+    if "rating" not in interactions or interactions["rating"].isna().all():
+        return None
+    mean = float(interactions["rating"].astype(float).mean())
+    return _rating_choice(frame, np.full(len(frame), mean), "rating", threshold=mean)
+
+
 def mf_catalogue_scores(model: RatingPredictor, user_ids: list[str], item_ids: list[str]):
     """``(len(user_ids), len(item_ids))`` predicted ratings: biased MF as a ranker."""
     users = np.repeat(np.asarray(user_ids, dtype=object), len(item_ids))
@@ -640,7 +659,11 @@ def baseline_outputs(
     - ``biased_mf``: the trained biased MF's rating (rating tasks: nearest rating and RMSE/MAE;
       like/dislike tasks: rating − threshold as the margin; user records of ranking tasks: every
       item ranked by the user's predicted rating);
-    - ``majority``: the most frequent training answer (classification, rating and text tasks).
+    - ``majority``: the most frequent training answer (classification, rating and text tasks;
+      an evaluation-only task without training answers takes its validation answers' most
+      frequent one);
+    - ``global_mean``: the mean training rating as every record's expected rating (rating tasks:
+      the trivial RMSE; its chosen label is the rating nearest to the mean).
     """
     protocols = dict(protocols or assign_protocols(data))
     trained = trained or TrainedBaselines()
@@ -702,9 +725,11 @@ def baseline_outputs(
                     task,
                     _rating_choice(frame, predicted, protocol, trained.rating_threshold),
                 )
+        if protocol == "rating":
+            put("global_mean", task, _global_mean_outputs(frame, data.train_interactions))
         train = data.train_targets.get(task) or []
         if not train:
-            continue  # evaluation-only task: no training answers to count
+            continue  # no training (nor validation) answers to count
         majority = Counter(train).most_common(1)[0][0]
         if protocol == "text":
             put("majority", task, text_outputs(frame, [majority] * len(frame)))
@@ -768,6 +793,56 @@ def _with_intervals(
 
 
 PAIRED_RANKING_METRICS = ("recall@10", "ndcg@10")
+# Baselines that need no learning: what "the model learned the task" is measured against.
+TRIVIAL_BASELINES = ("majority", "global_mean", "popularity")
+
+
+def _paired_entry(
+    a: RecordOutputs, b: RecordOutputs, metric: str, settings: BootstrapSettings
+) -> dict[str, Any]:
+    difference = paired_difference(a, b, metric, settings)
+    return {
+        "metric": metric,
+        "difference": difference.value,
+        "ci": difference.interval,
+        "excludes_zero": bool(difference.low > 0 or difference.high < 0),
+        "n_records": difference.n_records,
+    }
+
+
+def versus_trivial(
+    model: Mapping[str, RecordOutputs],
+    baselines: Mapping[str, Mapping[str, RecordOutputs]],
+    baseline_scores: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    score_metrics: Mapping[str, str],
+    settings: BootstrapSettings,
+) -> dict[str, dict[str, Any]]:
+    """Per task: model − its best trivial baseline (:data:`TRIVIAL_BASELINES`) on the score
+    metric, paired; ``at_or_above`` says whether the model's score is at least the baseline's.
+    Rating tasks also get ``rmse``: model − global mean on RMSE (lower is better, so a negative
+    difference with an interval below 0 is a win)."""
+    out: dict[str, dict[str, Any]] = {}
+    for task, outputs in model.items():
+        known = {
+            b: baseline_scores[b][task]["score"]
+            for b in TRIVIAL_BASELINES
+            if task in baseline_scores.get(b, {})
+        }
+        if not known:
+            continue
+        best = max(known, key=lambda b: known[b])
+        entry = {
+            "baseline": best,
+            **_paired_entry(outputs, baselines[best][task], score_metrics[task], settings),
+        }
+        entry["at_or_above"] = bool(entry["difference"] >= 0)
+        mean = baselines.get("global_mean", {}).get(task)
+        if mean is not None and "rmse" in task_metrics(outputs):
+            rmse = _paired_entry(outputs, mean, "rmse", settings)
+            out_rmse = {"baseline": "global_mean", **rmse, "better": bool(rmse["difference"] < 0)}
+            entry["rmse"] = out_rmse
+        out[task] = entry
+    return out
 
 
 def evaluation_document(
@@ -784,6 +859,8 @@ def evaluation_document(
     - ``baselines[name][task]``: the same for each baseline;
     - ``versus_best_baseline[task]``: model − the best baseline on the score metric, with its
       paired interval (same resampled records for both);
+    - ``versus_trivial[task]``: model − the best trivial baseline (majority/constant answer,
+      global mean, popularity) likewise (:func:`versus_trivial`);
     - ``versus_each_baseline[task][baseline][metric]``: full-ranking tasks, model − each baseline
       on Recall@10 and NDCG@10 with its paired interval and whether it excludes 0;
     - ``overall``/``overall_ci``: mean scores (all, embedding, generative) and their intervals
@@ -831,12 +908,17 @@ def evaluation_document(
             if task not in per_task:
                 continue
             for metric in PAIRED_RANKING_METRICS:
-                difference = paired_difference(outputs, per_task[task], metric, settings)
+                entry = _paired_entry(outputs, per_task[task], metric, settings)
                 versus_each.setdefault(task, {}).setdefault(name, {})[metric] = {
-                    "difference": difference.value,
-                    "ci": difference.interval,
-                    "excludes_zero": bool(difference.low > 0 or difference.high < 0),
+                    k: entry[k] for k in ("difference", "ci", "excludes_zero")
                 }
+    trivial = versus_trivial(
+        model,
+        baselines,
+        baseline_scores,
+        {t: v["score_metric"] for t, v in tasks.items()},
+        settings,
+    )
     overall, overall_ci = {}, {}
     for key, selected in (
         ("mean_score", list(scores)),
@@ -852,6 +934,7 @@ def evaluation_document(
         "tasks": tasks,
         "baselines": baseline_scores,
         "versus_best_baseline": versus,
+        "versus_trivial": trivial,
         "versus_each_baseline": versus_each,
         "n_records": {t: len(o) for t, o in model.items()},
         "bootstrap": settings.to_dict(),

@@ -136,11 +136,14 @@ class DecoderStates(torch.nn.Module):
 class AnswerTokens(NamedTuple):
     """Teacher-forced answer tokens of a batch from :meth:`RecModel.encode_with_answers`, each
     ``(batch, seq - 1)``: log-probability of the true token, answer positions, and whether the
-    model's most likely token is the true one (token accuracy is ``correct.sum() / mask.sum()``)."""
+    model's most likely token is the true one (token accuracy is ``correct.sum() / mask.sum()``).
+    ``first`` ``(batch, vocab)``: the log-probabilities where each row's first answer token is
+    predicted (what a closed set of answers is scored by)."""
 
     logprobs: torch.Tensor
     mask: torch.Tensor
     correct: torch.Tensor
+    first: torch.Tensor
 
 
 class RecModel:
@@ -282,7 +285,9 @@ class RecModel:
         picked[mask] = logprobs.gather(-1, true.unsqueeze(-1)).squeeze(-1)
         correct = torch.zeros(targets.shape, dtype=torch.bool, device=logprobs.device)
         correct[mask] = logprobs.argmax(-1) == true
-        return AnswerTokens(picked, mask, correct)
+        counts = mask.sum(1)  # every row has an answer token (EOS at least)
+        first = logprobs[torch.cumsum(counts, 0) - counts]
+        return AnswerTokens(picked, mask, correct, first)
 
     def generative_loss(
         self, prompts: Sequence[str], answers: Sequence[str], tasks: str | Sequence[str]
@@ -308,6 +313,66 @@ class RecModel:
             totals = totals / mask.sum(-1).clamp(min=1)
         return per_request(totals.tolist(), candidates)
 
+    def first_answer_tokens(self, answers: Sequence[str]) -> list[int]:
+        """Vocabulary id of each answer's first token as the model reads it after a prompt."""
+        with _TOKENIZER_LOCK:
+            return [answer_ids(self.tokenizer, a, self.max_length)[0] for a in answers]
+
+    def closed_set_tokens(self, candidates: Sequence[Sequence[str]]) -> list[list[int]] | None:
+        """Per row, the first answer token of each candidate, or None when some row has two
+        candidates that start with the same token (the first token then cannot tell them apart).
+
+        Item candidates start with their identifier token and labels (``yes``/``no``, ``1``-``5``)
+        are one token each, so a closed set is usually decided by one next-token distribution.
+        """
+        rows = [self.first_answer_tokens(list(c)) for c in candidates]
+        return rows if all(len(set(r)) == len(r) for r in rows) else None
+
+    @torch.no_grad()
+    def choice_scores(
+        self,
+        prompts: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        task: str,
+        batch_size: int = 32,
+    ) -> list[list[float]]:
+        """Closed-set scores: per prompt, the log-probability of each candidate *within its
+        candidate set* (log-softmax over the set; ``exp`` sums to 1 per row).
+
+        When every candidate of a row starts with its own token, a candidate's score is its
+        first answer token's next-token log-probability after the prompt (one forward pass per
+        prompt, the way training's closed-set loss sees it): for item candidates this is their
+        identifier's log-probability, so it ranks them exactly as the catalogue ranking
+        (:meth:`catalogue_scores`) restricted to them. Otherwise a row falls back to the summed
+        log-likelihood of each whole candidate answer (:meth:`score` without length
+        normalisation), normalised over the set.
+        """
+        self.model.eval()
+        out: list[list[float]] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            cands = [list(c) for c in candidates[start : start + batch_size]]
+            tokens = self.closed_set_tokens(cands)
+            if tokens is None:
+                raw = self.score(chunk, cands, task, length_normalize=False)
+                out += [
+                    torch.log_softmax(torch.tensor(r, dtype=torch.float64), 0).tolist() for r in raw
+                ]
+                continue
+            logprobs = self.next_token_logprobs(chunk, task)
+            for row, ids in enumerate(tokens):
+                picked = logprobs[row, torch.as_tensor(ids, dtype=torch.long)]
+                out.append(torch.log_softmax(picked.double(), 0).tolist())
+        return out
+
+    def next_token_logprobs(self, prompts: Sequence[str], task: str) -> torch.Tensor:
+        """``(len(prompts), vocab)`` log-probabilities of the token after each prompt (the prompt
+        cut from the left as :meth:`encode_with_answers` cuts it before a one-token answer)."""
+        batch = self._encode(prompts, side="left")
+        with self._for_tasks(task, len(prompts)):
+            hidden = self.decoder(**batch).last_hidden_state[:, -1]
+        return self.head_logprobs(hidden).cpu()
+
     @torch.no_grad()
     def catalogue_scores(
         self,
@@ -329,13 +394,10 @@ class RecModel:
         rows = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start : start + batch_size])
-            batch = self._encode(chunk, side="left")
-            with self._for_tasks(task, len(chunk)):
-                hidden = self.decoder(**batch).last_hidden_state[:, -1]
-            logprobs = self.head_logprobs(hidden)
-            out = torch.full((len(chunk), len(ids)), -torch.inf, device=logprobs.device)
+            logprobs = self.next_token_logprobs(chunk, task)
+            out = torch.full((len(chunk), len(ids)), -torch.inf)
             out[:, known] = logprobs[:, ids[known]]
-            rows.append(out.cpu())
+            rows.append(out)
         return torch.cat(rows) if rows else torch.empty(0, len(ids))
 
     def item_token_ids(self, item_tokens: Sequence[str]) -> torch.Tensor:

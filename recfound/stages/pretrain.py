@@ -84,7 +84,7 @@ def run_pretrain(cfg: Config) -> dict:
     item_tokens = {
         str(i): str(t) for i, t in zip(items["item_id"], items["token"], strict=True) if t
     }
-    texts = text_corpus(items, cfg.paths.tasks, p.max_corpus_texts, cfg.seed)
+    texts = text_corpus(items, cfg.paths.tasks, p.max_corpus_texts, cfg.seed, p.task_answers)
     if cfg.model.backbone == "builtin":
         spec_cfg = cfg.model.builtin
         tokenizer = train_bpe_tokenizer(

@@ -64,6 +64,9 @@ class EmbeddingBlock:
     queries: dict[str, torch.Tensor]
     documents: dict[str, torch.Tensor]
     excluded: torch.Tensor
+    # catalogue negatives as their own batch, embedded without gradients (train.negatives_grad
+    # false); None when they are part of ``documents``
+    negatives: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -78,12 +81,16 @@ class StepBatch:
     generative: dict[str, torch.Tensor] | None
     generative_tasks: list[str]
     blocks: list[EmbeddingBlock] = field(default_factory=list)
+    # closed-set rows of ``generative``: (row, first answer token of each candidate, target's
+    # position among them), for the softmax over the candidate set (Trainer.batch_loss)
+    choices: list[tuple[int, list[int], int]] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
         """Tokens the model reads in this batch (padding excluded)."""
         parts = [self.generative] if self.generative is not None else []
-        parts += [part for b in self.blocks for part in (b.queries, b.documents)]
+        parts += [part for b in self.blocks for part in (b.queries, b.documents, b.negatives)]
+        parts = [p for p in parts if p is not None]
         return int(sum(int(p["attention_mask"].sum()) for p in parts))
 
 
@@ -106,8 +113,10 @@ class BatchDrawer:
         catalogue_negatives: int,
         catalogue: pd.DataFrame | None,
         seed: int,
+        negatives_grad: bool = True,
     ) -> None:
         self.rec = rec
+        self.negatives_grad = negatives_grad
         self.tasks = tasks
         self.sampler = sampler
         self.batch_size = batch_size
@@ -124,6 +133,7 @@ class BatchDrawer:
             for i, name in enumerate(sorted(tasks))
         }
         self.rng = np.random.default_rng(seed)
+        self._first_tokens: dict[str, int] = {}  # answer text → its first token (cache)
 
     def draw(self, rank: int = 0, world: int = 1) -> StepBatch:
         """The next micro-batch's share of process ``rank`` of ``world``, as tensors.
@@ -146,14 +156,38 @@ class BatchDrawer:
         embedding = []
         for task, records, negatives in blocks:
             queries = rec.encode_texts([r.prompt for r in records])
-            documents = rec.encode_texts(
-                [r.target for r in records] + [self.catalogue_texts[i] for i in negatives]
-            )
+            positives = [r.target for r in records]
+            negative_texts = [self.catalogue_texts[i] for i in negatives]
             excluded = torch.cat(
                 [self._in_batch_exclude(records), self._negatives_exclude(records, negatives)], 1
             )
-            embedding.append(EmbeddingBlock(task, queries, documents, excluded.to(rec.device)))
-        return StepBatch(batch, [t for t, _ in mine], embedding)
+            if self.negatives_grad or not negative_texts:
+                documents, separate = rec.encode_texts(positives + negative_texts), None
+            else:
+                documents, separate = rec.encode_texts(positives), rec.encode_texts(negative_texts)
+            embedding.append(
+                EmbeddingBlock(task, queries, documents, excluded.to(rec.device), separate)
+            )
+        return StepBatch(batch, [t for t, _ in mine], embedding, self._choices(mine))
+
+    def _choices(self, records: list[tuple[str, pd.Series]]) -> list[tuple[int, list[int], int]]:
+        """The closed-set rows among ``records``: a record whose target is one of its candidates
+        and whose candidates each start with their own token (labels, item identifiers)."""
+        out = []
+        for row, (_, record) in enumerate(records):
+            candidates = [str(c) for c in record.get("candidates", [])]
+            target = str(record.target)
+            if len(candidates) < 2 or target not in candidates:
+                continue
+            missing = [c for c in candidates if c not in self._first_tokens]
+            if missing:
+                self._first_tokens.update(
+                    zip(missing, self.rec.first_answer_tokens(missing), strict=True)
+                )
+            tokens = [self._first_tokens[c] for c in candidates]
+            if len(set(tokens)) == len(tokens):
+                out.append((row, tokens, candidates.index(target)))
+        return out
 
     def _draw_records(
         self,

@@ -143,6 +143,7 @@ class Trainer:
             catalogue_negatives=config.catalogue_negatives,
             catalogue=catalogue,
             seed=seed,
+            negatives_grad=config.negatives_grad,
         )
         rec.model.to(acc.device)
         optimizer = torch.optim.AdamW(
@@ -185,22 +186,37 @@ class Trainer:
         total = torch.zeros((), device=device)
         per_task: dict[str, list[float]] = {}
         answer_tokens = torch.zeros((), device=device)
+        closed = torch.zeros((), device=device)
         if batch.generative is not None:
-            picked, mask = self.rec.logprobs_of(batch.generative, batch.generative_tasks)
+            answer = self.rec.answer_tokens(batch.generative, batch.generative_tasks)
+            picked, mask = answer.logprobs, answer.mask
             total = total - picked.sum()
             answer_tokens = mask.sum().float()
             sample_loss = -picked.sum(-1) / mask.sum(-1).clamp(min=1)
             for task, value in zip(batch.generative_tasks, sample_loss.tolist(), strict=True):
                 per_task.setdefault(task, []).append(value)
+            for row, tokens, target in batch.choices:
+                within = torch.log_softmax(answer.first[row, tokens], dim=0)
+                closed = closed - within[target]
         infonce = []
         for block in batch.blocks:
             queries = self.rec.embed_tokens(block.queries, block.task)
             documents = self.rec.embed_tokens(block.documents, block.task)
+            if block.negatives is not None:  # catalogue negatives: embedded without gradients
+                with torch.no_grad():
+                    negatives = self.rec.embed_tokens(block.negatives, block.task)
+                documents = torch.cat([documents, negatives])
             infonce.append(self.rec.infonce(queries, documents, block.excluded))
             per_task.setdefault(block.task, []).append(float(infonce[-1].detach()))
-        counts = torch.stack([answer_tokens, torch.tensor(float(len(infonce)), device=device)])
-        tokens_per_process, blocks_per_process = self.accelerator.reduce(counts, "mean").tolist()
+        counts = torch.tensor(
+            [float(answer_tokens), float(len(infonce)), float(len(batch.choices))], device=device
+        )
+        tokens_per_process, blocks_per_process, choices_per_process = self.accelerator.reduce(
+            counts, "mean"
+        ).tolist()
         total = total / max(tokens_per_process, 1.0)
+        if batch.choices:
+            total = total + self.config.closed_set_weight * closed / max(choices_per_process, 1.0)
         if infonce:
             total = total + torch.stack(infonce).sum() / blocks_per_process
         return total, {t: float(np.mean(v)) for t, v in per_task.items()}

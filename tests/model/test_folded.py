@@ -10,6 +10,7 @@ from recfound.config import LoRAParams
 from recfound.model.build import AdapterSpec
 from recfound.model.folded import FoldedModels, fold_rec_model
 from recfound.model.tmole import TaskSelectionError
+from tests.numeric import assert_close_scaled
 from tests.train import tiny
 
 TITLES = ["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)"]
@@ -37,12 +38,10 @@ def test_folded_models_answer_as_the_adapter(kind: str) -> None:
     for task in ("genre", "year", "match"):
         folded = models.for_task(task)
         assert models.for_task(task) is folded  # cached
-        torch.testing.assert_close(
-            folded.embed(TITLES, task), rec.embed(TITLES, task), atol=1e-5, rtol=0
-        )
+        assert_close_scaled(folded.embed(TITLES, task), rec.embed(TITLES, task))
         got = torch.tensor(folded.score(TITLES, CANDIDATES, task))
         expected = torch.tensor(rec.score(TITLES, CANDIDATES, task))
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        assert_close_scaled(got, expected)
         assert folded.generate(TITLES, task, max_new_tokens=4) == rec.generate(
             TITLES, task, max_new_tokens=4
         )

@@ -14,6 +14,7 @@ from recfound.model.build import AdapterSpec
 from recfound.model.option import OptionConfig, OptionConfigError, OptionModel
 from recfound.model.tmole import AdapterLoadError, TaskSelectionError
 from tests.model.test_tmole import logits_of, tiny_llama, token_batch
+from tests.numeric import assert_close_scaled
 from tests.train.tiny import tiny_model, tiny_tasks
 
 TASKS = ["a", "b", "c"]
@@ -46,7 +47,7 @@ def test_options_equal_embeddings_put_in_front_by_hand() -> None:
     with torch.no_grad():
         want = plain(inputs_embeds=torch.cat([front, embeds], 1)).logits[:, prompts.shape[0] :]
     assert got.shape == (*ids.shape, 200)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert_close_scaled(got, want)
 
 
 @pytest.mark.parametrize(("deep", "rank"), [(False, 0), (True, 2)])
@@ -59,7 +60,7 @@ def test_mixed_task_batch_equals_each_task_alone(deep: bool, rank: int) -> None:
     for row, task in enumerate(TASKS):
         with option.task(task):
             alone = logits_of(option.model, ids[row : row + 1])
-        torch.testing.assert_close(mixed[row : row + 1], alone, atol=1e-5, rtol=1e-5)
+        assert_close_scaled(mixed[row : row + 1], alone)
     assert (mixed[0] - mixed[1]).abs().max() > 1e-3  # tasks differ
 
 
@@ -110,7 +111,7 @@ def test_embeddings_do_not_depend_on_padding(attention: str) -> None:
     texts = ["Heat", "GoldenEye (1995) and Four Rooms (1995) and Toy Story (1995)"]
     batch = rec.embed(texts, "match")
     for row, text in enumerate(texts):
-        torch.testing.assert_close(batch[row], rec.embed([text], "match")[0], atol=1e-5, rtol=0)
+        assert_close_scaled(batch[row], rec.embed([text], "match")[0])
 
 
 def test_merge_into_base_folds_adapters_and_fixes_the_task() -> None:
@@ -120,7 +121,7 @@ def test_merge_into_base_folds_adapters_and_fixes_the_task() -> None:
     merged = option.merge_into_base("c")
     with option.task("c"):
         want = logits_of(option.model, ids)
-    torch.testing.assert_close(logits_of(merged, ids), want, atol=1e-5, rtol=1e-5)
+    assert_close_scaled(logits_of(merged, ids), want)
     assert not any("option_A" in n for n, _ in merged.named_parameters())
 
 

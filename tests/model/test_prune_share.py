@@ -25,6 +25,7 @@ from recfound.model.prune import (
 )
 from recfound.model.tmole import TMoLEModel
 from tests.model.test_tmole import logits_of, make_config, randomise, tiny_llama, token_batch
+from tests.numeric import assert_close_scaled
 
 HIDDEN, HEADS, LAYERS = 64, 4, 2
 
@@ -44,7 +45,7 @@ def test_pruning_nothing_reproduces_the_model() -> None:
     assert importance.heads.shape == (LAYERS, HEADS) and importance.batches == 3
     pruned, _ = prune_model(model, importance, heads_to_prune=0, channels_to_prune=0)
     assert type(pruned) is LlamaForCausalLM
-    torch.testing.assert_close(logits_of(pruned, ids), want, atol=1e-6, rtol=0)
+    assert_close_scaled(logits_of(pruned, ids), want)
 
 
 def test_pruning_removes_the_expected_parameters_and_still_loads(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_a_head_and_a_channel_that_do_nothing_go_first_and_change_nothing() -> N
     assert (importance.heads[:, [0, 1, 3]] > 0).all()
     model, plan = prune_model(model, importance, heads_to_prune=1, channels_to_prune=1)
     assert 5 not in plan["model.layers.0.mlp.down_proj"][1].tolist()
-    torch.testing.assert_close(logits_of(model, ids), want, atol=1e-5, rtol=1e-5)
+    assert_close_scaled(logits_of(model, ids), want)
 
 
 def test_adapter_tensors_follow_the_pruned_layers() -> None:
@@ -96,7 +97,7 @@ def test_adapter_tensors_follow_the_pruned_layers() -> None:
     again = TMoLEModel(base, make_config())
     again.load_adapter_tensors(prune_adapter_tensors(tensors, plan))
     with again.task("rating"):
-        torch.testing.assert_close(logits_of(again.model, ids), want, atol=1e-6, rtol=0)
+        assert_close_scaled(logits_of(again.model, ids), want)
 
     smaller = tiny_llama()
     smaller, plan = prune_model(smaller, importance_scores(smaller, lm_batches()), 2, 64)
@@ -197,7 +198,7 @@ def test_folding_tmole_into_shared_layers_keeps_them_apart(tmp_path: Path) -> No
     with tmole.task("next"):
         want = logits_of(tmole.model, ids)
     folded = tmole.merge_into_base("next")
-    torch.testing.assert_close(logits_of(folded, ids), want, atol=1e-5, rtol=1e-5)
+    assert_close_scaled(logits_of(folded, ids), want)
 
 
 def test_share_layers_beyond_the_layer_count_is_a_config_error() -> None:

@@ -85,3 +85,35 @@ def test_excluded_items_are_never_recommended() -> None:
         allowed = [i for i in range(29) if i not in items]
         best = sorted(allowed, key=lambda i: -float(scores[row, i]))
         assert shown == best[: len(shown)]
+
+
+def _perturbed_model(tmp_path: Path, task: str = "next"):
+    base, tokenizer = _tiny_backbone(tmp_path)
+    rec = build_rec_model(base, tokenizer, ADAPTER, {task: "generative"}, seed=1)
+    with torch.no_grad():  # move the adapter off zero so the task changes the outputs
+        for p in rec.model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return rec
+
+
+def test_closed_set_scores_of_items_rank_as_the_catalogue_restricted_to_them(
+    tmp_path: Path,
+) -> None:
+    rec = _perturbed_model(tmp_path)
+    prompts = [
+        "Which movie will this user choose next? History, oldest first: <item_1> <item_2>",
+        "Which movie? <item_7>",
+    ]
+    candidates = [["<item_4>", "<item_9>", "<item_0>", "<item_11>"], ["<item_3>", "<item_5>"]]
+    catalogue = rec.catalogue_scores(prompts, TOKENS, "next")
+    scores = rec.choice_scores(prompts, candidates, "next")
+    for row, cands in enumerate(candidates):
+        restricted = catalogue[row, [TOKENS.index(c) for c in cands]]
+        got = torch.tensor(scores[row])
+        # the same order, and the same values once renormalised over the candidates
+        assert got.argsort(descending=True).tolist() == restricted.argsort(descending=True).tolist()
+        torch.testing.assert_close(got.exp().sum(), torch.tensor(1.0, dtype=got.dtype))
+        torch.testing.assert_close(
+            got.float(), torch.log_softmax(restricted, 0), rtol=1e-4, atol=1e-5
+        )

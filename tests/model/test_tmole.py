@@ -23,6 +23,7 @@ from recfound.model.tmole import (
     TMoLELinear,
     TMoLEModel,
 )
+from tests.numeric import assert_close_scaled
 
 TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj"]
 KINDS = {
@@ -185,7 +186,7 @@ def test_single_expert_equals_peft_lora() -> None:
     expected = logits_of(peft_model, ids)
     for task in KINDS:
         with tmole.task(task):
-            torch.testing.assert_close(logits_of(tmole.model, ids), expected, atol=1e-5, rtol=0)
+            assert_close_scaled(logits_of(tmole.model, ids), expected)
 
 
 # ---- 2. folding ----------------------------------------------------------------------------
@@ -210,14 +211,14 @@ def test_folded_weights_reproduce_each_task() -> None:
                 return output + F.linear(F.linear(inputs[0], a), b)
 
             hooks.append(plain.get_submodule(name).register_forward_hook(add_lora))
-        torch.testing.assert_close(logits_of(plain, ids), expected, atol=1e-5, rtol=0)
+        assert_close_scaled(logits_of(plain, ids), expected)
         for hook in hooks:
             hook.remove()
         merged = tmole.merge_into_base(task)
         assert not any(isinstance(m, TMoLELinear) for m in merged.modules())
         assert not any("tmole" in n for n, _ in merged.named_parameters())
         assert type(merged.get_submodule("model.layers.0.self_attn.q_proj")) is nn.Linear
-        torch.testing.assert_close(logits_of(merged, ids), expected, atol=1e-5, rtol=0)
+        assert_close_scaled(logits_of(merged, ids), expected)
     assert len(tmole.layers()) == 2 * len(TARGETS)  # the adapter itself is untouched
 
 
@@ -353,7 +354,7 @@ def test_mixed_task_batch_equals_each_task_alone() -> None:
     for i, name in enumerate(names):
         with tmole.task(name):
             alone = logits_of(tmole.model, ids[i : i + 1])
-        torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=0)
+        assert_close_scaled(mixed[i : i + 1], alone)
 
 
 # ---- concurrency: the task selection is per thread -------------------------------------------
@@ -392,7 +393,7 @@ def test_threads_selecting_different_tasks_do_not_see_each_other() -> None:
     for task, outputs in results.items():
         assert len(outputs) == 5
         for out in outputs:
-            torch.testing.assert_close(out, expected[task], atol=1e-6, rtol=0)
+            assert_close_scaled(out, expected[task])
     with pytest.raises(TaskSelectionError, match="no task selected"):  # nothing leaked out
         tmole.model(input_ids=ids)
 
@@ -421,7 +422,7 @@ def test_lora_adapter_round_trip_merge_and_errors(tmp_path: Path) -> None:
     ids = token_batch()
     with lora.task("anything"):
         expected = logits_of(lora.model, ids)
-    torch.testing.assert_close(logits_of(lora.merge_into_base(), ids), expected, atol=1e-5, rtol=0)
+    assert_close_scaled(logits_of(lora.merge_into_base(), ids), expected)
     lora.save_pretrained(tmp_path)
     loaded = LoRAAdapter.from_pretrained(tiny_llama(), tmp_path)
     assert loaded.trainable_parameters() == lora.trainable_parameters()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from recfound.data import schema as S
 from recfound.data.schema import TaskRecord
 from recfound.data.tasks.answerability_prediction import item_context, item_questions
-from recfound.data.tasks.base import TaskBuilder, TaskContext
+from recfound.data.tasks.base import VALUE_FORMAT, TaskBuilder, TaskContext
 
 
 class AnswerGenerationBuilder(TaskBuilder):
@@ -13,6 +13,7 @@ class AnswerGenerationBuilder(TaskBuilder):
     Split by a seeded item hash."""
 
     name = "answer_generation"
+    answer_format = VALUE_FORMAT
     kind = "generative"
     needs = frozenset({S.SIGNAL_ITEM_TEXT, S.SIGNAL_ITEM_CATEGORIES})
     derived = (

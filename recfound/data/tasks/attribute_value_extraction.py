@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from recfound.data import schema as S
 from recfound.data.schema import TaskRecord
-from recfound.data.tasks.base import TaskBuilder, TaskContext
+from recfound.data.tasks.base import VALUE_FORMAT, TaskBuilder, TaskContext
 
 
 class AttributeValueExtractionBuilder(TaskBuilder):
@@ -12,6 +12,7 @@ class AttributeValueExtractionBuilder(TaskBuilder):
     for; the answer is the real value as it appears in the listing. Split by item hash."""
 
     name = "attribute_value_extraction"
+    answer_format = VALUE_FORMAT
     kind = "generative"
     needs = frozenset({S.SIGNAL_ITEM_TEXT, S.SIGNAL_ITEM_CATEGORIES})
     derived = (

@@ -23,6 +23,7 @@ import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, TypeVar
 
 import numpy as np
@@ -35,6 +36,9 @@ from recfound.data.splits import SPLIT_COLUMN, choose_cold_items, split_leave_on
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,40}")
 ITEM_SPLIT_PERCENT = {"train": 80, "valid": 10, "test": 10}
 YES_NO = ["yes", "no"]
+# A well-formed attribute value: a year, or a list of category names (one to three words each)
+_CATEGORY = r"[A-Za-z][\w'&/-]*( [\w'&/-]+){0,2}"
+VALUE_FORMAT = rf"\d{{4}}|{_CATEGORY}(, {_CATEGORY})*"
 
 T = TypeVar("T")
 
@@ -334,6 +338,68 @@ class TaskContext:
         """Warm train interactions only: the one safe basis for item statistics."""
         return self.interactions[self.interactions[SPLIT_COLUMN] == "train"]
 
+    @cached_property
+    def _rating_sums(self) -> tuple[dict, dict, dict]:
+        """Training ratings summed and counted per user and per item, and each (user, item)'s."""
+        train = self.train_interactions
+        users = train["user_id"].astype(str).to_numpy()
+        items = train["item_id"].astype(str).to_numpy()
+        ratings = train["rating"].to_numpy(dtype=float)
+        per_user: dict[str, list[float]] = {}
+        per_item: dict[str, list[float]] = {}
+        for user, item, rating in zip(users, items, ratings, strict=True):
+            per_user.setdefault(user, [0.0, 0])
+            per_item.setdefault(item, [0.0, 0])
+            per_user[user][0] += rating
+            per_user[user][1] += 1
+            per_item[item][0] += rating
+            per_item[item][1] += 1
+        pairs = dict(zip(zip(users, items, strict=True), ratings, strict=True))
+        return per_user, per_item, pairs
+
+    def rating_stats(self, key: str, user_id: str, item_id: str, of: str) -> tuple[float, int]:
+        """Mean training rating and count of a user (``of="user"``, key = user id) or an item
+        (``of="item"``, key = item id), leaving out the (``user_id``, ``item_id``) interaction when
+        it is a training one: a train record's own rating never shows in its prompt."""
+        per_user, per_item, pairs = self._rating_sums
+        total, count = (per_user if of == "user" else per_item).get(key, (0.0, 0))
+        own = pairs.get((user_id, item_id))
+        if own is not None:
+            total, count = total - own, count - 1
+        return (total / count if count else float("nan")), count
+
+    def rated_prompt_intro(
+        self,
+        user_id: str,
+        target_id: str,
+        history_ids: Sequence[str],
+        history_ratings: Sequence[float],
+    ) -> str:
+        """``"A user whose average rating is 3.6/5 rated: <history with ratings>"``: the rated
+        history of rating-type prompts, with the user's mean training rating (without the
+        target's)."""
+        mean, count = self.rating_stats(user_id, user_id, target_id, of="user")
+        top = format_rating(self.tables.info.rating_max)
+        history = self.history_text(history_ids, history_ratings)
+        if not count:
+            return f"A user rated: {history}"
+        return f"A user whose average rating is {mean:.1f}/{top} rated: {history}"
+
+    def rated_intro(self, example: UserExample) -> str:
+        """:meth:`rated_prompt_intro` of a leave-one-out example."""
+        return self.rated_prompt_intro(
+            example.user_id, example.target_id, example.history_ids, example.history_ratings
+        )
+
+    def item_rating_note(self, item_id: str, user_id: str) -> str:
+        """``"average rating 3.9/5 from 444 users"`` of an item's training ratings (the user's own
+        rating of it left out), or ``"no ratings yet"``."""
+        mean, count = self.rating_stats(item_id, user_id, item_id, of="item")
+        if not count:
+            return "no ratings yet"
+        top = format_rating(self.tables.info.rating_max)
+        return f"average rating {mean:.1f}/{top} from {count} users"
+
     def sample_negatives(
         self, rng: np.random.Generator, exclude: set[str] | frozenset[str], count: int
     ) -> list[str]:
@@ -458,6 +524,9 @@ class TaskBuilder(ABC):
     eval_only: ClassVar[bool] = False
     # An eval-only task has no adapter task of its own: the model answers it with this one's.
     answered_as: ClassVar[str] = ""
+    # Text tasks: a regular expression a well-formed answer matches as a whole (its template or
+    # answer type); evaluation reports the share of generated answers that do. Empty: no check.
+    answer_format: ClassVar[str] = ""
 
     @abstractmethod
     def build(self, ctx: TaskContext) -> list[TaskRecord]:

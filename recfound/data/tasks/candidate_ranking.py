@@ -11,8 +11,10 @@ MAX_LISTED_CANDIDATES = 10
 
 
 class CandidateRankingBuilder(TaskBuilder):
-    """Unlike sequential_recommendation, the candidates are *in the prompt*; the answer is the
-    title of the one the user actually chose (at most ``MAX_LISTED_CANDIDATES`` are listed)."""
+    """Unlike sequential_recommendation, the candidates are *in the prompt* (identifier and
+    title); the history is the user's behaviour as identifiers, oldest first, as next-item prompts
+    show it; the answer is the identifier of the one the user actually chose (at most
+    ``MAX_LISTED_CANDIDATES`` are listed)."""
 
     name = "candidate_ranking"
     kind = "generative"
@@ -25,18 +27,18 @@ class CandidateRankingBuilder(TaskBuilder):
         for split in SPLITS:
             for example in ctx.user_examples(rng, split):
                 candidate_ids = ctx.candidates_for(rng, example, count)
-                titles = [ctx.item_ref(i) for i in candidate_ids]
-                listed = " ".join(f"({n}) {t}" for n, t in enumerate(titles, start=1))
+                listed = "; ".join(ctx.item_ref(i) for i in candidate_ids)
                 records.append(
                     self.record(
                         split,
-                        prompt=f"A user's history: {ctx.history_text(example.history_ids)}. "
-                        f"Candidates: {listed}. Which candidate will the user choose?",
-                        target=ctx.item_ref(example.target_id),
+                        prompt=f"A user's history, oldest first: "
+                        f"{ctx.sequence_text(example.sequence_ids)}. Candidates: {listed}. "
+                        "Which candidate will the user choose?",
+                        target=ctx.item_answer(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,
                         history_ids=example.history_ids,
-                        candidates=titles,
+                        candidates=[ctx.item_answer(i) for i in candidate_ids],
                         candidate_ids=candidate_ids,
                     )
                 )

@@ -12,15 +12,17 @@ STATED_GENRES = 2
 
 
 class ConversationalRecBuilder(TaskBuilder):
-    """The user's side of the dialogue states their most frequent genres among the items they
+    """The user's side of the dialogue lists what they watched (identifiers, oldest first, as
+    next-item prompts show behaviour), states their most frequent genres among the items they
     liked before the target and names the last one they liked; the answer is the liked target."""
 
     name = "conversational_rec"
     kind = "generative"
     needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT})
     derived = (
-        "The source has no dialogues: each dialogue is templated from the user's real liked "
-        "history (top genres and last liked item) and answered with the next item they liked."
+        "The source has no dialogues: each dialogue is templated from the user's real history "
+        "(what they watched, top liked genres, last liked item) and answered with the next item "
+        "they liked."
     )
 
     def build(self, ctx: TaskContext) -> list[TaskRecord]:
@@ -54,9 +56,10 @@ class ConversationalRecBuilder(TaskBuilder):
         counts = Counter(g for i in liked for g in ctx.items[i].genres)
         top = [g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
         likes = f"I like {' and '.join(top[:STATED_GENRES])}; " if top else ""
+        watched = ctx.sequence_text(example.sequence_ids)
         return (
             f"User: Can you recommend a {ctx.item_noun}?\n"
-            f"Assistant: Sure! What do you usually enjoy?\n"
-            f"User: {likes}recently I enjoyed {ctx.item_ref(liked[-1])}.\n"
+            f"Assistant: Sure! What have you watched, oldest first?\n"
+            f"User: {watched}. {likes}recently I enjoyed {ctx.item_ref(liked[-1])}.\n"
             f"Assistant: Which {ctx.item_noun} would you recommend?"
         )

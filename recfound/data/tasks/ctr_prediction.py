@@ -21,12 +21,12 @@ class CTRPredictionBuilder(TaskBuilder):
         for split in SPLITS:
             for example in ctx.user_examples(rng, split):
                 liked = example.rating >= ctx.rating_threshold
-                history = ctx.history_text(example.history_ids, example.history_ratings)
+                note = ctx.item_rating_note(example.target_id, example.user_id)
                 records.append(
                     self.record(
                         split,
-                        prompt=f"A user rated: {history}. Will they like "
-                        f"{ctx.item_text(example.target_id)}? Answer yes or no.",
+                        prompt=f"{ctx.rated_intro(example)}. Will they like "
+                        f"{ctx.item_text(example.target_id)} ({note})? Answer yes or no.",
                         target="yes" if liked else "no",
                         user_id=example.user_id,
                         item_id=example.target_id,

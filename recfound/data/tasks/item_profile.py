@@ -38,6 +38,10 @@ class ItemProfileBuilder(TaskBuilder):
     of the item's fans (raters at or above the like threshold). Split by a seeded item hash."""
 
     name = "item_profile"
+    answer_format = (
+        r"(highly rated|well liked|mixed reception|poorly rated): average rating \d+(\.\d+)?/\d+"
+        r" from \d+ users\.( Its fans are most often: [^.]+\.)?"
+    )
     kind = "generative"
     needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT})
     derived = (

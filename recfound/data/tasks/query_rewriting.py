@@ -13,6 +13,10 @@ class QueryRewritingBuilder(TaskBuilder):
     lower-cased, seeded-shuffled, with filler words dropped and years shortened (``'95``)."""
 
     name = "query_rewriting"
+    answer_format = (
+        r"[A-Za-z][\w'&/-]*( [\w'&/-]+){0,2}( and [A-Za-z][\w'&/-]*( [\w'&/-]+){0,2})? \w+s"
+        r"( from (the )?\d{4}s?)?"
+    )
     kind = "generative"
     needs = frozenset({S.SIGNAL_ITEM_TEXT, S.SIGNAL_ITEM_CATEGORIES})
     derived = (

@@ -24,12 +24,13 @@ class RatingPredictionBuilder(TaskBuilder):
         records = []
         for split in SPLITS:
             for example in ctx.user_examples(rng, split):
-                history = ctx.history_text(example.history_ids, example.history_ratings)
+                note = ctx.item_rating_note(example.target_id, example.user_id)
                 records.append(
                     self.record(
                         split,
-                        prompt=f"A user rated: {history}. How would they rate "
-                        f"{ctx.item_text(example.target_id)}? Answer with a rating out of {top}.",
+                        prompt=f"{ctx.rated_intro(example)}. How would they rate "
+                        f"{ctx.item_text(example.target_id)} ({note})? "
+                        f"Answer with a rating out of {top}.",
                         target=format_rating(example.rating),
                         user_id=example.user_id,
                         item_id=example.target_id,

@@ -38,6 +38,9 @@ class UserProfileBuilder(TaskBuilder):
     never both trained on and tested. Every user's history is their last train items only."""
 
     name = "user_profile"
+    answer_format = (
+        r"(age group|gender|occupation): [^;\s][^;]*(; (gender|occupation): [^;\s][^;]*)*"
+    )
     kind = "generative"
     needs = frozenset(
         {S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT, S.SIGNAL_USER_ATTRIBUTES}

@@ -33,12 +33,12 @@ class ZeroShotBuilder(TaskBuilder):
             history_ratings = list(timeline.ratings[: timeline.num_train][-ctx.history_length :])
             split = "valid" if stable_hash(f"{ctx.seed}|cold|{item_id}") % 2 == 0 else "test"
             liked = float(rating) >= ctx.rating_threshold
+            intro = ctx.rated_prompt_intro(str(user_id), str(item_id), history_ids, history_ratings)
             records.append(
                 self.record(
                     split,
-                    prompt=f"A user rated: {ctx.history_text(history_ids, history_ratings)}. "
-                    f"Will they like this new {ctx.item_noun}: {ctx.item_text(str(item_id))}? "
-                    "Answer yes or no.",
+                    prompt=f"{intro}. Will they like this new {ctx.item_noun}: "
+                    f"{ctx.item_text(str(item_id))} (no ratings yet)? Answer yes or no.",
                     target="yes" if liked else "no",
                     user_id=str(user_id),
                     item_id=str(item_id),
