@@ -465,7 +465,7 @@ class EvaluateConfig(_Section):
     """Test-split evaluation of the merged model and the baselines."""
 
     max_per_task: int = Field(
-        default=100,
+        default=200,
         ge=1,
         description="Test records per task that needs generation or per-candidate scoring "
         "(full-ranking tasks are evaluated on every record).",
@@ -479,6 +479,11 @@ class EvaluateConfig(_Section):
         "training answers need (95th percentile).",
     )
     batch_size: int = Field(default=32, ge=1)
+    hybrid_bm25: list[str] = Field(
+        default_factory=list,
+        description="Retrieval tasks ranked by the embedding fused with BM25 (z-scores added); "
+        "the embedding alone is reported beside it.",
+    )
 
     @field_validator("ks")
     @classmethod

@@ -16,7 +16,14 @@ from tqdm.auto import tqdm
 
 from recfound.config import Config
 from recfound.data.tasks import TASK_BUILDERS
-from recfound.evaluation.outputs import BootstrapSettings, RecordOutputs, TextOutputs, well_formed
+from recfound.evaluation.outputs import (
+    BootstrapSettings,
+    RecordOutputs,
+    TextOutputs,
+    metric_estimates,
+    paired_difference,
+    well_formed,
+)
 from recfound.evaluation.runner import (
     TrainedBaselines,
     assign_protocols,
@@ -68,6 +75,32 @@ def text_samples(
     return out
 
 
+def embedding_only(
+    pure: dict[str, RecordOutputs | None],
+    baselines: dict[str, dict[str, RecordOutputs]],
+    document: dict[str, Any],
+    settings: BootstrapSettings,
+) -> dict[str, dict[str, Any]]:
+    """Per hybrid retrieval task: the embedding alone (what the model learned without BM25),
+    its score with interval, and its paired difference to BM25 on the same records."""
+    out = {}
+    for task, outputs in pure.items():
+        if outputs is None:
+            continue
+        metric = document["tasks"][task]["score_metric"]
+        estimate = metric_estimates(outputs, settings)[metric]
+        entry = {"metric": metric, "score": estimate.value, "ci": estimate.interval}
+        if task in baselines.get("bm25", {}):
+            difference = paired_difference(outputs, baselines["bm25"][task], metric, settings)
+            entry["versus_bm25"] = {
+                "difference": difference.value,
+                "ci": difference.interval,
+                "excludes_zero": bool(difference.excludes(0.0)),
+            }
+        out[task] = entry
+    return out
+
+
 def evaluate_bundle(
     rec: RecModel,
     task_kinds: dict[str, str],
@@ -91,6 +124,7 @@ def evaluate_bundle(
         bar.update(1)
 
     started = time.perf_counter()
+    hybrid = {t: None for t in cfg.evaluate.hybrid_bm25 if protocols.get(t) == "retrieval"}
     outputs = model_outputs(
         rec,
         data,
@@ -100,16 +134,17 @@ def evaluate_bundle(
         batch_size=cfg.evaluate.batch_size,
         progress=progress,
         answered_as=aliases,
+        hybrid=hybrid,
     )
     bar.close()
     model_seconds = time.perf_counter() - started
     baselines = baseline_outputs(data, protocols, cfg.evaluate.ks, trained)
     kinds = {t: ("embedding" if protocols[t] == "retrieval" else "generative") for t in outputs}
-    document = evaluation_document(
-        outputs, baselines, protocols, kinds, BootstrapSettings(seed=cfg.seed)
-    )
+    settings = BootstrapSettings(seed=cfg.seed)
+    document = evaluation_document(outputs, baselines, protocols, kinds, settings)
     document.update(
         {
+            "embedding_only": embedding_only(hybrid, baselines, document, settings),
             "text_samples": text_samples(data.frames, outputs),
             "answered_as": aliases,
             "split": split,

@@ -442,12 +442,16 @@ def model_outputs(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     answered_as: Mapping[str, str] | None = None,
+    hybrid: dict[str, RecordOutputs | None] | None = None,
 ) -> dict[str, RecordOutputs]:
     """Task → the model's per-record outputs on ``data`` under ``protocols``.
 
     ``answered_as`` maps an evaluation task the model was not trained on (zero_shot) to the
-    trained task whose adapter answers it.
+    trained task whose adapter answers it. Retrieval tasks named in ``hybrid`` are ranked by
+    :func:`hybrid_scores` (the embedding fused with BM25); their embedding-only outputs are
+    written into ``hybrid[task]``.
     """
+    hybrid = {} if hybrid is None else hybrid
     rec.model.eval()
     protocols = dict(protocols or assign_protocols(data, rec))
     item_index = data.item_index
@@ -468,6 +472,13 @@ def model_outputs(
                     documents[task] = rec.embed(item_texts, task, batch_size=batch_size)
                 queries = rec.embed(prompts, task, batch_size=batch_size)
                 scores = (queries @ documents[task].T).float().cpu().numpy()
+                if name in hybrid:
+                    histories = record_histories(frame, earlier)
+                    pure = full_ranking_outputs(
+                        frame, scores, item_index, histories, _ks(ks, protocol)
+                    )
+                    hybrid[name] = pure  # the embedding alone, reported beside the hybrid
+                    scores = hybrid_scores(scores, BM25Ranker(item_texts).scores(prompts))
             else:
                 tokens = catalogue_tokens(data.items) or []
                 scores = rec.catalogue_scores(prompts, tokens, task, batch_size).numpy()
@@ -496,6 +507,20 @@ def model_outputs(
             scores_list = rec.choice_scores(prompts, candidates, task, batch_size)
             out[name] = candidate_outputs(frame, scores_list, protocol, ks)
     return out
+
+
+def hybrid_scores(embedding: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+    """Hybrid retrieval: each query's embedding similarities and BM25 scores over the catalogue,
+    each standardised over the catalogue (z-scores), added with equal weight. Neither score's
+    scale then decides the mix, and no weight is fitted (nothing is tuned on evaluation
+    records)."""
+
+    def standardised(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        spread = values.std(axis=1, keepdims=True)
+        return (values - values.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+
+    return standardised(embedding) + standardised(lexical)
 
 
 def generation_length(rec: RecModel, train_targets: Sequence[str], cap: int) -> int:

@@ -12,8 +12,9 @@ The answer has one row per request row, in order, with ``task``, ``kind`` (``emb
 
 - embedding task → ``output_type="embedding"``, ``embedding`` (L2-normalised vector); with
   candidates, ``scores`` also holds the cosine similarity of the input to each candidate;
-- generative task with candidates → ``output_type="scores"``, ``scores`` (mean log-likelihood of
-  each candidate as the answer) and ``generation`` (the best candidate);
+- generative task with candidates → ``output_type="scores"``, ``scores`` (the log-probability of
+  each candidate within the candidate set, as evaluation scores a closed set:
+  :meth:`RecModel.choice_scores`) and ``generation`` (the best candidate);
 - generative task without candidates → ``output_type="generation"``, ``generation`` (greedy text).
 
 Rows of one task are answered in one batched call, by that task's *folded* model by default
@@ -411,7 +412,9 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
         max_new_tokens: int,
     ) -> None:
         for chunk in _chunks([i for i in rows if candidates[i]], candidates):
-            values = rec.score([texts[i] for i in chunk], [candidates[i] for i in chunk], task)
+            values = rec.choice_scores(
+                [texts[i] for i in chunk], [candidates[i] for i in chunk], task
+            )
             for i, scores in zip(chunk, values, strict=True):
                 best = max(range(len(scores)), key=scores.__getitem__)
                 answers[i] = {
