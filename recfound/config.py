@@ -545,6 +545,23 @@ class PathsConfig(_Section):
     reports: str = "reports"
 
 
+class AblationConfig(_Section):
+    """The ablation table (`recfound ablate`, outside the default pipeline)."""
+
+    extra_seeds: list[int] = Field(
+        default_factory=lambda: [1, 2],
+        description="Seeds the full method (train + merge) and without_all are trained again "
+        "with, beside the main seed: the table gives the spread across seeds.",
+    )
+
+    @field_validator("extra_seeds")
+    @classmethod
+    def _distinct(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values) or any(v < 0 for v in values):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {values}")
+        return values
+
+
 class Config(_Section):
     """The whole of params.yaml."""
 
@@ -559,6 +576,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    ablation: AblationConfig = Field(default_factory=AblationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 

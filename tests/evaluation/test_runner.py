@@ -413,3 +413,33 @@ def test_ablation_table_gives_paired_differences_and_marks_the_clear_ones() -> N
     assert group["difference"] == pytest.approx(-0.2575) and group["excludes_zero"]
     markdown = ablation_markdown(results, differences)
     assert "| without_merge | -0.0150 [" in markdown and "] *" in markdown
+
+
+def test_ablation_seeds_give_the_spread_and_the_relative_gain() -> None:
+    from recfound.stages.ablate import seed_spread, seeds_markdown
+
+    def result(mean: float, embedding: float, generative: float) -> dict:
+        overall = {"mean_score": mean, "embedding_score": embedding, "generative_score": generative}
+        return {"overall": overall, "tasks": {"user2item": {"score": embedding}}}
+
+    results = {
+        "recfound": result(0.30, 0.20, 0.40),
+        "recfound_seed1": result(0.32, 0.22, 0.42),
+        "without_all": result(0.25, 0.20, 0.30),
+        "without_all_seed1": result(0.27, 0.20, 0.34),
+    }
+    seeds = {
+        "recfound": ("recfound", 42),
+        "recfound_seed1": ("recfound", 1),
+        "without_all": ("without_all", 42),
+        "without_all_seed1": ("without_all", 1),
+    }
+    spread = seed_spread(results, seeds)
+    full = spread["rows"]["recfound"]
+    assert full["mean"]["mean_score"] == pytest.approx(0.31)
+    assert full["sd"]["mean_score"] == pytest.approx(np.std([0.30, 0.32], ddof=1))
+    gain = spread["relative_gain_full_vs_without_all"]
+    # seeds in increasing order: 1, then 42
+    assert gain["generative_score"]["per_seed"] == pytest.approx([0.42 / 0.34 - 1, 0.4 / 0.3 - 1])
+    assert gain["user2item"]["per_seed"] == pytest.approx([0.1, 0.0])
+    assert "| recfound | 42, 1 | " in seeds_markdown(spread)
