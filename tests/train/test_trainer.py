@@ -112,3 +112,28 @@ def test_resume_without_a_checkpoint_says_so(
         assert trainer.resume() is False
     assert "no checkpoint" in caplog.text and "step 0" in caplog.text
     assert trainer.step == 0
+
+
+def test_closed_set_samples_add_a_softmax_over_their_candidates(tmp_path: Path) -> None:
+    """A record whose target is one of its candidates (each starting with its own token) joins
+    the step's closed-set loss: the softmax over its candidates at the first answer token, on
+    top of the answer-token cross-entropy; catalogue negatives without gradients cost nothing in
+    the loss's value."""
+    tasks = tiny_tasks()
+    genre = tasks[0]
+    labels = ["Comedy", "Drama"]
+    genre.train = genre.train.assign(
+        target=[labels[i % 2] for i in range(len(genre.train))],
+        candidates=[labels] * len(genre.train),
+    )
+    rec = tiny_model(tasks)
+    if rec.closed_set_tokens([labels]) is None:
+        pytest.skip("this tiny tokenizer writes both labels with the same first token")
+    with_set = Trainer(rec, tasks, PARAMS, tmp_path / "a", seed=SEED)
+    batch = with_set.draw_batch()
+    rows = [r for r, _, _ in batch.choices]
+    assert rows and all(batch.generative_tasks[r] == genre.name for r in rows)
+    loss, _ = with_set.batch_loss(batch)
+    without = PARAMS.model_copy(update={"closed_set_weight": 0.0})
+    plain, _ = Trainer(rec, tasks, without, tmp_path / "b", seed=SEED).batch_loss(batch)
+    assert float(loss) > float(plain)  # the softmax term is a positive cross-entropy
