@@ -8,6 +8,8 @@ message names the key, the value given and what is allowed.
 
 from __future__ import annotations
 
+import itertools
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +48,9 @@ class ConfigError(UserInputError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: ``.nan`` / ``.inf`` in a float setting is refused, naming the key
+    # (a check like ``gt=0`` alone lets ``.inf`` through)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -523,11 +527,37 @@ class PathsConfig(_Section):
     baselines: str = "models/baselines"
     reports: str = "reports"
 
+    @model_validator(mode="after")
+    def _no_overlap(self) -> PathsConfig:
+        """Two stages never write into the same folder: a path equal to or inside another is
+        refused (``paths.tasks: data/interim`` would make build-tasks replace ingest's tables)."""
+        resolved = {
+            name: Path(os.path.normpath(Path(value).expanduser().absolute()))
+            for name, value in self.model_dump().items()
+        }
+        for (a, path_a), (b, path_b) in itertools.combinations(resolved.items(), 2):
+            if path_a == path_b:
+                raise ValueError(
+                    f"paths.{a} and paths.{b} are the same folder ({getattr(self, a)!r}); each "
+                    "stage needs a folder of its own"
+                )
+            inner, outer = (a, b) if path_a.is_relative_to(path_b) else (b, a)
+            if resolved[inner].is_relative_to(resolved[outer]):
+                raise ValueError(
+                    f"paths.{inner} ({getattr(self, inner)!r}) lies inside paths.{outer} "
+                    f"({getattr(self, outer)!r}); a stage replacing one would destroy the other. "
+                    "Give each a folder of its own"
+                )
+        return self
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+
 
 class Config(_Section):
     """The whole of params.yaml."""
 
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=SEED_MAX, description="Seed of every random choice.")
     data: DataConfig = Field(default_factory=DataConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -589,12 +619,38 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raise ConfigError(
+            f"{path} is empty; it must name every section (copy the repository's params.yaml, "
+            "whose values are the defaults)"
+        )
     if isinstance(raw, dict):
         require_sections(raw, origin=str(path))
     return parse_config(raw, origin=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (plain
+    YAML keeps the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} on line {line} (first given on line {seen[key]}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def require_sections(raw: dict[str, Any], origin: str = "params.yaml") -> None:
