@@ -36,8 +36,10 @@ from recfound.tracking.registry import (
     CHAMPION,
     RECORDS_ARTIFACT,
     GateDecision,
+    NonFiniteScoreError,
     configure_registry,
     log_and_register,
+    non_finite_scores,
     promote,
     read_records,
     version_description,
@@ -76,6 +78,13 @@ def read_metrics(path: Path, primary: str) -> dict[str, Any]:
             f"{path} is not a usable evaluation report ({type(exc).__name__}: {exc}); it needs "
             f"overall.{primary} and a score per task. Run `recfound evaluate` again"
         ) from None
+    non_finite = non_finite_scores(metrics, primary)
+    if non_finite:
+        raise NonFiniteScoreError(
+            f"{path} holds scores that are not finite numbers: {'; '.join(non_finite)}. A model "
+            "with such scores is not registered; see evaluation.md for the task, fix the cause "
+            "and run `recfound evaluate` again"
+        )
     return metrics
 
 

@@ -97,6 +97,23 @@ class RegistryError(UserInputError):
     """The registry cannot do what was asked (unknown version, a version without scores, …)."""
 
 
+class NonFiniteScoreError(RegistryError):
+    """An evaluation report holds a NaN or infinite score: such a model is never registered."""
+
+
+def non_finite_scores(metrics: dict[str, Any], primary_metric: str) -> list[str]:
+    """The keys of the scores the gates read (``overall.<primary>``, ``tasks.<t>.score``) whose
+    value is NaN or infinite, with the value."""
+    values = {f"overall.{primary_metric}": metrics.get("overall", {}).get(primary_metric)}
+    for task, scores in sorted(metrics.get("tasks", {}).items()):
+        values[f"tasks.{task}.score"] = scores.get("score")
+    return [
+        f"{key} = {value}"
+        for key, value in values.items()
+        if isinstance(value, int | float) and not math.isfinite(value)
+    ]
+
+
 @dataclass(frozen=True)
 class RegisteredVersion:
     """One registered model version and the MLflow run that logged it."""
@@ -134,7 +151,12 @@ class GateDecision:
         against = "the champion" + (
             f" v{self.champion_version}" if self.champion_version is not None else ""
         )
-        if self.champion_value is None and self.passed:
+        if self.champion_value is None and self.passed and self.champion_version is not None:
+            head = (
+                f"passes the gates: {against} has no finite {self.primary_metric} and counts "
+                "as no champion"
+            )
+        elif self.champion_value is None and self.passed:
             head = "passes the gates: there is no champion yet"
         elif self.passed:
             head = (
@@ -318,9 +340,42 @@ def check_gates(
     primary = registry_cfg.primary_metric
     settings = settings or BootstrapSettings()
     candidate = _overall(candidate_metrics, primary)
+    non_finite = non_finite_scores(candidate_metrics, primary)
+    if non_finite:  # never champion, not even forced: a NaN would block every later version
+        return GateDecision(
+            passed=False,
+            primary_metric=primary,
+            candidate_value=candidate,
+            champion_value=_overall(champion_metrics, primary),
+            champion_version=champion_version,
+            failures=[
+                f"the candidate's {', '.join(non_finite)}: not a finite number (NaN or "
+                "infinite); such a version never becomes champion, not even with --force"
+            ],
+        )
     if champion_metrics is None:
         return GateDecision(True, primary, candidate, None, forced=force)
     champion = _overall(champion_metrics, primary)
+    if champion is not None and not math.isfinite(champion):
+        log.warning(
+            "the champion v%s has %s = %s (not a finite number): judged as if there were no "
+            "champion",
+            champion_version,
+            primary,
+            champion,
+        )
+        return GateDecision(
+            True,
+            primary,
+            candidate,
+            None,
+            champion_version=champion_version,
+            notes=[
+                f"the champion v{champion_version}'s {primary} is {champion}, not a finite "
+                "number: it counts as no champion"
+            ],
+            forced=force,
+        )
     failures: list[str] = []
     notes: list[str] = []
     comparisons: dict[str, dict[str, Any]] = {}

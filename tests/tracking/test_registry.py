@@ -339,3 +339,41 @@ def test_gates_judge_drops_on_paired_intervals_on_a_real_server(
         client.get_model_version_by_alias("recfound", "challenger")
     with pytest.raises(RegistryError, match=r"no version 7; registered versions: \[1, 2, 3\]"):
         run_promote(cfg, 7)
+
+
+# ---- non-finite scores (issue 24, finding 2) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_candidate_never_passes_not_even_forced(bad: float) -> None:
+    for champion in (None, scores(0.2, genre=0.2)):
+        decision = check_gates(scores(bad, genre=0.3), champion, GATES, force=True)
+        assert not decision.promote, decision.summary()
+        assert f"overall.mean_score = {bad}: not a finite number" in decision.failures[0]
+    decision = check_gates(scores(0.3, genre=bad), scores(0.2, genre=0.2), GATES)
+    assert not decision.promote
+    assert f"tasks.genre.score = {bad}" in decision.failures[0]
+
+
+def test_a_nan_champion_does_not_block_a_later_version(caplog: pytest.LogCaptureFixture) -> None:
+    nan = float("nan")
+    with caplog.at_level("WARNING"):
+        decision = check_gates(
+            scores(0.2195, genre=0.3), scores(nan, genre=nan), GATES, champion_version=1
+        )
+    assert decision.passed, decision.summary()
+    assert "the champion v1 has no finite mean_score" in decision.summary()
+    assert "judged as if there were no champion" in caplog.text
+
+
+def test_register_refuses_a_report_with_a_nan_score(
+    tmp_path: Path, tiny_bundle: tuple[Path, Path]
+) -> None:
+    from recfound.tracking.registry import NonFiniteScoreError
+
+    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    cfg = load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+    write_metrics(Path(cfg.paths.reports) / "metrics.json", float("nan"), {"genre": 0.3})
+    with pytest.raises(NonFiniteScoreError, match=r"overall\.mean_score = nan.*not registered"):
+        run_register(cfg)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything was logged
