@@ -28,6 +28,7 @@ from recfound import artifacts
 from recfound.config import Config
 from recfound.errors import UserInputError
 from recfound.evaluation.outputs import BootstrapSettings
+from recfound.layout import EVALUATION_MANIFEST, METRICS_FILE
 from recfound.model.backbone import resolve_backbone_dir
 from recfound.model.bundle import SPEC_FILE
 from recfound.tracking.lineage import code_commit
@@ -88,6 +89,22 @@ def read_metrics(path: Path, primary: str) -> dict[str, Any]:
     return metrics
 
 
+def check_evaluation_unit(reports: Path) -> None:
+    """Evaluate's reports come from one complete run: their manifest (written last) lists
+    metrics.json and eval_records.json (when present) with the digests they have now;
+    :class:`~recfound.artifacts.ManifestError` otherwise (a killed evaluate, a file replaced)."""
+    digests = artifacts.check_manifest(
+        reports / EVALUATION_MANIFEST, rerun="`recfound evaluate` (or `dvc repro evaluate`)"
+    )
+    for name in (METRICS_FILE, RECORDS_ARTIFACT):
+        if name not in digests and (name == METRICS_FILE or (reports / name).exists()):
+            raise artifacts.ManifestError(
+                f"{reports / name} is not listed in {reports / EVALUATION_MANIFEST}: it does not "
+                "come from the evaluation run the manifest describes. Run `recfound evaluate` "
+                "again"
+            )
+
+
 def registry_params(cfg: Config) -> dict[str, Any]:
     """The settings recorded with a version (paths and tracking are about this machine only)."""
     return cfg.model_dump(exclude={"paths", "tracking"})
@@ -104,8 +121,9 @@ def run_register(cfg: Config) -> dict[str, Any]:
     _require(backbone / "config.json", "the backbone", "pretrain")
     _require(bundle / SPEC_FILE, "the merged model", "merge")
     _require(metrics_path, "the evaluation report", "evaluate")
-    metrics = read_metrics(metrics_path, cfg.registry.primary_metric)
     records_path = Path(cfg.paths.reports) / RECORDS_ARTIFACT
+    check_evaluation_unit(Path(cfg.paths.reports))
+    metrics = read_metrics(metrics_path, cfg.registry.primary_metric)
     records = read_records(records_path)
     if records is None:
         log.warning("%s is missing: task regressions are judged on point scores", records_path)

@@ -25,7 +25,7 @@ from recfound.tracking.registry import (
     promote,
     version_tags,
 )
-from tests.tracking.conftest import project_params, write_metrics
+from tests.tracking.conftest import project_params, publish_evaluation, write_metrics
 
 GATES = RegistryConfig(primary_metric="mean_score", max_regression=0.02, min_improvement=0.0)
 
@@ -168,6 +168,7 @@ def test_register_names_the_stage_to_run_first(tmp_path: Path) -> None:
         run_register(cfg)
     (Path(cfg.paths.reports) / "metrics.json").parent.mkdir(parents=True)
     (Path(cfg.paths.reports) / "metrics.json").write_text('{"overall": {}}')
+    publish_evaluation(Path(cfg.paths.reports))
     with pytest.raises(UserInputError, match="needs overall.mean_score"):
         run_register(cfg)
 
@@ -222,6 +223,7 @@ def write_evaluation(reports: Path, mean: float, year_hits: np.ndarray) -> None:
     (reports / "metrics.json").write_text(json.dumps(metrics))
     records = records_document(outputs, protocols, "test")
     (reports / "eval_records.json").write_text(json.dumps(records))
+    publish_evaluation(reports)
 
 
 def test_a_drop_inside_the_noise_is_not_a_regression() -> None:
@@ -377,3 +379,42 @@ def test_register_refuses_a_report_with_a_nan_score(
     with pytest.raises(NonFiniteScoreError, match=r"overall\.mean_score = nan.*not registered"):
         run_register(cfg)
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was logged
+
+
+# ---- evaluate's reports are one unit (issue 24, finding 1) -------------------------------------
+
+
+def test_register_refuses_reports_from_a_killed_evaluate(
+    tmp_path: Path, tiny_bundle: tuple[Path, Path]
+) -> None:
+    from recfound.artifacts import ManifestError
+
+    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    cfg = load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+    reports = Path(cfg.paths.reports)
+    write_evaluation(reports, 0.40, CHAMPION_YEAR)  # a complete run: files + manifest
+    old_records = (reports / "eval_records.json").read_bytes()
+
+    # killed just after metrics.json was replaced: the next run's scores, the old records
+    write_metrics(reports / "metrics.json", 0.55, {"year": 0.7})
+    (reports / "eval_records.json").write_bytes(old_records)
+    (reports / "evaluation_manifest.json").write_text(
+        json.dumps({"writer": "recfound evaluate", "files": {"metrics.json": "0" * 64}})
+    )
+    with pytest.raises(
+        ManifestError, match=r"metrics\.json differs from the one recfound evaluate"
+    ):
+        run_register(cfg)
+
+    (reports / "evaluation_manifest.json").unlink()  # killed before the manifest was written
+    with pytest.raises(
+        ManifestError, match=r"evaluation_manifest\.json is missing.*recfound evaluate"
+    ):
+        run_register(cfg)
+
+    (reports / "eval_records.json").unlink()
+    write_metrics(reports / "metrics.json", 0.55, {"year": 0.7})  # a manifest of metrics only
+    (reports / "eval_records.json").write_bytes(old_records)  # ... and records of another run
+    with pytest.raises(ManifestError, match=r"eval_records\.json is not listed"):
+        run_register(cfg)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was registered
