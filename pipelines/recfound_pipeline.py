@@ -202,7 +202,11 @@ def _wire_stages(
         data_remote=data_remote,
     )
     validated = validate(params=settings, interim=ingested.outputs["interim"])
-    built = build_tasks(params=settings, interim=ingested.outputs["interim"]).after(validated)
+    built = build_tasks(
+        params=settings,
+        interim=ingested.outputs["interim"],
+        validation=validated.outputs["report"],
+    )
     learned = baselines(params=settings, tasks=built.outputs["tasks"])
     pretrained = pretrain(params=settings, tasks=built.outputs["tasks"])
     trained = train(

@@ -76,6 +76,15 @@ def write_tables(tables: S.Tables, folder: str | Path) -> None:
     artifacts.write_json(folder / SOURCE_FILE, tables.info.to_dict())
 
 
+def table_digests(folder: str | Path) -> dict[str, str]:
+    """SHA-256 of each table file in ``folder`` (validate records them, build-tasks compares)."""
+    folder = Path(folder)
+    names = [*TABLE_FILES.values(), SOURCE_FILE]
+    return {
+        name: artifacts.file_digest(folder / name) for name in names if (folder / name).is_file()
+    }
+
+
 def read_tables(folder: str | Path) -> S.Tables:
     """Read what :func:`write_tables` wrote; a missing or damaged file is an ``IngestError``."""
     folder = Path(folder)

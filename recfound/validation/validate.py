@@ -24,6 +24,7 @@ import pandas as pd
 
 from recfound import artifacts
 from recfound.data.schema import Tables
+from recfound.errors import UserInputError
 
 if TYPE_CHECKING:
     from great_expectations import ExpectationSuite
@@ -114,8 +115,43 @@ def raise_for_failures(report: ValidationReport) -> None:
         raise DataValidationError(report)
 
 
-def validate_tables(tables: Tables, report_dir: Path) -> ValidationReport:
-    """Check the normalized tables (see :mod:`recfound.validation.suites`); results: ``tables``."""
+class TablesNotValidatedError(UserInputError):
+    """build-tasks was asked to use tables that did not pass validate (failed, never validated,
+    or changed since)."""
+
+
+def require_validated_tables(result_path: Path, digests: dict[str, str], interim: Path) -> None:
+    """The validation result at ``result_path`` (validate's ``tables.json``) passed, for tables
+    with exactly these ``digests``; :class:`TablesNotValidatedError` otherwise."""
+    again = f"run `recfound validate` (tables in {interim}) and fix what it reports"
+    try:
+        result = json.loads(Path(result_path).read_text())
+    except FileNotFoundError:
+        raise TablesNotValidatedError(
+            f"the tables in {interim} have no validation result ({result_path} is missing); "
+            + again
+        ) from None
+    except ValueError as exc:
+        raise TablesNotValidatedError(f"{result_path} is unreadable ({exc}); " + again) from None
+    if result.get("success") is not True:
+        failed = len(result.get("failures", []))
+        raise TablesNotValidatedError(
+            f"the tables in {interim} failed validation ({failed} expectation(s) not met, see "
+            f"{result_path}); task datasets are built only from tables that pass. Fix the data "
+            "and run `recfound ingest` and `recfound validate` again"
+        )
+    if result.get("inputs") != digests:
+        raise TablesNotValidatedError(
+            f"the tables in {interim} changed since they were validated ({result_path} describes "
+            "other files); " + again
+        )
+
+
+def validate_tables(
+    tables: Tables, report_dir: Path, inputs: dict[str, str] | None = None
+) -> ValidationReport:
+    """Check the normalized tables (see :mod:`recfound.validation.suites`); results: ``tables``,
+    with ``inputs`` (the digests of the table files) recorded for build-tasks."""
     from recfound.validation import suites
 
     interactions = suites.interactions_frame(tables.interactions, tables.items, tables.users)
@@ -131,6 +167,7 @@ def validate_tables(tables: Tables, report_dir: Path) -> ValidationReport:
             ("users", tables.users, suites.users_suite()),
         ],
         Path(report_dir).resolve(),
+        extra={"inputs": inputs},
     )
 
 
@@ -186,7 +223,10 @@ def _ephemeral_context(site_dir: Path) -> EphemeralDataContext:
 
 
 def _run_suites(
-    name: str, checks: list[tuple[str, pd.DataFrame, ExpectationSuite]], report_dir: Path
+    name: str,
+    checks: list[tuple[str, pd.DataFrame, ExpectationSuite]],
+    report_dir: Path,
+    extra: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Validate each (asset, frame, suite), then write the JSON results and the data docs."""
     import great_expectations as gx
@@ -234,7 +274,11 @@ def _run_suites(
     )
     artifacts.write_json(
         report.results_path,
-        {**report.to_dict(), "results": {a: r.to_json_dict() for a, r in results.items()}},
+        {
+            **report.to_dict(),
+            **(extra or {}),
+            "results": {a: r.to_json_dict() for a, r in results.items()},
+        },
     )
     _write_docs_index(report_dir)
     return report

@@ -35,6 +35,7 @@ MLFLOW_STEPS = {"baselines", "pretrain", "train", "merge", "evaluate", "register
 ARTIFACT_WIRING = {
     ("validate", "interim"): ("ingest", "interim"),
     ("build-tasks", "interim"): ("ingest", "interim"),
+    ("build-tasks", "validation"): ("validate", "report"),
     ("baselines", "tasks"): ("build-tasks", "tasks"),
     ("pretrain", "tasks"): ("build-tasks", "tasks"),
     ("train", "tasks"): ("build-tasks", "tasks"),
