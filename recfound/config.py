@@ -506,6 +506,12 @@ class ServingConfig(_Section):
     max_new_tokens: int = Field(
         default=128, ge=1, description="Largest max_new_tokens a request may ask for."
     )
+    max_request_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Total work of one request: characters the model reads (each row's input "
+        "once per candidate, or once without candidates, plus the candidates).",
+    )
 
 
 class TrackingConfig(_Section):
