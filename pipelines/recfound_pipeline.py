@@ -37,6 +37,8 @@ PIPELINE_NAME = "recfound"
 MLFLOW_SECRET = "recfound-mlflow"
 MLFLOW_SECRET_KEYS: tuple[str, ...] = (
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",  # the tracking server requires basic-auth credentials
+    "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_S3_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
