@@ -151,6 +151,8 @@ def test_mlflow_steps_get_the_secret_backed_environment(compiled: tuple[dict, di
             "MLFLOW_S3_ENDPOINT_URL",
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
         }
 
 
