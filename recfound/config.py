@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +80,13 @@ class DataConfig(_Section):
     min_item_interactions: int = Field(default=1, ge=1, description="k-core: items with fewer go.")
     max_users: int | None = Field(
         default=None, ge=10, description="Keep only the first N users (by id) — for tiny runs."
+    )
+    max_field_chars: int = Field(
+        default=1000,
+        ge=16,
+        description="Longest text field ingest keeps (titles, descriptions, categories, "
+        "reviews, user attributes); a longer one is cut to this many characters, ending in '…', "
+        "and counted in the validation report. 1000 keeps every MovieLens-100K field whole.",
     )
 
     @model_validator(mode="after")
@@ -480,6 +488,29 @@ class RegistryConfig(_Section):
     """MLflow model registry: the registered name and the promotion gates."""
 
     model_name: str = Field(default="recfound", min_length=1)
+
+    @field_validator("model_name")
+    @classmethod
+    def _registrable_name(cls, value: str) -> str:
+        """The name the MLflow registry accepts (its own check, ``_validate_model_name``, runs only
+        when the first version is created, after evaluate): no ``/`` or ``:``, and a name that
+        stays itself as a file path (no ``..``, ``./``, ``//``, leading or trailing ``/``)."""
+        if not value.strip():
+            raise ValueError("the registered model's name must not be blank")
+        bad = [c for c in ("/", ":") if c in value]
+        if bad:
+            raise ValueError(
+                f"an MLflow registered model name cannot contain {' or '.join(map(repr, bad))}; "
+                "use e.g. 'team-recfound' or 'team_recfound'"
+            )
+        normal = posixpath.normpath(value)
+        if normal != value or normal == "." or normal.startswith(".."):
+            raise ValueError(
+                "an MLflow registered model name must not change when read as a file path "
+                f"(this one reads as {normal!r}); use letters, digits, '-', '_' or '.'"
+            )
+        return value
+
     primary_metric: Literal["mean_score", "embedding_score", "generative_score"] = Field(
         default="mean_score", description="Overall score (from reports/metrics.json) to beat."
     )

@@ -151,3 +151,33 @@ def test_duplicate_yaml_key_names_both_lines(tmp_path: Path) -> None:
         ConfigError, match=r"duplicate key 'seed' on line 4 \(first given on line 3\)"
     ):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("team/recfound", "cannot contain '/'"),
+        ("team:recfound", "cannot contain ':'"),
+        ("..", "reads as '..'"),
+        ("   ", "must not be blank"),
+    ],
+)
+def test_model_name_the_registry_refuses_is_named(name: str, words: str) -> None:
+    """Refused when params.yaml is read, not after evaluate, when MLflow creates the version;
+    the rule is MLflow's own (its check agrees on every name here)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"registry": {"model_name": name}})
+    assert "registry.model_name" in str(err.value) and words in str(err.value)
+    with pytest.raises(MlflowException):
+        _validate_model_name(name)
+
+
+@pytest.mark.parametrize("name", ["recfound", "team-recfound", "team_recfound.v2", "RecFound 2"])
+def test_model_names_the_registry_accepts_pass(name: str) -> None:
+    from mlflow.utils.validation import _validate_model_name
+
+    _validate_model_name(name)
+    assert parse_config({"registry": {"model_name": name}}).registry.model_name == name

@@ -20,6 +20,8 @@ def run_validate(cfg: Config) -> ValidationReport:
     tables = read_tables(cfg.paths.interim)
     digests = table_digests(cfg.paths.interim)  # build-tasks checks it builds from these files
     report = validate_tables(tables, validation_dir(cfg.paths.reports), inputs=digests)
+    for warning in report.warnings:
+        log.warning("%s", warning)
     raise_for_failures(report)
     log.info("tables passed validation (%s)", report.statistics)
     return report

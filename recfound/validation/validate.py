@@ -63,7 +63,10 @@ class ValidationReport:
     """The outcome of one validate call; ``summary()`` is what the CLI prints on failure.
 
     ``statistics`` holds expectation counts (``evaluated_expectations``,
-    ``successful_expectations``, ``unsuccessful_expectations``) and ``rows.<asset>`` per asset.
+    ``successful_expectations``, ``unsuccessful_expectations``), ``rows.<asset>`` per asset and,
+    for the tables, ``ingest.<change>`` counts. ``warnings`` name what passes but changes what the
+    model learns (a degenerate source, what ingest changed; see
+    :mod:`recfound.validation.degenerate`).
     """
 
     success: bool
@@ -72,6 +75,7 @@ class ValidationReport:
     name: str = ""
     results_path: Path | None = None
     data_docs_index: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         evaluated = self.statistics.get("evaluated_expectations", 0)
@@ -84,6 +88,7 @@ class ValidationReport:
             )
         lines = [head]
         lines += [f"  - [{f.asset}] {f.summary} ({f.expectation_type})" for f in self.failures]
+        lines += [f"  warning: {w}" for w in self.warnings]
         if self.results_path is not None:
             lines.append(f"full results: {self.results_path}")
         if self.data_docs_index is not None:
@@ -96,6 +101,7 @@ class ValidationReport:
             "success": self.success,
             "failures": [asdict(f) for f in self.failures],
             "statistics": dict(self.statistics),
+            "warnings": list(self.warnings),
             "results_path": None if self.results_path is None else str(self.results_path),
             "data_docs_index": None if self.data_docs_index is None else str(self.data_docs_index),
         }
@@ -152,7 +158,7 @@ def validate_tables(
 ) -> ValidationReport:
     """Check the normalized tables (see :mod:`recfound.validation.suites`); results: ``tables``,
     with ``inputs`` (the digests of the table files) recorded for build-tasks."""
-    from recfound.validation import suites
+    from recfound.validation import degenerate, suites
 
     interactions = suites.interactions_frame(tables.interactions, tables.items, tables.users)
     return _run_suites(
@@ -168,6 +174,8 @@ def validate_tables(
         ],
         Path(report_dir).resolve(),
         extra={"inputs": inputs},
+        warnings=degenerate.source_warnings(tables),
+        statistics=degenerate.change_statistics(tables),
     )
 
 
@@ -227,8 +235,11 @@ def _run_suites(
     checks: list[tuple[str, pd.DataFrame, ExpectationSuite]],
     report_dir: Path,
     extra: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
+    statistics: dict[str, int] | None = None,
 ) -> ValidationReport:
-    """Validate each (asset, frame, suite), then write the JSON results and the data docs."""
+    """Validate each (asset, frame, suite), then write the JSON results and the data docs;
+    ``warnings`` and ``statistics`` are added to the report as they are."""
     import great_expectations as gx
 
     docs_root = report_dir / DATA_DOCS_DIR
@@ -256,21 +267,23 @@ def _run_suites(
         for result in suite_result.results
         if not result.success
     ]
-    statistics = {
+    counts = {
         "evaluated_expectations": sum(len(r.results) for r in results.values()),
         "successful_expectations": sum(sum(x.success for x in r.results) for r in results.values()),
     }
-    statistics["unsuccessful_expectations"] = (
-        statistics["evaluated_expectations"] - statistics["successful_expectations"]
+    counts["unsuccessful_expectations"] = (
+        counts["evaluated_expectations"] - counts["successful_expectations"]
     )
-    statistics.update({f"rows.{asset}": count for asset, count in rows.items()})
+    counts.update({f"rows.{asset}": count for asset, count in rows.items()})
+    counts.update(statistics or {})
     report = ValidationReport(
         success=all(r.success for r in results.values()),
         failures=failures,
-        statistics=statistics,
+        statistics=counts,
         name=name,
         results_path=report_dir / f"{name}.json",
         data_docs_index=docs_root / "index.html",
+        warnings=list(warnings or []),
     )
     artifacts.write_json(
         report.results_path,
