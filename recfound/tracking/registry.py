@@ -99,6 +99,10 @@ class RegistryError(UserInputError):
     """The registry cannot do what was asked (unknown version, a version without scores, …)."""
 
 
+class RecordsError(RegistryError):
+    """An ``eval_records.json`` (evaluate's per-record outputs) is cut short or damaged."""
+
+
 class NonFiniteScoreError(RegistryError):
     """An evaluation report holds a NaN or infinite score: such a model is never registered."""
 
@@ -481,11 +485,19 @@ def check_gates(
 
 
 def read_records(path: str | Path) -> Records | None:
-    """Task → per-record outputs from an ``eval_records.json`` (None when there is none)."""
+    """Task → per-record outputs from an ``eval_records.json`` (None when there is none); a file
+    cut short or damaged is a :class:`RecordsError` naming it."""
     path = Path(path)
     if not path.is_file():
         return None
-    return outputs_from_records(json.loads(path.read_text()))
+    try:
+        return outputs_from_records(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RecordsError(
+            f"{path} is not a usable per-record report ({type(exc).__name__}: {exc}); the file "
+            "is cut short or damaged. Run `recfound evaluate` again (it writes metrics.json and "
+            f"{RECORDS_ARTIFACT} together)"
+        ) from None
 
 
 def run_records(client: MlflowClient, run_id: str) -> Records | None:
@@ -497,7 +509,7 @@ def run_records(client: MlflowClient, run_id: str) -> Records | None:
         with tempfile.TemporaryDirectory() as tmp:
             local = client.download_artifacts(run_id, RECORDS_ARTIFACT, tmp)
             return read_records(local)
-    except MlflowException as exc:
+    except (MlflowException, RecordsError) as exc:  # judged on point scores instead
         log.warning("cannot read %s of run %s: %s", RECORDS_ARTIFACT, run_id, exc)
         return None
 

@@ -418,3 +418,67 @@ def test_register_refuses_reports_from_a_killed_evaluate(
     with pytest.raises(ManifestError, match=r"eval_records\.json is not listed"):
         run_register(cfg)
     assert not (tmp_path / "mlflow.db").exists()  # nothing was registered
+
+
+# ---- a damaged eval_records.json is a named error (issue 24, item 9) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "kind"),
+    [
+        (lambda text: text[: len(text) // 2], "JSONDecodeError"),
+        (lambda text: "[1, 2]", "TypeError"),
+        (lambda text: '{"tasks": {"year": {}}}', "KeyError"),
+    ],
+)
+def test_a_damaged_records_file_is_named(tmp_path: Path, damage, kind: str) -> None:
+    from recfound.tracking.registry import RecordsError, read_records
+
+    write_evaluation(tmp_path, 0.40, CHAMPION_YEAR)
+    path = tmp_path / "eval_records.json"
+    assert set(read_records(path)) == {"year", "genre"}
+    path.write_text(damage(path.read_text()))
+    before = path.read_bytes()
+    with pytest.raises(RecordsError) as err:
+        read_records(path)
+    message = str(err.value)
+    assert f"{path} is not a usable per-record report ({kind}" in message
+    assert "Run `recfound evaluate` again" in message
+    assert path.read_bytes() == before
+
+
+def test_a_champions_damaged_records_artifact_falls_back_to_point_scores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from recfound.tracking.registry import run_records
+
+    class Client:  # the two calls run_records makes of an MlflowClient
+        def list_artifacts(self, run_id: str) -> list:
+            return [SimpleNamespace(path="eval_records.json")]
+
+        def download_artifacts(self, run_id: str, name: str, folder: str) -> str:
+            local = Path(folder) / name
+            local.write_text('{"tasks": {"year": {"outp')  # cut short
+            return str(local)
+
+    assert run_records(Client(), "run-1") is None
+    assert "cannot read eval_records.json of run run-1" in caplog.text
+    assert "cut short or damaged" in caplog.text
+
+
+def test_register_refuses_a_truncated_records_file(
+    tmp_path: Path, tiny_bundle: tuple[Path, Path]
+) -> None:
+    from recfound.artifacts import ManifestError
+
+    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    cfg = load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+    reports = Path(cfg.paths.reports)
+    write_evaluation(reports, 0.40, CHAMPION_YEAR)
+    records = reports / "eval_records.json"
+    records.write_bytes(records.read_bytes()[:100])
+    with pytest.raises(ManifestError, match=r"eval_records\.json differs"):
+        run_register(cfg)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was registered
