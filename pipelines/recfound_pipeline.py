@@ -37,6 +37,8 @@ PIPELINE_NAME = "recfound"
 MLFLOW_SECRET = "recfound-mlflow"
 MLFLOW_SECRET_KEYS: tuple[str, ...] = (
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",  # the tracking server requires basic-auth credentials
+    "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_S3_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -202,7 +204,11 @@ def _wire_stages(
         data_remote=data_remote,
     )
     validated = validate(params=settings, interim=ingested.outputs["interim"])
-    built = build_tasks(params=settings, interim=ingested.outputs["interim"]).after(validated)
+    built = build_tasks(
+        params=settings,
+        interim=ingested.outputs["interim"],
+        validation=validated.outputs["report"],
+    )
     learned = baselines(params=settings, tasks=built.outputs["tasks"])
     pretrained = pretrain(params=settings, tasks=built.outputs["tasks"])
     trained = train(

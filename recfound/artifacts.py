@@ -3,11 +3,19 @@
 Files are written to a temporary sibling and moved into place with :func:`os.replace` (atomic on one
 filesystem). A directory of outputs is built in a temporary sibling and swapped in as a whole, so a
 crash or a failed check midway leaves the previous outputs untouched.
+
+Several files that share a folder with other stages' outputs (evaluate's reports) are published as
+a unit by a *manifest* written last: :func:`write_manifest` records each file's SHA-256 and
+:func:`check_manifest` refuses files that disagree with it (a run killed between two files leaves
+the old manifest, or none, so its reader sees the mix instead of using it).
+
+Files are created with the user's umask (as ``open`` does), not the 0600 of :mod:`tempfile`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +26,17 @@ from typing import Any
 
 import pandas as pd
 
+from recfound.errors import UserInputError
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
+
 
 def _write_via_temp(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
@@ -26,6 +45,7 @@ def _write_via_temp(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a report is as readable as any
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -144,3 +164,72 @@ def partial_directory(target: str | Path, *, resume: bool) -> Path:
         shutil.copytree(target, work)
     work.mkdir(parents=True, exist_ok=True)
     return work
+
+
+# ---- manifests: several files published as one unit -------------------------------------------
+
+
+class ManifestError(UserInputError):
+    """Files published as a unit disagree with their manifest (a writer was killed midway, or a
+    file was changed or replaced by hand)."""
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(manifest: str | Path, files: list[str | Path], *, writer: str) -> None:
+    """Record the SHA-256 of ``files`` (paths relative to the manifest's folder in the record)
+    in ``manifest``, atomically. Write it after every file it lists: then the files and the
+    manifest agree only when the whole unit was written."""
+    manifest = Path(manifest)
+    digests = {
+        Path(f).resolve().relative_to(manifest.parent.resolve()).as_posix(): file_digest(f)
+        for f in files
+    }
+    write_json(manifest, {"writer": writer, "files": digests})
+
+
+def check_manifest(manifest: str | Path, *, rerun: str) -> dict[str, str]:
+    """The digests of ``manifest`` after checking that every file it lists exists with that
+    digest; :class:`ManifestError` naming each file that does not (``rerun``: the command that
+    writes the unit again)."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise ManifestError(
+            f"{manifest} is missing: the files it vouches for were not all written by one "
+            f"complete run (it is written last). Run {rerun} again"
+        )
+    try:
+        record = json.loads(manifest.read_text())
+        digests = dict(record["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ManifestError(f"{manifest} is unreadable ({exc}); run {rerun} again") from None
+    wrong = []
+    for name, expected in sorted(digests.items()):
+        path = manifest.parent / name
+        if not path.is_file():
+            wrong.append(f"{name} is missing")
+        elif file_digest(path) != expected:
+            wrong.append(f"{name} differs from the one {record.get('writer', 'its writer')} wrote")
+    if wrong:
+        raise ManifestError(
+            f"the files of {manifest} do not come from one complete run: "
+            + "; ".join(wrong)
+            + f". Using them would mix runs; run {rerun} again"
+        )
+    return digests
+
+
+def manifest_agrees(manifest: str | Path) -> bool:
+    """True when :func:`check_manifest` finds nothing wrong (the reader falls back otherwise)."""
+    try:
+        check_manifest(manifest, rerun="")
+    except ManifestError:
+        return False
+    return True

@@ -8,6 +8,9 @@ message names the key, the value given and what is allowed.
 
 from __future__ import annotations
 
+import itertools
+import os
+import posixpath
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +49,9 @@ class ConfigError(UserInputError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: ``.nan`` / ``.inf`` in a float setting is refused, naming the key
+    # (a check like ``gt=0`` alone lets ``.inf`` through)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -75,6 +80,13 @@ class DataConfig(_Section):
     min_item_interactions: int = Field(default=1, ge=1, description="k-core: items with fewer go.")
     max_users: int | None = Field(
         default=None, ge=10, description="Keep only the first N users (by id) — for tiny runs."
+    )
+    max_field_chars: int = Field(
+        default=1000,
+        ge=16,
+        description="Longest text field ingest keeps (titles, descriptions, categories, "
+        "reviews, user attributes); a longer one is cut to this many characters, ending in '…', "
+        "and counted in the validation report. 1000 keeps every MovieLens-100K field whole.",
     )
 
     @model_validator(mode="after")
@@ -497,6 +509,29 @@ class RegistryConfig(_Section):
     """MLflow model registry: the registered name and the promotion gates."""
 
     model_name: str = Field(default="recfound", min_length=1)
+
+    @field_validator("model_name")
+    @classmethod
+    def _registrable_name(cls, value: str) -> str:
+        """The name the MLflow registry accepts (its own check, ``_validate_model_name``, runs only
+        when the first version is created, after evaluate): no ``/`` or ``:``, and a name that
+        stays itself as a file path (no ``..``, ``./``, ``//``, leading or trailing ``/``)."""
+        if not value.strip():
+            raise ValueError("the registered model's name must not be blank")
+        bad = [c for c in ("/", ":") if c in value]
+        if bad:
+            raise ValueError(
+                f"an MLflow registered model name cannot contain {' or '.join(map(repr, bad))}; "
+                "use e.g. 'team-recfound' or 'team_recfound'"
+            )
+        normal = posixpath.normpath(value)
+        if normal != value or normal == "." or normal.startswith(".."):
+            raise ValueError(
+                "an MLflow registered model name must not change when read as a file path "
+                f"(this one reads as {normal!r}); use letters, digits, '-', '_' or '.'"
+            )
+        return value
+
     primary_metric: Literal["mean_score", "embedding_score", "generative_score"] = Field(
         default="mean_score", description="Overall score (from reports/metrics.json) to beat."
     )
@@ -523,6 +558,12 @@ class ServingConfig(_Section):
     max_new_tokens: int = Field(
         default=128, ge=1, description="Largest max_new_tokens a request may ask for."
     )
+    max_request_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Total work of one request: characters the model reads (each row's input "
+        "once per candidate, or once without candidates, plus the candidates).",
+    )
 
 
 class TrackingConfig(_Section):
@@ -543,6 +584,32 @@ class PathsConfig(_Section):
     merged: str = "models/merged"
     baselines: str = "models/baselines"
     reports: str = "reports"
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> PathsConfig:
+        """Two stages never write into the same folder: a path equal to or inside another is
+        refused (``paths.tasks: data/interim`` would make build-tasks replace ingest's tables)."""
+        resolved = {
+            name: Path(os.path.normpath(Path(value).expanduser().absolute()))
+            for name, value in self.model_dump().items()
+        }
+        for (a, path_a), (b, path_b) in itertools.combinations(resolved.items(), 2):
+            if path_a == path_b:
+                raise ValueError(
+                    f"paths.{a} and paths.{b} are the same folder ({getattr(self, a)!r}); each "
+                    "stage needs a folder of its own"
+                )
+            inner, outer = (a, b) if path_a.is_relative_to(path_b) else (b, a)
+            if resolved[inner].is_relative_to(resolved[outer]):
+                raise ValueError(
+                    f"paths.{inner} ({getattr(self, inner)!r}) lies inside paths.{outer} "
+                    f"({getattr(self, outer)!r}); a stage replacing one would destroy the other. "
+                    "Give each a folder of its own"
+                )
+        return self
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 class AblationConfig(_Section):
@@ -565,7 +632,7 @@ class AblationConfig(_Section):
 class Config(_Section):
     """The whole of params.yaml."""
 
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=SEED_MAX, description="Seed of every random choice.")
     data: DataConfig = Field(default_factory=DataConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -628,12 +695,38 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raise ConfigError(
+            f"{path} is empty; it must name every section (copy the repository's params.yaml, "
+            "whose values are the defaults)"
+        )
     if isinstance(raw, dict):
         require_sections(raw, origin=str(path))
     return parse_config(raw, origin=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (plain
+    YAML keeps the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} on line {line} (first given on line {seen[key]}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def require_sections(raw: dict[str, Any], origin: str = "params.yaml") -> None:

@@ -16,6 +16,8 @@ SPLIT_INTERACTIONS_FILE = "interactions.parquet"
 # inside paths.reports
 RECORDS_FILE = "eval_records.json"  # evaluate's per-record outputs (register, ablate)
 METRICS_FILE = "metrics.json"
+# evaluate's reports are one unit: this manifest (written last) holds the digest of each file
+EVALUATION_MANIFEST = "evaluation_manifest.json"
 
 
 def validation_dir(reports: str | Path) -> Path:

@@ -74,3 +74,31 @@ def test_partial_directory_keeps_the_target_until_it_is_swapped_in(tmp_path: Pat
 
     resumed = artifacts.partial_directory(target, resume=True)  # no partial work: from target
     assert file_digests(resumed) == file_digests(target)
+
+
+def test_files_are_written_with_the_users_umask_not_0600(tmp_path: Path) -> None:
+    artifacts.write_json(tmp_path / "report.json", {"a": 1})
+    artifacts.write_text(tmp_path / "report.md", "# report\n")
+    expected = 0o666 & ~artifacts._UMASK
+    for name in ("report.json", "report.md"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected
+
+
+def test_a_manifest_vouches_for_its_files_and_names_the_one_that_differs(tmp_path: Path) -> None:
+    first, second = tmp_path / "metrics.json", tmp_path / "plots" / "scores.json"
+    artifacts.write_json(first, {"score": 1})
+    artifacts.write_json(second, {"score": 1})
+    manifest = tmp_path / "manifest.json"
+    artifacts.write_manifest(manifest, [first, second], writer="recfound evaluate")
+    assert set(artifacts.check_manifest(manifest, rerun="`x`")) == {
+        "metrics.json",
+        "plots/scores.json",
+    }
+    artifacts.write_json(second, {"score": 2})  # a later run, killed after this file
+    with pytest.raises(artifacts.ManifestError, match="plots/scores.json differs") as err:
+        artifacts.check_manifest(manifest, rerun="`recfound evaluate`")
+    assert "metrics.json differs" not in str(err.value)
+    assert not artifacts.manifest_agrees(manifest)
+    first.unlink()
+    with pytest.raises(artifacts.ManifestError, match="metrics.json is missing"):
+        artifacts.check_manifest(manifest, rerun="`recfound evaluate`")

@@ -142,6 +142,11 @@ def test_corrupted_data_stops_validate_and_keeps_outputs(
     assert (project / "reports" / "validation" / "data_docs" / "index.html").is_file()
     # the task datasets built from the good data are untouched
     assert file_digests(project / "data" / "tasks") == tasks_before
+    # and build-tasks, run by hand after the failed validate, refuses the tables
+    result = run_cli("build-tasks", cwd=project)
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    assert "failed validation" in result.stderr and "Traceback" not in result.stderr
+    assert file_digests(project / "data" / "tasks") == tasks_before
 
 
 def test_truncated_source_file_exit_code_and_outputs_kept(
@@ -242,3 +247,39 @@ def test_params_file_missing_a_section_stops_before_anything_runs(mini_project: 
     assert result.returncode == EXIT_USER_ERROR
     assert "lacks section(s) train, merge," in result.stderr
     assert not (mini_project / "data").exists()
+
+
+# --- issue 24: build-tasks builds only from tables that passed validate --------------------------
+
+
+def test_build_tasks_refuses_tables_that_did_not_pass_validation(
+    mini_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recfound import artifacts
+    from recfound.config import load_config
+    from recfound.data.ingest import table_digests
+    from recfound.stages.build_tasks import run_build_tasks
+    from recfound.stages.ingest import run_ingest
+    from recfound.validation.validate import TablesNotValidatedError
+
+    monkeypatch.chdir(mini_project)
+    cfg = load_config("params.yaml")
+    run_ingest(cfg)
+    result = mini_project / "reports" / "validation" / "tables.json"
+    with pytest.raises(TablesNotValidatedError, match=r"no validation result \(.*is missing\)"):
+        run_build_tasks(cfg)
+    assert not (mini_project / "data" / "tasks").exists()
+
+    digests = table_digests(cfg.paths.interim)
+    artifacts.write_json(result, {"success": True, "failures": [], "inputs": digests})
+    run_build_tasks(cfg)  # what validate writes when the tables pass
+    tasks_before = file_digests(mini_project / "data" / "tasks")
+
+    artifacts.write_json(result, {"success": False, "failures": [{}] * 2, "inputs": digests})
+    with pytest.raises(TablesNotValidatedError, match=r"failed validation \(2 expectation"):
+        run_build_tasks(cfg)
+    stale = {**digests, "interactions.parquet": "0" * 64}  # validated, then ingested again
+    artifacts.write_json(result, {"success": True, "failures": [], "inputs": stale})
+    with pytest.raises(TablesNotValidatedError, match="changed since they were validated"):
+        run_build_tasks(cfg)
+    assert file_digests(mini_project / "data" / "tasks") == tasks_before

@@ -79,3 +79,105 @@ def test_params_file_missing_whole_sections_names_them(tmp_path: Path) -> None:
         load_config(path)
     assert str(err.value).startswith(f"{path} lacks section(s) merge, registry;")
     parse_config({"data": {"max_users": 10}})  # partial mappings (pipeline overrides) stay fine
+
+
+# ---- reliability (issue 24): non-finite numbers, overlapping paths, seeds, the file itself -----
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("model", "tmole.alpha", float("inf")),
+        ("model", "tmole.gate_temperature", float("nan")),
+        ("train", "learning_rate", float("nan")),
+        ("train", "weight_decay", float("inf")),
+        ("data", "rating_threshold", float("-inf")),
+        ("registry", "min_improvement", float("inf")),
+    ],
+)
+def test_non_finite_settings_are_refused_naming_the_key(
+    section: str, key: str, value: float
+) -> None:
+    raw: dict = {}
+    inner = raw.setdefault(section, {})
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        inner = inner.setdefault(parent, {})
+    inner[leaf] = value
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be a finite number"):
+        parse_config(raw)
+
+
+def test_non_finite_setting_written_as_yaml_is_refused(tmp_path: Path) -> None:
+    text = (REPO_ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("    alpha: 16.0", "    alpha: .inf", 1))
+    with pytest.raises(ConfigError, match=r"model\.tmole\.alpha: Input should be a finite number"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("paths", "message"),
+    [
+        ({"tasks": "data/interim"}, r"paths\.interim and paths\.tasks are the same folder"),
+        ({"reports": "data/tasks/reports"}, r"paths\.reports .* lies inside paths\.tasks"),
+        ({"train": "models"}, r"paths\.backbone .* lies inside paths\.train"),
+        ({"merged": "./models/train/"}, r"paths\.train and paths\.merged are the same folder"),
+    ],
+)
+def test_overlapping_paths_are_refused(paths: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"paths": paths})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**70])
+def test_seed_out_of_range_is_named(seed: int) -> None:
+    with pytest.raises(ConfigError, match=rf"seed: Input should be .*\(got {seed}\)"):
+        parse_config({"seed": seed})
+
+
+def test_empty_params_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="params.yaml is empty; it must name every section"):
+        load_config(path)
+
+
+def test_duplicate_yaml_key_names_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    text = (REPO_ROOT / "params.yaml").read_text()
+    path.write_text(text.replace("seed: 42", "seed: 42\nseed: 7", 1))
+    with pytest.raises(
+        ConfigError, match=r"duplicate key 'seed' on line 4 \(first given on line 3\)"
+    ):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("team/recfound", "cannot contain '/'"),
+        ("team:recfound", "cannot contain ':'"),
+        ("..", "reads as '..'"),
+        ("   ", "must not be blank"),
+    ],
+)
+def test_model_name_the_registry_refuses_is_named(name: str, words: str) -> None:
+    """Refused when params.yaml is read, not after evaluate, when MLflow creates the version;
+    the rule is MLflow's own (its check agrees on every name here)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"registry": {"model_name": name}})
+    assert "registry.model_name" in str(err.value) and words in str(err.value)
+    with pytest.raises(MlflowException):
+        _validate_model_name(name)
+
+
+@pytest.mark.parametrize("name", ["recfound", "team-recfound", "team_recfound.v2", "RecFound 2"])
+def test_model_names_the_registry_accepts_pass(name: str) -> None:
+    from mlflow.utils.validation import _validate_model_name
+
+    _validate_model_name(name)
+    assert parse_config({"registry": {"model_name": name}}).registry.model_name == name

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from recfound import artifacts
 from tests.conftest import (
     REPO_ROOT,
     TINY_SECTIONS,
@@ -81,6 +82,10 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     assert len(evaluation["tasks"]) == metrics["num_tasks"]  # zero_shot answered as ctr
     assert {"popularity", "item_knn", "bm25", "majority"} <= set(evaluation["baselines"])
     assert "| user2item | embedding |" in (repo_copy / "reports" / "evaluation.md").read_text()
+    manifest = artifacts.check_manifest(
+        repo_copy / "reports" / "evaluation_manifest.json", rerun="`recfound evaluate`"
+    )
+    assert {"metrics.json", "eval_records.json", "evaluation.md"} <= set(manifest)
     registry = json.loads((repo_copy / "reports" / "registry.json").read_text())
     assert int(registry["version"]) == 1 and registry["alias"] == "champion"
 

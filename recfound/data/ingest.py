@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -44,13 +45,27 @@ def load_source(cfg: DataConfig) -> S.Tables:
     raise IngestError(f"data.source {cfg.source!r} has no loader")  # config forbids this
 
 
-def filter_tables(tables: S.Tables, cfg: DataConfig) -> S.Tables:
-    """Keep the first ``max_users`` users (by id) and apply k-core filtering to interactions.
+DUPLICATE_KEY = ["user_id", "item_id", "timestamp"]
 
+
+def filter_tables(tables: S.Tables, cfg: DataConfig) -> S.Tables:
+    """Drop duplicated rows, keep the first ``max_users`` users (by id) and apply k-core
+    filtering to interactions.
+
+    A row repeating an earlier row's (user, item, timestamp) is one event read twice: it is
+    dropped *before* k-core, so it does not count towards a user's or item's interactions; how
+    many were dropped is recorded as ``duplicate_rows`` in ``info.changes`` (validate reports it).
     Items and users tables are kept whole (so validation can still see a reference to an item the
     items table lacks); interactions are sorted by user and time for readable files.
     """
     interactions = tables.interactions
+    info = tables.info
+    duplicated = interactions.duplicated(DUPLICATE_KEY)
+    if duplicated.any():
+        interactions = interactions[~duplicated]
+        info = dataclasses.replace(
+            info, changes={**info.changes, "duplicate_rows": int(duplicated.sum())}
+        )
     if cfg.max_users is not None:
         keep = sorted(interactions["user_id"].unique(), key=_natural_key)[: cfg.max_users]
         interactions = interactions[interactions["user_id"].isin(set(keep))]
@@ -60,7 +75,7 @@ def filter_tables(tables: S.Tables, cfg: DataConfig) -> S.Tables:
         interactions=interactions.reset_index(drop=True),
         items=tables.items,
         users=tables.users,
-        info=tables.info,
+        info=info,
     )
 
 
@@ -74,6 +89,15 @@ def write_tables(tables: S.Tables, folder: str | Path) -> None:
     for name, filename in TABLE_FILES.items():
         artifacts.write_parquet(folder / filename, getattr(tables, name))
     artifacts.write_json(folder / SOURCE_FILE, tables.info.to_dict())
+
+
+def table_digests(folder: str | Path) -> dict[str, str]:
+    """SHA-256 of each table file in ``folder`` (validate records them, build-tasks compares)."""
+    folder = Path(folder)
+    names = [*TABLE_FILES.values(), SOURCE_FILE]
+    return {
+        name: artifacts.file_digest(folder / name) for name in names if (folder / name).is_file()
+    }
 
 
 def read_tables(folder: str | Path) -> S.Tables:

@@ -47,9 +47,16 @@ class SourceInfo:
     rating_max: float
     rating_threshold: float
     signals: tuple[str, ...]
+    changes: dict[str, int] = field(default_factory=dict)
+    """What ingest changed in the source, by kind (e.g. ``escaped_fields.items.title``,
+    ``cut_fields.items.description``, ``duplicate_rows``); only kinds that occurred. The validate
+    stage reports them."""
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "signals": list(self.signals)}
+        raw = {**asdict(self), "signals": list(self.signals)}
+        if not self.changes:  # a source ingest left as it was keeps its source.json unchanged
+            del raw["changes"]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict) -> SourceInfo:
@@ -59,6 +66,7 @@ class SourceInfo:
             rating_max=float(raw["rating_max"]),
             rating_threshold=float(raw["rating_threshold"]),
             signals=tuple(raw["signals"]),
+            changes={str(k): int(v) for k, v in (raw.get("changes") or {}).items()},
         )
 
 

@@ -86,6 +86,23 @@ def _to_number(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return values
 
 
+# Unix seconds a timestamp may hold: what int64 stores (year ±292 billion); beyond is no time.
+_TIMESTAMP_LIMIT = 2.0**63 - 1
+
+
+def _require_times(timestamp: pd.Series, path: Path, lines: list[int]) -> None:
+    """Every timestamp is a finite number of seconds (``inf``, ``nan`` or ``1e300`` is not): an
+    :class:`IngestError` naming the file, line and value otherwise (``lines[i]``: row ``i``'s)."""
+    bad = ~(timestamp.abs() < _TIMESTAMP_LIMIT)  # NaN compares False: bad too
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise IngestError(
+            f"{path}: line {lines[row]}: timestamp is {float(timestamp.iloc[row])!r}, not a time; "
+            f"expected Unix seconds (a finite integer). {int(bad.sum())} row(s) are like this: "
+            "fix or remove them in the source file"
+        )
+
+
 def _require_ids(raw: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
     """Every row names its ids: an empty id is an error, not a row to drop."""
     for column in columns:
@@ -107,6 +124,7 @@ def _normalize_interactions(raw: pd.DataFrame, path: Path, timestamps: bool) -> 
         if timestamp.isna().any():
             line = int(timestamp.isna().to_numpy().nonzero()[0][0]) + 2
             raise IngestError(f"{path}: empty timestamp at line {line}")
+        _require_times(timestamp, path, [i + 2 for i in range(len(raw))])
     elif timestamps:
         raise IngestError(
             f"{path}: the header has no 'timestamp' field, but data.timestamps is true (the "
@@ -315,6 +333,7 @@ def load_amazon_jsonl(
         [_number(r["timestamp"], reviews_path, n, "timestamp") for n, r in reviews],
         dtype="float64",
     )
+    _require_times(timestamps, reviews_path, [n for n, _ in reviews])
     if len(timestamps) and timestamps.median() > 1e11:  # Amazon 2023 stores milliseconds
         timestamps = timestamps // 1000
     interactions = pd.DataFrame(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -203,8 +204,44 @@ def resolve_backbone_dir(directory: str | Path) -> Path:
     directory = Path(directory)
     pointer = directory / POINTER_FILE
     if pointer.is_file():
-        return Path(json.loads(pointer.read_text())["checkpoint"])
+        try:
+            return Path(json.loads(pointer.read_text())["checkpoint"])
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise BackboneError(
+                f"{pointer} does not name a checkpoint ({type(exc).__name__}: {exc}); it should "
+                'read {"checkpoint": "<directory>"}. Run `recfound pretrain` again to rewrite it'
+            ) from None
     return directory
+
+
+_RESTORE = (
+    "Restore the checkpoint directory (copy it again), or for the builtin backbone run "
+    "`recfound pretrain` (`dvc repro -f pretrain`) to write it again"
+)
+
+
+def _share_group(config_path: Path) -> int:
+    """The layer-sharing group of ``config.json`` (1: none); a file that is not a JSON object is
+    a :class:`BackboneError` naming it."""
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BackboneError(
+            f"{config_path} is not readable JSON ({exc}); the file is damaged or cut short. "
+            + _RESTORE
+        ) from None
+    if not isinstance(config, dict):
+        raise BackboneError(
+            f"{config_path} holds a JSON {type(config).__name__}, not the object of a Hugging "
+            "Face model config. " + _RESTORE
+        )
+    try:
+        return int(config.get(SHARE_KEY, 1) or 1)
+    except (TypeError, ValueError):
+        raise BackboneError(
+            f"{config_path}: {SHARE_KEY} is {config[SHARE_KEY]!r}; expected a whole number of "
+            "layers per group. " + _RESTORE
+        ) from None
 
 
 def load_backbone(directory: str | Path, dtype: torch.dtype = torch.float32):
@@ -215,13 +252,19 @@ def load_backbone(directory: str | Path, dtype: torch.dtype = torch.float32):
             f"{directory} is not a Hugging Face checkpoint directory (no config.json); "
             "set model.backbone to 'builtin' or to a local causal-LM directory"
         )
-    group = int(json.loads((directory / "config.json").read_text()).get(SHARE_KEY, 1) or 1)
+    group = _share_group(directory / "config.json")
     verbosity = transformers_logging.get_verbosity()
     try:
         if group > 1:  # the shared layers' copies are absent by design: no missing-key report
             transformers_logging.set_verbosity_error()
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    except SafetensorError as exc:
+        weights = ", ".join(sorted(p.name for p in directory.glob("*.safetensors"))) or "weights"
+        raise BackboneError(
+            f"the backbone's weights in {directory} ({weights}) are damaged: {exc} (a file cut "
+            f"short, or not safetensors). {_RESTORE}"
+        ) from None
     except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load the backbone from {directory}: {exc}") from None
     finally:

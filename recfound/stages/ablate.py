@@ -43,7 +43,7 @@ from recfound.evaluation.outputs import (
 )
 from recfound.evaluation.report import with_interval
 from recfound.evaluation.runner import outputs_from_records
-from recfound.layout import RECORDS_FILE
+from recfound.layout import EVALUATION_MANIFEST, RECORDS_FILE
 from recfound.merge.from_config import merge_from_config
 from recfound.model.backbone import load_backbone
 from recfound.model.build import attach_adapter
@@ -355,7 +355,12 @@ def run_ablate(cfg: Config) -> dict[str, Any]:
     records_path = Path(cfg.paths.reports) / RECORDS_FILE
     for row in ROWS:
         log.info("ablation row %s", row)
-        if row == FULL_ROW and metrics_path.is_file() and records_path.is_file():
+        if (
+            row == FULL_ROW
+            and metrics_path.is_file()
+            and records_path.is_file()
+            and artifacts.manifest_agrees(metrics_path.parent / EVALUATION_MANIFEST)
+        ):
             document = json.loads(metrics_path.read_text())  # `evaluate` already scored it
             records = json.loads(records_path.read_text())
             results[row] = {

@@ -15,7 +15,7 @@ from pathlib import Path
 from recfound import artifacts
 from recfound.config import EMBEDDING_TASKS, Config
 from recfound.data.build import TaskDatasets, build_task_datasets
-from recfound.data.ingest import read_tables
+from recfound.data.ingest import read_tables, table_digests
 from recfound.layout import (
     ITEMS_FILE,
     MANIFEST_FILE,
@@ -24,7 +24,11 @@ from recfound.layout import (
     validation_dir,
 )
 from recfound.tracking.lineage import recorded_data_version, write_data_version
-from recfound.validation.validate import raise_for_failures, validate_task_datasets
+from recfound.validation.validate import (
+    raise_for_failures,
+    require_validated_tables,
+    validate_task_datasets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +43,16 @@ def task_counts(datasets: TaskDatasets) -> dict[str, dict[str, int]]:
     }
 
 
-def run_build_tasks(cfg: Config) -> TaskDatasets:
+def run_build_tasks(cfg: Config, validation_result: str | Path | None = None) -> TaskDatasets:
+    """Build the task datasets from ``paths.interim``, which must have passed ``validate``:
+    its result (``validation_result``, by default ``<paths.reports>/validation/tables.json``)
+    says so for exactly these table files, or :class:`TablesNotValidatedError` is raised."""
     tables = read_tables(cfg.paths.interim)
+    require_validated_tables(
+        Path(validation_result or validation_dir(cfg.paths.reports) / "tables.json"),
+        table_digests(cfg.paths.interim),
+        Path(cfg.paths.interim),
+    )
     datasets = build_task_datasets(tables, cfg.tasks, seed=cfg.seed)
     for task, reason in sorted(datasets.skipped.items()):
         log.warning("skipped task %s: %s", task, reason)

@@ -9,6 +9,10 @@ baseline with a paired interval → ``reports/metrics.json`` (DVC metrics; the r
 it), ``reports/eval_records.json`` (the model's per-record outputs: the registry pairs champion and
 challenger on them), ``reports/evaluation.md``, ``reports/plots/evaluation_scores.{json,png}`` and
 the same to the MLflow run.
+
+The report files are one unit: the old ``reports/evaluation_manifest.json`` is removed before the
+first file is replaced and the new one, with every file's digest, is written after the last, so
+``register`` can tell reports from one complete run from a mix left by a killed one.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from recfound.evaluation.baselines import load_baselines
 from recfound.evaluation.model_eval import answered_as, evaluate_bundle
 from recfound.evaluation.report import evaluation_markdown, plot_scores, score_rows
 from recfound.evaluation.runner import TrainedBaselines
-from recfound.layout import RECORDS_FILE
+from recfound.layout import EVALUATION_MANIFEST, RECORDS_FILE
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.tracking.runs import stage_run, task_inputs
 
@@ -63,6 +67,8 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
         document["mlflow_run_id"] = run.info.run_id
         markdown = evaluation_markdown(document)
         rows = score_rows(document)
+        manifest = reports / EVALUATION_MANIFEST
+        manifest.unlink(missing_ok=True)  # from here until the new one the unit is incomplete
         figure = plot_scores(rows, reports / "plots" / "evaluation_scores.png")
         mlflow.log_metrics({f"overall/{k}": v for k, v in document["overall"].items()})
         mlflow.log_metrics(
@@ -77,10 +83,18 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
         mlflow.log_dict(records, RECORDS_FILE)
         mlflow.log_text(markdown, "evaluation.md")
         mlflow.log_artifact(str(figure), "plots")
-    artifacts.write_json(reports / "metrics.json", document)
-    artifacts.write_json(reports / RECORDS_FILE, records)
-    artifacts.write_text(reports / "evaluation.md", markdown)
-    artifacts.write_json(reports / "plots" / "evaluation_scores.json", rows)
+    published = [
+        reports / "metrics.json",
+        reports / RECORDS_FILE,
+        reports / "evaluation.md",
+        reports / "plots" / "evaluation_scores.json",
+        figure,
+    ]
+    artifacts.write_json(published[0], document)
+    artifacts.write_json(published[1], records)
+    artifacts.write_text(published[2], markdown)
+    artifacts.write_json(published[3], rows)
+    artifacts.write_manifest(manifest, published, writer="recfound evaluate")
     log.info(
         "test scores: mean %.4f (embedding %.4f, generative %.4f) over %d tasks in %.0f s; "
         "table in %s",

@@ -28,6 +28,7 @@ from recfound import artifacts
 from recfound.config import Config
 from recfound.errors import UserInputError
 from recfound.evaluation.outputs import BootstrapSettings
+from recfound.layout import EVALUATION_MANIFEST, METRICS_FILE
 from recfound.model.backbone import resolve_backbone_dir
 from recfound.model.bundle import SPEC_FILE
 from recfound.tracking.lineage import code_commit
@@ -36,8 +37,10 @@ from recfound.tracking.registry import (
     CHAMPION,
     RECORDS_ARTIFACT,
     GateDecision,
+    NonFiniteScoreError,
     configure_registry,
     log_and_register,
+    non_finite_scores,
     promote,
     read_records,
     version_description,
@@ -76,7 +79,30 @@ def read_metrics(path: Path, primary: str) -> dict[str, Any]:
             f"{path} is not a usable evaluation report ({type(exc).__name__}: {exc}); it needs "
             f"overall.{primary} and a score per task. Run `recfound evaluate` again"
         ) from None
+    non_finite = non_finite_scores(metrics, primary)
+    if non_finite:
+        raise NonFiniteScoreError(
+            f"{path} holds scores that are not finite numbers: {'; '.join(non_finite)}. A model "
+            "with such scores is not registered; see evaluation.md for the task, fix the cause "
+            "and run `recfound evaluate` again"
+        )
     return metrics
+
+
+def check_evaluation_unit(reports: Path) -> None:
+    """Evaluate's reports come from one complete run: their manifest (written last) lists
+    metrics.json and eval_records.json (when present) with the digests they have now;
+    :class:`~recfound.artifacts.ManifestError` otherwise (a killed evaluate, a file replaced)."""
+    digests = artifacts.check_manifest(
+        reports / EVALUATION_MANIFEST, rerun="`recfound evaluate` (or `dvc repro evaluate`)"
+    )
+    for name in (METRICS_FILE, RECORDS_ARTIFACT):
+        if name not in digests and (name == METRICS_FILE or (reports / name).exists()):
+            raise artifacts.ManifestError(
+                f"{reports / name} is not listed in {reports / EVALUATION_MANIFEST}: it does not "
+                "come from the evaluation run the manifest describes. Run `recfound evaluate` "
+                "again"
+            )
 
 
 def registry_params(cfg: Config) -> dict[str, Any]:
@@ -95,8 +121,9 @@ def run_register(cfg: Config) -> dict[str, Any]:
     _require(backbone / "config.json", "the backbone", "pretrain")
     _require(bundle / SPEC_FILE, "the merged model", "merge")
     _require(metrics_path, "the evaluation report", "evaluate")
-    metrics = read_metrics(metrics_path, cfg.registry.primary_metric)
     records_path = Path(cfg.paths.reports) / RECORDS_ARTIFACT
+    check_evaluation_unit(Path(cfg.paths.reports))
+    metrics = read_metrics(metrics_path, cfg.registry.primary_metric)
     records = read_records(records_path)
     if records is None:
         log.warning("%s is missing: task regressions are judged on point scores", records_path)

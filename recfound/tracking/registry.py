@@ -91,10 +91,33 @@ LOCK_SUFFIX = ".promotion-lock"  # registered model that exists while a promotio
 LOCK_OWNER_TAG = "recfound.lock_owner"
 LOCK_WAIT_S = 600.0  # how long a promotion waits for another one to finish
 LOCK_STALE_S = 900.0  # a lock older than this was left by a killed promotion: broken
+REGISTERED_BY_TAG = "recfound.registered_by"  # the registering process (as a lock owner)
+UNJUDGED = "unjudged"  # promotion.alias of a version whose registration died before the gates
 
 
 class RegistryError(UserInputError):
     """The registry cannot do what was asked (unknown version, a version without scores, …)."""
+
+
+class RecordsError(RegistryError):
+    """An ``eval_records.json`` (evaluate's per-record outputs) is cut short or damaged."""
+
+
+class NonFiniteScoreError(RegistryError):
+    """An evaluation report holds a NaN or infinite score: such a model is never registered."""
+
+
+def non_finite_scores(metrics: dict[str, Any], primary_metric: str) -> list[str]:
+    """The keys of the scores the gates read (``overall.<primary>``, ``tasks.<t>.score``) whose
+    value is NaN or infinite, with the value."""
+    values = {f"overall.{primary_metric}": metrics.get("overall", {}).get(primary_metric)}
+    for task, scores in sorted(metrics.get("tasks", {}).items()):
+        values[f"tasks.{task}.score"] = scores.get("score")
+    return [
+        f"{key} = {value}"
+        for key, value in values.items()
+        if isinstance(value, int | float) and not math.isfinite(value)
+    ]
 
 
 @dataclass(frozen=True)
@@ -134,7 +157,12 @@ class GateDecision:
         against = "the champion" + (
             f" v{self.champion_version}" if self.champion_version is not None else ""
         )
-        if self.champion_value is None and self.passed:
+        if self.champion_value is None and self.passed and self.champion_version is not None:
+            head = (
+                f"passes the gates: {against} has no finite {self.primary_metric} and counts "
+                "as no champion"
+            )
+        elif self.champion_value is None and self.passed:
             head = "passes the gates: there is no champion yet"
         elif self.passed:
             head = (
@@ -318,9 +346,42 @@ def check_gates(
     primary = registry_cfg.primary_metric
     settings = settings or BootstrapSettings()
     candidate = _overall(candidate_metrics, primary)
+    non_finite = non_finite_scores(candidate_metrics, primary)
+    if non_finite:  # never champion, not even forced: a NaN would block every later version
+        return GateDecision(
+            passed=False,
+            primary_metric=primary,
+            candidate_value=candidate,
+            champion_value=_overall(champion_metrics, primary),
+            champion_version=champion_version,
+            failures=[
+                f"the candidate's {', '.join(non_finite)}: not a finite number (NaN or "
+                "infinite); such a version never becomes champion, not even with --force"
+            ],
+        )
     if champion_metrics is None:
         return GateDecision(True, primary, candidate, None, forced=force)
     champion = _overall(champion_metrics, primary)
+    if champion is not None and not math.isfinite(champion):
+        log.warning(
+            "the champion v%s has %s = %s (not a finite number): judged as if there were no "
+            "champion",
+            champion_version,
+            primary,
+            champion,
+        )
+        return GateDecision(
+            True,
+            primary,
+            candidate,
+            None,
+            champion_version=champion_version,
+            notes=[
+                f"the champion v{champion_version}'s {primary} is {champion}, not a finite "
+                "number: it counts as no champion"
+            ],
+            forced=force,
+        )
     failures: list[str] = []
     notes: list[str] = []
     comparisons: dict[str, dict[str, Any]] = {}
@@ -424,11 +485,19 @@ def check_gates(
 
 
 def read_records(path: str | Path) -> Records | None:
-    """Task → per-record outputs from an ``eval_records.json`` (None when there is none)."""
+    """Task → per-record outputs from an ``eval_records.json`` (None when there is none); a file
+    cut short or damaged is a :class:`RecordsError` naming it."""
     path = Path(path)
     if not path.is_file():
         return None
-    return outputs_from_records(json.loads(path.read_text()))
+    try:
+        return outputs_from_records(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RecordsError(
+            f"{path} is not a usable per-record report ({type(exc).__name__}: {exc}); the file "
+            "is cut short or damaged. Run `recfound evaluate` again (it writes metrics.json and "
+            f"{RECORDS_ARTIFACT} together)"
+        ) from None
 
 
 def run_records(client: MlflowClient, run_id: str) -> Records | None:
@@ -440,7 +509,7 @@ def run_records(client: MlflowClient, run_id: str) -> Records | None:
         with tempfile.TemporaryDirectory() as tmp:
             local = client.download_artifacts(run_id, RECORDS_ARTIFACT, tmp)
             return read_records(local)
-    except MlflowException as exc:
+    except (MlflowException, RecordsError) as exc:  # judged on point scores instead
         log.warning("cannot read %s of run %s: %s", RECORDS_ARTIFACT, run_id, exc)
         return None
 
@@ -498,7 +567,9 @@ def log_and_register(
             input_example=input_example(spec.task_kinds),
             metadata={"task_kinds": dict(spec.task_kinds), **tags},
         )
-        version = mlflow.register_model(info.model_uri, model_name, tags=tags)
+        version = mlflow.register_model(
+            info.model_uri, model_name, tags={**tags, REGISTERED_BY_TAG: process_owner()}
+        )
     log.info("registered %s version %s (run %s)", model_name, version.version, run.info.run_id)
     return RegisteredVersion(
         name=model_name,
@@ -546,6 +617,78 @@ def _get_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
     )
 
 
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, from /proc; None without /proc or
+    without such a process). With the pid it names one process: a pid is reused, this is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command's ")"
+
+
+def process_owner() -> str:
+    """``host:pid:start:nonce``: this process, as recorded in a lock or on a version it
+    registers, so that another process on the same host can tell whether it is still alive."""
+    return (
+        f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or '?'}:"
+        f"{uuid.uuid4().hex[:8]}"
+    )
+
+
+def owner_is_gone(owner: str) -> bool:
+    """True when ``owner`` (:func:`process_owner`) is a process of this host that no longer runs
+    (no such pid, or the pid now belongs to a process started at another time). False when
+    that cannot be told: another host, an owner of an older format, no /proc."""
+    parts = owner.split(":")
+    if len(parts) != 4 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid, start = int(parts[1]), parts[2]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, run by another user
+    if start == "?" or _process_start(os.getpid()) is None:
+        return False  # no /proc here: a live pid is taken for the owner
+    return _process_start(pid) != start
+
+
+def name_unjudged_versions(client: MlflowClient, name: str, candidate: int) -> list[int]:
+    """Tag the versions whose registration died between registering and judging them.
+
+    Such a version has no alias and no ``promotion.alias`` tag, and its registering process
+    (tag ``recfound.registered_by``) is gone or registered it more than ``LOCK_STALE_S`` ago. It
+    gets ``promotion.alias = unjudged`` and a reason naming the command that judges it; called
+    under the promotion lock by the next promotion. Returns the versions named.
+    """
+    try:
+        aliased = {int(v) for v in client.get_registered_model(name).aliases.values()}
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException as exc:
+        log.warning("cannot list the versions of %s: %s", name, exc)
+        return []
+    named = []
+    for version in versions:
+        number, tags = int(version.version), version.tags or {}
+        owner = tags.get(REGISTERED_BY_TAG)
+        if number == candidate or number in aliased or "promotion.alias" in tags or not owner:
+            continue
+        age_s = time.time() - (version.creation_timestamp or 0) / 1000
+        if not (owner_is_gone(owner) or age_s > LOCK_STALE_S):
+            continue  # its registration may still be on its way to the lock
+        reason = (
+            f"its registration ({owner}) ended before the gates were judged; "
+            f"`recfound promote {number}` judges it"
+        )
+        client.set_model_version_tag(name, str(number), "promotion.alias", UNJUDGED)
+        client.set_model_version_tag(name, str(number), "promotion.reasons", reason)
+        log.warning("%s version %d has no alias: %s", name, number, reason)
+        named.append(number)
+    return named
+
+
 def _delete_lock(client: MlflowClient, lock_name: str) -> None:
     try:
         client.delete_registered_model(lock_name)
@@ -567,11 +710,13 @@ def promotion_lock(
 
     The lock is the registered model ``<name>.promotion-lock``: creating it succeeds for exactly
     one caller (MLflow stores keep registered model names unique), deleting it releases it. A
-    lock older than ``stale_s`` was left by a killed promotion and is broken with a warning; one
-    held longer than ``wait_s`` by a live promotion is a :class:`RegistryError`.
+    lock whose owner is a process of this host that is gone (:func:`owner_is_gone`: pid and
+    start time) is broken at once, with a warning; one older than ``stale_s`` (an owner on
+    another host) was left by a killed promotion and is broken too; one held longer than
+    ``wait_s`` by a live promotion is a :class:`RegistryError`.
     """
     lock_name = f"{name}{LOCK_SUFFIX}"
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = process_owner()
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -593,6 +738,15 @@ def promotion_lock(
             raise
         age_s = time.time() - (held.creation_timestamp or 0) / 1000
         holder = held.tags.get(LOCK_OWNER_TAG, "unknown")
+        if owner_is_gone(holder):
+            log.warning(
+                "breaking the promotion lock %s at once: its owner %s is gone (killed during a "
+                "promotion)",
+                lock_name,
+                holder,
+            )
+            _delete_lock(client, lock_name)
+            continue
         if age_s > stale_s:
             log.warning(
                 "breaking the promotion lock %s of %s, %.0f s old", lock_name, holder, age_s
@@ -654,6 +808,7 @@ def _promote_locked(
 ) -> GateDecision:
     name = registry_cfg.model_name
     candidate = _get_version(client, name, version)
+    name_unjudged_versions(client, name, version)
     champion = version_by_alias(client, name, CHAMPION)
     if champion is not None and int(champion.version) == version:
         value = _overall(version_metrics(client, candidate), registry_cfg.primary_metric)

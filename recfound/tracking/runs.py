@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from recfound.config import Config, TrackingConfig
 from recfound.tracking.lineage import DataVersion, data_version, log_task_datasets
-from recfound.tracking.store import create_experiment_once, store_init_lock
+from recfound.tracking.store import check_tracking_store, create_experiment_once, store_init_lock
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def configure_tracking(cfg: TrackingConfig) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     from_user = bool(env) and (env != _exported[0] or _exported[1])
     uri = env if from_user else cfg.tracking_uri
+    check_tracking_store(uri)
     mlflow.set_tracking_uri(uri)
     _exported = (os.environ.get("MLFLOW_TRACKING_URI"), from_user)
     location = None

@@ -207,7 +207,27 @@ def _candidate_list(value: Any, row: int, limits: ServingConfig | None = None) -
                 f"{type(candidate).__name__} {_short(candidate)}"
             )
         out.append(_text_field(candidate, row, f"candidates[{n}]", limits))
+    if out and not any(candidate.strip() for candidate in out):
+        raise client_error(
+            f"row {row}: every entry of 'candidates' is empty; give at least one non-empty "
+            "candidate, or leave 'candidates' out"
+        )
     return out
+
+
+def _check_work(texts: list[str], candidates: list[list[str]], limits: ServingConfig) -> None:
+    """The whole request's work within ``serving.max_request_chars``: each row's input is read
+    once per candidate (once without candidates), and each candidate once."""
+    work = sum(
+        len(text) * max(1, len(row)) + sum(map(len, row))
+        for text, row in zip(texts, candidates, strict=True)
+    )
+    if work > limits.max_request_chars:
+        raise client_error(
+            f"the request makes the model read {work} characters (each row's input once per "
+            "candidate, plus the candidates); the limit is serving.max_request_chars = "
+            f"{limits.max_request_chars}: send fewer rows or candidates per request"
+        )
 
 
 def _max_new_tokens(params: Mapping[str, Any] | None, limits: ServingConfig) -> int:
@@ -348,6 +368,7 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
             _candidate_list(frame["candidates"].iloc[i], i, limits) if has_candidates else []
             for i in range(len(frame))
         ]
+        _check_work(texts, candidates, limits)
         answers: list[dict[str, Any]] = [{} for _ in range(len(frame))]
         for task in dict.fromkeys(tasks):  # tasks in order of first appearance
             rows = [i for i, t in enumerate(tasks) if t == task]

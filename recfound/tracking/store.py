@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
 import mlflow
 from mlflow.exceptions import MlflowException
+
+from recfound.errors import UserInputError
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -28,6 +32,42 @@ def sqlite_path(uri: str) -> Path | None:
         return None
     path = unquote(uri[len(prefix) :].partition("?")[0])
     return None if path in ("", ":memory:") else Path(path)
+
+
+class TrackingStoreError(UserInputError):
+    """The tracking store cannot be used: a sqlite file in a folder that does not exist, or a
+    server that does not answer."""
+
+
+SERVER_TIMEOUT_S = 10.0  # how long a tracking server may take to answer the first request
+
+
+def check_tracking_store(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
+    """Before a stage starts work: the store at ``uri`` is usable, or :class:`TrackingStoreError`.
+
+    A sqlite database's folder must exist (a typo would otherwise start an empty registry whose
+    first version becomes champion without gates); an ``http(s)`` server must answer within
+    ``timeout_s`` (any HTTP status counts: the check is for a listener, not for credentials).
+    """
+    path = sqlite_path(uri)
+    if path is not None and not path.resolve().parent.is_dir():
+        raise TrackingStoreError(
+            f"the tracking store {uri} is in a folder that does not exist "
+            f"({path.resolve().parent}); create the folder, or fix tracking.tracking_uri / "
+            "MLFLOW_TRACKING_URI (a new empty store would start a registry without a champion)"
+        )
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answered
+        except (OSError, ValueError) as exc:
+            raise TrackingStoreError(
+                f"no MLflow server answers at {uri} within {timeout_s:.0f} s "
+                f"({getattr(exc, 'reason', exc)}); start it (or port-forward it), or fix "
+                "tracking.tracking_uri / MLFLOW_TRACKING_URI"
+            ) from None
 
 
 @contextlib.contextmanager

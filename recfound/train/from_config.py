@@ -85,6 +85,77 @@ def training_directory(cfg: Config, resume: bool) -> Path:
     return artifacts.partial_path(cfg.paths.train)
 
 
+@dataclass(frozen=True)
+class CutRecords:
+    """Records of one task whose model input is longer than ``model.max_length`` tokens."""
+
+    task: str
+    cut: int
+    total: int
+    needed: int  # the model.max_length that keeps every record of the task whole
+
+
+def _token_counts(tokenizer, texts: list[str], **kwargs) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, **kwargs)["input_ids"]] if texts else []
+
+
+def count_cut_records(tokenizer, tasks: list[TaskData], max_length: int) -> list[CutRecords]:
+    """Per task, how many training and validation records the model reads cut short.
+
+    A generative record is ``prompt + " " + answer + EOS``: its answer is cut at
+    ``max_length // 2`` tokens and its prompt from the left to fit ``max_length``; an embedding
+    record's prompt and its document are each cut at ``max_length`` (see
+    :func:`recfound.model.recmodel.answer_rows` and ``RecModel.encode_texts``). A record whose
+    UTF-8 bytes fit is not tokenized: a byte-level BPE token covers at least one byte, and a
+    tokenizer adds at most a few tokens of its own (``slack``)."""
+    slack = 4 + tokenizer.num_special_tokens_to_add()
+    counts = []
+    for task in tasks:
+        records = pd.concat([task.train, task.valid], ignore_index=True)
+        prompts = records["prompt"].astype(str).tolist()
+        targets = records["target"].astype(str).tolist()
+        maybe = [
+            i
+            for i, (p, t) in enumerate(zip(prompts, targets, strict=True))
+            if len(p.encode()) + len(t.encode()) + 2 * slack > max_length
+            or len(t.encode()) + slack > max_length // 2
+        ]
+        prompt_tokens = _token_counts(tokenizer, [prompts[i] for i in maybe])
+        if task.kind == "generative":
+            answers = _token_counts(
+                tokenizer, [" " + targets[i] for i in maybe], add_special_tokens=False
+            )
+            # the answer gets at most half of max_length: it needs twice its length
+            needed = [
+                max(p + a + 1, 2 * (a + 1)) for p, a in zip(prompt_tokens, answers, strict=True)
+            ]
+        else:
+            documents = _token_counts(tokenizer, [targets[i] for i in maybe])
+            needed = [max(p, d) for p, d in zip(prompt_tokens, documents, strict=True)]
+        cut = sum(n > max_length for n in needed)
+        counts.append(CutRecords(task.name, cut, len(records), max(needed, default=0)))
+    return counts
+
+
+def warn_cut_records(tokenizer, tasks: list[TaskData], max_length: int) -> list[CutRecords]:
+    """Log a warning naming ``model.max_length`` when it cuts any record (the count per task);
+    the counts of the tasks that have cut records."""
+    counts = count_cut_records(tokenizer, tasks, max_length)
+    cut = [c for c in counts if c.cut]
+    if cut:
+        log.warning(
+            "model.max_length (%d tokens) is too short for %d of %d training/validation "
+            "records: the model reads them cut short (prompts from the left, answers at half of "
+            "it). Per task: %s. Set model.max_length to %d to keep every record whole",
+            max_length,
+            sum(c.cut for c in cut),
+            sum(c.total for c in counts),
+            ", ".join(f"{c.task} {c.cut}/{c.total}" for c in cut),
+            max(c.needed for c in cut),
+        )
+    return cut
+
+
 @dataclass
 class TrainedAdapters:
     """What one training run produced (``paths.train`` holds its checkpoints)."""
@@ -110,6 +181,7 @@ def train_adapters(
     out = training_directory(cfg, resume)
     trainable = sum(p.numel() for p in rec.model.parameters() if p.requires_grad)
     if accelerator.is_main_process:
+        warn_cut_records(rec.tokenizer, tasks, cfg.model.max_length)
         artifacts.write_json(out / SPEC_FILE, model_spec(cfg, task_kinds).to_dict())
         log.info(
             "training a %s adapter (%d trainable parameters) on %d tasks for %d steps on %s "

@@ -43,6 +43,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from recfound.config import TrainConfig
+from recfound.errors import UserInputError
 from recfound.model.recmodel import RecModel
 from recfound.train.batches import BatchDrawer, StepBatch, TaskData
 from recfound.train.checkpoint import (
@@ -60,7 +61,14 @@ from recfound.train.s2sched import S2Scheduler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINTS", "TaskData", "Trainer", "TrainingInterrupted", "TrainResult"]
+__all__ = [
+    "CHECKPOINTS",
+    "NonFiniteLossError",
+    "TaskData",
+    "Trainer",
+    "TrainingInterrupted",
+    "TrainResult",
+]
 
 CHECKPOINTS = ("last", "best_generative", "best_embedding")
 PREFIX = "causal_lm."  # parameter names in DecoderStates: the causal LM's, under this prefix
@@ -68,6 +76,11 @@ PREFIX = "causal_lm."  # parameter names in DecoderStates: the causal LM's, unde
 
 class TrainingInterrupted(RuntimeError):
     """Training stopped on request (SIGTERM); the last checkpoint holds the progress."""
+
+
+class NonFiniteLossError(UserInputError):
+    """A training step's loss is NaN or infinite: the run stops before writing a checkpoint, so
+    the checkpoints already written (and the previous ``paths.train``) are kept."""
 
 
 @dataclass
@@ -263,6 +276,13 @@ class Trainer:
                     for name, value in micro_tasks.items():
                         per_task.setdefault(name, []).append(value)
                 busy += time.perf_counter() - start
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"training loss is {loss} at step {self.step + 1} (tasks "
+                        f"{', '.join(sorted(per_task))}); stopped without writing a checkpoint, "
+                        f"the earlier ones in {self.output_dir} are kept. Lower "
+                        "train.learning_rate or check the model settings (e.g. model.tmole.alpha)"
+                    )
                 self.step += 1
                 metrics = {"train/loss": loss, "lr": lr, "tokens_per_s": tokens / busy}
                 metrics.update({f"train/{n}/loss": float(np.mean(v)) for n, v in per_task.items()})

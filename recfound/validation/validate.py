@@ -24,6 +24,7 @@ import pandas as pd
 
 from recfound import artifacts
 from recfound.data.schema import Tables
+from recfound.errors import UserInputError
 
 if TYPE_CHECKING:
     from great_expectations import ExpectationSuite
@@ -62,7 +63,10 @@ class ValidationReport:
     """The outcome of one validate call; ``summary()`` is what the CLI prints on failure.
 
     ``statistics`` holds expectation counts (``evaluated_expectations``,
-    ``successful_expectations``, ``unsuccessful_expectations``) and ``rows.<asset>`` per asset.
+    ``successful_expectations``, ``unsuccessful_expectations``), ``rows.<asset>`` per asset and,
+    for the tables, ``ingest.<change>`` counts. ``warnings`` name what passes but changes what the
+    model learns (a degenerate source, what ingest changed; see
+    :mod:`recfound.validation.degenerate`).
     """
 
     success: bool
@@ -71,6 +75,7 @@ class ValidationReport:
     name: str = ""
     results_path: Path | None = None
     data_docs_index: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         evaluated = self.statistics.get("evaluated_expectations", 0)
@@ -83,6 +88,7 @@ class ValidationReport:
             )
         lines = [head]
         lines += [f"  - [{f.asset}] {f.summary} ({f.expectation_type})" for f in self.failures]
+        lines += [f"  warning: {w}" for w in self.warnings]
         if self.results_path is not None:
             lines.append(f"full results: {self.results_path}")
         if self.data_docs_index is not None:
@@ -95,6 +101,7 @@ class ValidationReport:
             "success": self.success,
             "failures": [asdict(f) for f in self.failures],
             "statistics": dict(self.statistics),
+            "warnings": list(self.warnings),
             "results_path": None if self.results_path is None else str(self.results_path),
             "data_docs_index": None if self.data_docs_index is None else str(self.data_docs_index),
         }
@@ -114,9 +121,44 @@ def raise_for_failures(report: ValidationReport) -> None:
         raise DataValidationError(report)
 
 
-def validate_tables(tables: Tables, report_dir: Path) -> ValidationReport:
-    """Check the normalized tables (see :mod:`recfound.validation.suites`); results: ``tables``."""
-    from recfound.validation import suites
+class TablesNotValidatedError(UserInputError):
+    """build-tasks was asked to use tables that did not pass validate (failed, never validated,
+    or changed since)."""
+
+
+def require_validated_tables(result_path: Path, digests: dict[str, str], interim: Path) -> None:
+    """The validation result at ``result_path`` (validate's ``tables.json``) passed, for tables
+    with exactly these ``digests``; :class:`TablesNotValidatedError` otherwise."""
+    again = f"run `recfound validate` (tables in {interim}) and fix what it reports"
+    try:
+        result = json.loads(Path(result_path).read_text())
+    except FileNotFoundError:
+        raise TablesNotValidatedError(
+            f"the tables in {interim} have no validation result ({result_path} is missing); "
+            + again
+        ) from None
+    except ValueError as exc:
+        raise TablesNotValidatedError(f"{result_path} is unreadable ({exc}); " + again) from None
+    if result.get("success") is not True:
+        failed = len(result.get("failures", []))
+        raise TablesNotValidatedError(
+            f"the tables in {interim} failed validation ({failed} expectation(s) not met, see "
+            f"{result_path}); task datasets are built only from tables that pass. Fix the data "
+            "and run `recfound ingest` and `recfound validate` again"
+        )
+    if result.get("inputs") != digests:
+        raise TablesNotValidatedError(
+            f"the tables in {interim} changed since they were validated ({result_path} describes "
+            "other files); " + again
+        )
+
+
+def validate_tables(
+    tables: Tables, report_dir: Path, inputs: dict[str, str] | None = None
+) -> ValidationReport:
+    """Check the normalized tables (see :mod:`recfound.validation.suites`); results: ``tables``,
+    with ``inputs`` (the digests of the table files) recorded for build-tasks."""
+    from recfound.validation import degenerate, suites
 
     interactions = suites.interactions_frame(tables.interactions, tables.items, tables.users)
     return _run_suites(
@@ -131,6 +173,9 @@ def validate_tables(tables: Tables, report_dir: Path) -> ValidationReport:
             ("users", tables.users, suites.users_suite()),
         ],
         Path(report_dir).resolve(),
+        extra={"inputs": inputs},
+        warnings=degenerate.source_warnings(tables),
+        statistics=degenerate.change_statistics(tables),
     )
 
 
@@ -186,9 +231,15 @@ def _ephemeral_context(site_dir: Path) -> EphemeralDataContext:
 
 
 def _run_suites(
-    name: str, checks: list[tuple[str, pd.DataFrame, ExpectationSuite]], report_dir: Path
+    name: str,
+    checks: list[tuple[str, pd.DataFrame, ExpectationSuite]],
+    report_dir: Path,
+    extra: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
+    statistics: dict[str, int] | None = None,
 ) -> ValidationReport:
-    """Validate each (asset, frame, suite), then write the JSON results and the data docs."""
+    """Validate each (asset, frame, suite), then write the JSON results and the data docs;
+    ``warnings`` and ``statistics`` are added to the report as they are."""
     import great_expectations as gx
 
     docs_root = report_dir / DATA_DOCS_DIR
@@ -216,25 +267,31 @@ def _run_suites(
         for result in suite_result.results
         if not result.success
     ]
-    statistics = {
+    counts = {
         "evaluated_expectations": sum(len(r.results) for r in results.values()),
         "successful_expectations": sum(sum(x.success for x in r.results) for r in results.values()),
     }
-    statistics["unsuccessful_expectations"] = (
-        statistics["evaluated_expectations"] - statistics["successful_expectations"]
+    counts["unsuccessful_expectations"] = (
+        counts["evaluated_expectations"] - counts["successful_expectations"]
     )
-    statistics.update({f"rows.{asset}": count for asset, count in rows.items()})
+    counts.update({f"rows.{asset}": count for asset, count in rows.items()})
+    counts.update(statistics or {})
     report = ValidationReport(
         success=all(r.success for r in results.values()),
         failures=failures,
-        statistics=statistics,
+        statistics=counts,
         name=name,
         results_path=report_dir / f"{name}.json",
         data_docs_index=docs_root / "index.html",
+        warnings=list(warnings or []),
     )
     artifacts.write_json(
         report.results_path,
-        {**report.to_dict(), "results": {a: r.to_json_dict() for a, r in results.items()}},
+        {
+            **report.to_dict(),
+            **(extra or {}),
+            "results": {a: r.to_json_dict() for a, r in results.items()},
+        },
     )
     _write_docs_index(report_dir)
     return report

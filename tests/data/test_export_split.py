@@ -20,9 +20,10 @@ from recfound.data.splits import split_leave_one_out
 
 @pytest.fixture()
 def built_project(mini_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The mini project after `ingest` and `build-tasks` (cwd is the project)."""
+    """The mini project after `ingest`, `validate` and `build-tasks` (cwd is the project)."""
     monkeypatch.chdir(mini_project)
     assert main(["ingest"]) == 0
+    assert main(["validate"]) == 0
     assert main(["build-tasks"]) == 0
     return mini_project
 

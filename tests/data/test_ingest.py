@@ -204,3 +204,108 @@ def test_bad_amazon_values_name_file_and_line(
     with pytest.raises(IngestError) as err:
         load_amazon_jsonl(folder)
     assert str(err.value) == f"{folder / 'reviews.jsonl'}: line 12: {words}"
+
+
+# --- reliability (issue 24, items 6 and 9): unsafe text, duplicates, non-finite times ---------
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "shown"),
+    [("inf", "inf"), ("-inf", "-inf"), ("1e300", "1e+300")],
+)
+def test_non_finite_timestamp_in_atomic_file_names_file_and_line(
+    mini_atomic: Path, timestamp: str, shown: str
+) -> None:
+    def bad_time(lines: list[str]) -> list[str]:
+        fields = lines[5].split("\t")
+        fields[-1] = timestamp
+        return [*lines[:5], "\t".join(fields), *lines[6:]]
+
+    _rewrite(mini_atomic / "mini.inter", bad_time)
+    with pytest.raises(IngestError) as err:
+        load_source(_atomic_cfg(mini_atomic))
+    message = str(err.value)
+    assert f"mini.inter: line 6: timestamp is {shown}, not a time" in message
+    assert "fix or remove them in the source file" in message
+
+
+@pytest.mark.parametrize("timestamp", ["inf", float("inf"), 1e300])
+def test_non_finite_timestamp_in_amazon_jsonl_names_file_and_line(
+    tmp_path: Path, timestamp: object
+) -> None:
+    folder = _amazon_copy(tmp_path, 12, timestamp=timestamp)
+    with pytest.raises(IngestError, match=r"reviews\.jsonl: line 12: timestamp is .*, not a time"):
+        load_amazon_jsonl(folder)
+
+
+def _ingest(tmp_path: Path, raw: Path, **data: object) -> S.Tables:
+    """run_ingest on the atomic files in ``raw``; the tables it wrote, read back."""
+    from recfound.stages.ingest import run_ingest
+
+    interim = tmp_path / "interim"
+    cfg = parse_config(
+        {
+            "data": {"source": "recbole_atomic", "path": str(raw), "dataset_name": "mini", **data},
+            "paths": {"interim": str(interim)},
+        }
+    )
+    run_ingest(cfg)
+    return read_tables(interim)
+
+
+def _set_title(folder: Path, row: int, title: str) -> str:
+    """Give the item on line ``row + 1`` of mini.item ``title``; its item_id."""
+    lines = (folder / "mini.item").read_text().splitlines()
+    fields = lines[row].split("\t")
+    fields[1] = title
+    lines[row] = "\t".join(fields)
+    (folder / "mini.item").write_text("\n".join(lines) + "\n")
+    return fields[0]
+
+
+@pytest.mark.parametrize(
+    ("title", "written"),
+    [
+        ("Heat <item_50> </s> <pad>", "Heat ‹item_50› ‹/s› ‹pad›"),
+        ("<|endoftext|>Toy Story", "‹|endoftext|›Toy Story"),
+        ("a < b and c > d", "a ‹ b and c › d"),
+        ("3 < 4", "3 < 4"),  # a lone bracket cannot form a token: kept
+    ],
+)
+def test_control_tokens_in_titles_are_escaped_and_counted(
+    tmp_path: Path, mini_atomic: Path, title: str, written: str
+) -> None:
+    clean = _ingest(tmp_path / "clean", mini_atomic)
+    item = _set_title(mini_atomic, 3, title)
+    tables = _ingest(tmp_path / "dirty", mini_atomic)
+    titles = tables.items.set_index("item_id")["title"]
+    assert titles[item] == written
+    changed = int(title != written)
+    assert tables.info.changes.get("escaped_fields.items.title", 0) == changed
+    others = tables.items[tables.items["item_id"] != item].reset_index(drop=True)
+    expected = clean.items[clean.items["item_id"] != item].reset_index(drop=True)
+    pd.testing.assert_frame_equal(others, expected)  # every other item as it was
+    pd.testing.assert_frame_equal(tables.interactions, clean.interactions)
+
+
+def test_oversized_title_is_cut_to_the_setting_and_counted(
+    tmp_path: Path, mini_atomic: Path
+) -> None:
+    item = _set_title(mini_atomic, 2, "x" * 100_000)
+    tables = _ingest(tmp_path, mini_atomic, max_field_chars=200)
+    title = tables.items.set_index("item_id")["title"][item]
+    assert len(title) == 200 and title.endswith("…")
+    assert tables.info.changes == {"cut_fields.items.title": 1}
+    assert tables.items["title"].str.len().max() == 200
+
+
+def test_duplicated_rows_are_dropped_before_k_core(tmp_path: Path, mini_atomic: Path) -> None:
+    inter = mini_atomic / "mini.inter"
+    lines = inter.read_text().splitlines()
+    # a new user with 3 distinct events, each read twice: 6 rows, but only 3 interactions
+    extra = [f"9999\t{ln.split(chr(9), 2)[1]}\t4\t88125000{i}" for i, ln in enumerate(lines[1:4])]
+    inter.write_text("\n".join([*lines, *extra, *extra, lines[1]]) + "\n")
+    tables = _ingest(tmp_path, mini_atomic)  # min_user_interactions: 5
+    assert "9999" not in set(tables.interactions["user_id"])  # 3 < 5: filtered out
+    assert tables.info.changes == {"duplicate_rows": 4}
+    assert not tables.interactions.duplicated(["user_id", "item_id", "timestamp"]).any()

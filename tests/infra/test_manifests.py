@@ -65,6 +65,8 @@ REMOTE = (
 MLFLOW_SECRET = "recfound-mlflow"
 MLFLOW_SECRET_KEYS = {
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_S3_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -458,6 +460,48 @@ def test_credentials_reach_pods_only_through_secrets(
                 for env in container.get("env", []):
                     if SECRET_NAME.search(env["name"]):
                         assert "valueFrom" in env, f"{env['name']} is a literal in {obj['kind']}"
+
+
+def test_the_mlflow_server_requires_credentials_from_the_secret(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """MLflow's basic-auth app, its admin from the Secret the pipeline's pods read, no permission
+    for anyone else by default (issue 24)."""
+    import configparser
+
+    for name in ("base", *OVERLAYS):
+        pod = find(rendered[name], "Deployment", "recfound-mlflow")["spec"]["template"]["spec"]
+        server = pod["containers"][0]
+        assert "--app-name=basic-auth" in server["args"]
+        env = {e["name"]: e for e in server["env"]}
+        for variable, key in (
+            ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_TRACKING_USERNAME"),
+            ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD"),
+        ):
+            ref = env[variable]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == (MLFLOW_SECRET, key)
+        config_path = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"])
+        mount = next(m for m in server["volumeMounts"] if m["mountPath"] == str(config_path.parent))
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        config_map = find(rendered[name], "ConfigMap", volume["configMap"]["name"])
+        ini = configparser.ConfigParser()
+        ini.read_string(config_map["data"][config_path.name])
+        assert ini["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+        assert "admin_password" not in ini["mlflow"]  # only from the Secret
+
+
+def test_only_pipeline_pods_reach_the_mlflow_server(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name in ("base", *OVERLAYS):
+        policy = find(rendered[name], "NetworkPolicy", "recfound-mlflow")["spec"]
+        assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "recfound-mlflow"}
+        assert policy["policyTypes"] == ["Ingress"]
+        (rule,) = policy["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
+        sources = [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
+        assert {"pipelines.kubeflow.org/v2_component": "true"} in sources
+        assert all(peer.get("podSelector") for peer in rule["from"])  # never a whole namespace
 
 
 def containers_of(node: Any) -> Iterator[dict[str, Any]]:

@@ -48,3 +48,56 @@ def test_builtin_backbone_save_load_gives_same_logits(tmp_path: Path) -> None:
 def test_not_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BackboneError, match="no config.json"):
         load_backbone(tmp_path)
+
+
+# ---- reliability (issue 24, item 9): a damaged checkpoint is a named error ---------------------
+
+
+def _damage_config(bb: Path) -> None:
+    text = (bb / "config.json").read_text()
+    (bb / "config.json").write_text(text[: len(text) // 2])
+
+
+def _config_not_an_object(bb: Path) -> None:
+    (bb / "config.json").write_text("[1, 2]")
+
+
+def _truncate_weights(bb: Path) -> None:
+    data = (bb / "model.safetensors").read_bytes()
+    (bb / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _empty_weights(bb: Path) -> None:
+    (bb / "model.safetensors").write_bytes(b"")
+
+
+def _damage_pointer(bb: Path) -> None:
+    write_pointer(bb, bb)
+    (bb / "backbone.json").write_text('{"checkpo')
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (_damage_config, ["config.json is not readable JSON", "cut short"]),
+        (_config_not_an_object, ["config.json holds a JSON list"]),
+        (_truncate_weights, ["weights in", "(model.safetensors) are damaged", "cut short"]),
+        (_empty_weights, ["(model.safetensors) are damaged"]),
+        (_damage_pointer, ["backbone.json does not name a checkpoint"]),
+    ],
+)
+def test_damaged_backbone_names_the_file_and_what_to_do(
+    tmp_path: Path, damage, words: list[str]
+) -> None:
+    tok = train_bpe_tokenizer(TEXTS[:50], vocab_size=300)
+    save_backbone(build_builtin_backbone(SPEC, tok, seed=0), tok, tmp_path / "bb")
+    damage(tmp_path / "bb")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "bb").iterdir()}
+    with pytest.raises(BackboneError) as err:
+        load_backbone(tmp_path / "bb")
+    message = str(err.value)
+    assert str(tmp_path / "bb") in message
+    for phrase in words:
+        assert phrase in message
+    assert "recfound pretrain" in message
+    assert {p.name: p.read_bytes() for p in (tmp_path / "bb").iterdir()} == before  # untouched

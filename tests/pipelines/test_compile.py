@@ -35,6 +35,7 @@ MLFLOW_STEPS = {"baselines", "pretrain", "train", "merge", "evaluate", "register
 ARTIFACT_WIRING = {
     ("validate", "interim"): ("ingest", "interim"),
     ("build-tasks", "interim"): ("ingest", "interim"),
+    ("build-tasks", "validation"): ("validate", "report"),
     ("baselines", "tasks"): ("build-tasks", "tasks"),
     ("pretrain", "tasks"): ("build-tasks", "tasks"),
     ("train", "tasks"): ("build-tasks", "tasks"),
@@ -150,6 +151,8 @@ def test_mlflow_steps_get_the_secret_backed_environment(compiled: tuple[dict, di
             "MLFLOW_S3_ENDPOINT_URL",
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
         }
 
 

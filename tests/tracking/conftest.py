@@ -20,7 +20,9 @@ import mlflow
 import pytest
 import torch
 
+from recfound import artifacts
 from recfound.config import load_config
+from recfound.layout import EVALUATION_MANIFEST, METRICS_FILE, RECORDS_FILE
 from recfound.model.backbone import load_backbone
 from recfound.model.bundle import ModelSpec, adapter_tensors, build_from_spec, save_bundle
 from recfound.stages.register import run_register
@@ -59,7 +61,14 @@ def write_metrics(path: Path, mean: float, task_scores: dict[str, float]) -> Pat
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload))
+    publish_evaluation(path.parent)
     return path
+
+
+def publish_evaluation(reports: Path) -> None:
+    """The manifest evaluate writes last, over the evaluation files now in ``reports``."""
+    files = [reports / name for name in (METRICS_FILE, RECORDS_FILE) if (reports / name).exists()]
+    artifacts.write_manifest(reports / EVALUATION_MANIFEST, files, writer="the test")
 
 
 def project_params(root: Path, backbone: Path, bundle: Path, **sections: dict) -> Path:

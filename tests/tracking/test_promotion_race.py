@@ -136,3 +136,62 @@ def test_a_held_lock_is_waited_for_and_named_and_a_stale_one_broken(tmp_path: Pa
         with promotion_lock(client, "recfound", stale_s=0.0) as breaker:  # a killed holder's
             assert breaker != owner
     assert not client.search_registered_models()  # released, nothing left behind
+
+
+# ---- a registration killed with -9 (issue 24, finding 5) ----------------------------------------
+
+
+def dead_owner() -> str:
+    """The lock owner of a process of this host that has exited."""
+    import socket
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return f"{socket.gethostname()}:{child.pid}:12345:deadbeef"
+
+
+def test_a_lock_whose_owner_is_gone_is_broken_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    reused = f"{socket.gethostname()}:{os.getpid()}:1:0ff1ce"  # this pid, another start time
+    for owner in (dead_owner(), reused):
+        client.create_registered_model("recfound" + LOCK_SUFFIX, tags={LOCK_OWNER_TAG: owner})
+        start = time.monotonic()
+        with caplog.at_level("WARNING"), promotion_lock(client, "recfound", wait_s=3.0) as mine:
+            assert mine != owner
+        assert time.monotonic() - start < 2.0  # not the wait for a live holder
+        assert f"its owner {owner} is gone" in caplog.text
+
+
+def test_a_version_left_without_alias_is_named_by_the_next_registration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from recfound.config import RegistryConfig
+    from recfound.tracking.registry import REGISTERED_BY_TAG, process_owner, promote
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("e", str(tmp_path / "artifacts")))
+    client.create_registered_model("recfound")
+
+    def register(owner: str) -> int:
+        tags = {"metric.overall.mean_score": "0.5", REGISTERED_BY_TAG: owner}
+        source = f"runs:/{run.info.run_id}/model"
+        version = client.create_model_version("recfound", source, run.info.run_id, tags=tags)
+        return int(version.version)
+
+    killed = register(dead_owner())  # registered, then killed before its promotion
+    waiting = register(process_owner())  # a live registration still on its way to the lock
+    latest = register(process_owner())
+    with caplog.at_level("WARNING"):
+        decision = promote(
+            client, RegistryConfig(), latest, challenger_on_refusal=True, candidate_records={}
+        )
+    assert decision.promote
+    tags = client.get_model_version("recfound", str(killed)).tags
+    assert tags["promotion.alias"] == "unjudged"
+    assert f"`recfound promote {killed}` judges it" in tags["promotion.reasons"]
+    assert f"version {killed} has no alias" in caplog.text
+    assert "promotion.alias" not in client.get_model_version("recfound", str(waiting)).tags

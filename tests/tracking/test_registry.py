@@ -25,7 +25,7 @@ from recfound.tracking.registry import (
     promote,
     version_tags,
 )
-from tests.tracking.conftest import project_params, write_metrics
+from tests.tracking.conftest import project_params, publish_evaluation, write_metrics
 
 GATES = RegistryConfig(primary_metric="mean_score", max_regression=0.02, min_improvement=0.0)
 
@@ -168,6 +168,7 @@ def test_register_names_the_stage_to_run_first(tmp_path: Path) -> None:
         run_register(cfg)
     (Path(cfg.paths.reports) / "metrics.json").parent.mkdir(parents=True)
     (Path(cfg.paths.reports) / "metrics.json").write_text('{"overall": {}}')
+    publish_evaluation(Path(cfg.paths.reports))
     with pytest.raises(UserInputError, match="needs overall.mean_score"):
         run_register(cfg)
 
@@ -222,6 +223,7 @@ def write_evaluation(reports: Path, mean: float, year_hits: np.ndarray) -> None:
     (reports / "metrics.json").write_text(json.dumps(metrics))
     records = records_document(outputs, protocols, "test")
     (reports / "eval_records.json").write_text(json.dumps(records))
+    publish_evaluation(reports)
 
 
 def test_a_drop_inside_the_noise_is_not_a_regression() -> None:
@@ -339,3 +341,144 @@ def test_gates_judge_drops_on_paired_intervals_on_a_real_server(
         client.get_model_version_by_alias("recfound", "challenger")
     with pytest.raises(RegistryError, match=r"no version 7; registered versions: \[1, 2, 3\]"):
         run_promote(cfg, 7)
+
+
+# ---- non-finite scores (issue 24, finding 2) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_candidate_never_passes_not_even_forced(bad: float) -> None:
+    for champion in (None, scores(0.2, genre=0.2)):
+        decision = check_gates(scores(bad, genre=0.3), champion, GATES, force=True)
+        assert not decision.promote, decision.summary()
+        assert f"overall.mean_score = {bad}: not a finite number" in decision.failures[0]
+    decision = check_gates(scores(0.3, genre=bad), scores(0.2, genre=0.2), GATES)
+    assert not decision.promote
+    assert f"tasks.genre.score = {bad}" in decision.failures[0]
+
+
+def test_a_nan_champion_does_not_block_a_later_version(caplog: pytest.LogCaptureFixture) -> None:
+    nan = float("nan")
+    with caplog.at_level("WARNING"):
+        decision = check_gates(
+            scores(0.2195, genre=0.3), scores(nan, genre=nan), GATES, champion_version=1
+        )
+    assert decision.passed, decision.summary()
+    assert "the champion v1 has no finite mean_score" in decision.summary()
+    assert "judged as if there were no champion" in caplog.text
+
+
+def test_register_refuses_a_report_with_a_nan_score(
+    tmp_path: Path, tiny_bundle: tuple[Path, Path]
+) -> None:
+    from recfound.tracking.registry import NonFiniteScoreError
+
+    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    cfg = load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+    write_metrics(Path(cfg.paths.reports) / "metrics.json", float("nan"), {"genre": 0.3})
+    with pytest.raises(NonFiniteScoreError, match=r"overall\.mean_score = nan.*not registered"):
+        run_register(cfg)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything was logged
+
+
+# ---- evaluate's reports are one unit (issue 24, finding 1) -------------------------------------
+
+
+def test_register_refuses_reports_from_a_killed_evaluate(
+    tmp_path: Path, tiny_bundle: tuple[Path, Path]
+) -> None:
+    from recfound.artifacts import ManifestError
+
+    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    cfg = load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+    reports = Path(cfg.paths.reports)
+    write_evaluation(reports, 0.40, CHAMPION_YEAR)  # a complete run: files + manifest
+    old_records = (reports / "eval_records.json").read_bytes()
+
+    # killed just after metrics.json was replaced: the next run's scores, the old records
+    write_metrics(reports / "metrics.json", 0.55, {"year": 0.7})
+    (reports / "eval_records.json").write_bytes(old_records)
+    (reports / "evaluation_manifest.json").write_text(
+        json.dumps({"writer": "recfound evaluate", "files": {"metrics.json": "0" * 64}})
+    )
+    with pytest.raises(
+        ManifestError, match=r"metrics\.json differs from the one recfound evaluate"
+    ):
+        run_register(cfg)
+
+    (reports / "evaluation_manifest.json").unlink()  # killed before the manifest was written
+    with pytest.raises(
+        ManifestError, match=r"evaluation_manifest\.json is missing.*recfound evaluate"
+    ):
+        run_register(cfg)
+
+    (reports / "eval_records.json").unlink()
+    write_metrics(reports / "metrics.json", 0.55, {"year": 0.7})  # a manifest of metrics only
+    (reports / "eval_records.json").write_bytes(old_records)  # ... and records of another run
+    with pytest.raises(ManifestError, match=r"eval_records\.json is not listed"):
+        run_register(cfg)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was registered
+
+
+# ---- a damaged eval_records.json is a named error (issue 24, item 9) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "kind"),
+    [
+        (lambda text: text[: len(text) // 2], "JSONDecodeError"),
+        (lambda text: "[1, 2]", "TypeError"),
+        (lambda text: '{"tasks": {"year": {}}}', "KeyError"),
+    ],
+)
+def test_a_damaged_records_file_is_named(tmp_path: Path, damage, kind: str) -> None:
+    from recfound.tracking.registry import RecordsError, read_records
+
+    write_evaluation(tmp_path, 0.40, CHAMPION_YEAR)
+    path = tmp_path / "eval_records.json"
+    assert set(read_records(path)) == {"year", "genre"}
+    path.write_text(damage(path.read_text()))
+    before = path.read_bytes()
+    with pytest.raises(RecordsError) as err:
+        read_records(path)
+    message = str(err.value)
+    assert f"{path} is not a usable per-record report ({kind}" in message
+    assert "Run `recfound evaluate` again" in message
+    assert path.read_bytes() == before
+
+
+def test_a_champions_damaged_records_artifact_falls_back_to_point_scores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from recfound.tracking.registry import run_records
+
+    class Client:  # the two calls run_records makes of an MlflowClient
+        def list_artifacts(self, run_id: str) -> list:
+            return [SimpleNamespace(path="eval_records.json")]
+
+        def download_artifacts(self, run_id: str, name: str, folder: str) -> str:
+            local = Path(folder) / name
+            local.write_text('{"tasks": {"year": {"outp')  # cut short
+            return str(local)
+
+    assert run_records(Client(), "run-1") is None
+    assert "cannot read eval_records.json of run run-1" in caplog.text
+    assert "cut short or damaged" in caplog.text
+
+
+def test_register_refuses_a_truncated_records_file(
+    tmp_path: Path, tiny_bundle: tuple[Path, Path]
+) -> None:
+    from recfound.artifacts import ManifestError
+
+    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    cfg = load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+    reports = Path(cfg.paths.reports)
+    write_evaluation(reports, 0.40, CHAMPION_YEAR)
+    records = reports / "eval_records.json"
+    records.write_bytes(records.read_bytes()[:100])
+    with pytest.raises(ManifestError, match=r"eval_records\.json differs"):
+        run_register(cfg)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was registered

@@ -90,3 +90,20 @@ def test_runs_of_a_killed_process_are_marked_killed_on_the_next_start(
     finally:
         alive.communicate("\n", timeout=120)
     assert client.get_run(alive_parent).info.status == "FINISHED"
+
+
+# --- the store is checked before a stage starts work (issue 24) --------------------------------
+
+
+def test_a_store_that_cannot_be_used_is_named_before_any_work(tmp_path: Path) -> None:
+    from recfound.tracking.store import TrackingStoreError
+    from tests.tracking.conftest import free_port
+
+    missing = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/no-such-folder/mlflow.db")
+    with pytest.raises(TrackingStoreError, match=r"folder that does not exist \(.*no-such-folder"):
+        configure_tracking(missing)
+    assert not (tmp_path / "no-such-folder").exists()  # no empty registry was started
+
+    nobody = TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(TrackingStoreError, match=r"no MLflow server answers at http://127"):
+        configure_tracking(nobody)

@@ -235,6 +235,16 @@ BAD_REQUESTS = [
         r"'candidates\[1\]' has 4001 characters",
     ),
     ([{"task": None, "input": "x"}], None, r"row 0: 'task' must be a task name"),
+    (
+        [{"task": "genre", "input": "x", "candidates": ["", "  "]}],
+        None,
+        r"row 0: every entry of 'candidates' is empty",
+    ),
+    (  # inside every per-field limit, 2.56 M characters in all
+        [{"task": "genre", "input": "x" * 200, "candidates": ["c" * 200] * 100}] * 64,
+        None,
+        r"read 2560000 characters .* serving.max_request_chars = 1000000",
+    ),
     ([{"task": "genre", "input": "x"}], {"max_new_tokens": -1}, r"'max_new_tokens' is -1"),
     ([{"task": "genre", "input": "x"}], {"max_new_tokens": 0}, r"'max_new_tokens' is 0"),
     (

@@ -21,6 +21,7 @@ from recfound.model.backbone import (
 from recfound.stages.build_tasks import run_build_tasks
 from recfound.stages.ingest import run_ingest
 from recfound.stages.pretrain import run_pretrain
+from recfound.stages.validate import run_validate
 from recfound.train.lr_schedule import lr_at
 from recfound.train.pretrain import pack_blocks, pad_rows, split_blocks
 
@@ -102,6 +103,7 @@ def _config(tmp_path: Path, **model):
 def test_pretrain_lowers_heldout_loss_and_logs_to_mlflow(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     run_ingest(cfg)
+    run_validate(cfg)
     run_build_tasks(cfg)
     metrics = run_pretrain(cfg)
     assert metrics["pretrained"] is True
@@ -143,6 +145,7 @@ def test_a_given_checkpoint_is_extended_with_item_tokens_not_replaced(tmp_path: 
     original, original_tok = load_backbone(checkpoint)
     cfg = _config(tmp_path, backbone=str(checkpoint))
     run_ingest(cfg)
+    run_validate(cfg)
     run_build_tasks(cfg)
     metrics = run_pretrain(cfg)
     assert metrics["backbone"] == str(checkpoint.resolve())

@@ -137,3 +137,25 @@ def test_closed_set_samples_add_a_softmax_over_their_candidates(tmp_path: Path) 
     without = PARAMS.model_copy(update={"closed_set_weight": 0.0})
     plain, _ = Trainer(rec, tasks, without, tmp_path / "b", seed=SEED).batch_loss(batch)
     assert float(loss) > float(plain)  # the softmax term is a positive cross-entropy
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_earlier_checkpoints(
+    tmp_path: Path,
+) -> None:
+    from recfound.train.checkpoint import read_checkpoint
+    from recfound.train.trainer import NonFiniteLossError
+
+    tasks = tiny_tasks(n_train=40, n_valid=8)
+    trainer = Trainer(tiny_model(tasks), tasks, PARAMS, tmp_path, seed=SEED)
+    step = trainer.train_step
+
+    def diverging(batch):  # as a too-large learning rate or alpha does after a few steps
+        loss, per_task = step(batch)
+        return (float("nan") if trainer.step >= 5 else loss), per_task
+
+    trainer.train_step = diverging
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 6 .* are kept"):
+        trainer.train()
+    _, state = read_checkpoint(tmp_path / "last")
+    assert state["step"] == 4  # the checkpoint of step 4, not one of the diverged model
+    assert (tmp_path / "best_generative" / "checkpoint.safetensors").is_file()

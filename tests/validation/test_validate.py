@@ -292,3 +292,75 @@ def test_truncated_last_line_is_named_as_truncation(ml100k: Tables, tmp_path: Pa
         f.column == "timestamp" and "source file looks truncated" in f.summary
         for f in report.failures
     ), report.summary()
+
+
+# --- reliability (issue 24, item 6): degenerate sources and ingest's changes are named ---------
+
+
+def _one_rating(t: Tables) -> Tables:
+    return dataclasses.replace(t, interactions=t.interactions.assign(rating=3.0))
+
+
+def _all_likes(t: Tables) -> Tables:
+    inter = t.interactions.assign(rating=t.interactions["rating"].clip(lower=4.0))
+    return dataclasses.replace(t, interactions=inter)
+
+
+def _equal_times(t: Tables) -> Tables:
+    return dataclasses.replace(t, interactions=t.interactions.assign(timestamp=881_250_949))
+
+
+def _ingest_changed(t: Tables) -> Tables:
+    changes = {"duplicate_rows": 7, "escaped_fields.items.title": 2, "cut_fields.items.title": 1}
+    return dataclasses.replace(t, info=dataclasses.replace(t.info, changes=changes))
+
+
+@pytest.mark.parametrize(
+    ("degrade", "words"),
+    [
+        (_one_rating, ["interactions.rating: all", "ratings are 3:", "ctr_prediction a single"]),
+        (_all_likes, ["are at or above data.rating_threshold (4)", "ctr_prediction has a single"]),
+        (_equal_times, ["interactions.timestamp: all", "same time (881250949)", "file"]),
+        (
+            _ingest_changed,
+            [
+                "ingest: 7 duplicated (user_id, item_id, timestamp) rows were dropped before",
+                "ingest: 2 fields contained control-token text",
+                "ingest: 1 fields were longer than data.max_field_chars",
+            ],
+        ),
+    ],
+)
+def test_degenerate_source_passes_with_a_named_warning(
+    mini_atomic: Path, tmp_path: Path, degrade: Callable[[Tables], Tables], words: list[str]
+) -> None:
+    from recfound.data.sources import load_recbole_atomic
+
+    tables = degrade(load_recbole_atomic(mini_atomic, "mini"))
+    report = validate_tables(tables, tmp_path)
+
+    assert report.success, report.summary()  # a warning, not a failure: the run goes on
+    text = "\n".join(report.warnings)
+    for phrase in words:
+        assert phrase in text
+    assert "warning: " in report.summary()
+    saved = json.loads((tmp_path / "tables.json").read_text())
+    assert saved["warnings"] == report.warnings
+
+
+def test_ingest_change_counts_are_report_statistics(mini_atomic: Path, tmp_path: Path) -> None:
+    from recfound.data.sources import load_recbole_atomic
+
+    clean = validate_tables(load_recbole_atomic(mini_atomic, "mini"), tmp_path / "clean")
+    assert clean.warnings == []
+    assert {k: v for k, v in clean.statistics.items() if k.startswith("ingest.")} == {
+        "ingest.duplicate_rows": 0,
+        "ingest.escaped_fields": 0,
+        "ingest.cut_fields": 0,
+    }
+    changed = validate_tables(
+        _ingest_changed(load_recbole_atomic(mini_atomic, "mini")), tmp_path / "changed"
+    )
+    assert changed.statistics["ingest.duplicate_rows"] == 7
+    assert changed.statistics["ingest.escaped_fields"] == 2
+    assert changed.statistics["ingest.cut_fields"] == 1
