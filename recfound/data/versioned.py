@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from recfound.data.version import DataVersion, locked_md5
 from recfound.errors import UserInputError
-from recfound.tracking.lineage import DataVersion, locked_md5
 
 log = logging.getLogger(__name__)
 
