@@ -261,16 +261,11 @@ class ModelConfig(_Section):
     builtin: BuiltinBackboneConfig = Field(default_factory=BuiltinBackboneConfig)
     adapter: Literal["tmole", "lora", "option"] = "tmole"
     target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
+        default_factory=lambda: ["auto"],
         min_length=1,
+        description="'auto' (the backbone family's projections: recfound/model/families.py; "
+        "the builtin Llama's q/k/v/o/gate/up/down_proj) or the name suffixes of the layers to "
+        "adapt.",
     )
     tmole: TMoLEParams = Field(default_factory=TMoLEParams)
     lora: LoRAParams = Field(default_factory=LoRAParams)
@@ -279,6 +274,12 @@ class ModelConfig(_Section):
     embedding_attention: Literal["bidirectional", "causal"] = "bidirectional"
     infonce_temperature: float = Field(default=0.05, gt=0, le=10)
     max_length: int = Field(default=256, ge=16, description="Longest prompt+answer in tokens.")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _auto_alone(cls, value: object) -> object:
+        """``target_modules: auto`` (a bare string) is the list ``["auto"]``."""
+        return [value] if value == "auto" else value
 
 
 class PretrainConfig(_Section):
