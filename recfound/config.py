@@ -311,6 +311,22 @@ class PretrainConfig(_Section):
         description="Keep the weights with the best next-item NDCG@10 on validation users "
         "(early stopping; the test split is never looked at).",
     )
+    trainable: Literal["auto", "identifiers", "adapter", "full"] = Field(
+        default="auto",
+        description="What pretraining trains: 'identifiers' (the item-identifier embedding rows "
+        "only, backbone frozen), 'adapter' (those rows and a LoRA of rank adapter_rank, merged "
+        "afterwards) or 'full' (every weight); 'auto': full for the builtin backbone, "
+        "identifiers for a user's checkpoint.",
+    )
+    adapter_rank: int = Field(default=16, ge=1, description="LoRA rank of trainable: adapter.")
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute each layer's activations in the backward pass (less memory, "
+        "about a third more compute).",
+    )
+    bf16: bool = Field(
+        default=True, description="bf16 autocast and fused AdamW on GPUs; ignored on CPUs."
+    )
 
 
 class S2SchedConfig(_Section):
