@@ -12,6 +12,7 @@ or ``RECFOUND_PEAK_TFLOPS`` when set; on a CPU there is no peak and no MFU.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,13 +32,45 @@ def matmul_parameters(model: nn.Module) -> int:
     return total + (embedding.numel() if tied else 0)
 
 
-def train_flops_per_token(model: nn.Module, seq_len: int, trainable_matmul: int) -> float:
-    """Model FLOPs of one trained token (see the module docstring)."""
+def attention_flops_per_position(model: nn.Module) -> float:
+    """``12 L h``: attention FLOPs (forward and backward) of one token per position it attends."""
     config = model.config
     hidden = int(getattr(config, "hidden_size", getattr(config, "n_embd", 0)))
     layers = int(getattr(config, "num_hidden_layers", getattr(config, "n_layer", 0)))
+    return 12.0 * layers * hidden
+
+
+def train_flops_per_token(model: nn.Module, seq_len: int, trainable_matmul: int) -> float:
+    """Model FLOPs of one trained token (see the module docstring)."""
     n = matmul_parameters(model)
-    return 4.0 * n + 2.0 * trainable_matmul + 12.0 * layers * hidden * seq_len
+    return 4.0 * n + 2.0 * trainable_matmul + attention_flops_per_position(model) * seq_len
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """Model FLOPs of a step that runs the LM head only where it is read (the multi-task
+    trainer: answer positions of generative samples; none for embeddings, which pool hidden
+    states). Same accounting as :func:`train_flops_per_token`, with the head counted apart."""
+
+    body: int  # matmul weights without the LM head
+    head: int  # LM head weights
+    trainable: int  # trainable matmul weights (adapters): their weight gradients cost 2 each
+    attention: float  # attention_flops_per_position
+
+    @classmethod
+    def of(cls, model: nn.Module, trainable_matmul: int) -> StepFlops:
+        head = model.get_output_embeddings()
+        head_size = head.weight.numel() if head is not None else 0
+        n = matmul_parameters(model)
+        return cls(n - head_size, head_size, trainable_matmul, attention_flops_per_position(model))
+
+    def sequences(self, lengths: torch.Tensor, head_positions: int = 0) -> float:
+        """FLOPs of training on sequences of ``lengths`` (tokens, padding excluded) with the head
+        read at ``head_positions`` of them."""
+        tokens = float(lengths.sum())
+        attended = float((lengths.double() ** 2).sum())  # each token over its sequence's length
+        per_token = 4.0 * self.body + 2.0 * self.trainable
+        return per_token * tokens + self.attention * attended + 4.0 * self.head * head_positions
 
 
 def peak_flops(device: torch.device) -> float | None:
