@@ -369,6 +369,16 @@ class TrainConfig(_Section):
     bf16: bool = Field(
         default=True, description="bf16 autocast on GPUs (mixed precision); ignored on CPUs."
     )
+    bf16_weights: bool = Field(
+        default=False,
+        description="Keep the frozen backbone's weights in bf16 on GPUs (half their memory and "
+        "no per-step cast); the trained adapter and its AdamW state stay fp32. Ignored on CPUs.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the forward module (the decoder and its adapters): faster "
+        "steps on GPUs after a warm-up that compiles each new batch shape.",
+    )
 
     @model_validator(mode="after")
     def _blocks_fill_the_batch(self) -> TrainConfig:
@@ -541,6 +551,33 @@ class PathsConfig(_Section):
     reports: str = "reports"
 
 
+_CPU_AMOUNT = r"^([0-9]*[.])?[0-9]+m?$"
+_MEMORY_AMOUNT = r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$"
+
+
+class ClusterConfig(_Section):
+    """What the Kubeflow pipeline's steps request from the cluster (the pipeline's resource
+    parameters default to these; ``dvc repro`` ignores them)."""
+
+    gpu_type: str = Field(
+        default="nvidia.com/gpu",
+        min_length=1,
+        description="Accelerator type of the train step: the extended resource the GPU device "
+        "plugin exposes.",
+    )
+    train_gpus: int = Field(
+        default=1, ge=1, description="GPUs of the train pod (accelerate: one process per GPU)."
+    )
+    train_cpu: str = Field(default="8", pattern=_CPU_AMOUNT, description="CPU of the train pod.")
+    train_memory: str = Field(
+        default="32G", pattern=_MEMORY_AMOUNT, description="Memory of the train pod."
+    )
+    step_cpu: str = Field(default="2", pattern=_CPU_AMOUNT, description="CPU of each other step.")
+    step_memory: str = Field(
+        default="8G", pattern=_MEMORY_AMOUNT, description="Memory of each other step."
+    )
+
+
 class Config(_Section):
     """The whole of params.yaml."""
 
@@ -556,6 +593,7 @@ class Config(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 
 
