@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from recfound.config import Config, ConfigError, parse_config
+from recfound.config import ClusterConfig, Config, ConfigError, parse_config
 
 SECTIONS: tuple[str, ...] = (
     "seed",
@@ -32,14 +32,9 @@ SECTIONS: tuple[str, ...] = (
     "registry",
     "tracking",
 )
-RESOURCE_DEFAULTS: dict[str, int | str] = {
-    "gpu_type": "nvidia.com/gpu",  # the extended resource name the GPU device plugin exposes
-    "train_gpus": 1,  # GPUs of the train pod; accelerate runs one process per GPU
-    "train_cpu": "8",
-    "train_memory": "32G",
-    "step_cpu": "2",  # every other step (they run on CPU)
-    "step_memory": "8G",
-}
+# The resource parameters: params.yaml's ``cluster`` section (these are its defaults; a profile
+# such as params.gpu.yaml sets its own, see resource_arguments).
+RESOURCE_DEFAULTS: dict[str, int | str] = ClusterConfig().model_dump()
 # Where the run's data comes from: "dvc" fetches the DVC-tracked tables of the data repository
 # data_repo (a Git URL or path) at data_rev from its DVC remote (data_remote, default: the
 # repository's default remote); "raw" re-reads data.source (a first run, before any data is
@@ -69,12 +64,19 @@ def config_arguments(cfg: Config) -> dict[str, Any]:
     """
     dumped = _without_nulls(cfg.model_dump(mode="json"))
     arguments = {section: dumped[section] for section in SECTIONS}
-    if parse_config(arguments).model_dump(exclude={"paths"}) != cfg.model_dump(exclude={"paths"}):
+    outside = {"paths", "cluster"}  # neither is a settings parameter
+    if parse_config(arguments).model_dump(exclude=outside) != cfg.model_dump(exclude=outside):
         raise ConfigError(
             "a null setting in params.yaml has a non-null default; it cannot be passed as a "
             "Kubeflow pipeline parameter"
         )
     return arguments
+
+
+def resource_arguments(cfg: Config) -> dict[str, int | str]:
+    """The resource parameters' values from the params file's ``cluster`` section (what the train
+    step's pod requests: GPUs and their type, CPU, memory; and every other step's CPU, memory)."""
+    return cfg.cluster.model_dump()
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -129,7 +131,7 @@ def pipeline_arguments(cfg: Config, overrides: Sequence[str] = ()) -> dict[str, 
     result is not a valid params.yaml or a resource value is malformed.
     """
     raw = copy.deepcopy(config_arguments(cfg))
-    resources = dict(RESOURCE_DEFAULTS)
+    resources = resource_arguments(cfg)
     location = dict(DATA_DEFAULTS)
     for override in overrides:
         key, sep, text = override.partition("=")
@@ -145,6 +147,11 @@ def pipeline_arguments(cfg: Config, overrides: Sequence[str] = ()) -> dict[str, 
             raise ConfigError(f"--param {key}: {text!r} is not a valid value: {exc}") from None
         if key in resources:
             resources[key] = _check_resource(key, value)
+        elif key.split(".")[0] == "cluster":
+            raise ConfigError(
+                f"--param {key}: the cluster section sets the resource parameters; pass "
+                f"--param {key.partition('.')[2] or 'train_gpus'}=VALUE instead"
+            )
         elif key.split(".")[0] == "paths":
             raise ConfigError(
                 f"--param {key}: paths are not settings of a pipeline run (each step's inputs "

@@ -22,7 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.arguments import check_data_location, config_arguments, pipeline_arguments
+from pipelines.arguments import (
+    check_data_location,
+    config_arguments,
+    pipeline_arguments,
+    resource_arguments,
+)
 from pipelines.recfound_pipeline import PIPELINE_NAME, build_pipeline
 from recfound.config import Config
 from recfound.tracking.runs import RUN_GROUP_ENV
@@ -40,7 +45,7 @@ def compile_pipeline(cfg: Config, output: str | Path, image: str | None = None) 
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pipeline = build_pipeline(config_arguments(cfg), image=image)
+    pipeline = build_pipeline(config_arguments(cfg), image=image, resources=resource_arguments(cfg))
     compiler.Compiler().compile(pipeline, str(output), pipeline_name=PIPELINE_NAME)
     return output
 

@@ -95,12 +95,17 @@ def apply_cluster_settings(
 
 
 def build_pipeline(
-    defaults: dict[str, Any], image: str | None = None, target: Target = "cluster"
+    defaults: dict[str, Any],
+    image: str | None = None,
+    target: Target = "cluster",
+    resources: dict[str, Any] | None = None,
 ) -> Any:
-    """The pipeline (a KFP graph component) with ``defaults`` (``config_arguments``) as parameter
-    defaults, every step in ``image`` (default: :func:`components.project_image`)."""
+    """The pipeline (a KFP graph component) with ``defaults`` (``config_arguments``) and
+    ``resources`` (``resource_arguments``: the params file's ``cluster`` section; None: its
+    defaults) as parameter defaults, every step in ``image`` (default:
+    :func:`components.project_image`)."""
     image = image or project_image()
-    d, r, w = defaults, RESOURCE_DEFAULTS, DATA_DEFAULTS
+    d, r, w = defaults, {**RESOURCE_DEFAULTS, **(resources or {})}, DATA_DEFAULTS
 
     def recfound(
         seed: int = d["seed"],

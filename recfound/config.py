@@ -273,16 +273,11 @@ class ModelConfig(_Section):
     builtin: BuiltinBackboneConfig = Field(default_factory=BuiltinBackboneConfig)
     adapter: Literal["tmole", "lora", "option"] = "tmole"
     target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
+        default_factory=lambda: ["auto"],
         min_length=1,
+        description="'auto' (the backbone family's projections: recfound/model/families.py; "
+        "the builtin Llama's q/k/v/o/gate/up/down_proj) or the name suffixes of the layers to "
+        "adapt.",
     )
     tmole: TMoLEParams = Field(default_factory=TMoLEParams)
     lora: LoRAParams = Field(default_factory=LoRAParams)
@@ -291,6 +286,12 @@ class ModelConfig(_Section):
     embedding_attention: Literal["bidirectional", "causal"] = "bidirectional"
     infonce_temperature: float = Field(default=0.05, gt=0, le=10)
     max_length: int = Field(default=256, ge=16, description="Longest prompt+answer in tokens.")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _auto_alone(cls, value: object) -> object:
+        """``target_modules: auto`` (a bare string) is the list ``["auto"]``."""
+        return [value] if value == "auto" else value
 
 
 class PretrainConfig(_Section):
@@ -326,6 +327,22 @@ class PretrainConfig(_Section):
         default=True,
         description="Keep the weights with the best next-item NDCG@10 on validation users "
         "(early stopping; the test split is never looked at).",
+    )
+    trainable: Literal["auto", "identifiers", "adapter", "full"] = Field(
+        default="auto",
+        description="What pretraining trains: 'identifiers' (the item-identifier embedding rows "
+        "only, backbone frozen), 'adapter' (those rows and a LoRA of rank adapter_rank, merged "
+        "afterwards) or 'full' (every weight); 'auto': full for the builtin backbone, "
+        "identifiers for a user's checkpoint.",
+    )
+    adapter_rank: int = Field(default=16, ge=1, description="LoRA rank of trainable: adapter.")
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute each layer's activations in the backward pass (less memory, "
+        "about a third more compute).",
+    )
+    bf16: bool = Field(
+        default=True, description="bf16 autocast and fused AdamW on GPUs; ignored on CPUs."
     )
 
 
@@ -379,6 +396,16 @@ class TrainConfig(_Section):
     s2sched: S2SchedConfig = Field(default_factory=S2SchedConfig)
     bf16: bool = Field(
         default=True, description="bf16 autocast on GPUs (mixed precision); ignored on CPUs."
+    )
+    bf16_weights: bool = Field(
+        default=False,
+        description="Keep the frozen backbone's weights in bf16 on GPUs (half their memory and "
+        "no per-step cast); the trained adapter and its AdamW state stay fp32. Ignored on CPUs.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the forward module (the decoder and its adapters): faster "
+        "steps on GPUs after a warm-up that compiles each new batch shape.",
     )
 
     @model_validator(mode="after")
@@ -629,6 +656,33 @@ class AblationConfig(_Section):
         return values
 
 
+_CPU_AMOUNT = r"^([0-9]*[.])?[0-9]+m?$"
+_MEMORY_AMOUNT = r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$"
+
+
+class ClusterConfig(_Section):
+    """What the Kubeflow pipeline's steps request from the cluster (the pipeline's resource
+    parameters default to these; ``dvc repro`` ignores them)."""
+
+    gpu_type: str = Field(
+        default="nvidia.com/gpu",
+        min_length=1,
+        description="Accelerator type of the train step: the extended resource the GPU device "
+        "plugin exposes.",
+    )
+    train_gpus: int = Field(
+        default=1, ge=1, description="GPUs of the train pod (accelerate: one process per GPU)."
+    )
+    train_cpu: str = Field(default="8", pattern=_CPU_AMOUNT, description="CPU of the train pod.")
+    train_memory: str = Field(
+        default="32G", pattern=_MEMORY_AMOUNT, description="Memory of the train pod."
+    )
+    step_cpu: str = Field(default="2", pattern=_CPU_AMOUNT, description="CPU of each other step.")
+    step_memory: str = Field(
+        default="8G", pattern=_MEMORY_AMOUNT, description="Memory of each other step."
+    )
+
+
 class Config(_Section):
     """The whole of params.yaml."""
 
@@ -645,6 +699,7 @@ class Config(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     ablation: AblationConfig = Field(default_factory=AblationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 
 

@@ -181,3 +181,24 @@ def test_model_names_the_registry_accepts_pass(name: str) -> None:
 
     _validate_model_name(name)
     assert parse_config({"registry": {"model_name": name}}).registry.model_name == name
+
+
+def test_gpu_profile_is_a_full_valid_params_file() -> None:
+    """params.gpu.yaml names every key params.yaml names (so it stays a whole file as settings
+    are added) and passes the same validation; it trains a user's checkpoint, not the builtin."""
+    import yaml
+
+    def keys(node: object, prefix: str = "") -> set[str]:
+        if not isinstance(node, dict):
+            return {prefix}
+        return {k for name, v in node.items() for k in keys(v, f"{prefix}{name}.")}
+
+    default = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    profile = yaml.safe_load((REPO_ROOT / "params.gpu.yaml").read_text())
+    assert keys(profile) == keys(default)
+    cfg = load_config(REPO_ROOT / "params.gpu.yaml")
+    assert cfg.model.backbone != "builtin"
+    assert cfg.pretrain.trainable == "identifiers" and cfg.pretrain.bf16 and cfg.train.bf16
+    assert cfg.train.bf16_weights
+    assert cfg.cluster.train_gpus >= 1
+    assert load_config(REPO_ROOT / "params.yaml").train.bf16_weights is False  # CPU run as it was

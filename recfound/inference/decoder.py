@@ -1,11 +1,16 @@
-"""A Llama-family causal LM run one decoder layer at a time.
+"""A Llama-family causal LM run one decoder layer at a time (Llama, Mistral, Qwen2, Qwen3).
 
 Late interaction needs a prompt's key/value cache shared by many answers and answers that enter
 the stack at an upper layer; early exit needs to stop between layers; the device export needs a
 graph without transformers' mask and cache machinery. :class:`DecoderSteps` gives all three
 from a plain (folded) ``LlamaForCausalLM``-shaped model, with the model's own modules and
 weights: each step is the same math as transformers' ``LlamaDecoderLayer`` (RMSNorm, rotary
-attention with grouped key/value heads, gated MLP), checked against it in the tests.
+attention with grouped key/value heads, gated MLP; Qwen2's q/k/v biases live in the linears,
+Qwen3's q/k norms are applied), checked against it in the tests. Other families (Gemma's scaled
+embeddings and sandwich norms, Phi-3's fused projections, GPT-2 and GPT-NeoX) are refused with
+:class:`UnsupportedModelError` naming the families that work (:mod:`recfound.model.families`); a
+sliding attention window (Mistral) is exact while a sequence is shorter than the window, and a
+longer one is refused.
 
 Shapes: ``hidden`` is ``(batch, seq, hidden)``; keys/values are ``(batch, kv_heads, seq,
 head_dim)``; masks are booleans ``(batch, 1, queries, keys)``, True where a query may attend.
@@ -19,12 +24,14 @@ from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 from recfound.errors import UserInputError
+from recfound.model.families import layer_by_layer_families, model_type
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]
 
 
 class UnsupportedModelError(UserInputError):
-    """The model is not a Llama-family causal LM (the layer-by-layer runner needs its parts)."""
+    """The model's family is not one the layer-by-layer runner reproduces exactly (late
+    interaction, early exit and the device export need it)."""
 
 
 def causal_mask(key_mask: torch.Tensor, queries: int, offset: int = 0) -> torch.Tensor:
@@ -42,12 +49,16 @@ class DecoderSteps:
     def __init__(self, model: nn.Module) -> None:
         inner = getattr(model, "model", None)
         parts = ("embed_tokens", "layers", "norm", "rotary_emb")
-        if inner is None or any(not hasattr(inner, p) for p in parts):
+        family = model_type(model)
+        supported = layer_by_layer_families()
+        if family not in supported or inner is None or any(not hasattr(inner, p) for p in parts):
             raise UnsupportedModelError(
-                f"{type(model).__name__} is not a Llama-family causal LM (it needs "
-                f".model.{{{', '.join(parts)}}}); late interaction, early exit and the device "
-                "export run the builtin backbone and Llama-style checkpoints only"
+                f"{type(model).__name__} (family {family!r}) cannot be run layer by layer: late "
+                f"interaction, early exit and the device export support the families "
+                f"{', '.join(supported)} (the builtin backbone is llama); serve this model "
+                "folded (serving.folded) without them"
             )
+        self.window = getattr(model.config, "sliding_window", None)
         self.model = model
         self.embed_tokens = inner.embed_tokens
         self.layers = inner.layers
@@ -81,14 +92,21 @@ class DecoderSteps:
         batch, seq, _ = hidden.shape
         x = layer.input_layernorm(hidden)
         shape = (batch, seq, -1, attn.head_dim)
-        q = attn.q_proj(x).view(shape).transpose(1, 2)
-        k = attn.k_proj(x).view(shape).transpose(1, 2)
+        q, k = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape)
+        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's query and key
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = attn.v_proj(x).view(shape).transpose(1, 2)
         cos, sin = rope
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys, values = k, v
         if past is not None:
             keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if self.window is not None and keys.shape[2] > self.window:
+            raise UnsupportedModelError(
+                f"{keys.shape[2]} tokens exceed the model's sliding attention window "
+                f"({self.window}); the layer-by-layer runner attends to every earlier token"
+            )
         groups = attn.num_key_value_groups
         out = F.scaled_dot_product_attention(
             q,

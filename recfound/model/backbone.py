@@ -9,6 +9,7 @@ way the result is a ``(model, tokenizer)`` pair of stock transformers classes, s
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from recfound.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 POINTER_FILE = "backbone.json"
@@ -244,8 +247,16 @@ def _share_group(config_path: Path) -> int:
         ) from None
 
 
-def load_backbone(directory: str | Path, dtype: torch.dtype = torch.float32):
-    """Load ``(model, tokenizer)`` from a local directory; never touches a hub."""
+def load_backbone(
+    directory: str | Path, dtype: torch.dtype = torch.float32, attention: str | None = "sdpa"
+):
+    """Load ``(model, tokenizer)`` from a local directory; never touches a hub.
+
+    ``attention`` is the attention implementation: SDPA by default (PyTorch picks the flash or
+    memory-efficient kernel where the GPU has one; the builtin backbone is built with it too),
+    falling back to the model's own where its architecture has no SDPA path; ``"eager"`` for
+    comparisons; None for whatever transformers picks.
+    """
     directory = resolve_backbone_dir(directory)
     if not (directory / "config.json").is_file():
         raise BackboneError(
@@ -258,7 +269,7 @@ def load_backbone(directory: str | Path, dtype: torch.dtype = torch.float32):
         if group > 1:  # the shared layers' copies are absent by design: no missing-key report
             transformers_logging.set_verbosity_error()
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+        model = _load_causal_lm(directory, dtype, attention)
     except SafetensorError as exc:
         weights = ", ".join(sorted(p.name for p in directory.glob("*.safetensors"))) or "weights"
         raise BackboneError(
@@ -274,3 +285,18 @@ def load_backbone(directory: str | Path, dtype: torch.dtype = torch.float32):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _load_causal_lm(directory: Path, dtype: torch.dtype, attention: str | None) -> PreTrainedModel:
+    options = {"local_files_only": True, "dtype": dtype}
+    if attention is None:
+        return AutoModelForCausalLM.from_pretrained(directory, **options)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            directory, attn_implementation=attention, **options
+        )
+    except ValueError as exc:
+        if "does not support an attention implementation" not in str(exc):
+            raise
+        log.info("%s has no %s attention; loading it with its default", directory, attention)
+        return AutoModelForCausalLM.from_pretrained(directory, **options)

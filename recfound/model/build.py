@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from recfound.config import LoRAParams, OptionParams, TMoLEParams
+from recfound.model.families import resolve_target_modules
 from recfound.model.lora import LoRAAdapter
 from recfound.model.option import OptionConfig, OptionModel
 from recfound.model.recmodel import RecModel
@@ -29,8 +30,9 @@ class AdapterSpec:
 
     settings: AdapterSettings
     target_modules: tuple[str, ...] = ()
-    """tmole / lora: suffixes of the ``nn.Linear`` layers to adapt (option: its settings name
-    the layers of its small adapters)."""
+    """tmole / lora: suffixes of the layers to adapt (``nn.Linear`` or GPT-2's ``Conv1D``);
+    ``("auto",)`` or empty: the backbone family's (:mod:`recfound.model.families`). option: its
+    settings name the layers of its small adapters."""
 
     @property
     def kind(self) -> str:
@@ -73,16 +75,17 @@ def attach_adapter(
     settings = spec.settings
     if isinstance(settings, OptionParams):
         return OptionModel(base, OptionConfig.for_tasks(settings, list(task_kinds), seed))
+    targets = resolve_target_modules(base, spec.target_modules)
     if isinstance(settings, LoRAParams):
         return LoRAAdapter(
             base,
             r=settings.rank,
             alpha=settings.alpha,
             dropout=settings.dropout,
-            target_modules=list(spec.target_modules),
+            target_modules=targets,
             seed=seed,
         )
-    config = TMoLEConfig.for_tasks(settings, dict(task_kinds), list(spec.target_modules), seed)
+    config = TMoLEConfig.for_tasks(settings, dict(task_kinds), targets, seed)
     return TMoLEModel(base, config)
 
 

@@ -19,8 +19,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-from recfound.model.tmole.model import CONFIG_FILE, WEIGHTS_FILE, AdapterLoadError
+from recfound.model.families import in_out_features, is_projection
+from recfound.model.tmole.model import CONFIG_FILE, WEIGHTS_FILE, AdapterLoadError, _matches
 
 
 class LoRAAdapter:
@@ -46,12 +48,15 @@ class LoRAAdapter:
             return
         if r < 1:
             raise ValueError(f"LoRA rank r must be >= 1, got {r}")
+        targeted = [m for n, m in base.named_modules() if n and _matches(n, target_modules)]
         config = LoraConfig(
             r=r,
             lora_alpha=alpha,
             lora_dropout=dropout,
             target_modules=list(target_modules),
             bias="none",
+            # GPT-2's Conv1D stores its weight (in, out): peft must transpose the update
+            fan_in_fan_out=any(isinstance(m, Conv1D) for m in targeted),
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -146,15 +151,17 @@ def check_lora_fits(base: nn.Module, weights_path: Path) -> None:
         except AttributeError:
             wrong.append(f"{key}: this model has no module {module_name!r}")
             continue
-        if not isinstance(module, nn.Linear):
-            wrong.append(f"{key}: {module_name!r} is a {type(module).__name__}, not nn.Linear")
+        if not is_projection(module):
+            wrong.append(
+                f"{key}: {module_name!r} is a {type(module).__name__}, not nn.Linear or Conv1D"
+            )
             continue
+        in_features, out_features = in_out_features(module)
         size = shape[1] if kind == "A.weight" else shape[0]
-        need = module.in_features if kind == "A.weight" else module.out_features
+        need = in_features if kind == "A.weight" else out_features
         if len(shape) != 2 or size != need:
             wrong.append(
-                f"{key}: file {shape} vs layer {module_name} "
-                f"({module.in_features} -> {module.out_features})"
+                f"{key}: file {shape} vs layer {module_name} ({in_features} -> {out_features})"
             )
     if wrong:
         raise AdapterLoadError(

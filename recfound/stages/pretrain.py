@@ -6,7 +6,11 @@
   (:mod:`recfound.data.corpus`).
 - ``model.backbone: /path/to/checkpoint`` → the user's model and tokenizer are loaded, the
   identifier tokens are *added* (embeddings resized, nothing replaced) and the same pretraining
-  runs on top.
+  runs on top, by default with the backbone frozen and only the identifier rows trained
+  (``pretrain.trainable``, :mod:`recfound.train.pretrain_fit`).
+
+Before training, the memory the setting needs is estimated and logged; a setting that cannot fit
+the device stops with :class:`~recfound.train.pretrain_fit.PretrainMemoryError`.
 
 Either way the result is saved with ``save_pretrained`` to ``paths.backbone``; the loss curves and
 tokens/s go to MLflow and ``reports/``.
@@ -51,6 +55,20 @@ from recfound.train.pretrain import (
     pad_rows,
     pretrain_causal_lm,
     split_blocks,
+)
+from recfound.train.pretrain_fit import (
+    GIB,
+    PretrainTarget,
+    available_memory,
+    check_fits,
+    estimate_memory,
+    prepare_trainable,
+    resolve_trainable,
+)
+from recfound.train.throughput import (
+    matmul_parameters,
+    throughput_metrics,
+    train_flops_per_token,
 )
 
 log = logging.getLogger(__name__)
@@ -100,10 +118,46 @@ def run_pretrain(cfg: Config) -> dict:
         log.info("extended %s with %d item identifier tokens", checkpoint, added)
         source = str(checkpoint.resolve())
     device = stage_device()
+    trainable = resolve_trainable(p.trainable, cfg.model.backbone == "builtin")
+    seq_len = min(p.seq_len, model.config.max_position_embeddings)
+
+    def estimate(setting: str, checkpointing: bool):
+        return estimate_memory(
+            model,
+            setting,
+            batch_size=p.batch_size,
+            seq_len=seq_len,
+            gradient_checkpointing=checkpointing,
+            adapter_rank=p.adapter_rank,
+        )
+
+    chosen, available = estimate(trainable, p.gradient_checkpointing), available_memory(device)
+    log.info("memory estimate: %s; %.2f GiB free on %s", chosen.describe(), available / GIB, device)
+    check_fits(chosen, available, estimate, str(device))
     model.to(device)
-    log.info("pretraining on %s", device)
+    if p.gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    identifier_ids = tokenizer.convert_tokens_to_ids(list(item_tokens.values()))
+    target = prepare_trainable(
+        model,
+        trainable,
+        identifier_ids,
+        weight_decay=p.weight_decay,
+        adapter_rank=p.adapter_rank,
+        seed=cfg.seed,
+    )
+    log.info(
+        "pretraining on %s: trainable=%s (%d trainable parameters)",
+        device,
+        trainable,
+        target.trainable_parameters,
+    )
     probe = validation_probe(cfg, tokenizer, items, item_tokens)
-    return _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, probe)
+    fit = {"trainable": trainable, "memory_estimate": chosen.to_dict()}
+    return _pretrain(
+        cfg, model, target, tokenizer, texts, interactions, item_tokens, source, probe, fit
+    )
 
 
 def validation_probe(cfg: Config, tokenizer, items: pd.DataFrame, item_tokens: dict[str, str]):
@@ -133,7 +187,18 @@ def validation_probe(cfg: Config, tokenizer, items: pd.DataFrame, item_tokens: d
     return next_item_probe(tokenizer, prompts, token_ids, np.array(targets), exclude)
 
 
-def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, probe) -> dict:
+def _pretrain(
+    cfg,
+    model,
+    target: PretrainTarget,
+    tokenizer,
+    texts,
+    interactions,
+    item_tokens,
+    source,
+    probe,
+    fit: dict,
+) -> dict:
     p = cfg.pretrain
     seq_len = min(p.seq_len, model.config.max_position_embeddings)
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -175,7 +240,7 @@ def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, p
     }
     with stage_run(cfg.tracking, "pretrain", settings, inputs=task_inputs(cfg, "training")) as run:
         result = pretrain_causal_lm(
-            model,
+            target.module,
             train_blocks,
             heldout_blocks,
             behaviour_rows=train_behaviour,
@@ -194,7 +259,14 @@ def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, p
             ),
             probe=probe,
             keep_best="valid_ndcg@10" if p.keep_best else None,
+            parameter_groups=target.parameter_groups,
+            bf16=p.bf16,
         )
+        model = target.finish()  # the plain model (an adapter merged into its weights)
+        full = fit["trainable"] == "full"
+        learned = matmul_parameters(model) if full else target.trainable_parameters
+        flops = train_flops_per_token(model, seq_len, learned)
+        speed = throughput_metrics(result.tokens_per_s, flops, next(model.parameters()).device)
         metrics = {
             "pretrained": True,
             "backbone": source,
@@ -205,6 +277,10 @@ def _pretrain(cfg, model, tokenizer, texts, interactions, item_tokens, source, p
             "heldout_behaviour_loss_after": dict(result.behaviour_curve)[result.kept_step],
             **{f"{k}_after": v for k, v in result.kept_metrics.items() if "@" in k},
             "tokens_per_s": result.tokens_per_s,
+            **speed,
+            "trainable": fit["trainable"],
+            "trainable_parameters": target.trainable_parameters,
+            "memory_estimate_gib": fit["memory_estimate"]["total"] / GIB,
             "device": str(next(model.parameters()).device),
             "steps": result.steps,
             "kept_step": result.kept_step,

@@ -55,6 +55,7 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
             "steps": result.steps,
             "trainable_parameters": trained.trainable_parameters,
             "tokens_per_s": result.tokens_per_s,
+            **result.throughput,  # model_tflops_per_s; mfu where the device's peak is known
             "device": result.device,
             "processes": trained.processes,
             "final_val_loss": result.final_val_loss,

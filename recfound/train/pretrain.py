@@ -119,6 +119,8 @@ def pretrain_causal_lm(
     log_metrics: Callable[[dict[str, float], int], None] | None = None,
     probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     keep_best: str | None = None,
+    parameter_groups: list[dict] | None = None,
+    bf16: bool = False,
 ) -> PretrainResult:
     """Train ``model`` with next-token loss for ``steps`` batches.
 
@@ -127,16 +129,27 @@ def pretrain_causal_lm(
     loss is the two parts' token means weighted by their shares. Each part runs as its own forward
     pass, so short behaviour rows are not padded to the text blocks' length.
 
-    ``keep_best`` names a probe metric (higher is better): the weights of the evaluation where it
-    peaked are restored at the end (early stopping; behaviour overfits long before the text
-    loss stops falling).
+    ``keep_best`` names a probe metric (higher is better): the trainable weights of the
+    evaluation where it peaked are restored at the end (early stopping; behaviour overfits long
+    before the text loss stops falling).
+
+    ``parameter_groups`` are AdamW's groups (None: every parameter at ``weight_decay``; see
+    :func:`recfound.train.pretrain_fit.prepare_trainable`). On a GPU the optimiser is the fused
+    AdamW and ``bf16`` runs the forward under bf16 autocast; on a CPU both are ignored.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
+    on_gpu = device.type == "cuda"
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=learning_rate, weight_decay=weight_decay, betas=(0.9, 0.95)
+        model.parameters() if parameter_groups is None else parameter_groups,
+        lr=learning_rate,
+        weight_decay=weight_decay,
+        betas=(0.9, 0.95),
+        **({"fused": True} if on_gpu else {}),
     )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu and bf16)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     has_behaviour = behaviour_rows is not None and len(behaviour_rows) > 0
     n_behaviour = round(batch_size * behaviour_fraction) if has_behaviour else 0
     n_text = batch_size - n_behaviour
@@ -171,7 +184,7 @@ def pretrain_causal_lm(
         if keep_best is None or values.get(keep_best, -math.inf) <= best_value:
             return
         best_value = values[keep_best]
-        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best = {k: v.detach().clone() for k, v in trainable.items()}
         result.kept_step, result.kept_metrics = step, dict(values)
 
     before = evaluate(0)
@@ -195,7 +208,8 @@ def pretrain_causal_lm(
             rows = rows[:, : int((rows != pad_id).sum(1).max())]  # drop all-pad columns
             parts.append((n_behaviour / batch_size, lm_batch(rows.to(device), pad_id)))
         start = time.perf_counter()
-        loss = sum(share * model(**batch).loss for share, batch in parts)
+        with autocast:
+            loss = sum(share * model(**batch).loss for share, batch in parts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -216,7 +230,9 @@ def pretrain_causal_lm(
         if log_metrics:
             log_metrics(metrics, step + 1)
     if best is not None and result.kept_step != steps:
-        model.load_state_dict(best)
+        with torch.no_grad():
+            for name, value in best.items():
+                trainable[name].copy_(value)
     else:
         result.kept_step, result.kept_metrics = steps, result.probe_curve[-1][2]
     result.heldout_loss_after = dict(result.heldout_curve)[result.kept_step]

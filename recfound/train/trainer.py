@@ -18,6 +18,11 @@ micro-batch (:meth:`BatchDrawer.draw`); DDP and FSDP average the processes' grad
 process divides its sums by the *mean per process* of answer tokens and of blocks, which makes the
 average the gradient of the global means above.
 
+Speed. On a GPU the optimiser is the fused AdamW, the forward runs under bf16 autocast
+(``train.bf16``), the frozen backbone can be held in bf16 (``train.bf16_weights``) and the forward
+module compiled (``train.compile``). Every step logs tokens/s and the model FLOP/s from the model's
+shape (:class:`recfound.train.throughput.StepFlops`), with MFU where the device's peak is known.
+
 Checkpoints. ``last`` (every ``checkpoint_every`` steps, at the end, and on SIGTERM), and
 ``best_generative`` / ``best_embedding`` (lowest mean validation-loss ratio of the group), which
 the merge step combines. ``resume=True`` continues from ``last`` exactly: weights, optimiser,
@@ -31,7 +36,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from tqdm.auto import tqdm
 
 from recfound.config import TrainConfig
@@ -58,6 +63,7 @@ from recfound.train.checkpoint import (
 )
 from recfound.train.lr_schedule import lr_at
 from recfound.train.s2sched import S2Scheduler
+from recfound.train.throughput import StepFlops, throughput_metrics
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,7 @@ class TrainResult:
     val_history: list[tuple[int, dict[str, float]]]
     tokens_per_s: float
     device: str = "cpu"
+    throughput: dict[str, float] = field(default_factory=dict)  # model_tflops_per_s, mfu
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -107,6 +114,15 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         mixed_precision="bf16" if gpu and config.bf16 else "no",
         gradient_accumulation_steps=config.grad_accum,
     )
+
+
+def frozen_to_bf16(model: torch.nn.Module) -> None:
+    """Hold ``model``'s frozen parameters in bf16 (the trainable ones, and so AdamW's state, stay
+    in their dtype): half the backbone's memory, and no cast of its weights in each autocast
+    step. Under autocast the matmuls run in bf16 either way."""
+    for parameter in model.parameters():
+        if not parameter.requires_grad and parameter.is_floating_point():
+            parameter.data = parameter.data.to(torch.bfloat16)
 
 
 class Trainer:
@@ -159,11 +175,25 @@ class Trainer:
             negatives_grad=config.negatives_grad,
         )
         rec.model.to(acc.device)
+        on_gpu = acc.device.type == "cuda"
+        if on_gpu and config.bf16_weights:
+            if acc.distributed_type == DistributedType.FSDP:  # its flat shards hold one dtype
+                log.warning("train.bf16_weights is ignored under FSDP (it shards the weights)")
+            else:
+                frozen_to_bf16(rec.model)
+        trainable = [p for p in rec.states.parameters() if p.requires_grad]
+        embedding = rec.model.get_input_embeddings().weight
+        self.flops = StepFlops.of(
+            rec.model, sum(p.numel() for p in trainable if p is not embedding)
+        )
         optimizer = torch.optim.AdamW(
-            [p for p in rec.states.parameters() if p.requires_grad],
+            trainable,
             lr=config.learning_rate,
             weight_decay=config.weight_decay,
+            **({"fused": True} if on_gpu else {}),
         )
+        if config.compile:  # in place: parameter names (and checkpoints) stay as they are
+            rec.states.compile()
         rec.states, self.optimizer = acc.prepare(rec.states, optimizer)
         self.module = rec.states
         self.step = 0
@@ -234,6 +264,18 @@ class Trainer:
             total = total + torch.stack(infonce).sum() / blocks_per_process
         return total, {t: float(np.mean(v)) for t, v in per_task.items()}
 
+    def batch_flops(self, batch: StepBatch) -> float:
+        """Model FLOPs of training on ``batch`` (see :class:`StepFlops`): the head is read at the
+        answer positions of the generative samples only."""
+        flops = 0.0
+        if batch.generative is not None:
+            answers = int((batch.generative["labels"] != -100).sum())
+            flops += self.flops.sequences(batch.generative["attention_mask"].sum(-1), answers)
+        for block in batch.blocks:
+            for part in (block.queries, block.documents):
+                flops += self.flops.sequences(part["attention_mask"].sum(-1))
+        return flops
+
     def train_step(self, batch: StepBatch) -> tuple[float, dict[str, float]]:
         """Forward and backward of one micro-batch; the optimiser steps (with gradients synced,
         clipped at norm 1) after every ``grad_accum``-th."""
@@ -255,7 +297,8 @@ class Trainer:
         if resume:
             self.resume()
         previous = signal.signal(signal.SIGTERM, self._request_stop)
-        tokens, busy = 0, 0.0
+        tokens, busy, flops = 0, 0.0, 0.0
+        device = self.accelerator.device
         self.module.train()
         main = self.accelerator.is_main_process
         bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", disable=not main)
@@ -273,6 +316,7 @@ class Trainer:
                     micro_loss, micro_tasks = self.train_step(batch)
                     loss += micro_loss / c.grad_accum
                     tokens += batch.tokens
+                    flops += self.batch_flops(batch)
                     for name, value in micro_tasks.items():
                         per_task.setdefault(name, []).append(value)
                 busy += time.perf_counter() - start
@@ -285,6 +329,7 @@ class Trainer:
                     )
                 self.step += 1
                 metrics = {"train/loss": loss, "lr": lr, "tokens_per_s": tokens / busy}
+                metrics.update(throughput_metrics(tokens / busy, flops / max(tokens, 1), device))
                 metrics.update({f"train/{n}/loss": float(np.mean(v)) for n, v in per_task.items()})
                 metrics.update({f"prob/{n}": w for n, w in self.task_sampler.weights.items()})
                 self.log_metrics(metrics, self.step)
@@ -312,6 +357,7 @@ class Trainer:
             val_history=list(self.val_history),
             tokens_per_s=tokens / max(busy, 1e-9),  # this process's
             device=str(self.accelerator.device),
+            throughput=throughput_metrics(tokens / max(busy, 1e-9), flops / max(tokens, 1), device),
         )
 
     def _request_stop(self, signum: int, frame: object) -> None:

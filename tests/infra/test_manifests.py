@@ -50,6 +50,8 @@ RENDERED = (
     "overlays/gpu-cluster",
     "training/prepare",
     "training/pytorchjob",
+    "training/gpu-profile/prepare",
+    "training/gpu-profile/pytorchjob",
 )
 OVERLAYS = ("overlays/local", "overlays/gpu-cluster")
 # Kustomize components (used by the rendered kustomizations, not built on their own).
@@ -545,6 +547,28 @@ def test_pytorchjob_trains_with_torchrun_on_gpus_from_the_prepared_workspace(
     prepare_spec = prepare["spec"]["template"]["spec"]
     assert prepare_spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "recfound-workspace"
     assert "/app/params.yaml" in prepare_spec["containers"][0]["args"][0]
+
+
+def test_gpu_profile_jobs_request_the_profiles_gpus_and_read_it(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The GPU profile's Jobs run with params.gpu.yaml (which the image carries) and request what
+    its cluster section says the train step gets."""
+    cluster = yaml.safe_load((REPO_ROOT / "params.gpu.yaml").read_text())["cluster"]
+    job = find(rendered["training/gpu-profile/pytorchjob"], "PyTorchJob", "recfound-train")
+    assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master"}  # one pod
+    (container,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["recfound", "train"]
+    assert "/app/params.gpu.yaml" in container["args"]
+    resources = container["resources"]
+    assert int(resources["limits"]["nvidia.com/gpu"]) == cluster["train_gpus"]
+    assert resources["limits"]["memory"] == cluster["train_memory"]
+    assert resources["requests"]["cpu"] == cluster["train_cpu"]
+    prepare = find(rendered["training/gpu-profile/prepare"], "Job", "recfound-prepare")
+    spec = prepare["spec"]["template"]["spec"]
+    assert "--params /app/params.gpu.yaml" in spec["containers"][0]["args"][0]
+    assert int(spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    assert re.search(r"^COPY params\.yaml params\.gpu\.yaml ", DOCKERFILE.read_text(), re.M)
 
 
 # --- the validation rejects broken manifests -----------------------------------------------

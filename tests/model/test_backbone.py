@@ -101,3 +101,28 @@ def test_damaged_backbone_names_the_file_and_what_to_do(
         assert phrase in message
     assert "recfound pretrain" in message
     assert {p.name: p.read_bytes() for p in (tmp_path / "bb").iterdir()} == before  # untouched
+
+
+def test_checkpoints_load_with_sdpa_attention_and_fall_back_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import LlamaForCausalLM
+
+    tok = train_bpe_tokenizer(TEXTS, vocab_size=400)
+    model = build_builtin_backbone(SPEC, tok, seed=0)
+    model.config._attn_implementation = "eager"  # as a user's checkpoint may have been saved
+    save_backbone(model, tok, tmp_path / "bb")
+    sdpa, _ = load_backbone(tmp_path / "bb")
+    eager, _ = load_backbone(tmp_path / "bb", attention="eager")
+    assert (sdpa.config._attn_implementation, eager.config._attn_implementation) == (
+        "sdpa",
+        "eager",
+    )
+    batch = tok(["Movie number 3", "Movie"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sdpa.eval()(**batch).logits, eager.eval()(**batch).logits, atol=1e-5, rtol=1e-4
+        )
+    monkeypatch.setattr(LlamaForCausalLM, "_supports_sdpa", False)  # an architecture without SDPA
+    fallback, _ = load_backbone(tmp_path / "bb")
+    assert fallback.config._attn_implementation == "eager"

@@ -69,6 +69,7 @@ def test_overrides_set_dotted_keys_and_resources(cfg: Config) -> None:
         ("tasks.enabled=[user2item, nope]", "unknown task(s) ['nope']"),
         ("train.steps.x=1", "train.steps is a value"),
         ("paths.tasks=/data", "paths are not settings of a pipeline run"),
+        ("cluster.train_gpus=2", "pass --param train_gpus=VALUE instead"),
         ("train_gpus=0", "train_gpus: expected a whole number >= 1"),
         ("train_cpu=lots", "train_cpu: 'lots' is not a CPU amount"),
         ("step_memory=8 GB", "step_memory: '8 GB' is not a memory amount"),

@@ -10,7 +10,12 @@ import pytest
 import yaml
 
 from components import DEFAULT_IMAGE, IMAGE_ENV
-from pipelines.arguments import DATA_DEFAULTS, RESOURCE_DEFAULTS, config_arguments
+from pipelines.arguments import (
+    DATA_DEFAULTS,
+    RESOURCE_DEFAULTS,
+    config_arguments,
+    pipeline_arguments,
+)
 from pipelines.commands import compile_pipeline
 from pipelines.recfound_pipeline import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, build_pipeline
 from recfound.cli import main
@@ -188,3 +193,31 @@ def test_local_target_leaves_out_the_cluster_settings(tmp_path: Path) -> None:
     assert set(spec["root"]["dag"]["tasks"]) == {"check-params", *STAGES}
     for executor in spec["deploymentSpec"]["executors"].values():
         assert "resources" not in executor["container"]
+
+
+def test_gpu_profile_compiles_a_pipeline_whose_train_step_requests_its_gpus(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "gpu.yaml"
+    code = main(
+        ["--params", str(REPO_ROOT / "params.gpu.yaml"), "pipeline", "compile", "-o", str(out)]
+    )
+    assert code == 0
+    spec, _ = _load(out)
+    profile = load_config(REPO_ROOT / "params.gpu.yaml")
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    for name, value in profile.cluster.model_dump().items():  # the profile's cluster section
+        assert parameters[name]["defaultValue"] == value, name
+    assert parameters["train_gpus"]["defaultValue"] >= 1
+    assert parameters["model"]["defaultValue"]["backbone"] == profile.model.backbone
+    resources = spec["deploymentSpec"]["executors"][_executor(spec, "train")]["container"][
+        "resources"
+    ]
+    assert resources["accelerator"]["resourceCount"].endswith("train_gpus']}}")
+    arguments = pipeline_arguments(profile, ["train.steps=10"])
+    assert (
+        arguments["train_memory"]
+        == profile.cluster.train_memory
+        != RESOURCE_DEFAULTS["train_memory"]
+    )
+    assert pipeline_arguments(profile, ["train_gpus=2"])["train_gpus"] == 2

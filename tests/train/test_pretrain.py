@@ -129,7 +129,12 @@ def test_pretrain_lowers_heldout_loss_and_logs_to_mlflow(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_a_given_checkpoint_is_extended_with_item_tokens_not_replaced(tmp_path: Path) -> None:
+def test_a_given_checkpoint_is_extended_and_only_the_identifier_rows_train(
+    tmp_path: Path,
+) -> None:
+    """``pretrain.trainable: auto`` on a user's checkpoint is ``identifiers``: every backbone
+    weight stays bit-identical, the old vocabulary's embedding rows included, and the new
+    identifier rows train."""
     texts = ["Toy Story (1995) — genres: Animation", "GoldenEye (1995) — genres: Action"] * 20
     tokenizer = train_bpe_tokenizer(texts, 300)
     spec = BuiltinSpec(
@@ -144,20 +149,29 @@ def test_a_given_checkpoint_is_extended_with_item_tokens_not_replaced(tmp_path: 
     save_backbone(build_builtin_backbone(spec, tokenizer, seed=0), tokenizer, checkpoint)
     original, original_tok = load_backbone(checkpoint)
     cfg = _config(tmp_path, backbone=str(checkpoint))
+    cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"steps": 20})})
     run_ingest(cfg)
     run_validate(cfg)
     run_build_tasks(cfg)
     metrics = run_pretrain(cfg)
     assert metrics["backbone"] == str(checkpoint.resolve())
+    assert metrics["trainable"] == "identifiers" and metrics["memory_estimate_gib"] > 0
     model, tok = load_backbone(cfg.paths.backbone)
     assert len(tok) == len(original_tok) + metrics["item_tokens"]
     # the user's vocabulary keeps its ids: old tokens encode exactly as before
     assert tok("Toy Story")["input_ids"] == original_tok("Toy Story")["input_ids"]
-    assert model.get_input_embeddings().weight.shape[0] == len(tok)
-    assert not torch.equal(  # and the model was trained on top of it
-        model.get_input_embeddings().weight[: len(original_tok)],
-        original.get_input_embeddings().weight,
-    )
+    embedding = model.get_input_embeddings().weight
+    assert embedding.shape[0] == len(tok)
+    before = original.state_dict()
+    for name, tensor in model.state_dict().items():
+        if tensor.shape == before[name].shape:
+            assert torch.equal(tensor, before[name]), name
+        else:  # the embedding (tied LM head): old rows bit-identical
+            assert torch.equal(tensor[: len(original_tok)], before[name]), name
+    resized = original
+    resized.resize_token_embeddings(len(tok), mean_resizing=True)
+    new_rows = slice(len(original_tok), len(tok))
+    assert not torch.equal(embedding[new_rows], resized.get_input_embeddings().weight[new_rows])
 
 
 def test_wrong_checkpoint_path_is_a_clear_error(tmp_path: Path) -> None:

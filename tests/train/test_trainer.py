@@ -12,7 +12,8 @@ import torch
 from recfound.config import S2SchedConfig, TrainConfig
 from recfound.model.bundle import adapter_tensors
 from recfound.train.checkpoint import CheckpointError, load_checkpoint
-from recfound.train.trainer import Trainer, TrainingInterrupted
+from recfound.train.throughput import StepFlops, train_flops_per_token
+from recfound.train.trainer import Trainer, TrainingInterrupted, frozen_to_bf16
 from tests.train.tiny import tiny_model, tiny_tasks
 
 PARAMS = TrainConfig(
@@ -159,3 +160,60 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_earlier_checkpoints(
     _, state = read_checkpoint(tmp_path / "last")
     assert state["step"] == 4  # the checkpoint of step 4, not one of the diverged model
     assert (tmp_path / "best_generative" / "checkpoint.safetensors").is_file()
+
+
+def test_every_step_logs_tokens_per_s_and_model_flops(tmp_path: Path) -> None:
+    tasks = tiny_tasks()
+    logged: list[dict[str, float]] = []
+    config = PARAMS.model_copy(update={"steps": 2, "eval_every": 10, "checkpoint_every": 10})
+    trainer = Trainer(
+        tiny_model(tasks),
+        tasks,
+        config,
+        tmp_path,
+        seed=SEED,
+        log_metrics=lambda v, s: logged.append(v),
+    )
+    result = trainer.train()
+    steps = [values for values in logged if "train/loss" in values]
+    assert len(steps) == 2
+    for values in steps:
+        assert values["tokens_per_s"] > 0 and values["model_tflops_per_s"] > 0
+        assert "mfu" not in values  # a CPU has no known peak
+    assert result.throughput["model_tflops_per_s"] > 0
+
+
+def test_step_flops_without_a_separate_head_is_the_per_token_formula() -> None:
+    tasks = tiny_tasks(n_train=8, n_valid=2)
+    model = tiny_model(tasks).model
+    trainable = 1234
+    flops = StepFlops.of(model, trainable)
+    assert flops.head == model.get_output_embeddings().weight.numel()
+    lengths = torch.tensor([20, 20, 20])
+    # the head read at every position: PaLM's accounting of 60 tokens of 20 positions each
+    expected = 60 * train_flops_per_token(model, 20, trainable)
+    assert flops.sequences(lengths, head_positions=60) == pytest.approx(expected, rel=1e-12)
+
+
+def test_compile_compiles_the_forward_module_in_place(tmp_path: Path) -> None:
+    tasks = tiny_tasks(n_train=16, n_valid=4)
+    rec = tiny_model(tasks)
+    names = [n for n, _ in rec.states.named_parameters()]
+    config = PARAMS.model_copy(update={"compile": True})
+    trainer = Trainer(rec, tasks, config, tmp_path, seed=SEED)
+    assert trainer.module._compiled_call_impl is not None
+    assert [n for n, _ in trainer.module.named_parameters()] == names  # checkpoints unchanged
+
+
+def test_frozen_bf16_backbone_trains_an_fp32_adapter_under_autocast(tmp_path: Path) -> None:
+    tasks = tiny_tasks(n_train=16, n_valid=4)
+    trainer = Trainer(tiny_model(tasks), tasks, PARAMS, tmp_path, seed=SEED)
+    frozen_to_bf16(trainer.rec.model)
+    parameters = list(trainer.rec.model.parameters())
+    assert {p.dtype for p in parameters if not p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for p in parameters if p.requires_grad} == {torch.float32}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = trainer.batch_loss(trainer.draw_batch())
+    loss.backward()
+    grads = [p.grad for p in parameters if p.requires_grad and p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

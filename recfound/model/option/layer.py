@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recfound.model.families import in_out_features, weight_delta
 from recfound.model.tmole.layer import TaskSelectionError
 
 
@@ -72,7 +73,7 @@ class OptionLinear(nn.Module):
 
     def __init__(
         self,
-        base_layer: nn.Linear,
+        base_layer: nn.Module,
         num_tasks: int,
         rank: int,
         scaling: float,
@@ -83,14 +84,13 @@ class OptionLinear(nn.Module):
         self.base_layer = base_layer
         self.scaling = scaling
         self.state = state
-        a = torch.randn(num_tasks, rank, base_layer.in_features, generator=generator)
-        a = a / base_layer.in_features**0.5
+        in_features, out_features = in_out_features(base_layer)  # nn.Linear or Conv1D
+        a = torch.randn(num_tasks, rank, in_features, generator=generator)
+        a = a / in_features**0.5
         weight = base_layer.weight
         self.option_A = nn.Parameter(a.to(device=weight.device, dtype=weight.dtype))
         self.option_B = nn.Parameter(
-            torch.zeros(
-                num_tasks, base_layer.out_features, rank, device=weight.device, dtype=weight.dtype
-            )
+            torch.zeros(num_tasks, out_features, rank, device=weight.device, dtype=weight.dtype)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +102,10 @@ class OptionLinear(nn.Module):
 
     @torch.no_grad()
     def delta(self, task_id: int) -> torch.Tensor:
-        """``s B_t A_t`` of one task, shaped like the base weight ``(out, in)``."""
-        return self.scaling * self.option_B[task_id].double() @ self.option_A[task_id].double()
+        """``s B_t A_t`` of one task, laid out like the base weight (``(out, in)``; Conv1D's
+        ``(in, out)``)."""
+        delta = self.scaling * self.option_B[task_id].double() @ self.option_A[task_id].double()
+        return weight_delta(self.base_layer, delta)
 
 
 def _is_prefill(kwargs: dict[str, Any]) -> bool:

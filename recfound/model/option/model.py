@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from recfound.model.families import decoder_layer_list, is_projection
 from recfound.model.option.config import OptionConfig, OptionConfigError
 from recfound.model.option.layer import (
     OptionLinear,
@@ -31,14 +32,16 @@ PROMPTS_NAME = "option_prompts"
 TaskSpec = str | Sequence[str] | torch.Tensor
 
 
-def _decoder(model: nn.Module) -> nn.Module:
+def _decoder(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """The decoder (``model.base_model``) and its layer list (``.layers``; GPT-2's ``.h``)."""
     decoder = model.base_model
-    if not hasattr(decoder, "layers") or not hasattr(decoder, "get_input_embeddings"):
+    layers = decoder_layer_list(model)
+    if layers is None or not hasattr(decoder, "get_input_embeddings"):
         raise OptionConfigError(
-            f"{type(model).__name__} has no decoder with `.layers` (a Llama-style causal LM); "
+            f"{type(model).__name__} has no decoder with a layer list (`.layers` or `.h`); "
             "option tuning hooks the decoder's input and its layers"
         )
-    return decoder
+    return decoder, layers
 
 
 class OptionModel(FrozenBaseAdapter):
@@ -63,22 +66,22 @@ class OptionModel(FrozenBaseAdapter):
     def __init__(self, base: nn.Module, config: OptionConfig) -> None:
         if hasattr(base, PROMPTS_NAME):
             raise OptionConfigError("this model already carries options; unload() it first")
-        decoder = _decoder(base)
+        decoder, layers = _decoder(base)
         targets = []
         if config.adapter_rank:
             targets = [
                 (n, m)
                 for n, m in base.named_modules()
-                if n and _matches(n, config.adapter_modules) and type(m) is nn.Linear
+                if n and _matches(n, config.adapter_modules) and is_projection(m)
             ]
             if not targets:
                 raise OptionConfigError(
-                    f"no nn.Linear matches adapter_modules {config.adapter_modules}"
+                    f"no nn.Linear or Conv1D matches adapter_modules {config.adapter_modules}"
                 )
         self._take(base, config)
         generator = torch.Generator().manual_seed(config.seed)
         embeddings = decoder.get_input_embeddings().weight
-        depth = len(decoder.layers) if config.deep else 1
+        depth = len(layers) if config.deep else 1
         shape = (len(config.task_names), depth, config.prompt_length)
         # options start as embeddings of random vocabulary tokens (Lester et al., prompt tuning)
         rows = torch.randint(0, embeddings.shape[0], shape, generator=generator)
@@ -101,7 +104,7 @@ class OptionModel(FrozenBaseAdapter):
             decoder.register_forward_hook(holder.strip),
         ]
         if config.deep:
-            for depth_index, layer in enumerate(decoder.layers):
+            for depth_index, layer in enumerate(layers):
                 if depth_index:
                     hook = functools.partial(holder.reinsert, depth_index)
                     self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recfound.errors import UserInputError
+from recfound.model.families import in_out_features
 from recfound.model.tmole.config import TMoLEConfig
 
 
@@ -149,7 +150,10 @@ class TaskState:
 
 
 class TMoLELinear(nn.Module):
-    """A frozen ``nn.Linear`` plus E task-gated low-rank experts (see the module docstring).
+    """A frozen projection plus E task-gated low-rank experts (see the module docstring).
+
+    The projection is an ``nn.Linear`` (fused ones included: Phi-3's ``qkv_proj``) or GPT-2's
+    ``Conv1D``, whose weight is stored ``(in, out)``; A and B are shaped by the features either way.
 
     Parameters: ``tmole_A`` (E*r, in), ``tmole_B`` (out, E*r) and ``tmole_router``
     (``nn.Linear(task_embedding_dim, E)``). With ``tmole_B = 0`` (the initial state) the layer
@@ -158,7 +162,7 @@ class TMoLELinear(nn.Module):
 
     def __init__(
         self,
-        base_layer: nn.Linear,
+        base_layer: nn.Module,
         config: TMoLEConfig,
         state: TaskState,
         generator: torch.Generator,
@@ -174,13 +178,14 @@ class TMoLELinear(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         rank = self.num_experts * self.r
         weight = base_layer.weight
-        a = torch.empty(rank, base_layer.in_features)
+        in_features, out_features = in_out_features(base_layer)
+        a = torch.empty(rank, in_features)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)  # as peft's lora_A
         router = torch.empty(self.num_experts, config.task_embedding_dim)
         nn.init.normal_(router, std=0.02, generator=generator)
         kw = {"device": weight.device, "dtype": weight.dtype}
         self.tmole_A = nn.Parameter(a.to(**kw))
-        self.tmole_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, **kw))
+        self.tmole_B = nn.Parameter(torch.zeros(out_features, rank, **kw))
         self.tmole_router = nn.Linear(config.task_embedding_dim, self.num_experts, **kw)
         with torch.no_grad():
             self.tmole_router.weight.copy_(router)
@@ -188,11 +193,11 @@ class TMoLELinear(nn.Module):
 
     @property
     def in_features(self) -> int:
-        return self.base_layer.in_features
+        return in_out_features(self.base_layer)[0]
 
     @property
     def out_features(self) -> int:
-        return self.base_layer.out_features
+        return in_out_features(self.base_layer)[1]
 
     def gates(self, task_ids: torch.Tensor) -> torch.Tensor:
         """Gates ``(len(task_ids), E)`` of the given tasks; each row sums to 1.

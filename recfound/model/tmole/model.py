@@ -26,6 +26,7 @@ from torch import nn
 
 from recfound import artifacts
 from recfound.errors import UserInputError
+from recfound.model.families import is_projection, weight_delta
 from recfound.model.options import AdapterOptions
 from recfound.model.tmole.config import TMoLEConfig, TMoLEConfigError
 from recfound.model.tmole.layer import TaskState, TMoLELinear
@@ -278,15 +279,15 @@ class TMoLEModel(FrozenBaseAdapter):
             for name, module in base.named_modules()
             if name and _matches(name, config.target_modules)
         ]
-        not_linear = [f"{n} ({type(m).__name__})" for n, m in targets if type(m) is not nn.Linear]
+        not_linear = [f"{n} ({type(m).__name__})" for n, m in targets if not is_projection(m)]
         if not_linear:
             raise TMoLEConfigError(
-                f"target_modules {config.target_modules} match modules that are not nn.Linear: "
-                f"{not_linear[:5]}; name only linear layers"
+                f"target_modules {config.target_modules} match modules that are not nn.Linear "
+                f"or Conv1D: {not_linear[:5]}; name only linear layers"
             )
         if not targets:
             linears = sorted(
-                {n.rpartition(".")[2] for n, m in base.named_modules() if isinstance(m, nn.Linear)}
+                {n.rpartition(".")[2] for n, m in base.named_modules() if is_projection(m)}
             )
             raise TMoLEConfigError(
                 f"no module matches target_modules {config.target_modules}; "
@@ -377,7 +378,7 @@ class TMoLEModel(FrozenBaseAdapter):
         merged = copy.deepcopy(self.model, memo)
         for name, (a_f, b_f) in folds.items():
             base_layer = merged.get_submodule(name).base_layer
-            delta = b_f.double() @ a_f.double()
+            delta = weight_delta(base_layer, b_f.double() @ a_f.double())  # Conv1D: (in, out)
             weight = base_layer.weight  # a new tensor: shared layers (share_layers) stay apart
             base_layer.weight = nn.Parameter(weight + delta.to(weight.dtype), weight.requires_grad)
             _set_submodule(merged, name, base_layer)

@@ -1,0 +1,245 @@
+"""CPU tokens/s of the default train and pretrain steps under the settings issue 23 added, side by
+side in one process.
+
+The code as it was before (commit 5c2d3a3) cannot be imported next to this tree, so each row is a
+setting that changed, run with this tree's code on the same batches:
+
+- train (``recfound train``'s step at params.yaml's sizes: the builtin backbone of
+  ``model.builtin``, TMoLE on its projections, ``train.batch_size`` generative samples and
+  ``train.embedding_batch_size`` embedding samples with ``catalogue_negatives``):
+  ``default`` (SDPA, plain AdamW, no compile, FLOP accounting: what the default run does now);
+  ``no_flop_accounting`` (the loop as before: without the per-batch model-FLOP count);
+  ``eager_attention`` (what a user's checkpoint could load with before); ``fused_adamw`` (the GPU
+  optimiser, here on CPU); ``compile`` (``train.compile: true``).
+- pretrain (``pretrain_causal_lm`` at ``pretrain``'s sizes on random token rows, the builtin
+  trained in full as ``trainable: auto`` does): ``default`` (SDPA), ``eager_attention``,
+  ``identifiers`` (``pretrain.trainable: identifiers``: the backbone frozen).
+
+Each variant trains ``--warmup`` steps untimed, then ``--steps`` timed; the variants alternate for
+``--repeats`` rounds and the best round is reported (the median beside it). Tokens are those the
+model reads (padding excluded). Writes ``--out`` (default reports/bench/step_settings_cpu.json).
+
+    nice -n 10 .venv/bin/python bench/step_settings_cpu.py [--steps 6 --repeats 2 --no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from recfound.config import TrainConfig, load_config
+from recfound.data.sources import load_ml100k
+from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
+from recfound.model.build import build_rec_model
+from recfound.train.from_config import adapter_spec
+from recfound.train.pretrain import pretrain_causal_lm
+from recfound.train.pretrain_fit import prepare_trainable
+from recfound.train.trainer import TaskData, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def builtin_spec(cfg) -> BuiltinSpec:
+    b = cfg.model.builtin
+    return BuiltinSpec(
+        b.hidden_size, b.num_layers, b.num_heads, b.intermediate_size, b.max_length, b.vocab_size
+    )
+
+
+def item_tasks(n_train: int = 600, n_valid: int = 16) -> list[TaskData]:
+    """Two generative tasks and one embedding task from ml-100k's item attributes (as the trainer
+    tests' tiny setup); the step's sizes come from params.yaml, not from these records."""
+    items = load_ml100k().items.head(n_train + n_valid).reset_index(drop=True)
+    genres = items["categories"].str.replace("|", ", ")
+    years = items["year"].astype("string").fillna("unknown")
+    frames = {
+        "genre": ("generative", "Genres of " + items["title"], genres),
+        "year": ("generative", "Year of " + items["title"], years),
+        "match": ("embedding", items["title"], "genres: " + genres + "; year " + years),
+    }
+    tasks = []
+    for name, (kind, prompts, targets) in frames.items():
+        frame = pd.DataFrame({"prompt": prompts.astype(str), "target": targets.astype(str)})
+        tasks.append(TaskData(name, kind, frame.iloc[:n_train], frame.iloc[n_train:]))
+    return tasks
+
+
+def set_attention(model: torch.nn.Module, implementation: str) -> None:
+    model.config._attn_implementation = implementation
+    for module in model.modules():
+        if hasattr(module, "config") and hasattr(module.config, "_attn_implementation"):
+            module.config._attn_implementation = implementation
+
+
+def train_variant(cfg, name: str, out: Path) -> tuple[Trainer, Callable[[], tuple[int, float]]]:
+    """A trainer at params.yaml's sizes with the variant's setting, and a function that times
+    one step: (tokens, seconds)."""
+    tasks = item_tasks()
+    texts = [str(t) for task in tasks for t in [*task.train.prompt, *task.train.target]]
+    tokenizer = train_bpe_tokenizer(texts, cfg.model.builtin.vocab_size)
+    base = build_builtin_backbone(builtin_spec(cfg), tokenizer, seed=cfg.seed)
+    if name == "eager_attention":
+        set_attention(base, "eager")
+    rec = build_rec_model(
+        base,
+        tokenizer,
+        adapter_spec(cfg),
+        {t.name: t.kind for t in tasks},
+        seed=cfg.seed,
+        pooling=cfg.model.pooling,
+        embedding_attention=cfg.model.embedding_attention,
+        max_length=cfg.model.max_length,
+    )
+    config: TrainConfig = cfg.train.model_copy(
+        update={"compile": name == "compile", "eval_every": 10**6, "checkpoint_every": 10**6}
+    )
+    catalogue = (
+        tasks[0]
+        .train.rename(columns={"prompt": "text"})
+        .assign(item_id=lambda f: range(len(f)), token="")
+    )
+    trainer = Trainer(rec, tasks, config, out, seed=cfg.seed, catalogue=catalogue)
+    if name == "fused_adamw":
+        trainer.optimizer.optimizer.defaults["fused"] = True
+        for group in trainer.optimizer.optimizer.param_groups:
+            group["fused"] = True
+    trainer.module.train()
+
+    def step() -> tuple[int, float]:
+        start = time.perf_counter()
+        batch = trainer.draw_batch()
+        trainer.train_step(batch)
+        if name != "no_flop_accounting":
+            trainer.batch_flops(batch)
+        return batch.tokens, time.perf_counter() - start
+
+    return trainer, step
+
+
+def pretrain_variant(cfg, name: str) -> Callable[[int], float]:
+    """A function that pretrains the builtin for n steps with the variant's setting and returns
+    its tokens/s (the function's own timing, validation excluded)."""
+    p = cfg.pretrain
+    spec = builtin_spec(cfg)
+    tokenizer = train_bpe_tokenizer(
+        [f"movie {i} of year {1900 + i % 99}" for i in range(2000)], 600
+    )
+    model = build_builtin_backbone(spec, tokenizer, seed=cfg.seed)
+    model.resize_token_embeddings(spec.vocab_size)
+    if name == "eager_attention":
+        set_attention(model, "eager")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    vocab = spec.vocab_size
+    blocks = torch.randint(4, vocab, (256, p.seq_len), generator=generator)
+    behaviour = torch.randint(4, vocab, (512, 60), generator=generator)
+    rows = range(vocab - 1682, vocab)  # as many identifier rows as ml-100k's items
+    trainable = "identifiers" if name == "identifiers" else "full"
+    target = prepare_trainable(model, trainable, rows, weight_decay=p.weight_decay)
+
+    def run(steps: int) -> float:
+        result = pretrain_causal_lm(
+            target.module,
+            blocks,
+            blocks[:8],
+            behaviour_rows=behaviour,
+            heldout_behaviour=behaviour[:8],
+            behaviour_fraction=p.behaviour_fraction,
+            pad_id=tokenizer.pad_token_id,
+            steps=steps,
+            batch_size=p.batch_size,
+            learning_rate=p.learning_rate,
+            warmup_steps=1,
+            weight_decay=p.weight_decay,
+            eval_every=10**6,
+            seed=cfg.seed,
+            parameter_groups=target.parameter_groups,
+        )
+        return result.tokens_per_s
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true", help="leave the compile row out")
+    parser.add_argument("--out", default=str(REPO / "reports/bench/step_settings_cpu.json"))
+    args = parser.parse_args()
+    cfg = load_config(args.params)
+    torch.manual_seed(cfg.seed)
+    train_names = ["default", "no_flop_accounting", "eager_attention", "fused_adamw"]
+    train_names += [] if args.no_compile else ["compile"]
+    pretrain_names = ["default", "eager_attention", "identifiers"]
+    train_rates: dict[str, list[float]] = {n: [] for n in train_names}
+    pretrain_rates: dict[str, list[float]] = {n: [] for n in pretrain_names}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        steps = {}
+        for name in train_names:
+            _, step = train_variant(cfg, name, Path(tmp) / name)
+            for _ in range(args.warmup):
+                step()
+            steps[name] = step
+        runs = {name: pretrain_variant(cfg, name) for name in pretrain_names}
+        for run in runs.values():
+            run(args.warmup)
+        for _ in range(args.repeats):
+            for name, step in steps.items():
+                timed = [step() for _ in range(args.steps)]
+                train_rates[name].append(sum(t for t, _ in timed) / sum(s for _, s in timed))
+            for name, run in runs.items():
+                pretrain_rates[name].append(run(args.steps))
+
+    def table(rates: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+        base = max(rates["default"])
+        return {
+            n: {
+                "tokens_per_s_best": max(r),
+                "tokens_per_s_median": statistics.median(r),
+                "vs_default": max(r) / base,
+                "rounds": len(r),
+            }
+            for n, r in rates.items()
+        }
+
+    report = {
+        "what": "CPU tokens/s of the default train and pretrain steps per setting (bench/"
+        "step_settings_cpu.py); best of the rounds, the median beside it",
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "settings": vars(args),
+        "train": table(train_rates),
+        "pretrain": table(pretrain_rates),
+        "seconds": time.perf_counter() - started,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for part in ("train", "pretrain"):
+        for name, row in report[part].items():
+            print(
+                f"{part:8s} {name:20s} {row['tokens_per_s_best']:9.0f} tokens/s "
+                f"(median {row['tokens_per_s_median']:.0f}, x{row['vs_default']:.2f})"
+            )
+    print(f"wrote {out} in {report['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
