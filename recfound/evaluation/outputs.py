@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from recfound.evaluation import metrics as M
+from recfound import metrics as M
 
 FULL_RANKING_KS = (5, 10, 20)  # Recall/NDCG@K of the full-ranking protocol (RecBole's usual)
 MRR_KS = (10, 20)  # MRR@K reported (RecFound's MRR@20, and MRR@10)

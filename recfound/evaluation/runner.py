@@ -54,11 +54,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recfound import metrics as M
+from recfound.baselines.rankers import BM25Ranker, ItemKNNRanker, PopularityRanker
 from recfound.data.datasets import read_task_frames
 from recfound.data.tasks import TASK_BUILDERS
 from recfound.errors import UserInputError
-from recfound.evaluation import metrics as M
-from recfound.evaluation.baselines import BM25Ranker, ItemKNNRanker, PopularityRanker
 from recfound.evaluation.outputs import (
     FULL_RANKING_KS,
     BootstrapSettings,

@@ -7,7 +7,7 @@ RMSE) → write ``paths.baselines`` (``sasrec/``, ``mf/``: safetensors + JSON) a
 
 The stage depends on the data and its own code only, so DVC does not retrain the baselines when
 the model changes; `evaluate` loads them with
-:func:`recfound.evaluation.baselines.load_baselines`.
+:func:`recfound.baselines.store.load_baselines`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import torch
 
 from recfound import artifacts
 from recfound.accelerator import stage_device
+from recfound.baselines.mf import BiasedMF, BiasedMFParams
+from recfound.baselines.sasrec import SASRecParams, SASRecRanker
+from recfound.baselines.store import MF_DIR, SASREC_DIR, load_baselines
 from recfound.config import Config
-from recfound.evaluation.baselines import MF_DIR, SASREC_DIR, load_baselines
-from recfound.evaluation.mf import BiasedMF, BiasedMFParams
-from recfound.evaluation.sasrec import SASRecParams, SASRecRanker
 from recfound.layout import ITEMS_FILE, SPLIT_INTERACTIONS_FILE
 from recfound.tracking.runs import TRAINING, stage_run, task_inputs
 

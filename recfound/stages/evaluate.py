@@ -25,8 +25,8 @@ import mlflow
 
 from recfound import artifacts
 from recfound.accelerator import stage_device
+from recfound.baselines.store import load_baselines
 from recfound.config import Config
-from recfound.evaluation.baselines import load_baselines
 from recfound.evaluation.model_eval import answered_as, evaluate_bundle
 from recfound.evaluation.report import evaluation_markdown, plot_scores, score_rows
 from recfound.evaluation.runner import TrainedBaselines

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from recfound.evaluation.metrics import ndcg_at_k, rank_of_targets, recall_at_k
+from recfound.metrics import ndcg_at_k, rank_of_targets, recall_at_k
 from recfound.train.lr_schedule import lr_at
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfound.baselines.mf import BiasedMF, BiasedMFParams
+from recfound.baselines.sasrec import SASRecParams, SASRecRanker
 from recfound.data.schema import TaskRecord, records_to_frame
-from recfound.evaluation.mf import BiasedMF, BiasedMFParams
 from recfound.evaluation.outputs import (
     BootstrapSettings,
     ChoiceOutputs,
@@ -42,7 +43,6 @@ from recfound.evaluation.runner import (
     retrieval_ranks,
     summarize,
 )
-from recfound.evaluation.sasrec import SASRecParams, SASRecRanker
 from recfound.model.bundle import load_bundle
 
 ITEMS = pd.DataFrame(

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfound.baselines.store import load_baselines
 from recfound.config import load_config
-from recfound.evaluation.baselines import load_baselines
 from recfound.stages.baselines import run_baselines
 from tests.conftest import write_tiny_params
-from tests.evaluation.test_sasrec import ITEMS, ordered_interactions
+from tests.baselines.test_sasrec import ITEMS, ordered_interactions
 
 
 @pytest.fixture()

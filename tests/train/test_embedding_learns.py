@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recfound import metrics as M
 from recfound.config import S2SchedConfig, TrainConfig
-from recfound.evaluation import metrics as M
 from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
 from recfound.model.build import build_rec_model
 from recfound.train.trainer import TaskData, Trainer

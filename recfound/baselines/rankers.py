@@ -2,24 +2,22 @@
 
 Every ranker produces a dense ``(n_queries, n_items)`` float64 score matrix whose columns follow the
 ``item_ids`` (or ``item_texts``) order given to its constructor, so it plugs straight into
-:func:`recfound.evaluation.metrics.rank_of_targets`:
+:func:`recfound.metrics.rank_of_targets`:
 
 - :class:`PopularityRanker`: training interaction counts, the same for every query;
 - :class:`ItemKNNRanker`: RecBole's ItemKNN, top-``k`` item-item cosine of training co-occurrence
   (score it with the user's whole training history);
 - :class:`BM25Ranker`: lexical BM25 (``bm25s``) of a text query against item texts.
 
-The learned baselines (SASRec in :mod:`recfound.evaluation.sasrec`, biased MF in
-:mod:`recfound.evaluation.mf`) are trained once per data version by the `baselines` stage;
-:func:`load_baselines` reads them back.
+The learned baselines (SASRec in :mod:`recfound.baselines.sasrec`, biased MF in
+:mod:`recfound.baselines.mf`) are trained once per data version by the `baselines` stage;
+:func:`recfound.baselines.store.load_baselines` reads them back.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import bm25s
 import numpy as np
@@ -28,15 +26,7 @@ import scipy.sparse as sp
 
 from recfound.errors import UserInputError
 
-if TYPE_CHECKING:
-    from recfound.evaluation.mf import BiasedMF
-    from recfound.evaluation.sasrec import SASRecRanker
-
 _WORD_PATTERN = re.compile(r"\w+", re.UNICODE)
-
-# Sub-directories of ``paths.baselines`` (written by the `baselines` stage).
-SASREC_DIR = "sasrec"
-MF_DIR = "mf"
 
 
 class BaselineError(UserInputError):
@@ -202,13 +192,3 @@ class BM25Ranker:
             if tokens:
                 out[row] = self._retriever.get_scores(tokens)
         return out
-
-
-def load_baselines(directory: str | Path) -> tuple[SASRecRanker, BiasedMF]:
-    """The SASRec ranker and the biased MF that `recfound baselines` saved in ``directory``."""
-    # Imported here: both modules import this one (item index, BaselineError).
-    from recfound.evaluation.mf import BiasedMF
-    from recfound.evaluation.sasrec import SASRecRanker
-
-    directory = Path(directory)
-    return SASRecRanker.load(directory / SASREC_DIR), BiasedMF.load(directory / MF_DIR)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfound.evaluation.baselines import BaselineError
-from recfound.evaluation.mf import BiasedMF, BiasedMFParams
+from recfound.baselines.mf import BiasedMF, BiasedMFParams
+from recfound.baselines.rankers import BaselineError
 from recfound.stages.baselines import torch_threads
 
 TINY = BiasedMFParams(

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfound.evaluation.baselines import BaselineError, PopularityRanker
-from recfound.evaluation.metrics import rank_of_targets, recall_at_k
-from recfound.evaluation.sasrec import SASRecParams, SASRecRanker, training_windows
+from recfound.baselines.rankers import BaselineError, PopularityRanker
+from recfound.baselines.sasrec import SASRecParams, SASRecRanker, training_windows
+from recfound.metrics import rank_of_targets, recall_at_k
 from recfound.stages.baselines import torch_threads
 
 N_ITEMS = 50

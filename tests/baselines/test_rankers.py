@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfound.evaluation.baselines import (
+from recfound.baselines.rankers import (
     BaselineError,
     BM25Ranker,
     ItemKNNRanker,
     PopularityRanker,
 )
-from recfound.evaluation.metrics import ndcg_at_k, rank_of_targets, recall_at_k
+from recfound.metrics import ndcg_at_k, rank_of_targets, recall_at_k
 
 ITEMS = ["i1", "i2", "i3", "i4", "i5"]
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from recfound.evaluation.metrics import (
+from recfound.metrics import (
     MetricError,
     accuracy,
     auc,

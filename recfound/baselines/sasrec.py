@@ -32,8 +32,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recfound import artifacts
-from recfound.evaluation.baselines import BaselineError, item_position
-from recfound.evaluation.metrics import ndcg_at_k, rank_of_targets, recall_at_k
+from recfound.baselines.rankers import BaselineError, item_position
+from recfound.metrics import ndcg_at_k, rank_of_targets, recall_at_k
 
 log = logging.getLogger(__name__)
 

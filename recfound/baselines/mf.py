@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recfound import artifacts
-from recfound.evaluation.baselines import BaselineError
+from recfound.baselines.rankers import BaselineError
 
 log = logging.getLogger(__name__)
 
