@@ -36,25 +36,24 @@ import torch
 from torch import nn
 
 from recfound import artifacts
-from recfound.errors import UserInputError
+from recfound.device.artifact import (
+    FLOAT_MODEL_FILE,
+    FORMAT_VERSION,
+    ITEM_EMBEDDINGS_FILE,
+    ITEMS_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TOKENIZER_DIR,
+    ExportError,
+)
+from recfound.device.runtime import DeviceModel
 from recfound.inference.decoder import DecoderSteps
 from recfound.model.folded import fold_rec_model
 from recfound.model.recmodel import RecModel
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-FLOAT_MODEL_FILE = "model.float.onnx"
-MANIFEST_FILE = "manifest.json"
-TOKENIZER_DIR = "tokenizer"
-ITEMS_FILE = "items.parquet"
-ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
-FORMAT_VERSION = 1
 OPSET = 17
-
-
-class ExportError(UserInputError):
-    """The model or the task cannot be exported as asked."""
 
 
 class ScoringGraph(nn.Module):
@@ -187,8 +186,6 @@ def export_task(
             table = items[[c for c in ("item_id", "text", "token") if c in items.columns]]
             table.to_parquet(staging / ITEMS_FILE, index=False)
             if kind == "embedding":
-                from recfound.device.runtime import DeviceModel
-
                 vectors = DeviceModel(staging).embed(table["text"].astype(str).tolist())
                 np.save(staging / ITEM_EMBEDDINGS_FILE, vectors.astype(np.float32))
     model_bytes = (directory / MODEL_FILE).stat().st_size

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recfound.device.export import (
+from recfound.device.artifact import (
     ITEM_EMBEDDINGS_FILE,
     ITEMS_FILE,
     MANIFEST_FILE,
