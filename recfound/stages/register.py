@@ -31,22 +31,23 @@ from recfound.evaluation.outputs import BootstrapSettings
 from recfound.layout import EVALUATION_MANIFEST, METRICS_FILE
 from recfound.model.backbone import resolve_backbone_dir
 from recfound.model.bundle import SPEC_FILE
+from recfound.tracking.gates import GateDecision, non_finite_scores
 from recfound.tracking.lineage import code_commit
 from recfound.tracking.registry import (
     CHALLENGER,
     CHAMPION,
-    RECORDS_ARTIFACT,
-    GateDecision,
     NonFiniteScoreError,
     configure_registry,
     log_and_register,
-    non_finite_scores,
     promote,
+)
+from recfound.tracking.runs import task_inputs
+from recfound.tracking.version_card import (
+    RECORDS_ARTIFACT,
     read_records,
     version_description,
     version_tags,
 )
-from recfound.tracking.runs import task_inputs
 
 log = logging.getLogger(__name__)
 

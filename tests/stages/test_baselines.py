@@ -13,8 +13,8 @@ import pytest
 from recfound.baselines.store import load_baselines
 from recfound.config import load_config
 from recfound.stages.baselines import run_baselines
-from tests.conftest import write_tiny_params
 from tests.baselines.test_sasrec import ITEMS, ordered_interactions
+from tests.conftest import write_tiny_params
 
 
 @pytest.fixture()

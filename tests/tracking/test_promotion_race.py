@@ -16,12 +16,7 @@ from mlflow import MlflowClient
 
 from recfound.config import load_config
 from recfound.stages.register import run_register
-from recfound.tracking.registry import (
-    LOCK_OWNER_TAG,
-    LOCK_SUFFIX,
-    RegistryError,
-    promotion_lock,
-)
+from recfound.tracking.lock import LOCK_OWNER_TAG, LOCK_SUFFIX, RegistryError, promotion_lock
 from tests.tracking.conftest import project_params, write_metrics
 
 OLD, WORSE, BETTER = 0.50, 0.55, 0.60  # mean scores: WORSE passes against OLD, not against BETTER
@@ -170,7 +165,8 @@ def test_a_version_left_without_alias_is_named_by_the_next_registration(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from recfound.config import RegistryConfig
-    from recfound.tracking.registry import REGISTERED_BY_TAG, process_owner, promote
+    from recfound.tracking.lock import process_owner
+    from recfound.tracking.registry import REGISTERED_BY_TAG, promote
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run = client.create_run(client.create_experiment("e", str(tmp_path / "artifacts")))

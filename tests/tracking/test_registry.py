@@ -16,15 +16,11 @@ from recfound.errors import UserInputError
 from recfound.evaluation.outputs import RankOutputs
 from recfound.evaluation.runner import records_document
 from recfound.stages.register import PromotionRefused, run_promote, run_register
+from recfound.tracking.gates import check_gates
 from recfound.tracking.lineage import DataVersion, content_hash, data_version
-from recfound.tracking.registry import (
-    RegistryError,
-    check_gates,
-    configure_registry,
-    metrics_from_tags,
-    promote,
-    version_tags,
-)
+from recfound.tracking.lock import RegistryError
+from recfound.tracking.registry import configure_registry, promote
+from recfound.tracking.version_card import version_tags
 from tests.tracking.conftest import project_params, publish_evaluation, write_metrics
 
 GATES = RegistryConfig(primary_metric="mean_score", max_regression=0.02, min_improvement=0.0)
@@ -108,7 +104,7 @@ def test_tasks_in_one_model_only_are_noted_not_compared() -> None:
     assert any("old" in n for n in decision.notes) and any("new" in n for n in decision.notes)
 
 
-def test_a_version_keeps_a_few_tags_and_the_old_tags_still_read_back() -> None:
+def test_a_version_keeps_a_few_tags() -> None:
     metrics = scores(0.123456789, genre=0.5, year=1 / 3)
     data = DataVersion("dec81e53.dir", "data/interim", revision="a" * 40, repo="/data")
     tags = version_tags(metrics, "mean_score", data, "b" * 40)
@@ -119,10 +115,6 @@ def test_a_version_keeps_a_few_tags_and_the_old_tags_still_read_back() -> None:
         "primary_metric": "mean_score",
         "metric.overall.mean_score": repr(0.123456789),
     }
-    # versions registered before this change carried every score as a tag
-    old = {"metric.overall.mean_score": "0.5", "metric.year.score": repr(1 / 3)}
-    back = metrics_from_tags(old)
-    assert back["overall"] == {"mean_score": 0.5} and back["tasks"]["year"]["score"] == 1 / 3
 
 
 def test_data_version_prefers_dvc_lock(tmp_path: Path) -> None:
@@ -432,7 +424,7 @@ def test_register_refuses_reports_from_a_killed_evaluate(
     ],
 )
 def test_a_damaged_records_file_is_named(tmp_path: Path, damage, kind: str) -> None:
-    from recfound.tracking.registry import RecordsError, read_records
+    from recfound.tracking.version_card import RecordsError, read_records
 
     write_evaluation(tmp_path, 0.40, CHAMPION_YEAR)
     path = tmp_path / "eval_records.json"
@@ -452,7 +444,7 @@ def test_a_champions_damaged_records_artifact_falls_back_to_point_scores(
 ) -> None:
     from types import SimpleNamespace
 
-    from recfound.tracking.registry import run_records
+    from recfound.tracking.version_card import run_records
 
     class Client:  # the two calls run_records makes of an MlflowClient
         def list_artifacts(self, run_id: str) -> list:
