@@ -411,15 +411,6 @@ def text_outputs(frame: pd.DataFrame, outputs: Sequence[str]) -> TextOutputs:
     )
 
 
-def text_metrics(targets: Sequence[str], outputs: Sequence[str]) -> dict[str, float]:
-    n = len(targets)
-    return task_metrics(
-        TextOutputs(
-            record=np.arange(n), user_id=[""] * n, target=list(targets), output=list(outputs)
-        )
-    )
-
-
 # --------------------------------------------------------------------------- the model
 
 

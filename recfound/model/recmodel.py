@@ -7,7 +7,6 @@
   bidirectional attention by default (causal attention and last-token pooling are options);
 - ``score(prompts, candidates, task)`` — log-likelihood of each candidate answer given the prompt
   (ratings, like/dislike, candidate ranking);
-- ``generative_loss`` — next-token cross-entropy on answer tokens only;
 - ``contrastive_loss`` — InfoNCE with in-batch negatives at a temperature.
 
 The adapter decides how the task changes the weights; this class only tells it which task each
@@ -288,13 +287,6 @@ class RecModel:
         counts = mask.sum(1)  # every row has an answer token (EOS at least)
         first = logprobs[torch.cumsum(counts, 0) - counts]
         return AnswerTokens(picked, mask, correct, first)
-
-    def generative_loss(
-        self, prompts: Sequence[str], answers: Sequence[str], tasks: str | Sequence[str]
-    ) -> torch.Tensor:
-        """Mean next-token cross-entropy over answer tokens (prompt tokens do not count)."""
-        picked, mask = self.answer_token_logprobs(prompts, answers, tasks)
-        return -(picked.sum() / mask.sum().clamp(min=1))
 
     @torch.no_grad()
     def score(
