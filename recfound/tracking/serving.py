@@ -108,6 +108,7 @@ RUNTIME_PACKAGES = (
     "tokenizers",
     "pandas",
     "numpy",
+    "faiss-cpu",
 )
 
 SIGNATURE = ModelSignature(
