@@ -201,6 +201,9 @@ def run_recommend(cfg: Config) -> dict[str, Any]:
     }
     settings = {"recommend": cfg.recommend.model_dump(), "serving": cfg.serving.model_dump()}
     with stage_run(cfg.tracking, "recommend", settings, inputs=task_inputs(cfg, "test")):
+        speed = {
+            f"{p}/users_per_second": v["users_per_second"] or 0.0 for p, v in report_paths.items()
+        }
         mlflow.log_metrics(
             {
                 f"{path}/{split}_{name}".replace("@", "_at_"): float(value)
@@ -208,7 +211,7 @@ def run_recommend(cfg: Config) -> dict[str, Any]:
                 for split in ("test", "valid")
                 for name, value in values[split].items()
             }
-            | {f"{path}/users_per_second": v["users_per_second"] or 0.0 for path, v in report_paths.items()}
+            | speed
         )
         mlflow.log_artifact(str(out_dir / RECOMMENDATIONS_FILE), "recommendations")
         mlflow.log_dict(report, REPORT_FILE)
@@ -221,7 +224,8 @@ def _user_key(user: str) -> tuple[int, str]:
 
 
 def _list_frame(users: Sequence[str], results: Sequence[Recommendation], path: str) -> pd.DataFrame:
-    rows: dict[str, list] = {k: [] for k in ("user_id", "path", "rank", "item_id", "title", "score")}
+    columns = ("user_id", "path", "rank", "item_id", "title", "score")
+    rows: dict[str, list] = {k: [] for k in columns}
     for user, result in zip(users, results, strict=True):
         for rank, (item, title, score) in enumerate(
             zip(result.item_ids, result.titles, result.scores, strict=True), start=1
