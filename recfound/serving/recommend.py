@@ -102,6 +102,8 @@ def _missing(value: Any) -> bool:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, np.generic):  # a DataFrame cell: say 1000, not np.int64(1000)
+        value = value.item()
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -206,7 +208,8 @@ def parse_request(
         k = limits.default_k
     if not _is_int(k) or not 1 <= int(k) <= limits.max_k:
         raise RecommendRequestError(
-            "k", f"'k' is {_short(k)}; allowed: an integer from 1 to serving.max_k = {limits.max_k}"
+            "k",
+            f"'k' is {_short(k)}; allowed: an integer from 1 to serving.max_k = {limits.max_k}",
         )
     path = row.get("path")
     path = limits.default_path if _missing(path) else path
