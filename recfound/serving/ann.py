@@ -3,10 +3,11 @@
 Embeddings are L2-normalised, so the inner product is the cosine similarity the embedding tasks
 are trained and evaluated with. Below ``exact_below`` items the index is exact
 (``IndexFlatIP``: every item scored, as evaluation ranks the catalogue). Above it the index is an
-inverted file (``IndexIVFFlat``): k-means splits the catalogue into ``nlist ≈ 4·√n`` lists and a
-query scans the ``nprobe`` lists nearest to it. IVF was chosen over HNSW because on 2 cores it
-builds a 10^6-item index in seconds (HNSW's graph takes minutes) and reaches recall@10 ≥ 0.95 at a
-few milliseconds per query on clustered embeddings (``bench/recommend_scale.py``).
+inverted file (``IndexIVFFlat``): k-means (10 iterations on 50 items per list) splits the catalogue into
+``nlist ≈ √n`` lists and a query scans the ``nprobe`` lists nearest to it. IVF was chosen over
+HNSW because on 2 cores it builds a 10^6-item index in well under a minute (HNSW's graph takes
+minutes) and reaches recall@10 ≥ 0.95 at about a millisecond per query on clustered embeddings
+(``bench/recommend_scale.py``).
 
 The catalogue embeddings are kept beside the index: a request with an attribute filter is scored
 exactly over the items it allows (a filter can leave too few items in an approximate top list), and
@@ -39,9 +40,10 @@ class IndexSettings:
 
     kind: Literal["auto", "flat", "ivf"] = "auto"
     exact_below: int = 50_000  # auto: exact search for catalogues smaller than this
-    nlist: int = 0  # IVF lists; 0 = 4·√n
+    nlist: int = 0  # IVF lists; 0 = √n
     nprobe: int = 32  # IVF lists scanned per query
-    train_size: int = 0  # k-means training sample; 0 = 64 per list (all items when fewer)
+    train_size: int = 0  # k-means training sample; 0 = 50 per list (all items when fewer)
+    kmeans_iterations: int = 10
     seed: int = 0
 
     def resolved_kind(self, n: int) -> str:
@@ -51,8 +53,8 @@ class IndexSettings:
 
 
 def ivf_lists(n: int, settings: IndexSettings) -> int:
-    """The number of inverted lists: ``settings.nlist`` or ``4·√n``, at least 1, at most n."""
-    wanted = settings.nlist or int(round(4 * math.sqrt(n)))
+    """The number of inverted lists: ``settings.nlist`` or ``√n``, at least 1, at most n."""
+    wanted = settings.nlist or int(round(math.sqrt(n)))
     return max(1, min(wanted, n))
 
 
@@ -83,10 +85,12 @@ class ItemIndex:
             nlist = ivf_lists(n, settings)
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = settings.train_size or 64 * nlist
+            sample = settings.train_size or 50 * nlist
             rng = np.random.default_rng(settings.seed)
             rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
             index.cp.seed = settings.seed
+            index.cp.niter = settings.kmeans_iterations
+            index.cp.min_points_per_centroid = 1  # no warning for a small sample per list
             index.train(vectors[rows])
             index.nprobe = min(settings.nprobe, nlist)
         index.add(vectors)
