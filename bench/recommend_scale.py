@@ -1,4 +1,4 @@
-"""Catalogue scale: what identifiers, the ANN index and the embedding path cost at 10^4 to 10^6 items.
+"""Catalogue scale: identifiers, the ANN index and the embedding path at 10^4 to 10^6 items.
 
 No large public catalogue is available offline, so catalogues are synthetic: item embeddings of the
 builtin hidden size (128) drawn around ``--clusters`` random centres (items of a real catalogue
@@ -11,7 +11,7 @@ Per catalogue size:
   tokens + the suffix tokens that the largest collision group needs) × hidden, from residual
   k-means of the same embeddings (:mod:`recfound.model.semantic_ids`);
 - **the faiss index** the registered model carries (:class:`recfound.serving.ann.ItemIndex`,
-  the serving defaults: exact below 50,000 items, IVF with 4·√n lists and nprobe 32 above):
+  the serving defaults: exact below 50,000 items, IVF with √n lists and nprobe 32 above):
   build time and serialised size;
 - **recall@10 of the index against exact search**, for queries near items (an item's embedding
   plus noise, renormalised);
@@ -19,7 +19,9 @@ Per catalogue size:
   50-item history (excluded), on the default-size builtin backbone (hidden 128, 3 layers, random
   weights: latency does not depend on what the weights learned) with a user2item TMoLE adapter:
   the query embedding, the index search, the exclusions and the title lookup. p50 / p99 over
-  ``--requests`` requests, ``torch`` on ``--threads`` threads.
+  ``--requests`` requests, torch and faiss on ``--threads`` threads (default 1: one request per
+  core; on a 2-core machine already busy, two OpenMP threads per request spin against each
+  other and one request took 0.5 s instead of 11 ms).
 
 Writes ``reports/bench/recommend_scale.json`` and ``reports/bench/recommend_scale.png``::
 
@@ -206,7 +208,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--recall-queries", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
     args = parser.parse_args()
