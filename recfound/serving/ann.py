@@ -4,10 +4,10 @@ Embeddings are L2-normalised, so the inner product is the cosine similarity the 
 are trained and evaluated with. Below ``exact_below`` items the index is exact
 (``IndexFlatIP``: every item scored, as evaluation ranks the catalogue). Above it the index is an
 inverted file (``IndexIVFFlat``): k-means (10 iterations on 50 items per list) splits the
-catalogue into ``nlist ≈ √n`` lists and a query scans the ``nprobe`` lists nearest to it. IVF was chosen over
-HNSW because on 2 cores it builds a 10^6-item index in well under a minute (HNSW's graph takes
-minutes) and reaches recall@10 ≥ 0.95 at about a millisecond per query on clustered embeddings
-(``bench/recommend_scale.py``).
+catalogue into ``nlist ≈ √n`` lists and a query scans the ``nprobe`` lists nearest to it. IVF
+was chosen over HNSW because on 2 cores it builds a 10^6-item index in well under a minute
+(HNSW's graph takes minutes) and reaches recall@10 ≥ 0.95 at about a millisecond per query on
+clustered embeddings (``bench/recommend_scale.py``).
 
 The catalogue embeddings are kept beside the index: a request with an attribute filter is scored
 exactly over the items it allows (a filter can leave too few items in an approximate top list), and
