@@ -56,7 +56,7 @@ HISTORY = 50
 TARGETS = {"ann_recall@10": 0.95, "p50_ms": 50.0, "semantic_share": 0.01}
 
 
-def synthetic_embeddings(n: int, clusters: int, seed: int) -> np.ndarray:
+def synthetic_embeddings(n: int, clusters: int, seed: int, noise: float = 0.35) -> np.ndarray:
     """``(n, 128)`` float32, L2-normalised, around ``clusters`` random centres."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, HIDDEN)).astype(np.float32)
@@ -64,7 +64,7 @@ def synthetic_embeddings(n: int, clusters: int, seed: int) -> np.ndarray:
     for start in range(0, n, 100_000):
         stop = min(n, start + 100_000)
         block = centres[rng.integers(0, clusters, stop - start)]
-        block += 0.35 * rng.standard_normal(block.shape).astype(np.float32)
+        block += noise * rng.standard_normal(block.shape).astype(np.float32)
         out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
@@ -114,7 +114,7 @@ def synthetic_catalogue(n: int) -> Catalogue:
 def measure(n: int, args: argparse.Namespace, model) -> dict:
     print(f"--- {n:,} items", flush=True)
     out: dict = {"items": n}
-    vectors = synthetic_embeddings(n, args.clusters, args.seed)
+    vectors = synthetic_embeddings(n, args.clusters, args.seed, args.noise)
 
     start = time.perf_counter()
     codes = semantic_codes(vectors, levels=3, codebook_size=256, seed=args.seed)
@@ -206,6 +206,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.35,
+        help="per-dimension spread around a centre (1.0: clusters overlap, a harder index)",
+    )
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--recall-queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
@@ -234,8 +240,9 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recommend_scale.json").write_text(json.dumps(document, indent=2) + "\n")
-    plot(results, args.out / "recommend_scale.png")
+    name = "recommend_scale" + ("" if args.noise == 0.35 else f"_noise{args.noise:g}")
+    (args.out / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
+    plot(results, args.out / f"{name}.png")
     print(json.dumps(document["largest_meets_targets"]), f"{document['seconds']} s")
 
 

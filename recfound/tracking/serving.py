@@ -17,6 +17,13 @@ The answer has one row per request row, in order, with ``task``, ``kind`` (``emb
   :meth:`RecModel.choice_scores`) and ``generation`` (the best candidate);
 - generative task without candidates → ``output_type="generation"``, ``generation`` (greedy text).
 
+A row with ``task: "recommend"`` asks for the top-k items of the model's catalogue instead
+(:mod:`recfound.serving.recommend`: ``user_id`` or ``history``, ``k``, ``exclude``, ``filter``,
+``path``, ``exclude_seen``; no ``input``) → ``kind="recommend"``,
+``output_type="recommendations"``, ``items``, ``titles``, ``scores``, ``path``. The catalogue
+(items, identifiers, histories snapshot, ANN index) is the model's ``catalogue`` artifact, written
+at registration; a version without one answers recommend rows with a client error.
+
 Rows of one task are answered in one batched call, by that task's *folded* model by default
 (:class:`recfound.model.folded.FoldedModels`: TMoLE experts merged into the weights, built once per
 task on first use and cached; ``folded: false`` answers through the adapter, as before).
