@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from recfound.model.semantic_ids import (
+from recfound.serving.semantic_ids import (
     CodeTrie,
     constrained_beam_search,
     exhaustive_scores,
