@@ -44,10 +44,10 @@ import torch
 from recfound.config import load_config
 from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
 from recfound.model.build import build_rec_model
-from recfound.serving.semantic_ids import semantic_codes
 from recfound.serving.ann import IndexSettings, ItemIndex
 from recfound.serving.catalogue import Catalogue
 from recfound.serving.recommend import Recommender
+from recfound.serving.semantic_ids import semantic_codes
 from recfound.train.from_config import adapter_spec
 
 ROOT = Path(__file__).resolve().parents[1]
