@@ -12,6 +12,7 @@ from components.evaluate import evaluate
 from components.ingest import ingest
 from components.merge import merge
 from components.pretrain import pretrain
+from components.recommend import recommend
 from components.register import register
 from components.runtime import DEFAULT_IMAGE, IMAGE_ENV, project_image
 from components.train import train
@@ -28,6 +29,7 @@ __all__ = [
     "merge",
     "pretrain",
     "project_image",
+    "recommend",
     "register",
     "train",
     "validate",

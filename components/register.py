@@ -9,6 +9,7 @@ from components.runtime import log_scalars, stage_component, stage_config
 def register(
     params: str,
     tasks: Input[Dataset],
+    interim: Input[Dataset],
     backbone: Input[Model],
     merged: Input[Model],
     evaluation: Input[Artifact],
@@ -16,7 +17,8 @@ def register(
     report: Output[Artifact],
 ) -> None:
     """Register the model (recfound register): alias ``champion`` if it passes the gates, else
-    ``challenger``. ``tasks`` gives the data version recorded with the model; ``evaluation`` is
+    ``challenger``. ``tasks`` gives the data version recorded with the model and, with
+    ``interim`` (titles, genres), the catalogue it carries for ``recommend``; ``evaluation`` is
     evaluate's report (with ``metrics.json``), copied into ``report``, which is paths.reports here
     and receives ``registry.json``."""
     import shutil
@@ -27,6 +29,7 @@ def register(
     cfg = stage_config(
         params,
         tasks=tasks.path,
+        interim=interim.path,
         backbone=backbone.path,
         merged=merged.path,
         reports=report.path,

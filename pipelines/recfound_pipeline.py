@@ -1,7 +1,7 @@
 """The RecFound pipeline: the stages of dvc.yaml as Kubeflow tasks, wired by their artifacts.
 
     check-params → ingest → validate → build-tasks → pretrain → train → merge → evaluate → register
-                                            └──── baselines (SASRec, biased MF) ────┘
+                                            └──── baselines (SASRec, biased MF) ────┘    → recommend
 
 ``build_pipeline`` returns the pipeline with params.yaml's values as parameter defaults. The same
 definition runs on a cluster (``target="cluster"``) and on this machine through kfp.local
@@ -26,6 +26,7 @@ from components import (
     merge,
     pretrain,
     project_image,
+    recommend,
     register,
     train,
     validate,
@@ -43,7 +44,15 @@ MLFLOW_SECRET_KEYS: tuple[str, ...] = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
 )
-MLFLOW_STEPS: tuple[str, ...] = ("baselines", "pretrain", "train", "merge", "evaluate", "register")
+MLFLOW_STEPS: tuple[str, ...] = (
+    "baselines",
+    "pretrain",
+    "train",
+    "merge",
+    "evaluate",
+    "register",
+    "recommend",
+)
 RUN_ID_LABEL = "metadata.labels['pipeline/runid']"  # the KFP run id, on every pod of the run
 Target = Literal["cluster", "local"]
 
@@ -164,7 +173,8 @@ def build_pipeline(
             "RecFound: ingest (the DVC-versioned tables of data_repo at data_rev, or the raw "
             "source with data_from=raw) → validate → build tasks → pretrain → train (TMoLE + "
             "S2Sched, GPUs) → merge (Optuna) → evaluate (against SASRec and biased MF, trained "
-            "from the tasks) → register in MLflow. Parameters mirror "
+            "from the tasks) → register in MLflow → recommend (every user's top-k as parquet). "
+            "Parameters mirror "
             "params.yaml (one per section) plus the train step's GPUs, CPU and memory and the "
             "data location."
         ),
@@ -235,10 +245,18 @@ def _wire_stages(
     registered = register(
         params=settings,
         tasks=built.outputs["tasks"],
+        interim=ingested.outputs["interim"],
         backbone=pretrained.outputs["backbone"],
         merged=merged.outputs["merged"],
         evaluation=evaluated.outputs["report"],
     )
+    listed = recommend(
+        params=settings,
+        interim=ingested.outputs["interim"],
+        tasks=built.outputs["tasks"],
+        backbone=pretrained.outputs["backbone"],
+        merged=merged.outputs["merged"],
+    ).after(registered)  # the published lists are the registered version's
     return {
         "check-params": params,
         "ingest": ingested,
@@ -250,4 +268,5 @@ def _wire_stages(
         "merge": merged,
         "evaluate": evaluated,
         "register": registered,
+        "recommend": listed,
     }

@@ -89,6 +89,12 @@ def _register(cfg: Config, args: argparse.Namespace) -> None:
     run_register(cfg)
 
 
+def _recommend(cfg: Config, args: argparse.Namespace) -> None:
+    from recfound.stages.recommend import run_recommend
+
+    run_recommend(cfg)
+
+
 def _promote(cfg: Config, args: argparse.Namespace) -> None:
     from recfound.stages.register import run_promote
 
@@ -237,6 +243,17 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "task may drop more than registry.max_regression; a passing version gets alias "
         "champion, any other alias challenger. Writes reports/registry.json. Tracking store: "
         "tracking.tracking_uri, or MLFLOW_TRACKING_URI when set.",
+    ),
+    "recommend": (
+        _recommend,
+        "write every user's top-k from the merged model (batch recommendation lists)",
+        "Builds the serving catalogue of paths.tasks (every item; each user's train + valid "
+        "history) and its ANN index, then every user's top recommend.k items on each path of "
+        "recommend.paths (generative: identifier logits; embedding: user2item query against "
+        "the index; fused: reciprocal-rank fusion), seen items excluded. Writes "
+        "paths.recommendations/recommendations.parquet and reports/recommend.json (users per "
+        "second; Recall/NDCG@10 against the test items, and on validation whether fusion "
+        "helps) and logs both to an MLflow run.",
     ),
     "promote": (
         _promote,

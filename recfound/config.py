@@ -591,6 +591,43 @@ class ServingConfig(_Section):
         description="Total work of one request: characters the model reads (each row's input "
         "once per candidate, or once without candidates, plus the candidates).",
     )
+    max_k: int = Field(default=100, ge=1, description="Largest k a recommend request may ask for.")
+    default_k: int = Field(default=10, ge=1, description="k of a recommend request without one.")
+    max_history: int = Field(
+        default=2000, ge=1, description="Items in a recommend request's history, and in exclude."
+    )
+    recommend_path: Literal["generative", "embedding", "fused"] = Field(
+        default="generative", description="Path of a recommend request that names none."
+    )
+    fuse_depth: int = Field(
+        default=200, ge=1, description="Items of each path that reciprocal-rank fusion reads."
+    )
+    index_kind: Literal["auto", "flat", "ivf"] = Field(
+        default="auto",
+        description="Catalogue ANN index: auto = exact (flat) below index_exact_below items, "
+        "IVF above.",
+    )
+    index_exact_below: int = Field(default=50_000, ge=1)
+    index_nprobe: int = Field(default=32, ge=1, description="IVF lists scanned per query.")
+
+    @model_validator(mode="after")
+    def _default_k_within_max(self) -> ServingConfig:
+        if self.default_k > self.max_k:
+            raise ValueError(
+                f"serving.default_k ({self.default_k}) must be at most serving.max_k ({self.max_k})"
+            )
+        return self
+
+
+class RecommendConfig(_Section):
+    """The batch ``recommend`` stage: every user's top-k, written to paths.recommendations."""
+
+    k: int = Field(default=10, ge=1, le=1000, description="Items per user.")
+    paths: list[Literal["generative", "embedding", "fused"]] = Field(
+        default_factory=lambda: ["generative", "embedding", "fused"],
+        description="Paths whose lists are written (each user gets one list per path).",
+    )
+    batch_size: int = Field(default=64, ge=1, description="Users per model call.")
 
 
 class TrackingConfig(_Section):
@@ -611,6 +648,7 @@ class PathsConfig(_Section):
     merged: str = "models/merged"
     baselines: str = "models/baselines"
     reports: str = "reports"
+    recommendations: str = "data/recommendations"
 
     @model_validator(mode="after")
     def _no_overlap(self) -> PathsConfig:
@@ -697,6 +735,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     ablation: AblationConfig = Field(default_factory=AblationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)

@@ -175,3 +175,67 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     }
     save_bundle(root / "bundle", spec, tensors)
     return root / "backbone", root / "bundle"
+
+
+# Tasks with a catalogue: the two next-item tasks the `recommend` request uses.
+CATALOGUE_TASKS = {"sequential_recommendation": "generative", "user2item": "embedding"}
+
+
+@pytest.fixture(scope="session")
+def tiny_catalogue_project(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bundle: tuple[Path, Path]
+) -> Path:
+    """A working directory with task data of 30 ml-100k users (``sequential_recommendation`` and
+    ``user2item``; items, identifiers, split interactions) and a model that knows the
+    identifiers: the tiny backbone extended with one token per item and a TMoLE of the two tasks
+    moved off its initial values. Its ``params.yaml`` points at all of it (tracking under it)."""
+    from recfound.config import load_config
+    from recfound.model.backbone import add_item_tokens
+    from recfound.stages.build_tasks import run_build_tasks
+    from recfound.stages.ingest import run_ingest
+    from recfound.stages.validate import run_validate
+    from tests.train import tiny
+
+    root = tmp_path_factory.mktemp("catalogue_project")
+    raw = write_ml100k_slice(root / "raw", num_users=30)
+    params = write_tiny_params(
+        root / "params.yaml",
+        data={"source": "recbole_atomic", "path": str(raw), "dataset_name": "mini"},
+        tasks={"enabled": list(CATALOGUE_TASKS), "sequence_length": 12},
+        paths={
+            "interim": str(root / "data" / "interim"),
+            "tasks": str(root / "data" / "tasks"),
+            "backbone": str(root / "models" / "backbone"),
+            "merged": str(root / "models" / "merged"),
+            "baselines": str(root / "models" / "baselines"),
+            "reports": str(root / "reports"),
+            "recommendations": str(root / "data" / "recommendations"),
+        },
+        tracking={
+            "tracking_uri": f"sqlite:///{root}/mlflow.db",
+            "artifact_location": str(root / "mlartifacts"),
+        },
+    )
+    cfg = load_config(params)
+    run_ingest(cfg)
+    run_validate(cfg)
+    run_build_tasks(cfg)
+    items = pd.read_parquet(Path(cfg.paths.tasks) / "items.parquet")
+    base, tokenizer = load_backbone(tiny_bundle[0])
+    added = add_item_tokens(base, tokenizer, [t for t in items["token"] if t])
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # distinct identifier rows (resizing gives them all the same mean)
+        for matrix in {base.get_input_embeddings().weight, base.get_output_embeddings().weight}:
+            scale = matrix[:-added].std()
+            matrix[-added:] = scale * torch.randn(added, matrix.shape[1], generator=generator)
+    save_backbone(base, tokenizer, cfg.paths.backbone)
+    spec = ModelSpec(adapter=tiny.ADAPTER, task_kinds=dict(CATALOGUE_TASKS), seed=0, max_length=64)
+    base, tokenizer = load_backbone(cfg.paths.backbone)
+    rec = build_from_spec(base, tokenizer, spec)
+    generator = torch.Generator().manual_seed(3)
+    tensors = {
+        name: value + 0.05 * torch.randn(value.shape, generator=generator)
+        for name, value in adapter_tensors(rec.model).items()
+    }
+    save_bundle(cfg.paths.merged, spec, tensors)
+    return root

@@ -64,7 +64,7 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     first = _dvc("repro", cwd=repo_copy)
     assert first.returncode == 0, first.stdout + first.stderr
     stages = ("ingest", "validate", "build_tasks", "baselines", "pretrain", "train", "merge")
-    for stage in (*stages, "evaluate", "register"):
+    for stage in (*stages, "evaluate", "register", "recommend"):
         assert f"Running stage '{stage}'" in first.stdout
     assert "ablate" not in first.stdout  # the ablation is a pipeline of its own
     metrics = json.loads((repo_copy / "reports" / "task_counts.json").read_text())

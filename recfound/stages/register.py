@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,15 @@ from recfound import artifacts
 from recfound.config import Config
 from recfound.errors import UserInputError
 from recfound.evaluation.outputs import BootstrapSettings
-from recfound.layout import EVALUATION_MANIFEST, METRICS_FILE
+from recfound.layout import (
+    EVALUATION_MANIFEST,
+    ITEMS_FILE,
+    METRICS_FILE,
+    SPLIT_INTERACTIONS_FILE,
+)
 from recfound.model.backbone import resolve_backbone_dir
-from recfound.model.bundle import SPEC_FILE
+from recfound.model.bundle import SPEC_FILE, load_bundle, read_spec
+from recfound.serving.snapshot import write_serving_catalogue
 from recfound.tracking.gates import GateDecision, non_finite_scores
 from recfound.tracking.lineage import code_commit
 from recfound.tracking.registry import (
@@ -106,6 +113,30 @@ def check_evaluation_unit(reports: Path) -> None:
             )
 
 
+def serving_catalogue(
+    cfg: Config, backbone: Path, bundle: Path, out_dir: str | Path
+) -> dict[str, Any] | None:
+    """Write the catalogue the model recommends from (items, identifiers, train + valid
+    histories, ANN index over the item embeddings) into ``out_dir``; its summary, or None (with a
+    warning) when the task data has no catalogue (``recommend`` then answers a client error)."""
+    tasks = Path(cfg.paths.tasks)
+    if not (tasks / ITEMS_FILE).is_file() or not (tasks / SPLIT_INTERACTIONS_FILE).is_file():
+        log.warning("no catalogue in %s: the model is registered without one", tasks)
+        return None
+    spec, _ = read_spec(bundle)
+    rec = load_bundle(backbone, bundle)
+    return write_serving_catalogue(
+        rec,
+        spec.task_kinds,
+        tasks,
+        cfg.paths.interim,
+        cfg.tasks.sequence_length,
+        cfg.serving,
+        out_dir,
+        seed=cfg.seed,
+    )
+
+
 def registry_params(cfg: Config) -> dict[str, Any]:
     """The settings recorded with a version (paths and tracking are about this machine only)."""
     return cfg.model_dump(exclude={"paths", "tracking"})
@@ -133,19 +164,22 @@ def run_register(cfg: Config) -> dict[str, Any]:
     name = cfg.registry.model_name
 
     client = configure_registry(cfg.tracking)
-    registered = log_and_register(
-        tracking_cfg=cfg.tracking,
-        model_name=name,
-        backbone_dir=backbone,
-        bundle_dir=bundle,
-        metrics=metrics,
-        metrics_path=metrics_path,
-        params=registry_params(cfg),
-        tags=version_tags(metrics, cfg.registry.primary_metric, data, code_commit()),
-        inputs=inputs,
-        records_path=records_path if records is not None else None,
-        serving=cfg.serving,
-    )
+    with tempfile.TemporaryDirectory(prefix="recfound-catalogue-") as catalogue_dir:
+        catalogue = serving_catalogue(cfg, backbone, bundle, catalogue_dir)
+        registered = log_and_register(
+            tracking_cfg=cfg.tracking,
+            model_name=name,
+            backbone_dir=backbone,
+            bundle_dir=bundle,
+            metrics=metrics,
+            metrics_path=metrics_path,
+            params=registry_params(cfg),
+            tags=version_tags(metrics, cfg.registry.primary_metric, data, code_commit()),
+            inputs=inputs,
+            records_path=records_path if records is not None else None,
+            serving=cfg.serving,
+            catalogue_dir=catalogue_dir if catalogue is not None else None,
+        )
     decision = promote(
         client,
         cfg.registry,
@@ -168,6 +202,7 @@ def run_register(cfg: Config) -> dict[str, Any]:
         "data_version": data.md5,
         "data_version_source": data.origin,
         "data": data.to_dict(),
+        "catalogue": catalogue,
         "decision": decision.to_dict(),
     }
     client.log_dict(registered.run_id, report, REPORT_FILE)

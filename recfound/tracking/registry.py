@@ -131,13 +131,16 @@ def log_and_register(
     inputs: RunInputs | None = None,
     records_path: str | Path | None = None,
     serving: ServingConfig | None = None,
+    catalogue_dir: str | Path | None = None,
 ) -> RegisteredVersion:
     """Log the bundle as a pyfunc model in a ``register`` run and register it as a new version.
 
     The run holds the params, the scores (as metrics and as the ``metrics.json`` artifact), the
     datasets (``inputs``) and the model; it is the version's source run. The version gets
     ``tags`` (:func:`version_tags`). The model is logged from code (no pickle) with ``serving``
-    (folded or not, request limits) as its model config.
+    (folded or not, request limits) as its model config. ``catalogue_dir`` (a serving
+    catalogue: items, identifiers, histories snapshot, ANN index) travels as the ``catalogue``
+    artifact, for ``recommend`` requests.
     """
     spec, _ = read_spec(bundle_dir)
     configure_registry(tracking_cfg)
@@ -151,7 +154,11 @@ def log_and_register(
             name="model",
             python_model=model_code_path(),
             model_config=(serving or ServingConfig()).model_dump(),
-            artifacts={"backbone": str(backbone_dir), "bundle": str(bundle_dir)},
+            artifacts={
+                "backbone": str(backbone_dir),
+                "bundle": str(bundle_dir),
+                **({"catalogue": str(catalogue_dir)} if catalogue_dir is not None else {}),
+            },
             code_paths=[package_dir()],
             pip_requirements=pinned_requirements(),
             signature=SIGNATURE,

@@ -17,6 +17,13 @@ The answer has one row per request row, in order, with ``task``, ``kind`` (``emb
   :meth:`RecModel.choice_scores`) and ``generation`` (the best candidate);
 - generative task without candidates → ``output_type="generation"``, ``generation`` (greedy text).
 
+A row with ``task: "recommend"`` asks for the top-k items of the model's catalogue instead
+(:mod:`recfound.serving.recommend`: ``user_id`` or ``history``, ``k``, ``exclude``, ``filter``,
+``path``, ``exclude_seen``; no ``input``) → ``kind="recommend"``,
+``output_type="recommendations"``, ``items``, ``titles``, ``scores``, ``path``. The catalogue
+(items, identifiers, histories snapshot, ANN index) is the model's ``catalogue`` artifact, written
+at registration; a version without one answers recommend rows with a client error.
+
 Rows of one task are answered in one batched call, by that task's *folded* model by default
 (:class:`recfound.model.folded.FoldedModels`: TMoLE experts merged into the weights, built once per
 task on first use and cached; ``folded: false`` answers through the adapter, as before).
@@ -71,11 +78,29 @@ from recfound.config import ServingConfig
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.model.folded import FoldedModels
 from recfound.model.recmodel import RecModel
+from recfound.serving.recommend import (
+    REQUEST_FIELDS,
+    Recommender,
+    RecommendLimits,
+    RecommendRequestError,
+)
+from recfound.serving.snapshot import load_serving_catalogue
 
 log = logging.getLogger(__name__)
 
 INPUT_COLUMNS = ("task", "input", "candidates")
-OUTPUT_COLUMNS = ("task", "kind", "output_type", "generation", "embedding", "scores")
+OUTPUT_COLUMNS = (
+    "task",
+    "kind",
+    "output_type",
+    "generation",
+    "embedding",
+    "scores",
+    "items",
+    "titles",
+    "path",
+)
+RECOMMEND = "recommend"  # the request that answers top-k items from the model's catalogue
 DEFAULT_MAX_NEW_TOKENS = 32
 SCORE_PAIRS = 256  # (prompt, candidate) sequences per forward pass when scoring
 
@@ -90,16 +115,20 @@ RUNTIME_PACKAGES = (
     "tokenizers",
     "pandas",
     "numpy",
+    "faiss-cpu",
 )
 
 SIGNATURE = ModelSignature(
     inputs=Schema(
         [
             ColSpec("string", "task"),
-            ColSpec("string", "input"),
+            # every task row needs it (checked by the model); recommend rows read other fields
+            ColSpec("string", "input", required=False),
             # a list of strings, checked by the model: "any" lets rows without candidates
             # (missing, null or NaN once in a DataFrame) through MLflow's schema check
             ColSpec(AnyType(), "candidates", required=False),
+            # recommend rows (recfound.serving.recommend), checked by the model field by field
+            *[ColSpec(AnyType(), name, required=False) for name in REQUEST_FIELDS],
         ]
     ),
     outputs=Schema(
@@ -110,6 +139,9 @@ SIGNATURE = ModelSignature(
             ColSpec("string", "generation", required=False),
             ColSpec(Array("double"), "embedding", required=False),
             ColSpec(Array("double"), "scores", required=False),
+            ColSpec(Array("string"), "items", required=False),
+            ColSpec(Array("string"), "titles", required=False),
+            ColSpec("string", "path", required=False),
         ]
     ),
     params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
@@ -270,13 +302,27 @@ def _as_frame(model_input: Any) -> pd.DataFrame:
         )
     if frame.empty:
         raise client_error("the request has no rows; send at least one {'task', 'input'} row")
+    recommend_only = "task" in frame.columns and (frame["task"] == RECOMMEND).all()
     missing = [c for c in ("task", "input") if c not in frame.columns]
+    if recommend_only:
+        missing = []
     if missing:
         raise client_error(
             f"request is missing column(s) {missing}; every row needs 'task' and 'input' "
             "(and optionally 'candidates', a list of strings)"
         )
     return frame.reset_index(drop=True)
+
+
+def recommend_limits(settings: ServingConfig) -> RecommendLimits:
+    """The ``recommend`` request's limits and defaults from the serving settings."""
+    return RecommendLimits(
+        max_k=settings.max_k,
+        default_k=settings.default_k,
+        max_history=settings.max_history,
+        default_path=settings.recommend_path,
+        fuse_depth=settings.fuse_depth,
+    )
 
 
 def _chunks(rows: list[int], candidates: list[list[str]]) -> list[list[int]]:
@@ -302,22 +348,38 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
             settings = ServingConfig.model_validate(config)
         except ValueError as error:
             raise server_error(f"the model's serving config {config} is invalid: {error}") from None
-        self.load(context.artifacts["backbone"], context.artifacts["bundle"], settings)
+        self.load(
+            context.artifacts["backbone"],
+            context.artifacts["bundle"],
+            settings,
+            context.artifacts.get("catalogue"),
+        )
 
     @classmethod
     def from_dirs(
-        cls, backbone_dir: str | Path, bundle_dir: str | Path, **settings: Any
+        cls,
+        backbone_dir: str | Path,
+        bundle_dir: str | Path,
+        catalogue_dir: str | Path | None = None,
+        **settings: Any,
     ) -> RecFoundModel:
         """The model from a backbone directory and a bundle directory, without MLflow.
 
-        ``settings`` are :class:`ServingConfig` fields: ``folded`` (default True) and the limits.
+        ``catalogue_dir`` (optional) is a serving catalogue
+        (:func:`recfound.serving.snapshot.write_serving_catalogue`): with it, the model answers
+        ``recommend`` requests. ``settings`` are :class:`ServingConfig` fields: ``folded``
+        (default True) and the limits.
         """
         model = cls()
-        model.load(backbone_dir, bundle_dir, ServingConfig(**settings))
+        model.load(backbone_dir, bundle_dir, ServingConfig(**settings), catalogue_dir)
         return model
 
     def load(
-        self, backbone_dir: str | Path, bundle_dir: str | Path, settings: ServingConfig
+        self,
+        backbone_dir: str | Path,
+        bundle_dir: str | Path,
+        settings: ServingConfig,
+        catalogue_dir: str | Path | None = None,
     ) -> None:
         spec, _ = read_spec(bundle_dir)
         self.task_kinds: dict[str, str] = dict(spec.task_kinds)
@@ -326,6 +388,16 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
         if torch.cuda.is_available():
             self.rec.model.to("cuda")
         self.folded_models = FoldedModels(self.rec)
+        self.recommender: Recommender | None = None
+        if catalogue_dir is not None and Path(catalogue_dir).is_dir():
+            catalogue, index = load_serving_catalogue(catalogue_dir)
+            self.recommender = Recommender(
+                catalogue,
+                index,
+                self.model_for,
+                self.task_kinds,
+                recommend_limits(settings),
+            )
 
     def model_for(self, task: str) -> RecModel:
         """The RecModel that answers ``task``: its folded model, or the adapted one (unfolded)."""
@@ -348,29 +420,39 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
                 f"serving.max_rows = {limits.max_rows}: split it into smaller requests"
             )
         max_new_tokens = _max_new_tokens(params, limits)
+        answered = [*sorted(self.task_kinds), RECOMMEND]
         tasks = []
         for i, task in enumerate(frame["task"].tolist()):
             if _is_missing(task) or not isinstance(task, str):
                 raise client_error(
                     f"row {i}: 'task' must be a task name, got {_short(task)}; "
-                    f"this model answers: {', '.join(sorted(self.task_kinds))}"
+                    f"this model answers: {', '.join(answered)}"
                 )
             tasks.append(task)
-        unknown = sorted(set(tasks) - set(self.task_kinds))
+        unknown = sorted(set(tasks) - set(self.task_kinds) - {RECOMMEND})
         if unknown:
             raise client_error(
-                f"unknown task(s) {unknown}; "
-                f"this model answers: {', '.join(sorted(self.task_kinds))}"
+                f"unknown task(s) {unknown}; this model answers: {', '.join(answered)}"
             )
-        texts = [_text_field(v, i, "input", limits) for i, v in enumerate(frame["input"].tolist())]
+        recommend_rows = [i for i, t in enumerate(tasks) if t == RECOMMEND]
+        requests = self._recommend_requests(frame, recommend_rows)
+        inputs = frame["input"].tolist() if "input" in frame.columns else [None] * len(frame)
+        texts = [
+            "" if t == RECOMMEND else _text_field(v, i, "input", limits)
+            for i, (t, v) in enumerate(zip(tasks, inputs, strict=True))
+        ]
         has_candidates = "candidates" in frame.columns
         candidates = [
-            _candidate_list(frame["candidates"].iloc[i], i, limits) if has_candidates else []
+            _candidate_list(frame["candidates"].iloc[i], i, limits)
+            if has_candidates and tasks[i] != RECOMMEND
+            else []
             for i in range(len(frame))
         ]
         _check_work(texts, candidates, limits)
         answers: list[dict[str, Any]] = [{} for _ in range(len(frame))]
-        for task in dict.fromkeys(tasks):  # tasks in order of first appearance
+        if requests:
+            self._recommend(recommend_rows, requests, answers)
+        for task in dict.fromkeys(t for t in tasks if t != RECOMMEND):  # in order of appearance
             rows = [i for i, t in enumerate(tasks) if t == task]
             try:
                 rec = self.model_for(task)
@@ -390,15 +472,50 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
         out = [
             {
                 "task": tasks[i],
-                "kind": self.task_kinds[tasks[i]],
+                "kind": self.task_kinds.get(tasks[i], RECOMMEND),
                 "generation": None,
                 "embedding": None,
                 "scores": None,
+                "items": None,
+                "titles": None,
+                "path": None,
                 **answers[i],
             }
             for i in range(len(frame))
         ]
         return pd.DataFrame(out, columns=list(OUTPUT_COLUMNS), dtype=object)  # None stays None
+
+    def _recommend_requests(self, frame: pd.DataFrame, rows: list[int]) -> list[Any]:
+        """The recommend rows, each checked (a bad field is a client error naming the row)."""
+        if not rows:
+            return []
+        if self.recommender is None:
+            raise client_error(
+                f"row {rows[0]}: this model version carries no catalogue, so it cannot answer "
+                "'recommend' (it was registered before catalogues were); register it again"
+            )
+        present = [c for c in REQUEST_FIELDS if c in frame.columns]
+        out = []
+        for i in rows:
+            values = {c: frame[c].iloc[i] for c in present}
+            try:
+                out.append(self.recommender.parse(values))
+            except RecommendRequestError as error:
+                raise client_error(f"row {i}: {error}") from None
+        return out
+
+    def _recommend(self, rows: list[int], requests: list[Any], answers: list[dict]) -> None:
+        assert self.recommender is not None
+        try:
+            results = self.recommender.recommend(requests)
+        except Exception as error:  # the request was checked: a failure here is the model's
+            log.exception("answering %d recommend row(s) failed", len(rows))
+            raise server_error(
+                f"the model failed on {len(rows)} recommend row(s) ({type(error).__name__}: "
+                f"{error}); this is a server-side error, the request was valid"
+            ) from error
+        for i, result in zip(rows, results, strict=True):
+            answers[i] = {"output_type": "recommendations", **result.to_dict()}
 
     def _embed(
         self,

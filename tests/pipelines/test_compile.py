@@ -31,11 +31,12 @@ STAGE_ORDER = [
     "merge",
     "evaluate",
     "register",
+    "recommend",
 ]
 # off the chain: trained from the task data alone, read by evaluate (as in dvc.yaml)
 BASELINES = "baselines"
 STAGES = [*STAGE_ORDER, BASELINES]
-MLFLOW_STEPS = {"baselines", "pretrain", "train", "merge", "evaluate", "register"}
+MLFLOW_STEPS = {"baselines", "pretrain", "train", "merge", "evaluate", "register", "recommend"}
 # (consumer, input artifact) ← (producer, output artifact): what each step reads from the one before
 ARTIFACT_WIRING = {
     ("validate", "interim"): ("ingest", "interim"),
@@ -53,6 +54,10 @@ ARTIFACT_WIRING = {
     ("register", "merged"): ("merge", "merged"),
     ("register", "backbone"): ("pretrain", "backbone"),
     ("register", "evaluation"): ("evaluate", "report"),
+    ("register", "interim"): ("ingest", "interim"),
+    ("recommend", "merged"): ("merge", "merged"),
+    ("recommend", "backbone"): ("pretrain", "backbone"),
+    ("recommend", "tasks"): ("build-tasks", "tasks"),
 }
 
 

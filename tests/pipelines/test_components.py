@@ -23,6 +23,7 @@ STAGE_COMPONENTS = [
     components.merge,
     components.evaluate,
     components.register,
+    components.recommend,
 ]
 
 

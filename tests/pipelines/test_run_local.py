@@ -32,6 +32,7 @@ STEPS = (
     "merge",
     "evaluate",
     "register",
+    "recommend",
 )
 
 

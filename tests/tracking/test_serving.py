@@ -56,7 +56,10 @@ def test_champion_answers_every_task(champion) -> None:
         rows.append({"task": task, "input": "GoldenEye (1995)", "candidates": CANDIDATES})
     out = model.predict(pd.DataFrame(rows), params={"max_new_tokens": 6})
 
-    assert list(out.columns) == ["task", "kind", "output_type", "generation", "embedding", "scores"]
+    assert list(out.columns) == [
+        *("task", "kind", "output_type", "generation", "embedding", "scores"),
+        *("items", "titles", "path"),  # filled by recommend rows only
+    ]
     assert out["task"].tolist() == [r["task"] for r in rows]
     for row, answer in zip(rows, out.to_dict("records"), strict=True):
         kind = task_kinds[row["task"]]

@@ -217,7 +217,7 @@ class TaskContext:
             )
         # Words for prompts: MovieLens items are movies with genres; other sources are generic.
         category_word = "categories" if tables.info.name == "amazon_jsonl" else "genres"
-        item_noun = "movie" if tables.info.name == "ml-100k" else "item"
+        item_noun = item_noun_of(tables.info.name)
         train_items = split.loc[split[SPLIT_COLUMN] == "train", "item_id"].astype(str).unique()
         return cls(
             tables=tables,
@@ -487,6 +487,11 @@ def item_identifier_tokens(item_ids: Sequence[str]) -> dict[str, str]:
         item_id: f"<item_{item_id}>" if _SAFE_ID.fullmatch(item_id) else f"<item_#{n}>"
         for n, item_id in enumerate(item_ids)
     }
+
+
+def item_noun_of(source: str) -> str:
+    """The word prompts use for an item of ``source`` (MovieLens items are movies)."""
+    return "movie" if source == "ml-100k" else "item"
 
 
 def _item_infos(items: pd.DataFrame) -> dict[str, ItemInfo]:

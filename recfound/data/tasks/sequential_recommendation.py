@@ -7,6 +7,12 @@ from recfound.data.schema import SPLITS, TaskRecord
 from recfound.data.tasks.base import TaskBuilder, TaskContext
 
 
+def next_item_prompt(item_noun: str, sequence_text: str) -> str:
+    """The prompt of a next-item request: the history as identifier tokens, oldest first (the
+    ``recommend`` request writes the same prompt for a user, so it ranks as evaluation does)."""
+    return f"Which {item_noun} will this user choose next? History, oldest first: {sequence_text}"
+
+
 class SequentialRecommendationBuilder(TaskBuilder):
     """The prompt ends with the history as identifier tokens (the form behaviour pretraining
     reads), so the answer's first token, the next item's identifier, ranks the whole catalogue
@@ -26,8 +32,9 @@ class SequentialRecommendationBuilder(TaskBuilder):
                 records.append(
                     self.record(
                         split,
-                        prompt=f"Which {ctx.item_noun} will this user choose next? History, "
-                        f"oldest first: {ctx.sequence_text(example.sequence_ids)}",
+                        prompt=next_item_prompt(
+                            ctx.item_noun, ctx.sequence_text(example.sequence_ids)
+                        ),
                         target=ctx.item_answer(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,

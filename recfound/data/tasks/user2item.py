@@ -7,6 +7,12 @@ from recfound.data.schema import SPLITS, TaskRecord
 from recfound.data.tasks.base import TaskBuilder, TaskContext
 
 
+def user_query(item_noun: str, sequence_text: str) -> str:
+    """The query of a user: an instruction line, then the history as identifier tokens (what
+    embeddings pool over; the ``recommend`` request's embedding path sends the same)."""
+    return f"Find the {item_noun} this user chooses next.\n{sequence_text}"
+
+
 class User2ItemBuilder(TaskBuilder):
     """Query = an instruction line, then the user's last ``sequence_length`` items as identifier
     tokens (the content embeddings pool over); positive = the next item's text."""
@@ -24,8 +30,7 @@ class User2ItemBuilder(TaskBuilder):
                 records.append(
                     self.record(
                         split,
-                        prompt=f"Find the {ctx.item_noun} this user chooses next.\n"
-                        f"{ctx.sequence_text(history)}",
+                        prompt=user_query(ctx.item_noun, ctx.sequence_text(history)),
                         target=ctx.item_text(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,

@@ -1,0 +1,2 @@
+"""Serving recommendations: the catalogue a model carries, its ANN index, the recommend request,
+semantic identifiers."""
