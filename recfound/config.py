@@ -518,10 +518,12 @@ class EvaluateConfig(_Section):
         "training answers need (95th percentile).",
     )
     batch_size: int = Field(default=32, ge=1)
-    hybrid_bm25: list[str] = Field(
-        default_factory=list,
-        description="Retrieval tasks ranked by the embedding fused with BM25 (z-scores added); "
-        "the embedding alone is reported beside it.",
+    fusion: dict[str, str] = Field(
+        default_factory=dict,
+        description="Full-ranking tasks ranked by two signals fused (z-scores added): a "
+        "retrieval task → 'bm25' (hybrid retrieval), a next-item task → an embedding task "
+        "(identifier log-probabilities + that task's embedding of the same user). The single "
+        "path is reported beside the fused one.",
     )
 
     @field_validator("ks")

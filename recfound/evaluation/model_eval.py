@@ -75,24 +75,37 @@ def text_samples(
     return out
 
 
-def embedding_only(
-    pure: dict[str, RecordOutputs | None],
+def single_path(
+    alone: dict[str, RecordOutputs],
+    fusion: dict[str, str],
     baselines: dict[str, dict[str, RecordOutputs]],
     document: dict[str, Any],
     settings: BootstrapSettings,
 ) -> dict[str, dict[str, Any]]:
-    """Per hybrid retrieval task: the embedding alone (what the model learned without BM25),
-    its score with interval, and its paired difference to BM25 on the same records."""
+    """Per fused task: the model's own signal alone (the embedding without BM25, or the
+    identifiers without the embedding), its score metric and headline metrics with intervals,
+    and its paired difference to the task's best baseline on the same records."""
     out = {}
-    for task, outputs in pure.items():
-        if outputs is None:
-            continue
+    for task, outputs in alone.items():
         metric = document["tasks"][task]["score_metric"]
-        estimate = metric_estimates(outputs, settings)[metric]
-        entry = {"metric": metric, "score": estimate.value, "ci": estimate.interval}
-        if task in baselines.get("bm25", {}):
-            difference = paired_difference(outputs, baselines["bm25"][task], metric, settings)
-            entry["versus_bm25"] = {
+        estimates = metric_estimates(outputs, settings)
+        entry: dict[str, Any] = {
+            "path": "embedding" if fusion[task] == "bm25" else "identifiers",
+            "fused_with": fusion[task],
+            "metric": metric,
+            "score": estimates[metric].value,
+            "ci": estimates[metric].interval,
+            "metrics": {
+                k: {"value": e.value, "ci": e.interval}
+                for k, e in estimates.items()
+                if k in ("recall@10", "ndcg@10", "mrr@20")
+            },
+        }
+        best = document["versus_best_baseline"].get(task, {}).get("baseline")
+        if best in baselines and task in baselines[best]:
+            difference = paired_difference(outputs, baselines[best][task], metric, settings)
+            entry["versus_best_baseline"] = {
+                "baseline": best,
                 "difference": difference.value,
                 "ci": difference.interval,
                 "excludes_zero": bool(difference.excludes(0.0)),
@@ -124,7 +137,7 @@ def evaluate_bundle(
         bar.update(1)
 
     started = time.perf_counter()
-    hybrid = {t: None for t in cfg.evaluate.hybrid_bm25 if protocols.get(t) == "retrieval"}
+    alone: dict[str, RecordOutputs] = {}
     outputs = model_outputs(
         rec,
         data,
@@ -134,7 +147,8 @@ def evaluate_bundle(
         batch_size=cfg.evaluate.batch_size,
         progress=progress,
         answered_as=aliases,
-        hybrid=hybrid,
+        fusion=cfg.evaluate.fusion,
+        alone=alone,
     )
     bar.close()
     model_seconds = time.perf_counter() - started
@@ -144,7 +158,7 @@ def evaluate_bundle(
     document = evaluation_document(outputs, baselines, protocols, kinds, settings)
     document.update(
         {
-            "embedding_only": embedding_only(hybrid, baselines, document, settings),
+            "single_path": single_path(alone, cfg.evaluate.fusion, baselines, document, settings),
             "text_samples": text_samples(data.frames, outputs),
             "answered_as": aliases,
             "split": split,

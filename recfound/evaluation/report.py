@@ -134,13 +134,19 @@ def evaluation_markdown(document: Mapping[str, Any]) -> str:
         pairs = ", ".join(f"{t} with the {a} adapter" for t, a in document["answered_as"].items())
         lines += ["", f"Evaluation-only tasks answered by a trained task's gates: {pairs}."]
     lines += _trivial_summary(tasks, trivial)
-    for task, entry in sorted(document.get("embedding_only", {}).items()):
-        versus = entry.get("versus_bm25")
-        lines.append(
-            f"{task} is ranked by the embedding fused with BM25 (hybrid); the embedding alone "
-            f"scores {entry['metric']} {with_interval(entry['score'], entry['ci'])}"
-            + (f", embedding − BM25 {_difference_cell(versus)}." if versus else ".")
-        )
+    for task, entry in sorted(document.get("single_path", {}).items()):
+        versus = entry.get("versus_best_baseline")
+        lines += [
+            "",
+            f"{task} is ranked by its {entry['path']} fused with {entry['fused_with']} (z-scores "
+            f"added); the {entry['path']} alone scores {entry['metric']} "
+            f"{with_interval(entry['score'], entry['ci'])}"
+            + (
+                f", {entry['path']} alone − {versus['baseline']} {_difference_cell(versus)}."
+                if versus
+                else "."
+            ),
+        ]
     lines += _text_sections(tasks, document.get("text_samples", {}))
 
     full = [t for t in sorted(tasks) if tasks[t].get("protocol") in ("retrieval", "next_item")]

@@ -433,16 +433,25 @@ def model_outputs(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     answered_as: Mapping[str, str] | None = None,
-    hybrid: dict[str, RecordOutputs | None] | None = None,
+    fusion: Mapping[str, str] | None = None,
+    alone: dict[str, RecordOutputs] | None = None,
 ) -> dict[str, RecordOutputs]:
     """Task → the model's per-record outputs on ``data`` under ``protocols``.
 
     ``answered_as`` maps an evaluation task the model was not trained on (zero_shot) to the
-    trained task whose adapter answers it. Retrieval tasks named in ``hybrid`` are ranked by
-    :func:`hybrid_scores` (the embedding fused with BM25); their embedding-only outputs are
-    written into ``hybrid[task]``.
+    trained task whose adapter answers it. ``fusion`` ranks a full-ranking task by two signals
+    (:func:`fused_scores`): a retrieval task mapped to ``"bm25"`` fuses its embedding with BM25
+    (hybrid retrieval); a next-item task mapped to an embedding task fuses its identifier
+    log-probabilities with that task's embedding of the same user (the ``user2item`` adapter).
+    The single path's outputs (the model's own signal alone) go into ``alone[task]``.
     """
-    hybrid = {} if hybrid is None else hybrid
+    fusion = dict(fusion or {})
+    alone = {} if alone is None else alone
+    by_user = {
+        partner: dict(zip(f["user_id"].astype(str), f["prompt"].astype(str), strict=True))
+        for partner in set(fusion.values())
+        if (f := data.frames.get(partner)) is not None
+    }
     rec.model.eval()
     protocols = dict(protocols or assign_protocols(data, rec))
     item_index = data.item_index
@@ -463,17 +472,27 @@ def model_outputs(
                     documents[task] = rec.embed(item_texts, task, batch_size=batch_size)
                 queries = rec.embed(prompts, task, batch_size=batch_size)
                 scores = (queries @ documents[task].T).float().cpu().numpy()
-                if name in hybrid:
-                    histories = record_histories(frame, earlier)
-                    pure = full_ranking_outputs(
-                        frame, scores, item_index, histories, _ks(ks, protocol)
-                    )
-                    hybrid[name] = pure  # the embedding alone, reported beside the hybrid
-                    scores = hybrid_scores(scores, BM25Ranker(item_texts).scores(prompts))
+                partner = None
+                if fusion.get(name) == "bm25":
+                    partner = BM25Ranker(item_texts).scores(prompts)
             else:
                 tokens = catalogue_tokens(data.items) or []
                 scores = rec.catalogue_scores(prompts, tokens, task, batch_size).numpy()
+                partner = None
+                if fusion.get(name) in by_user:
+                    other = fusion[name]
+                    if other not in documents:
+                        documents[other] = rec.embed(item_texts, other, batch_size=batch_size)
+                    users = frame["user_id"].astype(str).tolist()
+                    texts = [by_user[other].get(u, p) for u, p in zip(users, prompts, strict=True)]
+                    queries = rec.embed(texts, other, batch_size=batch_size)
+                    partner = (queries @ documents[other].T).float().cpu().numpy()
             histories = record_histories(frame, earlier)
+            if partner is not None:  # the single path's ranking, reported beside the fused one
+                alone[name] = full_ranking_outputs(
+                    frame, scores, item_index, histories, _ks(ks, protocol)
+                )
+                scores = fused_scores(scores, partner)
             out[name] = full_ranking_outputs(
                 frame, scores, item_index, histories, _ks(ks, protocol)
             )
@@ -500,18 +519,22 @@ def model_outputs(
     return out
 
 
-def hybrid_scores(embedding: np.ndarray, lexical: np.ndarray) -> np.ndarray:
-    """Hybrid retrieval: each query's embedding similarities and BM25 scores over the catalogue,
-    each standardised over the catalogue (z-scores), added with equal weight. Neither score's
-    scale then decides the mix, and no weight is fitted (nothing is tuned on evaluation
-    records)."""
-
-    def standardised(values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64)
+def fused_scores(*signals: np.ndarray) -> np.ndarray:
+    """Two or more ``(queries, items)`` score matrices of one ranking, each standardised per
+    query over the catalogue (z-scores) and added with equal weight: no signal's scale decides
+    the mix and no weight is fitted (nothing is tuned on evaluation records). An item a signal
+    cannot score (``-inf``: no identifier) takes that query's lowest finite score there, so the
+    other signal can still rank it."""
+    total = None
+    for values in signals:
+        values = np.array(values, dtype=np.float64)
+        finite = np.isfinite(values)
+        lowest = np.where(finite, values, np.inf).min(axis=1, keepdims=True)
+        values = np.where(finite, values, np.where(np.isfinite(lowest), lowest, 0.0))
         spread = values.std(axis=1, keepdims=True)
-        return (values - values.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
-
-    return standardised(embedding) + standardised(lexical)
+        z = (values - values.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+        total = z if total is None else total + z
+    return total
 
 
 def generation_length(rec: RecModel, train_targets: Sequence[str], cap: int) -> int:

@@ -160,3 +160,20 @@ def test_every_task_is_compared_with_its_trivial_answer() -> None:
     assert entry["baseline"] in ("majority", "global_mean") and entry["at_or_above"]
     assert entry["rmse"]["baseline"] == "global_mean" and entry["rmse"]["better"]
     assert entry["rmse"]["difference"] < 0
+
+
+def test_fused_scores_add_standardised_signals_and_keep_unscored_items_rankable() -> None:
+    from recfound.evaluation.runner import fused_scores
+
+    logits = np.array([[0.0, -1.0, -2.0, -np.inf], [-5.0, -1.0, -3.0, -2.0]])
+    embedding = np.array([[0.1, 0.9, 0.5, 0.95], [0.2, 0.1, 0.3, 0.0]])
+    fused = fused_scores(logits, embedding)
+    assert np.isfinite(fused).all()  # the item without an identifier is ranked by the embedding
+
+    def z(v: np.ndarray) -> np.ndarray:
+        return (v - v.mean()) / v.std()
+
+    np.testing.assert_allclose(fused[1], z(logits[1]) + z(embedding[1]))
+    # one signal alone, with a constant second one, keeps its own order
+    alone = fused_scores(logits[1:], np.zeros((1, 4)))
+    assert np.argsort(alone[0]).tolist() == np.argsort(logits[1]).tolist()

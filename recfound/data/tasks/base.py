@@ -122,6 +122,28 @@ class UserExample:
         return list(self.timeline.ratings[self._start : self.position])
 
 
+def reception(mean_rating: float, ctx: TaskContext) -> str:
+    """An average rating as words, relative to the source's like threshold."""
+    threshold = ctx.rating_threshold
+    if mean_rating >= threshold:
+        return "highly rated"
+    if mean_rating >= threshold - 0.5:
+        return "well liked"
+    if mean_rating >= threshold - 1.5:
+        return "mixed reception"
+    return "poorly rated"
+
+
+def rater_word(mean_rating: float, ctx: TaskContext) -> str:
+    """How a user rates, from their mean rating relative to the source's like threshold."""
+    threshold = ctx.rating_threshold
+    if mean_rating >= threshold - 0.2:
+        return "a generous rater"
+    if mean_rating >= threshold - 1.0:
+        return "a moderate rater"
+    return "a strict rater"
+
+
 def stable_hash(text: str) -> int:
     """A 64-bit hash that, unlike ``hash()``, is the same in every process."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
@@ -383,7 +405,10 @@ class TaskContext:
         history = self.history_text(history_ids, history_ratings)
         if not count:
             return f"A user rated: {history}"
-        return f"A user whose average rating is {mean:.1f}/{top} rated: {history}"
+        return (
+            f"A user whose average rating is {mean:.1f}/{top} ({rater_word(mean, self)}) "
+            f"rated: {history}"
+        )
 
     def rated_intro(self, example: UserExample) -> str:
         """:meth:`rated_prompt_intro` of a leave-one-out example."""
@@ -392,13 +417,14 @@ class TaskContext:
         )
 
     def item_rating_note(self, item_id: str, user_id: str) -> str:
-        """``"average rating 3.9/5 from 444 users"`` of an item's training ratings (the user's own
-        rating of it left out), or ``"no ratings yet"``."""
+        """``"well liked: average rating 3.9/5 from 444 users"`` of an item's training ratings (the
+        user's own rating of it left out; the word as item profiles say it), or ``"no ratings
+        yet"``."""
         mean, count = self.rating_stats(item_id, user_id, item_id, of="item")
         if not count:
             return "no ratings yet"
         top = format_rating(self.tables.info.rating_max)
-        return f"average rating {mean:.1f}/{top} from {count} users"
+        return f"{reception(mean, self)}: average rating {mean:.1f}/{top} from {count} users"
 
     def sample_negatives(
         self, rng: np.random.Generator, exclude: set[str] | frozenset[str], count: int

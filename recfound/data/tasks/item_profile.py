@@ -6,22 +6,10 @@ import pandas as pd
 
 from recfound.data import schema as S
 from recfound.data.schema import TaskRecord
-from recfound.data.tasks.base import TaskBuilder, TaskContext, format_rating
+from recfound.data.tasks.base import TaskBuilder, TaskContext, format_rating, reception
 from recfound.data.tasks.user_profile import GENDER_WORDS, age_group
 
 MIN_RATINGS = 5
-
-
-def reception(mean_rating: float, ctx: TaskContext) -> str:
-    """An average rating as words, relative to the source's like threshold."""
-    threshold = ctx.rating_threshold
-    if mean_rating >= threshold:
-        return "highly rated"
-    if mean_rating >= threshold - 0.5:
-        return "well liked"
-    if mean_rating >= threshold - 1.5:
-        return "mixed reception"
-    return "poorly rated"
 
 
 def most_common_per_item(fans: pd.DataFrame, column: str) -> dict[str, str]:
