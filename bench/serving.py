@@ -390,7 +390,7 @@ def main() -> None:
         import serving_pyfunc  # bench/ is the script's folder, on sys.path
 
         pyfuncs = serving_pyfunc.pyfunc_models(args.backbone, args.bundle)
-        report["folded_pyfunc"] = "recfound.tracking.serving (serving.folded)"
+        report["folded_pyfunc"] = "recfound.serving.pyfunc (serving.folded)"
     base, _ = load_backbone(args.backbone)
     base.eval()
     bare = RecModel(

@@ -25,7 +25,7 @@ from typing import Any
 from recfound.model.backbone import load_backbone
 from recfound.model.folded import FoldedAdapter
 from recfound.model.recmodel import RecModel
-from recfound.tracking import serving
+from recfound.serving import pyfunc as serving
 
 
 class BarePyfunc(serving.RecFoundModel):

@@ -37,6 +37,7 @@ from recfound.layout import (
 )
 from recfound.model.backbone import resolve_backbone_dir
 from recfound.model.bundle import SPEC_FILE, load_bundle, read_spec
+from recfound.serving.publish import log_and_register
 from recfound.serving.snapshot import write_serving_catalogue
 from recfound.tracking.gates import GateDecision, non_finite_scores
 from recfound.tracking.lineage import code_commit
@@ -45,7 +46,6 @@ from recfound.tracking.registry import (
     CHAMPION,
     NonFiniteScoreError,
     configure_registry,
-    log_and_register,
     promote,
 )
 from recfound.tracking.runs import task_inputs

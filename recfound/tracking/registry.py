@@ -18,7 +18,7 @@ Promotion is atomic with respect to other promotions: :func:`promote` re-reads t
 judges and moves the aliases while holding the promotion lock (:mod:`recfound.tracking.lock`), so
 of two concurrent registrations the later is judged against whichever became champion first.
 
-The registered model is defined from code (:mod:`recfound.tracking.model_code`, MLflow "models from
+The registered model is defined from code (:mod:`recfound.serving.model_code`, MLflow "models from
 code"): no pickle in the model directory; weights are the backbone's and the bundle's safetensors.
 """
 
@@ -27,19 +27,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from recfound.config import RegistryConfig, ServingConfig, TrackingConfig
+from recfound.config import RegistryConfig, TrackingConfig
 from recfound.evaluation.outputs import (
     BootstrapSettings,
 )
-from recfound.model.bundle import read_spec
 from recfound.tracking.gates import (
     GateDecision,
     Records,
@@ -50,19 +47,10 @@ from recfound.tracking.lock import (
     LOCK_STALE_S,
     RegistryError,
     owner_is_gone,
-    process_owner,
     promotion_lock,
 )
-from recfound.tracking.runs import RunInputs, configure_tracking, stage_run
-from recfound.tracking.serving import (
-    SIGNATURE,
-    input_example,
-    model_code_path,
-    package_dir,
-    pinned_requirements,
-)
+from recfound.tracking.runs import configure_tracking
 from recfound.tracking.version_card import (
-    run_metrics,
     run_records,
     version_metrics,
 )
@@ -116,65 +104,6 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
-
-
-def log_and_register(
-    *,
-    tracking_cfg: TrackingConfig,
-    model_name: str,
-    backbone_dir: str | Path,
-    bundle_dir: str | Path,
-    metrics: dict[str, Any],
-    metrics_path: str | Path | None,
-    params: dict[str, Any],
-    tags: dict[str, str],
-    inputs: RunInputs | None = None,
-    records_path: str | Path | None = None,
-    serving: ServingConfig | None = None,
-    catalogue_dir: str | Path | None = None,
-) -> RegisteredVersion:
-    """Log the bundle as a pyfunc model in a ``register`` run and register it as a new version.
-
-    The run holds the params, the scores (as metrics and as the ``metrics.json`` artifact), the
-    datasets (``inputs``) and the model; it is the version's source run. The version gets
-    ``tags`` (:func:`version_tags`). The model is logged from code (no pickle) with ``serving``
-    (folded or not, request limits) as its model config. ``catalogue_dir`` (a serving
-    catalogue: items, identifiers, histories snapshot, ANN index) travels as the ``catalogue``
-    artifact, for ``recommend`` requests.
-    """
-    spec, _ = read_spec(bundle_dir)
-    configure_registry(tracking_cfg)
-    with stage_run(tracking_cfg, "register", params, inputs=inputs) as run:
-        if metrics_path is not None:
-            mlflow.log_artifact(str(metrics_path))
-        if records_path is not None and Path(records_path).is_file():
-            mlflow.log_artifact(str(records_path))
-        mlflow.log_metrics(run_metrics(metrics))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=model_code_path(),
-            model_config=(serving or ServingConfig()).model_dump(),
-            artifacts={
-                "backbone": str(backbone_dir),
-                "bundle": str(bundle_dir),
-                **({"catalogue": str(catalogue_dir)} if catalogue_dir is not None else {}),
-            },
-            code_paths=[package_dir()],
-            pip_requirements=pinned_requirements(),
-            signature=SIGNATURE,
-            input_example=input_example(spec.task_kinds),
-            metadata={"task_kinds": dict(spec.task_kinds), **tags},
-        )
-        version = mlflow.register_model(
-            info.model_uri, model_name, tags={**tags, REGISTERED_BY_TAG: process_owner()}
-        )
-    log.info("registered %s version %s (run %s)", model_name, version.version, run.info.run_id)
-    return RegisteredVersion(
-        name=model_name,
-        version=int(version.version),
-        run_id=run.info.run_id,
-        model_uri=f"models:/{model_name}/{version.version}",
-    )
 
 
 def apply_promotion(client: MlflowClient, name: str, version: int, decision: GateDecision) -> str:

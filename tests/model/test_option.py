@@ -246,7 +246,7 @@ def test_merged_option_bundle_loads_and_serves(tiny_bundle, tmp_path: Path) -> N
         load_bundle,
         save_bundle,
     )
-    from recfound.tracking.serving import RecFoundModel
+    from recfound.serving.pyfunc import RecFoundModel
 
     backbone, _ = tiny_bundle
     adapter = AdapterSpec(OptionParams(prompt_length=3, deep=True, adapter_rank=2))

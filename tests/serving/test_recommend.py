@@ -20,6 +20,7 @@ from recfound.model.bundle import load_bundle, read_spec
 from recfound.model.recmodel import top_k_items
 from recfound.serving.ann import IndexSettings, ItemIndex
 from recfound.serving.catalogue import Catalogue, build_catalogue
+from recfound.serving.pyfunc import RecFoundModel
 from recfound.serving.recommend import (
     Recommender,
     RecommendLimits,
@@ -27,7 +28,6 @@ from recfound.serving.recommend import (
     reciprocal_rank_fusion,
 )
 from recfound.serving.snapshot import build_index, write_serving_catalogue
-from recfound.tracking.serving import RecFoundModel
 
 
 @pytest.fixture(scope="module")

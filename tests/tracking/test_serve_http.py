@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recfound.tracking.serving import RecFoundModel
+from recfound.serving.pyfunc import RecFoundModel
 from tests.tracking.conftest import (
     FOUR_TASKS,
     mlflow_cli_on_localhost,

@@ -18,8 +18,8 @@ from mlflow.exceptions import MlflowException
 
 from recfound.config import ServingConfig
 from recfound.model.tmole import TMoLELinear
-from recfound.tracking import serving
-from recfound.tracking.serving import RecFoundModel
+from recfound.serving import pyfunc as serving
+from recfound.serving.pyfunc import RecFoundModel
 from tests.tracking.conftest import FOUR_TASKS, free_port, post_json, register_in_sqlite
 
 CANDIDATES = ["Heat (1995)", "Jumanji (1995)", "Casino (1995)"]

@@ -35,13 +35,13 @@ is a server error (HTTP 500). Concurrent requests are independent: the task sele
 context-local and the tokenizer is called under a lock (see :mod:`recfound.model.recmodel`).
 
 The registered model is defined from code (MLflow "models from code"): its ``python_model`` is
-:mod:`recfound.tracking.model_code`, which builds a :class:`RecFoundModel`; nothing is pickled. The
+:mod:`recfound.serving.model_code`, which builds a :class:`RecFoundModel`; nothing is pickled. The
 backbone and the bundle (safetensors) travel as model artifacts, the ``recfound`` package as model
 code, and the ``serving`` settings as the model config, so a registered version needs nothing else.
 
 Without MLflow (benchmarks, tests), from a backbone directory and a bundle directory::
 
-    from recfound.tracking.serving import RecFoundModel
+    from recfound.serving.pyfunc import RecFoundModel
     folded = RecFoundModel.from_dirs(backbone_dir, bundle_dir)                  # folded (default)
     unfolded = RecFoundModel.from_dirs(backbone_dir, bundle_dir, folded=False)  # through TMoLE
     answers = folded.predict(None, [{"task": "rating_prediction", "input": "...",

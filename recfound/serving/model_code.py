@@ -10,6 +10,6 @@ from __future__ import annotations
 
 import mlflow
 
-from recfound.tracking.serving import RecFoundModel
+from recfound.serving.pyfunc import RecFoundModel
 
 mlflow.models.set_model(RecFoundModel())
