@@ -20,8 +20,8 @@ from recfound.evaluation.outputs import (
     BootstrapSettings,
     RecordOutputs,
     TextOutputs,
+    compare,
     metric_estimates,
-    paired_difference,
     well_formed,
 )
 from recfound.evaluation.runner import (
@@ -103,12 +103,9 @@ def single_path(
         }
         best = document["versus_best_baseline"].get(task, {}).get("baseline")
         if best in baselines and task in baselines[best]:
-            difference = paired_difference(outputs, baselines[best][task], metric, settings)
             entry["versus_best_baseline"] = {
                 "baseline": best,
-                "difference": difference.value,
-                "ci": difference.interval,
-                "excludes_zero": bool(difference.excludes(0.0)),
+                **compare(outputs, baselines[best][task], metric, settings).to_dict(),
             }
         out[task] = entry
     return out

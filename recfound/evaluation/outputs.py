@@ -410,3 +410,38 @@ def mean_of_estimates(estimates: Sequence[Estimate], confidence: float = CONFIDE
     replicates = np.mean([r[:width] for r in usable], axis=0)
     low, high = M.percentile_interval(replicates, confidence)
     return Estimate(value, low, high, sum(e.n_records for e in estimates), replicates)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """System A minus system B on one metric, paired record by record: what evaluation (model
+    vs baselines), the registry's gates (candidate vs champion) and the ablation (row vs the full
+    method) all report. ``estimate`` keeps the replicates (for averaging over tasks)."""
+
+    metric: str
+    estimate: Estimate
+
+    @property
+    def difference(self) -> float:
+        return self.estimate.value
+
+    @property
+    def excludes_zero(self) -> bool:
+        """The 95% interval lies entirely above or below 0: not noise at this record count."""
+        return self.estimate.excludes(0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "difference": self.estimate.value,
+            "ci": self.estimate.interval,
+            "excludes_zero": self.excludes_zero,
+            "n_records": self.estimate.n_records,
+        }
+
+
+def compare(
+    a: RecordOutputs, b: RecordOutputs, metric: str, settings: BootstrapSettings
+) -> Comparison:
+    """``metric(a) − metric(b)`` with its paired bootstrap interval (:func:`paired_difference`)."""
+    return Comparison(metric, paired_difference(a, b, metric, settings))

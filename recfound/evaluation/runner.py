@@ -68,10 +68,10 @@ from recfound.evaluation.outputs import (
     RecordOutputs,
     TextOutputs,
     TokenAccuracyOutputs,
+    compare,
     mean_of_estimates,
     metric_estimates,
     outputs_from_dict,
-    paired_difference,
     task_metrics,
 )
 from recfound.model.recmodel import RecModel
@@ -836,19 +836,6 @@ PAIRED_RANKING_METRICS = ("recall@10", "ndcg@10")
 TRIVIAL_BASELINES = ("majority", "global_mean", "popularity")
 
 
-def _paired_entry(
-    a: RecordOutputs, b: RecordOutputs, metric: str, settings: BootstrapSettings
-) -> dict[str, Any]:
-    difference = paired_difference(a, b, metric, settings)
-    return {
-        "metric": metric,
-        "difference": difference.value,
-        "ci": difference.interval,
-        "excludes_zero": bool(difference.low > 0 or difference.high < 0),
-        "n_records": difference.n_records,
-    }
-
-
 def versus_trivial(
     model: Mapping[str, RecordOutputs],
     baselines: Mapping[str, Mapping[str, RecordOutputs]],
@@ -872,12 +859,12 @@ def versus_trivial(
         best = max(known, key=lambda b: known[b])
         entry = {
             "baseline": best,
-            **_paired_entry(outputs, baselines[best][task], score_metrics[task], settings),
+            **compare(outputs, baselines[best][task], score_metrics[task], settings).to_dict(),
         }
         entry["at_or_above"] = bool(entry["difference"] >= 0)
         mean = baselines.get("global_mean", {}).get(task)
         if mean is not None and "rmse" in task_metrics(outputs):
-            rmse = _paired_entry(outputs, mean, "rmse", settings)
+            rmse = compare(outputs, mean, "rmse", settings).to_dict()
             out_rmse = {"baseline": "global_mean", **rmse, "better": bool(rmse["difference"] < 0)}
             entry["rmse"] = out_rmse
         out[task] = entry
@@ -928,15 +915,11 @@ def evaluation_document(
         if not known:
             continue
         best = max(known, key=lambda b: known[b])
-        difference = paired_difference(
-            model[task], baselines[best][task], values["score_metric"], settings
-        )
         versus[task] = {
             "baseline": best,
-            "metric": values["score_metric"],
-            "difference": difference.value,
-            "ci": difference.interval,
-            "n_records": difference.n_records,
+            **compare(
+                model[task], baselines[best][task], values["score_metric"], settings
+            ).to_dict(),
         }
     # next-item tasks: the model against *every* baseline on the headline metrics, paired
     versus_each: dict[str, dict[str, dict[str, Any]]] = {}
@@ -947,7 +930,7 @@ def evaluation_document(
             if task not in per_task:
                 continue
             for metric in PAIRED_RANKING_METRICS:
-                entry = _paired_entry(outputs, per_task[task], metric, settings)
+                entry = compare(outputs, per_task[task], metric, settings).to_dict()
                 versus_each.setdefault(task, {}).setdefault(name, {})[metric] = {
                     k: entry[k] for k in ("difference", "ci", "excludes_zero")
                 }

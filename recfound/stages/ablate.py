@@ -38,8 +38,8 @@ from recfound.evaluation.model_eval import evaluate_bundle
 from recfound.evaluation.outputs import (
     BootstrapSettings,
     Estimate,
+    compare,
     mean_of_estimates,
-    paired_difference,
 )
 from recfound.evaluation.report import with_interval
 from recfound.evaluation.runner import outputs_from_records
@@ -155,15 +155,9 @@ def ablation_differences(
             if mine is None or theirs is None or task not in full["tasks"]:
                 continue
             metric = full["tasks"][task]["score_metric"]
-            difference = paired_difference(mine, theirs, metric, settings)
-            tasks[task] = {
-                "metric": metric,
-                "difference": difference.value,
-                "ci": difference.interval,
-                "n_records": difference.n_records,
-                "excludes_zero": difference.excludes(0.0),
-            }
-            groups.setdefault(values["kind"], []).append(difference)
+            comparison = compare(mine, theirs, metric, settings)
+            tasks[task] = comparison.to_dict()
+            groups.setdefault(values["kind"], []).append(comparison.estimate)
         means = {}
         for kind, estimates in groups.items():
             mean = mean_of_estimates(estimates, settings.confidence)

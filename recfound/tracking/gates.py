@@ -25,8 +25,8 @@ from recfound.config import RegistryConfig
 from recfound.evaluation.outputs import (
     BootstrapSettings,
     RecordOutputs,
+    compare,
     mean_of_estimates,
-    paired_difference,
 )
 
 log = logging.getLogger(__name__)
@@ -122,16 +122,11 @@ def _paired_task_comparison(
     max_regression: float,
     settings: BootstrapSettings,
 ) -> tuple[dict[str, Any], Any]:
-    difference = paired_difference(candidate, champion, metric, settings)
-    regressed = bool(difference.high < -max_regression - TOLERANCE)
-    return {
-        "basis": "paired",
-        "metric": metric,
-        "difference": difference.value,
-        "ci": difference.interval,
-        "n_records": difference.n_records,
-        "regressed": regressed,
-    }, difference
+    comparison = compare(candidate, champion, metric, settings)
+    regressed = bool(comparison.estimate.high < -max_regression - TOLERANCE)
+    entry = {"basis": "paired", **comparison.to_dict(), "regressed": regressed}
+    entry.pop("excludes_zero")
+    return entry, comparison.estimate
 
 
 def check_gates(
