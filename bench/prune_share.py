@@ -38,7 +38,8 @@ from safetensors.torch import load_file
 from recfound import artifacts
 from recfound.config import parse_config
 from recfound.data.datasets import read_task_frames, task_kind
-from recfound.evaluation.runner import evaluate_model, load_eval_set
+from recfound.evaluation.model_predictions import evaluate_model
+from recfound.evaluation.protocols import load_eval_set
 from recfound.model.backbone import (
     BuiltinSpec,
     build_builtin_backbone,

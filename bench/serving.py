@@ -47,7 +47,7 @@ from recfound import artifacts
 from recfound.device.export import FLOAT_MODEL_FILE, export_task
 from recfound.device.runtime import DeviceModel
 from recfound.evaluation.outputs import task_metrics
-from recfound.evaluation.runner import (
+from recfound.evaluation.protocols import (
     EvalSet,
     assign_protocols,
     candidate_outputs,

@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from recfound.config import Config
 from recfound.data.tasks import TASK_BUILDERS
+from recfound.evaluation.baseline_predictions import TrainedBaselines, baseline_outputs
+from recfound.evaluation.model_predictions import model_outputs
 from recfound.evaluation.outputs import (
     BootstrapSettings,
     RecordOutputs,
@@ -24,16 +26,8 @@ from recfound.evaluation.outputs import (
     metric_estimates,
     well_formed,
 )
-from recfound.evaluation.runner import (
-    TrainedBaselines,
-    assign_protocols,
-    baseline_outputs,
-    cap_records,
-    evaluation_document,
-    load_eval_set,
-    model_outputs,
-    records_document,
-)
+from recfound.evaluation.protocols import assign_protocols, cap_records, load_eval_set
+from recfound.evaluation.scores import evaluation_document, records_document
 from recfound.layout import RECORDS_FILE
 from recfound.model.recmodel import RecModel
 

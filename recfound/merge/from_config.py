@@ -26,7 +26,8 @@ import numpy as np
 from recfound import artifacts
 from recfound.accelerator import stage_device
 from recfound.config import Config
-from recfound.evaluation.runner import EvalSet, evaluate_model, load_eval_set
+from recfound.evaluation.model_predictions import evaluate_model
+from recfound.evaluation.protocols import EvalSet, load_eval_set
 from recfound.merge.tune import (
     MergeChoice,
     apply_choice,

@@ -42,7 +42,7 @@ from recfound.evaluation.outputs import (
     mean_of_estimates,
 )
 from recfound.evaluation.report import with_interval
-from recfound.evaluation.runner import outputs_from_records
+from recfound.evaluation.scores import outputs_from_records
 from recfound.layout import EVALUATION_MANIFEST, RECORDS_FILE
 from recfound.merge.from_config import merge_from_config
 from recfound.model.backbone import load_backbone

@@ -27,9 +27,9 @@ from recfound import artifacts
 from recfound.accelerator import stage_device
 from recfound.baselines.store import load_baselines
 from recfound.config import Config
+from recfound.evaluation.baseline_predictions import TrainedBaselines
 from recfound.evaluation.model_eval import answered_as, evaluate_bundle
 from recfound.evaluation.report import evaluation_markdown, plot_scores, score_rows
-from recfound.evaluation.runner import TrainedBaselines
 from recfound.layout import EVALUATION_MANIFEST, RECORDS_FILE
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.tracking.runs import stage_run, task_inputs

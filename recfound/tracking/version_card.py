@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from recfound.evaluation.runner import outputs_from_records
+from recfound.evaluation.scores import outputs_from_records
 from recfound.tracking.gates import GateDecision, Records, overall_value
 from recfound.tracking.lineage import DataVersion
 from recfound.tracking.lock import RegistryError

@@ -9,13 +9,10 @@ import torch
 
 from recfound.data.schema import TaskRecord, records_to_frame
 from recfound.data.tasks import TASK_BUILDERS
+from recfound.evaluation.baseline_predictions import baseline_outputs
 from recfound.evaluation.outputs import BootstrapSettings, TextOutputs, well_formed
-from recfound.evaluation.runner import (
-    EvalSet,
-    baseline_outputs,
-    candidate_outputs,
-    evaluation_document,
-)
+from recfound.evaluation.protocols import EvalSet, candidate_outputs
+from recfound.evaluation.scores import evaluation_document
 from tests.evaluation.test_runner import ITEMS, SPLIT_INTERACTIONS
 from tests.train.tiny import tiny_model, tiny_tasks
 
@@ -163,7 +160,7 @@ def test_every_task_is_compared_with_its_trivial_answer() -> None:
 
 
 def test_fused_scores_add_standardised_signals_and_keep_unscored_items_rankable() -> None:
-    from recfound.evaluation.runner import fused_scores
+    from recfound.evaluation.model_predictions import fused_scores
 
     logits = np.array([[0.0, -1.0, -2.0, -np.inf], [-5.0, -1.0, -3.0, -2.0]])
     embedding = np.array([[0.1, 0.9, 0.5, 0.95], [0.2, 0.1, 0.3, 0.0]])

@@ -12,6 +12,12 @@ import pytest
 from recfound.baselines.mf import BiasedMF, BiasedMFParams
 from recfound.baselines.sasrec import SASRecParams, SASRecRanker
 from recfound.data.schema import TaskRecord, records_to_frame
+from recfound.evaluation.baseline_predictions import (
+    TrainedBaselines,
+    baseline_outputs,
+    evaluate_baselines,
+)
+from recfound.evaluation.model_predictions import evaluate_model, model_outputs
 from recfound.evaluation.outputs import (
     BootstrapSettings,
     ChoiceOutputs,
@@ -22,25 +28,22 @@ from recfound.evaluation.outputs import (
     task_metrics,
     token_f1,
 )
-from recfound.evaluation.report import evaluation_markdown
-from recfound.evaluation.runner import (
+from recfound.evaluation.protocols import (
     EvalSet,
-    TrainedBaselines,
     assign_protocols,
-    baseline_outputs,
     can_rank_catalogue,
     cap_records,
     choice_metrics,
-    evaluate_baselines,
-    evaluate_model,
-    evaluation_document,
     full_ranking_outputs,
-    model_outputs,
-    outputs_from_records,
     protocol_of,
     record_histories,
-    records_document,
     retrieval_ranks,
+)
+from recfound.evaluation.report import evaluation_markdown
+from recfound.evaluation.scores import (
+    evaluation_document,
+    outputs_from_records,
+    records_document,
     summarize,
 )
 from recfound.model.bundle import load_bundle

@@ -15,7 +15,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from recfound.config import Config, load_config
-from recfound.evaluation.runner import load_eval_set
+from recfound.evaluation.protocols import load_eval_set
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.model.recmodel import top_k_items
 from recfound.serving.ann import IndexSettings, ItemIndex

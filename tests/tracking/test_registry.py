@@ -14,7 +14,7 @@ from recfound.cli import EXIT_USER_ERROR, main
 from recfound.config import RegistryConfig, load_config
 from recfound.errors import UserInputError
 from recfound.evaluation.outputs import RankOutputs
-from recfound.evaluation.runner import records_document
+from recfound.evaluation.scores import records_document
 from recfound.stages.register import PromotionRefused, run_promote, run_register
 from recfound.tracking.gates import check_gates
 from recfound.tracking.lineage import DataVersion, content_hash, data_version
