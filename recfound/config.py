@@ -526,6 +526,19 @@ class EvaluateConfig(_Section):
         "path is reported beside the fused one.",
     )
 
+    @field_validator("fusion")
+    @classmethod
+    def _fusable(cls, value: dict[str, str]) -> dict[str, str]:
+        for task, partner in value.items():
+            if task not in ALL_TASKS:
+                raise ValueError(f"unknown task {task!r}; allowed: {', '.join(ALL_TASKS)}")
+            if partner != "bm25" and partner not in EMBEDDING_TASKS:
+                raise ValueError(
+                    f"{task} is fused with {partner!r}; allowed: bm25 (retrieval tasks) or an "
+                    f"embedding task ({', '.join(EMBEDDING_TASKS)})"
+                )
+        return value
+
     @field_validator("ks")
     @classmethod
     def _positive_ks(cls, values: list[int]) -> list[int]:

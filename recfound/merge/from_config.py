@@ -10,8 +10,10 @@ at test time → write the chosen model as a bundle at ``paths.merged``; ``repor
 the study's figures (MLflow artifacts and ``reports/plots/``).
 
 If no merge beats the best single checkpoint on the selection slice, that checkpoint is written
-instead. Whether the choice beats every checkpoint is judged on the report slice, which the study
-never saw, so the claim is not the study's own optimism.
+instead. The study's winner must also beat that checkpoint on the report slice, which the study
+never saw (a *confirmation* slice: with `merge.max_per_task` records per task, the best of several trials on
+one slice is partly luck); otherwise the checkpoint ships and ``merge.json`` says the merge was
+not confirmed. Test records are never looked at.
 """
 
 from __future__ import annotations
@@ -149,6 +151,21 @@ def merge_from_config(cfg: Config) -> dict:
         report_objective = {
             n: normalised_objective(s, held_reference)[0] for n, s in held_out.items()
         }
+        confirmed = report_objective["chosen"] > report_objective[best_single]
+        if chosen["method"] != "checkpoint" and not confirmed:
+            # the study's winner did not hold on records it never saw: the merge does not pay
+            log.warning(
+                "the merge (%s) scores %.4f on the confirmation slice, checkpoint %s %.4f: "
+                "shipping the checkpoint",
+                source,
+                report_objective["chosen"],
+                best_single,
+                report_objective[best_single],
+            )
+            chosen = {"method": "checkpoint", "checkpoint": best_single, "rejected": chosen}
+            merged, objective = checkpoints[best_single], single_objective[best_single]
+            source = f"checkpoint {best_single} (merge {source} not confirmed)"
+            report_objective["chosen"] = report_objective[best_single]
         plots = Path(cfg.paths.reports) / "plots"
         for figure in study_figures(result.study, plots):
             mlflow.log_artifact(str(figure), "plots")
@@ -163,6 +180,7 @@ def merge_from_config(cfg: Config) -> dict:
             "source": source,
             "checkpoint_objectives": single_objective,
             "report_objectives": report_objective,
+            "merge_confirmed": bool(confirmed),
             "beats_every_checkpoint_on_report": all(
                 report_objective["chosen"] > v for n, v in report_objective.items() if n != "chosen"
             ),

@@ -161,3 +161,13 @@ def test_a_figure_that_cannot_be_drawn_leaves_no_stale_file(
     stale.write_bytes(b"an older study's figure")
     written = study_figures(study, tmp_path)
     assert stale not in written and not stale.exists()
+
+
+def test_a_task_with_a_near_zero_reference_does_not_decide_the_objective() -> None:
+    from recfound.merge.tune import MAX_RATIO, normalised_objective
+
+    reference = {"collapsed": 0.001, "a": 0.5, "b": 0.5}
+    lucky = {"collapsed": 0.02, "a": 0.4, "b": 0.4}  # 20x on one record, worse on the others
+    value, ratios = normalised_objective(lucky, reference)
+    assert ratios["collapsed"] == MAX_RATIO
+    assert value < normalised_objective(reference, reference)[0] + 0.2
