@@ -11,9 +11,9 @@ the study's figures (MLflow artifacts and ``reports/plots/``).
 
 If no merge beats the best single checkpoint on the selection slice, that checkpoint is written
 instead. The study's winner must also beat that checkpoint on the report slice, which the study
-never saw (a *confirmation* slice: with `merge.max_per_task` records per task, the best of several trials on
-one slice is partly luck); otherwise the checkpoint ships and ``merge.json`` says the merge was
-not confirmed. Test records are never looked at.
+never saw (a *confirmation* slice: with ``merge.max_per_task`` records per task, the best of
+several trials on one slice is partly luck); otherwise the checkpoint ships and ``merge.json``
+says the merge was not confirmed. Test records are never looked at.
 """
 
 from __future__ import annotations
