@@ -98,7 +98,9 @@ def test_pretrain_stage_builds_the_backbone_on_the_stage_device(
 def test_merge_stage_scores_on_the_stage_device(
     tiny_bundle: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from recfound.stages import merge
+    from recfound.config import load_config
+    from recfound.merge import from_config
+    from recfound.stages.merge import run_merge
 
     backbone, bundle = tiny_bundle  # its model_spec.json stands in for the train stage's
     seen: list[set[torch.device]] = []
@@ -107,9 +109,15 @@ def test_merge_stage_scores_on_the_stage_device(
         seen.append(devices_of(model))
         raise Reached
 
-    monkeypatch.setattr(merge, "read_checkpoint_tensors", lambda *_: {"last": {}, "best": {}})
-    monkeypatch.setattr(merge, "adapter_tensors", initial_adapter)
-    run_on_meta(merge, tmp_path, monkeypatch, backbone=str(backbone), train=str(bundle))
+    # the stage's recipe lives in recfound/merge/from_config.py: patch it there
+    monkeypatch.setattr(from_config, "stage_device", lambda: META)
+    monkeypatch.setattr(from_config, "read_checkpoint_tensors", lambda *_: {"last": {}, "best": {}})
+    monkeypatch.setattr(from_config, "adapter_tensors", initial_adapter)
+    write_tiny_params(
+        tmp_path / "params.yaml", paths={"backbone": str(backbone), "train": str(bundle)}
+    )
+    with pytest.raises(Reached):
+        run_merge(load_config(tmp_path / "params.yaml"))
     assert seen == [{META}]
 
 

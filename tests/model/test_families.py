@@ -156,6 +156,7 @@ def test_family_runs_the_whole_chain(family, tmp_path, tokenizer, monkeypatch) -
     from recfound.stages.pretrain import run_pretrain
     from recfound.stages.register import run_register
     from recfound.stages.train import run_train
+    from recfound.stages.validate import run_validate
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -175,6 +176,7 @@ def test_family_runs_the_whole_chain(family, tmp_path, tokenizer, monkeypatch) -
     )
     cfg = load_config(params)
     run_ingest(cfg)
+    run_validate(cfg)
     run_build_tasks(cfg)
     pretrained = run_pretrain(cfg)
     assert pretrained["trainable"] == "identifiers" and pretrained["item_tokens"] > 0

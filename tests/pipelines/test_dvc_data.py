@@ -156,7 +156,15 @@ def test_each_pipeline_run_trains_on_its_revision_and_registers_its_md5(
         )
         top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         names = sorted(r.info.run_name for r in top)
-        assert names == ["baselines", "evaluate", "merge", "pretrain", "register", "train"]
+        assert names == [
+            "baselines",
+            "evaluate",
+            "merge",
+            "pretrain",
+            "recommend",
+            "register",
+            "train",
+        ]
         (train,) = [r for r in top if r.info.run_name == "train"]
         inputs = {
             d.tags[0].value: d.dataset for d in train.inputs.dataset_inputs

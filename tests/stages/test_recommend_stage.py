@@ -25,7 +25,14 @@ def test_batch_lists_agree_with_the_evaluate_stage(
     cfg = load_config(tiny_catalogue_project / "params.yaml")
     # 100 items per user: the random tiny model's lists then hold some targets (about one user
     # in ten), so agreeing user by user at 10 and at 100 is not agreeing on zeros
-    cfg = cfg.model_copy(update={"recommend": cfg.recommend.model_copy(update={"k": 100})})
+    # evaluate ranks each path alone here (its default fuses next-item tasks with the user2item
+    # embedding: that figure is the batch "fused" path's cousin, not the generative path's)
+    cfg = cfg.model_copy(
+        update={
+            "recommend": cfg.recommend.model_copy(update={"k": 100}),
+            "evaluate": cfg.evaluate.model_copy(update={"fusion": {}}),
+        }
+    )
     evaluation = run_evaluate(cfg)
     report = run_recommend(cfg)
 
