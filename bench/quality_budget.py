@@ -79,21 +79,41 @@ def train_budget(args: argparse.Namespace) -> None:
     }
     out = Path(args.out)
     artifacts.write_json(out / "train_budget.json", document)
+    keys = sorted({k for r in curve for k in r if k not in ("step", "minutes")})
+    plot_curve(
+        curve,
+        keys,
+        default_steps,
+        ("adapter-training minutes", "validation score"),
+        "Task-group quality vs compute (adapter training)",
+        out / "train_budget.png",
+    )
+    print(json.dumps(document, indent=2))
+
+
+def plot_curve(
+    curve: list[dict],
+    keys: list[str],
+    default_steps: int,
+    axes: tuple[str, str],
+    title: str,
+    path: Path,
+) -> None:
+    """Each of ``keys`` against minutes, the default budget marked."""
     fig, ax = plt.subplots(figsize=(7, 4))
     minutes = [r["minutes"] for r in curve]
-    for key in sorted({k for r in curve for k in r if k not in ("step", "minutes")}):
+    for key in keys:
         ax.plot(minutes, [r.get(key) for r in curve], marker="o", label=key)
     at_default = [r for r in curve if r["step"] <= default_steps]
     if at_default:
         ax.axvline(at_default[-1]["minutes"], color="grey", linestyle="--", label="default budget")
-    ax.set_xlabel("adapter-training minutes")
-    ax.set_ylabel("validation score")
-    ax.set_title("Task-group quality vs compute (adapter training)")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "train_budget.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    print(json.dumps(document, indent=2))
 
 
 def main() -> None:
@@ -138,20 +158,14 @@ def main() -> None:
     out = Path(args.out)
     artifacts.write_json(out / "quality_budget.json", document)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    minutes = [r["minutes"] for r in document["curve"]]
-    for key in ("valid_recall@10", "valid_ndcg@10"):
-        ax.plot(minutes, [r[key] for r in document["curve"]], marker="o", label=key)
-    at_default = [r for r in document["curve"] if r["step"] <= default_steps]
-    if at_default:
-        ax.axvline(at_default[-1]["minutes"], color="grey", linestyle="--", label="default budget")
-    ax.set_xlabel("pretraining minutes")
-    ax.set_ylabel("full-ranking score, validation users")
-    ax.set_title("Next-item quality vs compute (behaviour pretraining)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "quality_budget.png", dpi=110)
-    plt.close(fig)
+    plot_curve(
+        document["curve"],
+        ["valid_recall@10", "valid_ndcg@10"],
+        default_steps,
+        ("pretraining minutes", "full-ranking score, validation users"),
+        "Next-item quality vs compute (behaviour pretraining)",
+        out / "quality_budget.png",
+    )
     print(json.dumps(document, indent=2))
 
 
