@@ -482,11 +482,12 @@ class TaskContext:
         without an identifier are left out; the model knows them only by title)."""
         return " ".join(self.item_tokens[i] for i in item_ids if i in self.item_tokens)
 
-    def item_text(self, item_id: str) -> str:
+    def item_text(self, item_id: str, identifier: bool = True) -> str:
         """``"<item_1> Toy Story (1995) — genres: Animation, Children's, Comedy"`` (+
-        description)."""
+        description); ``identifier=False`` leaves the identifier token out, as a cold item has
+        none."""
         item = self.items[item_id]
-        parts = [self.item_ref(item_id)]
+        parts = [self.item_ref(item_id) if identifier else self.item_title(item_id)]
         if item.genres:
             parts.append(f"{self.category_word}: {', '.join(item.genres)}")
         if item.description:

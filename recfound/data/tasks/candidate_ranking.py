@@ -5,6 +5,7 @@ from __future__ import annotations
 from recfound.data import schema as S
 from recfound.data.schema import SPLITS, TaskRecord
 from recfound.data.tasks.base import TaskBuilder, TaskContext
+from recfound.data.tasks.sequential_recommendation import next_item_prompt
 
 # Candidate lists shown inside the prompt are kept short so prompts fit small context windows.
 MAX_LISTED_CANDIDATES = 10
@@ -12,9 +13,14 @@ MAX_LISTED_CANDIDATES = 10
 
 class CandidateRankingBuilder(TaskBuilder):
     """Unlike sequential_recommendation, the candidates are *in the prompt* (identifier and
-    title); the history is the user's behaviour as identifiers, oldest first, as next-item prompts
-    show it; the answer is the identifier of the one the user actually chose (at most
-    ``MAX_LISTED_CANDIDATES`` are listed)."""
+    title, at most ``MAX_LISTED_CANDIDATES``), listed first; then comes the next-item question
+    with the user's behaviour as identifiers, oldest first, exactly as next-item prompts show it,
+    so the answer (the identifier of the one the user actually chose) follows the history.
+
+    The order was chosen on validation: with the list between the history and the answer, the
+    model picked within the list far worse (Recall@1 0.55) than its own next-item ranking
+    restricted to the same candidates (0.66); with the list first it reads as a next-item
+    request (0.68 before training on it)."""
 
     name = "candidate_ranking"
     kind = "generative"
@@ -31,9 +37,8 @@ class CandidateRankingBuilder(TaskBuilder):
                 records.append(
                     self.record(
                         split,
-                        prompt=f"A user's history, oldest first: "
-                        f"{ctx.sequence_text(example.sequence_ids)}. Candidates: {listed}. "
-                        "Which candidate will the user choose?",
+                        prompt=f"Candidates: {listed}. "
+                        + next_item_prompt(ctx.item_noun, ctx.sequence_text(example.sequence_ids)),
                         target=ctx.item_answer(example.target_id),
                         user_id=example.user_id,
                         item_id=example.target_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from recfound.data import schema as S
 from recfound.data.schema import TaskRecord
 from recfound.data.tasks.base import YES_NO, TaskBuilder, TaskContext, stable_hash
+from recfound.data.tasks.ctr_prediction import cold_like_question
 
 
 class ZeroShotBuilder(TaskBuilder):
@@ -37,8 +38,7 @@ class ZeroShotBuilder(TaskBuilder):
             records.append(
                 self.record(
                     split,
-                    prompt=f"{intro}. Will they like this new {ctx.item_noun}: "
-                    f"{ctx.item_text(str(item_id))} (no ratings yet)? Answer yes or no.",
+                    prompt=f"{intro}. {cold_like_question(ctx, str(item_id))}",
                     target="yes" if liked else "no",
                     user_id=str(user_id),
                     item_id=str(item_id),
