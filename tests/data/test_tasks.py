@@ -294,3 +294,34 @@ def test_more_candidates_than_the_catalogue_is_a_named_error() -> None:
     message = str(err.value)
     assert message.startswith("tasks.num_candidates is 1000, but the catalogue has only ")
     assert "set tasks.num_candidates to at most" in message
+
+
+def test_some_ctr_training_records_ask_as_zero_shot_asks(built: TaskDatasets) -> None:
+    """One training record in five hides the item's reception and identifier, as a cold item
+    has neither; validation and test records are never rewritten."""
+    frames = built.frames["ctr_prediction"]
+    train = frames["train"]["prompt"].astype(str)
+    cold = train[train.str.contains("(no ratings yet)", regex=False)]
+    assert 0.1 < len(cold) / len(train) < 0.3
+    questions = cold.str.split(". Will they like ").str[-1]
+    assert questions.str.startswith("this new movie: ").all()
+    assert not questions.str.contains("<item_", regex=False).any()
+    zero_shot = built.frames["zero_shot"]["valid"]["prompt"].astype(str)
+    assert zero_shot.str.split(". Will they like ").str[-1].str.startswith("this new movie: ").all()
+    for split in ("valid", "test"):
+        shown = frames[split]["prompt"].astype(str)
+        assert not shown.str.contains("Will they like this new", regex=False).any()
+
+
+def test_candidate_ranking_lists_candidates_before_the_next_item_question(
+    built: TaskDatasets,
+) -> None:
+    records = built.frames["candidate_ranking"]["test"]
+    for prompt, ids, history in zip(
+        records["prompt"], records["candidate_ids"], records["history_ids"], strict=True
+    ):
+        listed, question = prompt.split(". Which movie will this user choose next? ")
+        assert listed.startswith("Candidates: ") and len(ids) > 1
+        assert question.startswith("History, oldest first: <item_")
+        assert question.endswith(f"<item_{history[-1]}>")  # the answer follows the history
+        assert all(f"<item_{i}>" in listed for i in ids)

@@ -26,7 +26,7 @@ class CTRPredictionBuilder(TaskBuilder):
     question zero_shot asks about cold items, so the adapter that answers zero_shot has learned to
     read the user's rating habits and the item's text when no reception is known. Without it
     the model ranked cold items at chance on validation (AUC 0.52, biased MF's user bias alone
-    0.68). Validation and test records always show the reception.
+    0.68). Validation and test records are never rewritten.
     """
 
     name = "ctr_prediction"
