@@ -10,7 +10,9 @@ exactly what a plain causal pass over ``prompt + prefix`` would give (positions 
 prompt's, RoPE sees the same offsets). One pass per batch of prompts scores the whole catalogue:
 ``prompt + nodes`` tokens, about ``codebook_size + distinct two-token prefixes`` nodes (about
 1,000 for ml-100k's 1,644 items with two 32-centroid levels). For catalogues where that is too
-many, constrained beam search (:mod:`recfound.data.semantic_ids`) is the decoder.
+many (more than :data:`MAX_NODES`), constrained beam search (:mod:`recfound.data.semantic_ids`)
+is the decoder; it is not wired into evaluation or ``recommend`` yet, so such a catalogue is a
+clear error (:class:`CodeTreeTooLarge`) rather than an out-of-memory crash.
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from recfound.errors import UserInputError
+
+# Nodes one pass lays out after a prompt: attention is (prompt + nodes)^2 per row.
+MAX_NODES = 8192
+# Log-probability entries (rows x (1 + nodes) x vocab) one pass may hold (1 GiB in float32).
+MAX_LOGPROB_ENTRIES = 2**28
+
+
+class CodeTreeTooLarge(UserInputError):
+    """The catalogue's codes have too many distinct prefixes to score exhaustively."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,13 @@ def build_code_tree(codes: torch.Tensor) -> CodeTree:
         while ancestor >= 0:
             visible[node, ancestor] = True
             ancestor = parents[ancestor]
+    if len(tokens) > MAX_NODES:
+        raise CodeTreeTooLarge(
+            f"the item codes have {len(tokens):,} distinct prefixes (more than {MAX_NODES:,}): "
+            "exhaustive scoring of semantic identifiers stops there and trie-constrained beam "
+            "search is not wired into evaluation and recommend yet; use fewer levels or a "
+            "smaller tasks.semantic_codebook_size, or tasks.item_ids: atomic"
+        )
     reads = torch.tensor(
         [[-1] + [node_of[row[:length]] for length in range(1, depth)] for row in rows],
         dtype=torch.long,
@@ -71,6 +91,13 @@ def build_code_tree(codes: torch.Tensor) -> CodeTree:
         visible=visible,
         reads=reads,
     )
+
+
+def rows_per_pass(tree: CodeTree, vocab: int, batch_size: int) -> int:
+    """Prompts per tree-masked pass: ``batch_size`` or fewer, so that one pass's
+    log-probabilities stay under :data:`MAX_LOGPROB_ENTRIES`."""
+    per_row = (1 + len(tree.node_tokens)) * vocab
+    return max(1, min(batch_size, MAX_LOGPROB_ENTRIES // per_row))
 
 
 def tree_inputs(

@@ -29,7 +29,7 @@ from typing import Literal, NamedTuple, Protocol
 import torch
 import torch.nn.functional as F
 
-from recfound.model.code_tree import build_code_tree, code_scores, tree_inputs
+from recfound.model.code_tree import build_code_tree, code_scores, rows_per_pass, tree_inputs
 
 IGNORE_INDEX = -100
 # One token of an item identifier: ``<item_340>`` (atomic) or one position of a semantic code.
@@ -392,7 +392,7 @@ class RecModel:
         self.model.eval()
         codes = self.identifier_codes(item_tokens)
         if codes is not None:
-            return self._code_catalogue_scores(prompts, codes, task, max(1, batch_size // 4))
+            return self._code_catalogue_scores(prompts, codes, task, batch_size)
         ids = self.item_token_ids(item_tokens)
         known = ids >= 0
         rows = []
@@ -441,6 +441,7 @@ class RecModel:
         """:meth:`catalogue_scores` of multi-token identifiers ``codes`` (see there)."""
         known = codes[:, 0] >= 0
         tree = build_code_tree(codes[known])
+        batch_size = rows_per_pass(tree, len(self.tokenizer), batch_size)
         room = codes.shape[1] + 1  # the code and EOS, as training cut the prompt
         rows = []
         for start in range(0, len(prompts), batch_size):

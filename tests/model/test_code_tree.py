@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from recfound.data.semantic_ids import semantic_codes
@@ -19,7 +20,7 @@ from recfound.model.backbone import (
     train_bpe_tokenizer,
 )
 from recfound.model.build import build_rec_model
-from recfound.model.code_tree import build_code_tree
+from recfound.model.code_tree import CodeTreeTooLarge, build_code_tree, rows_per_pass
 from tests.train.tiny import ADAPTER
 
 SPEC = BuiltinSpec(
@@ -88,3 +89,14 @@ def test_identifiers_with_an_unknown_token_are_reported(tmp_path: Path) -> None:
         ["History:"], [*identifiers, "<item_a99><item_b0><item_s0>"], "next"
     )
     assert torch.isinf(scores[0, -1]) and torch.isfinite(scores[0, :-1]).all()
+
+
+def test_too_many_prefixes_is_a_clear_error_and_passes_stay_small(monkeypatch) -> None:
+    codes = torch.tensor([[a, b, 0] for a in range(10) for b in range(10)])
+    tree = build_code_tree(codes)  # 10 + 100 nodes
+    assert rows_per_pass(tree, vocab=1000, batch_size=32) == 32
+    monkeypatch.setattr("recfound.model.code_tree.MAX_LOGPROB_ENTRIES", 111 * 1000 * 4)
+    assert rows_per_pass(tree, vocab=1000, batch_size=32) == 4
+    monkeypatch.setattr("recfound.model.code_tree.MAX_NODES", 100)
+    with pytest.raises(CodeTreeTooLarge, match="beam search is not wired"):
+        build_code_tree(codes)
