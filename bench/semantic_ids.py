@@ -211,6 +211,14 @@ def markdown(document: dict[str, Any]) -> str:
                 f"| {task} | {m} | {fmt(row['atomic'][m])} | {fmt(row['semantic'][m])} | "
                 f"{fmt(row['semantic_minus_atomic'][m])} |"
             )
+    for task, row in document["tasks"].items():
+        d = row["semantic_minus_atomic"]["recall@10"]
+        low, high = d["interval"]
+        if low is not None and high is not None and (low > 0 or high < 0):
+            verdict = "semantic is " + ("better" if low > 0 else "worse") + " (interval excludes 0)"
+        else:
+            verdict = "no clear difference (interval includes 0)"
+        lines.append(f"\n{task}, Recall@10 on {d['records']} paired test users: {verdict}.")
     lines += [
         "",
         "95% bootstrap intervals (1,000 resamples of the test users, seeded; the difference "

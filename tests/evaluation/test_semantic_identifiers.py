@@ -1,7 +1,8 @@
 """``tasks.item_ids: semantic`` end to end on a tiny ml-100k slice: items get short unique codes
 from the codebooks, prompts and answers are written with them, the backbone gains the codebook
 tokens (not one per item), training runs, and evaluation ranks the whole catalogue by code
-log-probability with the standard full-ranking protocol."""
+log-probability with the standard full-ranking protocol, and `recommend` answers from the same
+scores."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ import pytest
 from recfound.config import ConfigError, load_config
 from recfound.data.tasks.base import IDENTIFIER_TOKEN, identifier_vocabulary
 from recfound.evaluation.model_eval import evaluate_bundle
+from recfound.model.recmodel import top_k_items
+from recfound.serving.ann import IndexSettings
+from recfound.serving.catalogue import build_catalogue
+from recfound.serving.recommend import Recommender
+from recfound.serving.snapshot import build_index
 from recfound.stages.ablate import load_last_checkpoint
 from recfound.stages.build_tasks import run_build_tasks
 from recfound.stages.ingest import run_ingest
@@ -80,6 +86,23 @@ def test_semantic_identifiers_train_and_evaluate_end_to_end(tmp_path: Path) -> N
     )
     assert task["n_records"] == len(test_users)
     assert 0.0 <= task["recall@10"] <= 1.0 and task["ci"]["recall@10"][0] is not None
+
+    # `recommend` ranks by the same code scores: k valid items, none seen, evaluation's order
+    catalogue = build_catalogue(cfg.paths.tasks, cfg.paths.interim, cfg.tasks.sequence_length)
+    index = build_index(rec, kinds, catalogue, IndexSettings())
+    recommender = Recommender(catalogue, index, lambda _t: rec, kinds)
+    users = test_users["user_id"].astype(str).tolist()[:3]
+    prompts = [catalogue.next_item_prompt(catalogue.histories[u]) for u in users]
+    assert prompts == test_users["prompt"].tolist()[:3]
+    scores = rec.catalogue_scores(prompts, catalogue.tokens, "sequential_recommendation")
+    exclude = [[catalogue.item_index[i] for i in catalogue.histories[u]] for u in users]
+    expected = top_k_items(scores, exclude, 10)
+    answers = recommender.recommend([{"user_id": u, "k": 10} for u in users])
+    for user, row, answer in zip(users, expected.tolist(), answers, strict=True):
+        assert answer.item_ids == [catalogue.item_ids[i] for i in row]
+        assert answer.path == "generative" and len(answer.item_ids) == 10
+        assert not set(answer.item_ids) & set(catalogue.histories[user])
+        assert all(catalogue.tokens[catalogue.item_index[i]] for i in answer.item_ids)
 
 
 def test_keep_best_needs_atomic_identifiers(tmp_path: Path) -> None:
