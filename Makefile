@@ -10,7 +10,7 @@ TORCH  := torch==2.13.0
 TEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: setup run ablate test test-fast lint format ui clean
+.PHONY: setup run ablate semantic-ids test test-fast lint format ui clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ run: setup
 # RecFound's ablation table: three more trainings at the main run's budget (outside `make run`)
 ablate: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro ablation/dvc.yaml
+
+# Semantic vs atomic item identifiers on ml-100k at a reduced budget (outside `make run`):
+# reports/semantic_ids.{md,json}; each arm's work under /tmp/recfound_semantic_ids
+semantic-ids: setup
+	OMP_NUM_THREADS=1 $(BIN)/python bench/semantic_ids.py --fresh
 
 test: setup
 	$(PYTEST)

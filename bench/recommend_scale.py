@@ -9,7 +9,7 @@ Per catalogue size:
 - **parameters added by identifiers**: atomic = one embedding row per item × hidden (the builtin
   backbone ties input and output embeddings, so one matrix); semantic = (3 levels × 256 codebook
   tokens + the suffix tokens that the largest collision group needs) × hidden, from residual
-  k-means of the same embeddings (:mod:`recfound.serving.semantic_ids`);
+  k-means of the same embeddings (:mod:`recfound.data.semantic_ids`);
 - **the faiss index** the registered model carries (:class:`recfound.serving.ann.ItemIndex`,
   the serving defaults: exact below 50,000 items, IVF with √n lists and nprobe 32 above):
   build time and serialised size;
@@ -42,12 +42,12 @@ import pandas as pd
 import torch
 
 from recfound.config import load_config
+from recfound.data.semantic_ids import semantic_codes
 from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
 from recfound.model.build import build_rec_model
 from recfound.serving.ann import IndexSettings, ItemIndex
 from recfound.serving.catalogue import Catalogue
 from recfound.serving.recommend import Recommender
-from recfound.serving.semantic_ids import semantic_codes
 from recfound.train.from_config import adapter_spec
 
 ROOT = Path(__file__).resolve().parents[1]

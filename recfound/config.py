@@ -142,6 +142,23 @@ class TasksConfig(_Section):
         description="Share of items held out of every training input for the zero_shot task.",
     )
 
+    item_ids: Literal["atomic", "semantic"] = Field(
+        default="atomic",
+        description="How items are named in prompts and answers: 'atomic' (one new token per "
+        "item, <item_ID>) or 'semantic' (a few tokens per item from residual k-means of "
+        "collaborative item vectors, plus a suffix where codes collide; "
+        "recfound/data/semantic_ids.py): codebook rows instead of one row per item.",
+    )
+    semantic_levels: int = Field(
+        default=2, ge=1, le=8, description="item_ids: semantic: residual k-means levels."
+    )
+    semantic_codebook_size: int = Field(
+        default=32,
+        ge=2,
+        le=4096,
+        description="item_ids: semantic: centroids (tokens) per level.",
+    )
+
     @field_validator("enabled")
     @classmethod
     def _known_tasks(cls, value: list[str]) -> list[str]:

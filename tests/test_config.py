@@ -49,6 +49,17 @@ def test_unknown_task_lists_allowed_tasks() -> None:
     assert "sequential_recommendation" in str(err.value)
 
 
+def test_item_ids_names_the_key_and_the_allowed_values() -> None:
+    assert parse_config({}).tasks.item_ids == "atomic"  # default scores do not move
+    assert parse_config({"tasks": {"item_ids": "semantic"}}).tasks.item_ids == "semantic"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"tasks": {"item_ids": "rq-vae"}})
+    assert "tasks.item_ids" in str(err.value)
+    assert "'atomic' or 'semantic'" in str(err.value)
+    with pytest.raises(ConfigError, match="tasks.semantic_codebook_size"):
+        parse_config({"tasks": {"semantic_codebook_size": 1}})
+
+
 def test_user_source_needs_a_path() -> None:
     with pytest.raises(ConfigError, match="data.path is required"):
         parse_config({"data": {"source": "recbole_atomic"}})

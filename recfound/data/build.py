@@ -51,6 +51,9 @@ def build_task_datasets(tables: Tables, cfg: TasksConfig, seed: int) -> TaskData
         max_train_per_task=cfg.max_train_per_task,
         max_eval_per_task=cfg.max_eval_per_task,
         cold_item_fraction=cfg.cold_item_fraction,
+        identifiers=cfg.item_ids,
+        semantic_levels=cfg.semantic_levels,
+        semantic_codebook_size=cfg.semantic_codebook_size,
     )
     datasets = TaskDatasets(
         cold_items=sorted(ctx.cold_items),

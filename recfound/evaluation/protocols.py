@@ -11,8 +11,10 @@ retrieval      embedding tasks                              rank among *all* cat
                                                             Recall/NDCG@{5,10,20}, MRR@20, and the
                                                             unmasked Recall/NDCG@10
 next_item      generative next-item tasks (``NEXT_ITEM_     the same full ranking, from the model's
-               TASKS``) when every item has an identifier   identifier-token log-probabilities
-               token the model knows                        (:meth:`RecModel.catalogue_scores`)
+               TASKS``) when every item has an identifier   identifier log-probabilities (a
+               the model knows                              semantic code's: its tokens' sum,
+                                                            every code scored; :meth:`RecModel.
+                                                            catalogue_scores`)
 ranking        other candidates that are items              rank among the candidates: HR/NDCG@K,
                                                             Recall@1 (= HR@1), MRR
 rating         numeric candidates and a numeric label       chosen rating and expected rating:
@@ -52,7 +54,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from recfound import metrics as M
 from recfound.data.datasets import read_task_frames
@@ -229,9 +230,7 @@ def can_rank_catalogue(rec: RecModel | None, items: pd.DataFrame) -> bool:
     tokens = catalogue_tokens(items)
     if rec is None or tokens is None:
         return False
-    ids = rec.item_token_ids(tokens)
-    named = torch.tensor([bool(t) for t in tokens])
-    unknown = int(((ids < 0) & named).sum())
+    unknown = rec.unknown_identifiers(tokens)
     if unknown:
         log.warning(
             "%d item identifier tokens are not in the model's vocabulary: next-item tasks are "

@@ -21,6 +21,7 @@ RecModel can serve concurrent requests from several threads.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Literal, NamedTuple, Protocol
@@ -28,7 +29,11 @@ from typing import Literal, NamedTuple, Protocol
 import torch
 import torch.nn.functional as F
 
+from recfound.model.code_tree import build_code_tree, code_scores, rows_per_pass, tree_inputs
+
 IGNORE_INDEX = -100
+# One token of an item identifier: ``<item_340>`` (atomic) or one position of a semantic code.
+IDENTIFIER_TOKEN = re.compile(r"<[^<>\s]+>")
 # Fast tokenizers rewrite their backend's padding/truncation state on every call: one lock for
 # every tokenizer call made here (tokenizing is cheap next to the forward passes it feeds).
 _TOKENIZER_LOCK = threading.RLock()
@@ -379,8 +384,15 @@ class RecModel:
         An answer of a next-item task starts with the item's identifier token, so this ranks the
         whole catalogue exactly as the model would generate its first answer token. Items without
         an identifier (empty string, e.g. cold items) score ``-inf``.
+
+        Multi-token identifiers (``tasks.item_ids: semantic``) score the sum of their tokens'
+        log-probabilities, every item's code exhaustively in one tree-masked pass per batch
+        (:mod:`recfound.model.code_tree`); identifiers with an unknown token score ``-inf``.
         """
         self.model.eval()
+        codes = self.identifier_codes(item_tokens)
+        if codes is not None:
+            return self._code_catalogue_scores(prompts, codes, task, batch_size)
         ids = self.item_token_ids(item_tokens)
         known = ids >= 0
         rows = []
@@ -391,6 +403,73 @@ class RecModel:
             out[:, known] = logprobs[:, ids[known]]
             rows.append(out)
         return torch.cat(rows) if rows else torch.empty(0, len(ids))
+
+    def identifier_codes(self, item_tokens: Sequence[str]) -> torch.Tensor | None:
+        """``(items, depth)`` token ids of multi-token identifiers (a row of ``-1`` for an empty
+        identifier or one with a token the vocabulary lacks), or None when every identifier is
+        at most one token (atomic identifiers: :meth:`item_token_ids`)."""
+        split = [IDENTIFIER_TOKEN.findall(t) if t else [] for t in item_tokens]
+        depths = {len(parts) for parts in split if parts}
+        if not depths or depths == {1}:
+            return None
+        if len(depths) > 1:
+            raise ValueError(
+                f"item identifiers have different numbers of tokens ({sorted(depths)}); semantic "
+                "codes all have levels + 1 tokens: rebuild the tasks"
+            )
+        vocab = self.tokenizer.get_vocab()
+        (depth,) = depths
+        rows = [[vocab.get(t, -1) for t in parts] if parts else [-1] * depth for parts in split]
+        codes = torch.tensor(rows, dtype=torch.long).reshape(len(rows), depth)
+        codes[(codes < 0).any(1)] = -1
+        return codes
+
+    def unknown_identifiers(self, item_tokens: Sequence[str]) -> int:
+        """How many non-empty identifiers have a token the vocabulary lacks."""
+        codes = self.identifier_codes(item_tokens)
+        if codes is None:
+            ids = self.item_token_ids(item_tokens)
+            return int(
+                sum(1 for i, t in zip(ids.tolist(), item_tokens, strict=True) if t and i < 0)
+            )
+        named = torch.tensor([bool(t) for t in item_tokens])
+        return int(((codes[:, 0] < 0) & named).sum())
+
+    def _code_catalogue_scores(
+        self, prompts: Sequence[str], codes: torch.Tensor, task: str, batch_size: int
+    ) -> torch.Tensor:
+        """:meth:`catalogue_scores` of multi-token identifiers ``codes`` (see there)."""
+        known = codes[:, 0] >= 0
+        tree = build_code_tree(codes[known])
+        batch_size = rows_per_pass(tree, len(self.tokenizer), batch_size)
+        room = codes.shape[1] + 1  # the code and EOS, as training cut the prompt
+        rows = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            batch = self.left_padded_prompts(chunk, room)
+            inputs = tree_inputs(
+                batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), tree
+            )
+            length = batch["input_ids"].shape[1]
+            with self._for_tasks(task, len(chunk)):
+                hidden = self.decoder(**inputs).last_hidden_state[:, length - 1 :]
+            scores = code_scores(self.head_logprobs(hidden), tree).cpu()
+            out = torch.full((len(chunk), len(codes)), -torch.inf)
+            out[:, known] = scores.to(out.dtype)
+            rows.append(out)
+        return torch.cat(rows) if rows else torch.empty(0, len(codes))
+
+    def left_padded_prompts(self, prompts: Sequence[str], room: int) -> dict[str, torch.Tensor]:
+        """Prompts tokenized with *left* padding, cut from the left to leave ``room`` tokens of
+        ``max_length`` for what follows them (CPU tensors)."""
+        return self.tokenize(
+            list(prompts),
+            side="left",
+            padding=True,
+            truncation=True,
+            max_length=max(1, self.max_length - room),
+            return_tensors="pt",
+        )
 
     def item_token_ids(self, item_tokens: Sequence[str]) -> torch.Tensor:
         """Vocabulary id of each identifier token (``-1`` for an empty or unknown one)."""
@@ -416,14 +495,7 @@ class RecModel:
         outputs: list[str] = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start : start + batch_size])
-            batch = self.tokenize(
-                chunk,
-                side="left",
-                padding=True,
-                truncation=True,
-                max_length=max(1, self.max_length - max_new_tokens),
-                return_tensors="pt",
-            )
+            batch = self.left_padded_prompts(chunk, max_new_tokens)
             ids = batch["input_ids"].to(self.device)
             with self._for_tasks(task, len(chunk)):
                 generated = self.model.generate(

@@ -28,7 +28,7 @@ import torch
 
 from recfound import artifacts
 from recfound.accelerator import stage_device
-from recfound.config import Config
+from recfound.config import Config, ConfigError
 from recfound.data.corpus import (
     BEHAVIOUR_PREFIX,
     behaviour_sequences,
@@ -37,6 +37,7 @@ from recfound.data.corpus import (
     without_identifiers,
 )
 from recfound.data.datasets import TaskDataError
+from recfound.data.tasks.base import identifier_vocabulary
 from recfound.layout import ITEMS_FILE, SPLIT_INTERACTIONS_FILE, TRAIN_INTERACTIONS_FILE
 from recfound.model.backbone import (
     BuiltinSpec,
@@ -102,19 +103,20 @@ def run_pretrain(cfg: Config) -> dict:
     item_tokens = {
         str(i): str(t) for i, t in zip(items["item_id"], items["token"], strict=True) if t
     }
+    vocabulary = identifier_vocabulary(item_tokens)  # one per item, or the codes' tokens
     texts = text_corpus(items, cfg.paths.tasks, p.max_corpus_texts, cfg.seed, p.task_answers)
     if cfg.model.backbone == "builtin":
         spec_cfg = cfg.model.builtin
         tokenizer = train_bpe_tokenizer(
             [without_identifiers(t) for t in texts] + [BEHAVIOUR_PREFIX], spec_cfg.vocab_size
         )
-        add_item_tokens(None, tokenizer, item_tokens.values())
+        add_item_tokens(None, tokenizer, vocabulary)
         model = build_builtin_backbone(BuiltinSpec(**spec_cfg.model_dump()), tokenizer, cfg.seed)
         source = "builtin"
     else:
         checkpoint = Path(cfg.model.backbone)
         model, tokenizer = load_backbone(checkpoint)
-        added = add_item_tokens(model, tokenizer, item_tokens.values())
+        added = add_item_tokens(model, tokenizer, vocabulary)
         log.info("extended %s with %d item identifier tokens", checkpoint, added)
         source = str(checkpoint.resolve())
     device = stage_device()
@@ -138,7 +140,7 @@ def run_pretrain(cfg: Config) -> dict:
     if p.gradient_checkpointing:
         model.config.use_cache = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    identifier_ids = tokenizer.convert_tokens_to_ids(list(item_tokens.values()))
+    identifier_ids = tokenizer.convert_tokens_to_ids(vocabulary)
     target = prepare_trainable(
         model,
         trainable,
@@ -153,7 +155,16 @@ def run_pretrain(cfg: Config) -> dict:
         trainable,
         target.trainable_parameters,
     )
-    probe = validation_probe(cfg, tokenizer, items, item_tokens)
+    probe = None
+    if len(vocabulary) == len(item_tokens):  # atomic (one token per item): the probe's logit
+        probe = validation_probe(cfg, tokenizer, items, item_tokens)
+    elif p.keep_best:
+        raise ConfigError(
+            "pretrain.keep_best: true needs the next-item probe, which ranks atomic identifiers "
+            "(one token per item); with tasks.item_ids: semantic set pretrain.keep_best: false"
+        )
+    else:
+        log.info("semantic identifiers: no next-item probe during pretraining (atomic only)")
     fit = {"trainable": trainable, "memory_estimate": chosen.to_dict()}
     return _pretrain(
         cfg, model, target, tokenizer, texts, interactions, item_tokens, source, probe, fit
@@ -316,8 +327,8 @@ def _pretrain(
         result.heldout_loss_after,
         metrics["heldout_behaviour_loss_before"],
         metrics["heldout_behaviour_loss_after"],
-        metrics["valid_recall@10_after"],
-        metrics["valid_ndcg@10_after"],
+        metrics.get("valid_recall@10_after", float("nan")),  # no probe for semantic identifiers
+        metrics.get("valid_ndcg@10_after", float("nan")),
         result.tokens_per_s,
     )
     return metrics

@@ -31,6 +31,7 @@ import pandas as pd
 
 from recfound.config import ConfigError
 from recfound.data.schema import SPLITS, Tables, TaskKind, TaskRecord
+from recfound.data.semantic_ids import collaborative_item_vectors, semantic_codes
 from recfound.data.splits import SPLIT_COLUMN, choose_cold_items, split_leave_one_out
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,40}")
@@ -194,6 +195,9 @@ class TaskContext:
         sequence_length: int = 50,
         max_train_next_item: int = 8000,
         next_item_train_positions: int = 8,
+        identifiers: str = "atomic",
+        semantic_levels: int = 2,
+        semantic_codebook_size: int = 32,
     ) -> TaskContext:
         """Remove cold items, deduplicate, split by leave-one-out and index per-user timelines.
 
@@ -240,7 +244,14 @@ class TaskContext:
         # Words for prompts: MovieLens items are movies with genres; other sources are generic.
         category_word = "categories" if tables.info.name == "amazon_jsonl" else "genres"
         item_noun = item_noun_of(tables.info.name)
-        train_items = split.loc[split[SPLIT_COLUMN] == "train", "item_id"].astype(str).unique()
+        train = split.loc[split[SPLIT_COLUMN] == "train"]
+        train_items = sorted(train["item_id"].astype(str).unique())
+        if identifiers == "semantic":
+            item_tokens = semantic_item_tokens(
+                train, train_items, semantic_levels, semantic_codebook_size, seed
+            )
+        else:
+            item_tokens = item_identifier_tokens(train_items)
         return cls(
             tables=tables,
             interactions=split,
@@ -258,7 +269,7 @@ class TaskContext:
             max_train_next_item=max_train_next_item,
             category_word=category_word,
             item_noun=item_noun,
-            item_tokens=item_identifier_tokens(sorted(train_items)),
+            item_tokens=item_tokens,
             _flat_user=users,
             _flat_position=position,
             _flat_from_end=split.groupby("user_id", sort=False)
@@ -514,6 +525,31 @@ def item_identifier_tokens(item_ids: Sequence[str]) -> dict[str, str]:
         item_id: f"<item_{item_id}>" if _SAFE_ID.fullmatch(item_id) else f"<item_#{n}>"
         for n, item_id in enumerate(item_ids)
     }
+
+
+def semantic_item_tokens(
+    train: pd.DataFrame, item_ids: Sequence[str], levels: int, codebook_size: int, seed: int
+) -> dict[str, str]:
+    """Each item's semantic identifier (``<item_a3><item_b17><item_s0>``): residual k-means
+    codes of its collaborative vector from the training interactions ``train``, made unique by a
+    suffix (:mod:`recfound.data.semantic_ids`)."""
+    if not item_ids:
+        return {}
+    vectors = collaborative_item_vectors(train, item_ids, seed=seed)
+    codes = semantic_codes(vectors, levels=levels, codebook_size=codebook_size, seed=seed)
+    return {item: codes.identifier(n) for n, item in enumerate(item_ids)}
+
+
+def identifier_vocabulary(item_tokens: dict[str, str]) -> list[str]:
+    """The distinct vocabulary tokens of the identifiers, in first-seen order: one per item for
+    atomic identifiers, the codebooks' tokens for semantic ones."""
+    return list(
+        dict.fromkeys(t for text in item_tokens.values() for t in IDENTIFIER_TOKEN.findall(text))
+    )
+
+
+# One identifier token: an atomic one is a whole identifier, a semantic one is a code position.
+IDENTIFIER_TOKEN = re.compile(r"<item_[^<>\s]+>")
 
 
 def item_noun_of(source: str) -> str:

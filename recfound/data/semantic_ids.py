@@ -10,18 +10,23 @@ cluster 17" once for the whole cluster. ``levels × codebook_size`` new tokens c
 whose codes collide (the suffix is the item's position within its collision group; its vocabulary
 is as large as the largest group).
 
-Which embeddings: the catalogue embeddings of the ``user2item`` task (the item text read by the
-trained adapter). They exist for every item with a text, cold and new items included (a
-collaborative-only embedding would not), and training contrasted them against users' histories,
-so they carry behaviour as well as content: neighbours in them are items the same users choose.
+Which embeddings, in the pipeline (``tasks.item_ids: semantic``): **collaborative** vectors of
+the training interactions (:func:`collaborative_item_vectors`, a truncated SVD of the
+normalised item × user matrix). The codes must exist when ``build_tasks`` writes the prompts,
+before any model is pretrained, so a content embedding from our own backbone is not available
+then (TIGER and LC-Rec use a separately trained text encoder; we ship none); and next-item
+prediction is about behaviour: items the same users choose share prefixes, so a prefix is a
+"taste cluster" the model can learn once. Only items of training interactions get a code, as
+they get an atomic token (cold items stay title-only). ``bench/recommend_scale.py`` quantises
+synthetic embeddings of 10^6 items to count the parameters the codes add at that scale.
 
 Generation must only emit codes that exist: :func:`constrained_beam_search` walks a
 :class:`CodeTrie` level by level and keeps, at each step, only continuations the trie allows, so
 every finished beam is an item. With a beam as wide as the catalogue it keeps every prefix and
-equals exhaustive scoring (tests/model/test_semantic_ids.py).
-
-The pipeline switch (``tasks.item_ids: semantic``: prompts and answers written with these codes)
-is not wired yet; this module is the quantiser, the trie and the decoder.
+equals exhaustive scoring (tests/data/test_semantic_ids.py). Evaluation and ``recommend`` score
+a code by the sum of its tokens' log-probabilities after the prompt
+(:meth:`recfound.model.recmodel.RecModel.catalogue_scores`); on catalogues the size of ml-100k
+they score every code exhaustively in one tree-masked forward pass per batch of prompts.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+import pandas as pd
+from scipy.sparse import csr_matrix
+from scipy.sparse.linalg import svds
 
 # Scores of one decoding step: given the prefixes (each a tuple of the code tokens so far, one
 # per beam), the log-probabilities of every token of the next level, ``(len(prefixes), vocab)``.
@@ -51,9 +59,53 @@ class SemanticCodes:
         return int(sum(self.level_sizes))
 
     def token_names(self, item: int) -> list[str]:
-        """``['<a_3>', '<b_17>', '<c_5>', '<s_0>']``: one token per position."""
+        """``['<item_a3>', '<item_b17>', '<item_c5>', '<item_s0>']``: one token per position
+        (written like atomic identifiers, so the corpus and the field cleaning treat them alike)."""
         names = [chr(ord("a") + n) for n in range(len(self.level_sizes) - 1)] + ["s"]
-        return [f"<{p}_{int(c)}>" for p, c in zip(names, self.codes[item], strict=True)]
+        return [f"<item_{p}{int(c)}>" for p, c in zip(names, self.codes[item], strict=True)]
+
+    def identifier(self, item: int) -> str:
+        """The item's identifier as prompts write it: its tokens without spaces."""
+        return "".join(self.token_names(item))
+
+    def vocabulary(self) -> list[str]:
+        """Every token a code may use (what the backbone's vocabulary gains)."""
+        names = [chr(ord("a") + n) for n in range(len(self.level_sizes) - 1)] + ["s"]
+        return [
+            f"<item_{p}{c}>"
+            for p, size in zip(names, self.level_sizes, strict=True)
+            for c in range(size)
+        ]
+
+
+def collaborative_item_vectors(
+    interactions: pd.DataFrame, item_ids: Sequence[str], dim: int = 32, seed: int = 0
+) -> np.ndarray:
+    """``(len(item_ids), dim)`` unit vectors of items from who interacted with them: the top
+    singular vectors (scaled by their singular values) of the item × user matrix normalised
+    ``D_items^-1/2 · A · D_users^-1/2`` (popular items and heavy users do not dominate).
+
+    ``interactions`` holds ``user_id`` and ``item_id`` (training interactions only: the codes
+    must not see held-out targets); ``dim`` is capped below the matrix's smaller side."""
+    index = {str(i): n for n, i in enumerate(item_ids)}
+    frame = interactions[interactions["item_id"].astype(str).isin(index)]
+    users = {u: n for n, u in enumerate(sorted(frame["user_id"].astype(str).unique()))}
+    rows = frame["item_id"].astype(str).map(index).to_numpy()
+    cols = frame["user_id"].astype(str).map(users).to_numpy()
+    matrix = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(index), max(len(users), 1)))
+    matrix.data[:] = 1.0  # a repeated interaction counts once
+    item_degree = np.asarray(matrix.sum(1)).ravel()
+    user_degree = np.asarray(matrix.sum(0)).ravel()
+    scale_items = 1.0 / np.sqrt(np.maximum(item_degree, 1.0))
+    scale_users = 1.0 / np.sqrt(np.maximum(user_degree, 1.0))
+    normalised = csr_matrix(matrix.multiply(scale_items[:, None]).multiply(scale_users[None, :]))
+    k = max(1, min(dim, min(normalised.shape) - 1))
+    start = np.random.default_rng(seed).standard_normal(min(normalised.shape))
+    left, values, _ = svds(normalised, k=k, v0=start)
+    order = np.argsort(-values)
+    vectors = left[:, order] * values[order]
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def residual_kmeans(

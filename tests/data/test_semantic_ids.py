@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from recfound.serving.semantic_ids import (
+from recfound.data.semantic_ids import (
     CodeTrie,
     constrained_beam_search,
     exhaustive_scores,
@@ -45,7 +45,9 @@ def test_every_item_gets_a_unique_code() -> None:
     assert len({tuple(c) for c in codes.codes.tolist()}) == 2000
     assert codes.level_sizes[:2] == (8, 8) and codes.level_sizes[2] >= 2  # duplicates collided
     assert codes.tokens_added == sum(codes.level_sizes) < 2000
-    assert codes.token_names(0)[0].startswith("<a_") and codes.token_names(0)[-1].startswith("<s_")
+    names = codes.token_names(0)
+    assert names[0].startswith("<item_a") and names[-1].startswith("<item_s")
+    assert set(names) <= set(codes.vocabulary()) and len(codes.vocabulary()) == codes.tokens_added
 
 
 def test_suffix_numbers_each_collision_group() -> None:
