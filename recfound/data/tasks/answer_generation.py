@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from numpy.random import Generator
+
 from recfound.data import schema as S
-from recfound.data.schema import TaskRecord
-from recfound.data.tasks.answerability_prediction import item_context, item_questions
-from recfound.data.tasks.base import VALUE_FORMAT, TaskBuilder, TaskContext
+from recfound.data.tasks.answerability_prediction import item_context, pick_question
+from recfound.data.tasks.base import VALUE_FORMAT, Fields, ItemInfo, ItemTaskBuilder, TaskContext
 
 
-class AnswerGenerationBuilder(TaskBuilder):
+class AnswerGenerationBuilder(ItemTaskBuilder):
     """Per item, a seeded question about one of its attributes, answered from its full text.
     Split by a seeded item hash."""
 
@@ -21,21 +22,13 @@ class AnswerGenerationBuilder(TaskBuilder):
         "answer is that value, read from the item's text."
     )
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        records = []
-        for item_id in ctx.item_pool:
-            item = ctx.items[item_id]
-            questions = item_questions(ctx, item)
-            if not questions:
-                continue
-            question, answer = questions[sorted(questions)[int(rng.integers(len(questions)))]]
-            records.append(
-                self.record(
-                    ctx.item_split(f"item:{item_id}"),
-                    prompt=f"Context: {item_context(ctx, item)}\nQuestion: {question}",
-                    target=answer,
-                    item_id=str(item_id),
-                )
-            )
-        return ctx.cap_records(records, rng)
+    def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
+        picked = pick_question(ctx, item, rng)
+        if picked is None:
+            return None
+        _, question, answer = picked
+        return {
+            "prompt": f"Context: {item_context(ctx, item)}\nQuestion: {question}",
+            "target": answer,
+            "item_id": item.item_id,
+        }

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from numpy.random import Generator
+
 from recfound.data import schema as S
-from recfound.data.schema import TaskRecord
-from recfound.data.tasks.base import ItemInfo, TaskBuilder, TaskContext
+from recfound.data.tasks.base import Fields, ItemInfo, ItemTaskBuilder, TaskContext
 
 ANSWERABILITY = ["answerable", "unanswerable"]
 
@@ -22,6 +23,15 @@ def item_questions(ctx: TaskContext, item: ItemInfo) -> dict[str, tuple[str, str
     return questions
 
 
+def pick_question(ctx: TaskContext, item: ItemInfo, rng: Generator) -> tuple[str, str, str] | None:
+    """A seeded (attribute, question, answer) of :func:`item_questions`; None if it has none."""
+    questions = item_questions(ctx, item)
+    if not questions:
+        return None
+    attribute = sorted(questions)[int(rng.integers(len(questions)))]
+    return attribute, *questions[attribute]
+
+
 def item_context(ctx: TaskContext, item: ItemInfo, omit: str | None = None) -> str:
     """The item's text, without its year or its categories when ``omit`` names one."""
     parts = [item.title if omit == "year" or item.year is None else ctx.item_title(item.item_id)]
@@ -32,7 +42,7 @@ def item_context(ctx: TaskContext, item: ItemInfo, omit: str | None = None) -> s
     return " — ".join(parts)
 
 
-class AnswerabilityPredictionBuilder(TaskBuilder):
+class AnswerabilityPredictionBuilder(ItemTaskBuilder):
     """Per item, a seeded question about one of its attributes; with probability ½ the context
     is the item's full text (answerable, label 1.0), else the text with that attribute removed
     (unanswerable, label 0.0). Split by a seeded item hash."""
@@ -45,26 +55,18 @@ class AnswerabilityPredictionBuilder(TaskBuilder):
         "context is its text with or without that attribute."
     )
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        records = []
-        for item_id in ctx.item_pool:
-            item = ctx.items[item_id]
-            questions = item_questions(ctx, item)
-            if not questions:
-                continue
-            attribute = sorted(questions)[int(rng.integers(len(questions)))]
-            answerable = bool(rng.random() < 0.5)
-            context = item_context(ctx, item, omit=None if answerable else attribute)
-            records.append(
-                self.record(
-                    ctx.item_split(f"item:{item_id}"),
-                    prompt=f"Context: {context}\nQuestion: {questions[attribute][0]}\n"
-                    "Can the question be answered from the context?",
-                    target=ANSWERABILITY[0] if answerable else ANSWERABILITY[1],
-                    item_id=str(item_id),
-                    candidates=list(ANSWERABILITY),
-                    label=1.0 if answerable else 0.0,
-                )
-            )
-        return ctx.cap_records(records, rng)
+    def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
+        picked = pick_question(ctx, item, rng)
+        if picked is None:
+            return None
+        attribute, question, _ = picked
+        answerable = bool(rng.random() < 0.5)
+        context = item_context(ctx, item, omit=None if answerable else attribute)
+        return {
+            "prompt": f"Context: {context}\nQuestion: {question}\n"
+            "Can the question be answered from the context?",
+            "target": ANSWERABILITY[0] if answerable else ANSWERABILITY[1],
+            "item_id": item.item_id,
+            "candidates": list(ANSWERABILITY),
+            "label": 1.0 if answerable else 0.0,
+        }

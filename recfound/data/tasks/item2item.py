@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
+from numpy.random import Generator
 
 from recfound.data import schema as S
-from recfound.data.schema import TaskRecord
-from recfound.data.tasks.base import TaskBuilder, TaskContext
+from recfound.data.tasks.base import Fields, ItemInfo, ItemTaskBuilder, TaskContext
 
 MIN_CO_LIKES = 2
 TOP_PARTNERS = 10
 
 
-def co_liked_counts(ctx: TaskContext) -> sparse.csr_matrix:
-    """Item × item counts of users who liked both (rating ≥ threshold), indexed like
-    ``ctx.item_pool``, from *train* interactions only so no held-out interaction shapes a pair."""
-    train = ctx.train_interactions
-    liked = train[train["rating"].to_numpy(dtype=float) >= ctx.rating_threshold]
-    item_index = {item: n for n, item in enumerate(ctx.item_pool)}
-    columns = liked["item_id"].map(item_index).to_numpy()
-    rows = liked["user_id"].factorize()[0]
-    users_by_items = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.int32), (rows, columns)),
-        shape=(rows.max() + 1 if len(rows) else 0, len(ctx.item_pool)),
-    )
-    counts = (users_by_items.T @ users_by_items).tocsr()
-    counts.setdiag(0)
-    counts.eliminate_zeros()
-    return counts
-
-
-def co_liked_partner(
-    counts: sparse.csr_matrix, anchor: int, rng: np.random.Generator
-) -> int | None:
-    """A seeded pick among ``anchor``'s top co-liked items, weighted by count; None if none has
-    at least ``MIN_CO_LIKES`` common fans."""
+def co_liked_partner(ctx: TaskContext, anchor_id: str, rng: np.random.Generator) -> str | None:
+    """A seeded pick among the anchor's top co-liked items (:attr:`TaskContext.co_liked_counts`),
+    weighted by count; None if none has at least ``MIN_CO_LIKES`` common fans."""
+    counts, anchor = ctx.co_liked_counts, ctx.item_positions[anchor_id]
     start, end = counts.indptr[anchor], counts.indptr[anchor + 1]
     partners, weights = counts.indices[start:end], counts.data[start:end]
     keep = weights >= MIN_CO_LIKES
@@ -44,10 +24,10 @@ def co_liked_partner(
         return None
     top = np.lexsort((partners, -weights))[:TOP_PARTNERS]
     chosen = rng.choice(top, p=weights[top] / weights[top].sum())
-    return int(partners[chosen])
+    return str(ctx.item_pool[partners[chosen]])
 
 
-class Item2ItemBuilder(TaskBuilder):
+class Item2ItemBuilder(ItemTaskBuilder):
     """Query = an anchor item's text; positive = a co-liked item's text (``item_id``). Anchors are
     split 80/10/10 by a seeded hash; ``history_ids`` = [anchor] (excluded from ranking)."""
 
@@ -59,23 +39,14 @@ class Item2ItemBuilder(TaskBuilder):
         "threshold) by the same users in the training interactions."
     )
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        counts = co_liked_counts(ctx)
-        records = []
-        for anchor, anchor_id in enumerate(ctx.item_pool):
-            partner = co_liked_partner(counts, anchor, rng)
-            if partner is None:
-                continue
-            partner_id = str(ctx.item_pool[partner])
-            records.append(
-                self.record(
-                    ctx.item_split(f"item:{anchor_id}"),
-                    prompt=f"Find a {ctx.item_noun} liked by fans of this one.\n"
-                    f"{ctx.item_text(anchor_id)}",
-                    target=ctx.item_text(partner_id),
-                    item_id=partner_id,
-                    history_ids=[str(anchor_id)],
-                )
-            )
-        return ctx.cap_records(records, rng)
+    def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
+        partner_id = co_liked_partner(ctx, item.item_id, rng)
+        if partner_id is None:
+            return None
+        return {
+            "prompt": f"Find a {ctx.item_noun} liked by fans of this one.\n"
+            f"{ctx.item_text(item.item_id)}",
+            "target": ctx.item_text(partner_id),
+            "item_id": partner_id,
+            "history_ids": [item.item_id],
+        }
