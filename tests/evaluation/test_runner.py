@@ -26,7 +26,6 @@ from recfound.evaluation.outputs import (
     metric_estimates,
     paired_difference,
     task_metrics,
-    token_f1,
 )
 from recfound.evaluation.protocols import (
     EvalSet,
@@ -46,6 +45,7 @@ from recfound.evaluation.scores import (
     records_document,
     summarize,
 )
+from recfound.metrics import token_f1
 from recfound.model.bundle import load_bundle
 
 ITEMS = pd.DataFrame(
