@@ -9,25 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from recfound.config import S2SchedConfig, TrainConfig
 from recfound.model.bundle import adapter_tensors
 from recfound.train.checkpoint import CheckpointError, load_checkpoint
 from recfound.train.throughput import StepFlops, train_flops_per_token
 from recfound.train.trainer import Trainer, TrainingInterrupted, frozen_to_bf16
-from tests.train.tiny import tiny_model, tiny_tasks
+from tests.train.tiny import tiny_model, tiny_tasks, tiny_train_config
 
-PARAMS = TrainConfig(
-    steps=12,
-    batch_size=8,
-    embedding_batch_size=8,
-    samples_per_task=4,
-    eval_every=4,
-    val_batch_size=8,
-    checkpoint_every=4,
-    learning_rate=5e-3,
-    warmup_steps=2,
-    s2sched=S2SchedConfig(warmup_steps=2, update_every=2, window=3),
-)
+PARAMS = tiny_train_config()
 SEED = 3
 
 
