@@ -72,12 +72,13 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     assert (repo_copy / "dvc.lock").is_file()
     assert (repo_copy / "models" / "backbone" / "config.json").is_file()
     for checkpoint in ("last", "best_generative", "best_embedding"):
-        assert (repo_copy / "models" / "train" / checkpoint / "checkpoint.safetensors").is_file()
+        assert (repo_copy / "models" / "train" / checkpoint / "adapter_model.safetensors").is_file()
     train = json.loads((repo_copy / "reports" / "train.json").read_text())
     assert train["steps"] == 6
     assert (repo_copy / "reports" / "plots" / "train_task_share.png").is_file()
     merge = json.loads((repo_copy / "reports" / "merge.json").read_text())
-    assert merge["trials"] == 2 and (repo_copy / "models" / "merged" / "model_spec.json").is_file()
+    assert merge["trials"] == 2
+    assert (repo_copy / "models" / "merged" / "adapter_config.json").is_file()
     evaluation = json.loads((repo_copy / "reports" / "metrics.json").read_text())
     assert len(evaluation["tasks"]) == metrics["num_tasks"]  # zero_shot answered as ctr
     assert {"popularity", "item_knn", "bm25", "majority"} <= set(evaluation["baselines"])

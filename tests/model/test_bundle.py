@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from recfound.model.adapter_format import CONFIG_FILE, WEIGHTS_FILE, AdapterLoadError
 from recfound.model.bundle import (
-    SPEC_FILE,
-    WEIGHTS_FILE,
-    BundleError,
     adapter_tensors,
     load_adapter_tensors,
     load_bundle,
@@ -39,18 +37,18 @@ def test_damaged_or_foreign_bundles_are_clear_errors(tiny_bundle, tmp_path: Path
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)
     (broken / WEIGHTS_FILE).write_bytes(b"not safetensors")
-    with pytest.raises(BundleError, match="cannot be read"):
+    with pytest.raises(AdapterLoadError, match="cannot be read"):
         load_bundle(backbone, broken)
 
     foreign = tmp_path / "foreign"
     shutil.copytree(bundle, foreign)
-    raw = json.loads((foreign / SPEC_FILE).read_text())
-    raw["adapter"]["settings"]["rank"] *= 2  # tensors no longer fit the spec
-    (foreign / SPEC_FILE).write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="has shape"):
+    raw = json.loads((foreign / CONFIG_FILE).read_text())
+    raw["config"]["adapter"]["settings"]["rank"] *= 2  # tensors no longer fit the spec
+    (foreign / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(AdapterLoadError, match="shapes differ"):
         load_bundle(backbone, foreign)
 
-    with pytest.raises(BundleError, match="not a RecFound model bundle"):
+    with pytest.raises(AdapterLoadError, match="not a RecFound model bundle"):
         load_bundle(backbone, tmp_path)
 
 
@@ -102,9 +100,9 @@ def test_bundles_written_before_the_settings_were_nested_still_load(
     backbone, bundle = tiny_bundle
     old = tmp_path / "old"
     shutil.copytree(bundle, old)
-    raw = json.loads((old / SPEC_FILE).read_text())
-    raw["adapter"] = flat_adapter(raw["adapter"])
-    (old / SPEC_FILE).write_text(json.dumps(raw))
+    raw = json.loads((old / CONFIG_FILE).read_text())
+    raw["config"]["adapter"] = flat_adapter(raw["config"]["adapter"])
+    (old / CONFIG_FILE).write_text(json.dumps(raw))
     assert read_spec(old)[0] == read_spec(bundle)[0]
     texts = ["Toy Story (1995)", "GoldenEye (1995)"]
     now, before = load_bundle(backbone, bundle), load_bundle(backbone, old)
@@ -123,8 +121,8 @@ def test_a_bad_adapter_setting_in_a_bundle_names_the_key(tiny_bundle, tmp_path: 
     backbone, bundle = tiny_bundle
     bad = tmp_path / "bad"
     shutil.copytree(bundle, bad)
-    raw = json.loads((bad / SPEC_FILE).read_text())
-    raw["adapter"]["settings"]["rank"] = 0
-    (bad / SPEC_FILE).write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="damaged.*rank"):
+    raw = json.loads((bad / CONFIG_FILE).read_text())
+    raw["config"]["adapter"]["settings"]["rank"] = 0
+    (bad / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(AdapterLoadError, match="damaged.*rank"):
         read_spec(bad)

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from recfound.config import OptionParams
+from recfound.model.adapter_format import AdapterLoadError
 from recfound.model.build import AdapterSpec
 from recfound.model.option import OptionConfig, OptionConfigError, OptionModel
-from recfound.model.tmole import AdapterLoadError, TaskSelectionError
+from recfound.model.tmole import TaskSelectionError
 from tests.model.test_tmole import logits_of, tiny_llama, token_batch
 from tests.numeric import assert_close_scaled
 from tests.train.tiny import tiny_model, tiny_tasks
@@ -228,7 +229,7 @@ def test_trainer_trains_options_unchanged(tmp_path: Path) -> None:
     first = result.val_history[0][1]
     for task in ("genre", "year", "match"):
         assert result.final_val_loss[f"{task}/loss"] < first[f"{task}/loss"]
-    assert (tmp_path / "last" / "checkpoint.safetensors").is_file()
+    assert (tmp_path / "last" / "adapter_model.safetensors").is_file()
 
 
 def test_merged_option_bundle_loads_and_serves(tiny_bundle, tmp_path: Path) -> None:

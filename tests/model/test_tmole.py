@@ -14,9 +14,9 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from recfound.model.adapter_format import AdapterLoadError
 from recfound.model.lora import LoRAAdapter
 from recfound.model.tmole import (
-    AdapterLoadError,
     TaskSelectionError,
     TMoLEConfig,
     TMoLEConfigError,

@@ -155,7 +155,7 @@ def test_register_names_the_stage_to_run_first(tmp_path: Path) -> None:
         run_register(cfg)
     bundle = Path(cfg.paths.merged)
     bundle.mkdir()
-    (bundle / "model_spec.json").write_text("{}")
+    (bundle / "adapter_config.json").write_text("{}")
     with pytest.raises(UserInputError, match="run `recfound evaluate`"):
         run_register(cfg)
     (Path(cfg.paths.reports) / "metrics.json").parent.mkdir(parents=True)
