@@ -36,7 +36,6 @@ from recfound.layout import (
     SPLIT_INTERACTIONS_FILE,
 )
 from recfound.model.adapter_format import CONFIG_FILE
-from recfound.model.backbone import resolve_backbone_dir
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.serving.publish import log_and_register
 from recfound.serving.snapshot import write_serving_catalogue
@@ -148,7 +147,7 @@ def registry_params(cfg: Config) -> dict[str, Any]:
 
 def run_register(cfg: Config) -> dict[str, Any]:
     """Register the merged model, gate it against the champion, write reports/registry.json."""
-    backbone = resolve_backbone_dir(cfg.paths.backbone)  # the weights, not a pointer file
+    backbone = Path(cfg.paths.backbone)
     bundle = Path(cfg.paths.merged)
     metrics_path = Path(cfg.paths.reports) / "metrics.json"
     _require(backbone / "config.json", "the backbone", "pretrain")
