@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from numpy.random import Generator
 
-from recfound.data import schema as S
-from recfound.data.tasks.base import VALUE_FORMAT, Fields, ItemInfo, ItemTaskBuilder, TaskContext
+from recfound.data.tasks.base import (
+    VALUE_FORMAT,
+    Fields,
+    ItemAttributeTaskBuilder,
+    ItemInfo,
+    TaskContext,
+)
 
 
-class AttributeValueExtractionBuilder(ItemTaskBuilder):
+class AttributeValueExtractionBuilder(ItemAttributeTaskBuilder):
     """Per item, a seeded choice of an attribute it has (its categories, or its year) is asked
     for; the answer is the real value as it appears in the listing. Split by item hash."""
 
     name = "attribute_value_extraction"
     answer_format = VALUE_FORMAT
     kind = "generative"
-    needs = frozenset({S.SIGNAL_ITEM_TEXT, S.SIGNAL_ITEM_CATEGORIES})
     derived = (
         "The source has no annotated attribute spans: the listing is the item's own text and "
         "the value is its real category list or release year."

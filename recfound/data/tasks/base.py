@@ -32,7 +32,14 @@ from numpy.random import Generator
 from scipy import sparse
 
 from recfound.config import ConfigError
-from recfound.data.schema import SPLITS, Tables, TaskKind, TaskRecord
+from recfound.data.schema import (
+    SIGNAL_ITEM_CATEGORIES,
+    SIGNAL_ITEM_TEXT,
+    SPLITS,
+    Tables,
+    TaskKind,
+    TaskRecord,
+)
 from recfound.data.splits import SPLIT_COLUMN, choose_cold_items, split_leave_one_out
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,40}")
@@ -650,3 +657,10 @@ class ItemTaskBuilder(TaskBuilder):
             if fields is not None:
                 records.append(self.record(ctx.item_split(f"item:{item_id}"), **fields))
         return ctx.cap_records(records, rng)
+
+
+class ItemAttributeTaskBuilder(ItemTaskBuilder):
+    """An item-level task made from one item's own text and categories (no user, no
+    interaction): questions, queries and listings written from its real attributes."""
+
+    needs = frozenset({SIGNAL_ITEM_TEXT, SIGNAL_ITEM_CATEGORIES})

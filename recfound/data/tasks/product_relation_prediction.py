@@ -4,29 +4,26 @@ from __future__ import annotations
 
 from numpy.random import Generator
 
-from recfound.data import schema as S
-from recfound.data.tasks.base import YES_NO, Fields, ItemInfo, ItemTaskBuilder, TaskContext
-from recfound.data.tasks.item2item import co_liked_partner
+from recfound.data.tasks.base import YES_NO, Fields, TaskContext
+from recfound.data.tasks.item2item import CoLikedPairBuilder
 
 
-class ProductRelationPredictionBuilder(ItemTaskBuilder):
+class ProductRelationPredictionBuilder(CoLikedPairBuilder):
     """Per anchor item, one pair: with probability ½ a co-liked partner (yes, label 1.0), else a
     random item no user liked together with it (no, label 0.0). Split by a seeded hash of the
     anchor; ``history_ids`` = [anchor], ``item_id`` = the other item."""
 
     name = "product_relation_prediction"
     kind = "generative"
-    needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT})
     derived = (
         "The source has no product-relation labels: 'related' means liked by at least two of the "
         "same users in the training interactions, 'unrelated' means never liked together."
     )
 
-    def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
-        item_id = item.item_id
-        partner_id = co_liked_partner(ctx, item_id, rng)
-        if partner_id is None:
-            return None
+    def pair_fields(
+        self, ctx: TaskContext, anchor_id: str, partner_id: str, rng: Generator
+    ) -> Fields:
+        item_id = anchor_id
         related = bool(rng.random() < 0.5)
         if related:
             other_id = partner_id
@@ -40,7 +37,6 @@ class ProductRelationPredictionBuilder(ItemTaskBuilder):
             "Are A and B liked by the same users? Answer yes or no.",
             "target": "yes" if related else "no",
             "item_id": other_id,
-            "history_ids": [item_id],
             "candidates": list(YES_NO),
             "label": 1.0 if related else 0.0,
         }

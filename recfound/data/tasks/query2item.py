@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from numpy.random import Generator
 
-from recfound.data import schema as S
-from recfound.data.tasks.base import Fields, ItemInfo, ItemTaskBuilder, TaskContext
+from recfound.data.tasks.base import Fields, ItemAttributeTaskBuilder, ItemInfo, TaskContext
 
 
 def attribute_query(ctx: TaskContext, item: ItemInfo, rng: Generator) -> str:
@@ -22,23 +23,33 @@ def attribute_query(ctx: TaskContext, item: ItemInfo, rng: Generator) -> str:
     return query
 
 
-class Query2ItemBuilder(ItemTaskBuilder):
-    """Items are split 80/10/10 by a seeded hash; the positive document is the item's text."""
+class QueryTaskBuilder(ItemAttributeTaskBuilder):
+    """A task about a search query written from an item's categories and year
+    (:func:`attribute_query`); an item without categories makes no record."""
 
-    name = "query2item"
-    kind = "embedding"
-    needs = frozenset({S.SIGNAL_ITEM_TEXT, S.SIGNAL_ITEM_CATEGORIES})
-    derived = (
-        "The source has no search queries: each query is written from the item's real categories "
-        "and year, and its positive is that item."
-    )
+    @abstractmethod
+    def query_fields(self, ctx: TaskContext, item: ItemInfo, query: str, rng: Generator) -> Fields:
+        """The record's fields for ``query`` about ``item``; ``item_id`` is filled in."""
 
     def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
         if not item.genres:
             return None
         query = attribute_query(ctx, item, rng)
+        return {**self.query_fields(ctx, item, query, rng), "item_id": item.item_id}
+
+
+class Query2ItemBuilder(QueryTaskBuilder):
+    """Items are split 80/10/10 by a seeded hash; the positive document is the item's text."""
+
+    name = "query2item"
+    kind = "embedding"
+    derived = (
+        "The source has no search queries: each query is written from the item's real categories "
+        "and year, and its positive is that item."
+    )
+
+    def query_fields(self, ctx: TaskContext, item: ItemInfo, query: str, rng: Generator) -> Fields:
         return {
             "prompt": f"Find the {ctx.item_noun} this search asks for.\n{query}",
             "target": ctx.item_text(item.item_id),
-            "item_id": item.item_id,
         }

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from numpy.random import Generator
 
-from recfound.data import schema as S
-from recfound.data.tasks.base import Fields, ItemInfo, ItemTaskBuilder, TaskContext
-from recfound.data.tasks.query2item import attribute_query
+from recfound.data.tasks.base import Fields, ItemInfo, TaskContext
+from recfound.data.tasks.query2item import QueryTaskBuilder
 
 FILLERS = frozenset({"and", "from", "the"})
 
 
-class QueryRewritingBuilder(ItemTaskBuilder):
+class QueryRewritingBuilder(QueryTaskBuilder):
     """The clean query is :func:`attribute_query` of an item; the noisy input is its keywords,
     lower-cased, seeded-shuffled, with filler words dropped and years shortened (``'95``)."""
 
@@ -21,21 +20,16 @@ class QueryRewritingBuilder(ItemTaskBuilder):
         r"( from (the )?\d{4}s?)?"
     )
     kind = "generative"
-    needs = frozenset({S.SIGNAL_ITEM_TEXT, S.SIGNAL_ITEM_CATEGORIES})
     derived = (
         "The source has no query logs: the clean query is written from an item's real categories "
         "and year and the noisy query is its shuffled, shortened keywords."
     )
 
-    def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
-        if not item.genres:
-            return None
-        clean = attribute_query(ctx, item, rng)
+    def query_fields(self, ctx: TaskContext, item: ItemInfo, clean: str, rng: Generator) -> Fields:
         words = [w.lower() for w in clean.split() if w not in FILLERS]
         words = [f"'{w[2:]}" if w.isdigit() and len(w) == 4 else w for w in words]
         noisy = " ".join(words[i] for i in rng.permutation(len(words)))
         return {
             "prompt": f"Rewrite this search query as a clear request: {noisy}",
             "target": clean,
-            "item_id": item.item_id,
         }
