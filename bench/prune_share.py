@@ -40,13 +40,14 @@ from recfound.config import parse_config
 from recfound.data.datasets import read_task_frames, task_kind
 from recfound.evaluation.model_predictions import evaluate_model
 from recfound.evaluation.protocols import load_eval_set
+from recfound.model.adapter_format import WEIGHTS_FILE
 from recfound.model.backbone import (
     BuiltinSpec,
     build_builtin_backbone,
     load_backbone,
     save_backbone,
 )
-from recfound.model.bundle import WEIGHTS_FILE, build_from_spec, load_adapter_tensors, read_spec
+from recfound.model.bundle import build_from_spec, load_adapter_tensors, read_spec
 from recfound.model.prune import importance_scores, prune_adapter_tensors, prune_model
 from recfound.stages.pretrain import run_pretrain
 

@@ -34,17 +34,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from recfound.config import TrainConfig, load_config
-from recfound.data.sources import load_ml100k
 from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
 from recfound.model.build import build_rec_model
 from recfound.train.from_config import adapter_spec
 from recfound.train.pretrain import pretrain_causal_lm
 from recfound.train.pretrain_fit import prepare_trainable
-from recfound.train.trainer import TaskData, Trainer
+from recfound.train.trainer import Trainer
+from tests.train.tiny import tiny_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,24 +53,6 @@ def builtin_spec(cfg) -> BuiltinSpec:
     return BuiltinSpec(
         b.hidden_size, b.num_layers, b.num_heads, b.intermediate_size, b.max_length, b.vocab_size
     )
-
-
-def item_tasks(n_train: int = 600, n_valid: int = 16) -> list[TaskData]:
-    """Two generative tasks and one embedding task from ml-100k's item attributes (as the trainer
-    tests' tiny setup); the step's sizes come from params.yaml, not from these records."""
-    items = load_ml100k().items.head(n_train + n_valid).reset_index(drop=True)
-    genres = items["categories"].str.replace("|", ", ")
-    years = items["year"].astype("string").fillna("unknown")
-    frames = {
-        "genre": ("generative", "Genres of " + items["title"], genres),
-        "year": ("generative", "Year of " + items["title"], years),
-        "match": ("embedding", items["title"], "genres: " + genres + "; year " + years),
-    }
-    tasks = []
-    for name, (kind, prompts, targets) in frames.items():
-        frame = pd.DataFrame({"prompt": prompts.astype(str), "target": targets.astype(str)})
-        tasks.append(TaskData(name, kind, frame.iloc[:n_train], frame.iloc[n_train:]))
-    return tasks
 
 
 def set_attention(model: torch.nn.Module, implementation: str) -> None:
@@ -84,7 +65,9 @@ def set_attention(model: torch.nn.Module, implementation: str) -> None:
 def train_variant(cfg, name: str, out: Path) -> tuple[Trainer, Callable[[], tuple[int, float]]]:
     """A trainer at params.yaml's sizes with the variant's setting, and a function that times
     one step: (tokens, seconds)."""
-    tasks = item_tasks()
+    # two generative tasks and one embedding task from ml-100k's item attributes (the trainer
+    # tests' tiny tasks); the step's sizes come from params.yaml, not from these records
+    tasks = tiny_tasks(n_train=600, n_valid=16, questions=True)
     texts = [str(t) for task in tasks for t in [*task.train.prompt, *task.train.target]]
     tokenizer = train_bpe_tokenizer(texts, cfg.model.builtin.vocab_size)
     base = build_builtin_backbone(builtin_spec(cfg), tokenizer, seed=cfg.seed)

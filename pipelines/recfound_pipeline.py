@@ -218,44 +218,34 @@ def _wire_stages(
         data_rev=data_rev,
         data_remote=data_remote,
     )
-    validated = validate(params=settings, interim=ingested.outputs["interim"])
-    built = build_tasks(
-        params=settings,
-        interim=ingested.outputs["interim"],
-        validation=validated.outputs["report"],
-    )
-    learned = baselines(params=settings, tasks=built.outputs["tasks"])
-    pretrained = pretrain(params=settings, tasks=built.outputs["tasks"])
-    trained = train(
-        params=settings, tasks=built.outputs["tasks"], backbone=pretrained.outputs["backbone"]
-    )
-    merged = merge(
-        params=settings,
-        tasks=built.outputs["tasks"],
-        backbone=pretrained.outputs["backbone"],
-        checkpoints=trained.outputs["checkpoints"],
-    )
+    interim = ingested.outputs["interim"]
+    validated = validate(params=settings, interim=interim)
+    built = build_tasks(params=settings, interim=interim, validation=validated.outputs["report"])
+    task_data = built.outputs["tasks"]
+    learned = baselines(params=settings, tasks=task_data)
+    pretrained = pretrain(params=settings, tasks=task_data)
+    backbone = pretrained.outputs["backbone"]
+    trained = train(params=settings, tasks=task_data, backbone=backbone)
+    checkpoints = trained.outputs["checkpoints"]
+    merged = merge(params=settings, tasks=task_data, backbone=backbone, checkpoints=checkpoints)
+    merged_model = merged.outputs["merged"]
     evaluated = evaluate(
         params=settings,
-        tasks=built.outputs["tasks"],
-        backbone=pretrained.outputs["backbone"],
-        merged=merged.outputs["merged"],
+        tasks=task_data,
+        backbone=backbone,
+        merged=merged_model,
         baselines=learned.outputs["baselines"],
     )
     registered = register(
         params=settings,
-        tasks=built.outputs["tasks"],
-        interim=ingested.outputs["interim"],
-        backbone=pretrained.outputs["backbone"],
-        merged=merged.outputs["merged"],
+        tasks=task_data,
+        interim=interim,
+        backbone=backbone,
+        merged=merged_model,
         evaluation=evaluated.outputs["report"],
     )
     listed = recommend(
-        params=settings,
-        interim=ingested.outputs["interim"],
-        tasks=built.outputs["tasks"],
-        backbone=pretrained.outputs["backbone"],
-        merged=merged.outputs["merged"],
+        params=settings, interim=interim, tasks=task_data, backbone=backbone, merged=merged_model
     ).after(registered)  # the published lists are the registered version's
     return {
         "check-params": params,

@@ -1,7 +1,10 @@
 """Evaluation metrics: full-ranking retrieval, regression, AUC, classification and text overlap.
 
-All metrics return plain Python ``float``. Inputs are array-likes; a wrong shape, an empty input
-or a value outside a metric's domain raises :class:`MetricError`.
+Inputs are array-likes; a wrong shape, an empty input or a value outside a metric's domain raises
+:class:`MetricError`. The per-record metrics (ranking, classification, regression) average over
+the last axis: a 1-D input gives a plain Python ``float``, a ``(n_resamples, n)`` matrix of
+resampled records gives one value per resample (what the bootstrap of
+:mod:`recfound.evaluation.outputs` computes with the same functions).
 
 Retrieval follows the full-ranking protocol: each query scores *all* items, the items of the user's
 history are excluded (the target never is), and the 1-based rank of the single held-out target is
@@ -95,10 +98,23 @@ def rank_of_targets(
     return 1 + (ahead & counted).sum(axis=1).astype(np.int64)
 
 
+Averaged = float | np.ndarray  # a float for a 1-D input, else one value per leading index
+
+
+def _plain(value: np.ndarray | float) -> Averaged:
+    """A 0-d result as a Python float; arrays as they are."""
+    return float(value) if np.ndim(value) == 0 else value
+
+
+def _mean_last(values: np.ndarray) -> Averaged:
+    """The mean over the last axis: a float for a 1-D input."""
+    return _plain(values.mean(axis=-1))
+
+
 def _check_ranks(ranks: np.ndarray | Sequence[int], k: int | None) -> np.ndarray:
     values = np.asarray(ranks)
-    if values.ndim != 1 or values.size == 0:
-        raise MetricError(f"ranks must be a non-empty 1-D array, got shape {values.shape}")
+    if values.ndim < 1 or values.shape[-1] == 0:
+        raise MetricError(f"ranks must be a non-empty array, got shape {values.shape}")
     if (values < 1).any():
         raise MetricError("ranks are 1-based; got a rank below 1")
     if k is not None and (isinstance(k, bool) or int(k) != k or k < 1):
@@ -106,31 +122,25 @@ def _check_ranks(ranks: np.ndarray | Sequence[int], k: int | None) -> np.ndarray
     return values.astype(np.float64)
 
 
-def recall_at_k(ranks: np.ndarray | Sequence[int], k: int) -> float:
-    """Fraction of queries whose single target ranks within the top ``k``."""
+def recall_at_k(ranks: np.ndarray | Sequence[int], k: int) -> Averaged:
+    """Fraction of queries whose single target ranks within the top ``k`` (the hit rate)."""
     values = _check_ranks(ranks, k)
-    return float(np.mean(values <= k))
+    return _mean_last(values <= k)
 
 
-def hit_rate_at_k(ranks: np.ndarray | Sequence[int], k: int) -> float:
-    """Fraction of queries with a hit in the top ``k``; equals Recall@K with one target."""
-    return recall_at_k(ranks, k)
-
-
-def ndcg_at_k(ranks: np.ndarray | Sequence[int], k: int) -> float:
+def ndcg_at_k(ranks: np.ndarray | Sequence[int], k: int) -> Averaged:
     """Mean NDCG@K with one relevant item: ``1 / log2(rank + 1)`` if ``rank <= k`` else 0."""
     values = _check_ranks(ranks, k)
-    gains = np.where(values <= k, 1.0 / np.log2(values + 1.0), 0.0)
-    return float(np.mean(gains))
+    return _mean_last(np.where(values <= k, 1.0 / np.log2(values + 1.0), 0.0))
 
 
-def mrr_at_k(ranks: np.ndarray | Sequence[int], k: int | None = None) -> float:
+def mrr_at_k(ranks: np.ndarray | Sequence[int], k: int | None = None) -> Averaged:
     """Mean reciprocal rank; targets ranked below ``k`` (when given) count 0."""
     values = _check_ranks(ranks, k)
     reciprocal = 1.0 / values
     if k is not None:
         reciprocal = np.where(values <= k, reciprocal, 0.0)
-    return float(np.mean(reciprocal))
+    return _mean_last(reciprocal)
 
 
 # --------------------------------------------------------------------------- regression, AUC
@@ -139,8 +149,8 @@ def mrr_at_k(ranks: np.ndarray | Sequence[int], k: int | None = None) -> float:
 def _paired_floats(
     y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    a = np.asarray(y_true, dtype=np.float64).reshape(-1)
-    b = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    a = np.asarray(y_true, dtype=np.float64)
+    b = np.asarray(y_pred, dtype=np.float64)
     if a.size == 0 or a.shape != b.shape:
         raise MetricError(f"need two non-empty arrays of equal size, got {a.size} and {b.size}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
@@ -148,16 +158,16 @@ def _paired_floats(
     return a, b
 
 
-def rmse(y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequence[float]) -> float:
+def rmse(y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequence[float]) -> Averaged:
     """Root mean squared error, in the units of the targets (e.g. rating stars)."""
     a, b = _paired_floats(y_true, y_pred)
-    return float(np.sqrt(np.mean((a - b) ** 2)))
+    return _plain(np.sqrt(((b - a) ** 2).mean(axis=-1)))
 
 
-def mae(y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequence[float]) -> float:
+def mae(y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequence[float]) -> Averaged:
     """Mean absolute error, in the units of the targets."""
     a, b = _paired_floats(y_true, y_pred)
-    return float(np.mean(np.abs(a - b)))
+    return _mean_last(np.abs(b - a))
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -196,43 +206,46 @@ def auc(labels: np.ndarray | Sequence[int], scores: np.ndarray | Sequence[float]
 
 def _paired_labels(
     y_true: Sequence[Hashable] | np.ndarray, y_pred: Sequence[Hashable] | np.ndarray
-) -> tuple[list[Hashable], list[Hashable]]:
-    a, b = list(y_true), list(y_pred)
-    if not a or len(a) != len(b):
-        raise MetricError(f"need two non-empty label lists of equal length, got {len(a)}, {len(b)}")
+) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(y_true), np.asarray(y_pred)
+    if a.size == 0 or a.shape != b.shape:
+        raise MetricError(
+            f"need two non-empty label arrays of equal shape, got {a.shape}, {b.shape}"
+        )
     return a, b
 
 
 def accuracy(
     y_true: Sequence[Hashable] | np.ndarray, y_pred: Sequence[Hashable] | np.ndarray
-) -> float:
+) -> Averaged:
     """Fraction of exact label matches."""
     a, b = _paired_labels(y_true, y_pred)
-    return sum(t == p for t, p in zip(a, b, strict=True)) / len(a)
+    return _mean_last(a == b)
 
 
 def macro_f1(
     y_true: Sequence[Hashable] | np.ndarray,
     y_pred: Sequence[Hashable] | np.ndarray,
     labels: Sequence[Hashable] | None = None,
-) -> float:
+) -> Averaged:
     """Unweighted mean over classes of ``F1 = 2TP / (2TP + FP + FN)``.
 
     Classes are ``labels`` when given, else every label seen in ``y_true`` or ``y_pred``. A class
     that never occurs in either gets F1 0.
     """
     a, b = _paired_labels(y_true, y_pred)
-    classes = list(labels) if labels is not None else list(dict.fromkeys(a + b))
+    classes = list(labels) if labels is not None else list(dict.fromkeys([*a.flat, *b.flat]))
     if not classes:
         raise MetricError("macro F1 needs at least one class")
     scores = []
     for c in classes:
-        tp = sum(t == c and p == c for t, p in zip(a, b, strict=True))
-        fp = sum(t != c and p == c for t, p in zip(a, b, strict=True))
-        fn = sum(t == c and p != c for t, p in zip(a, b, strict=True))
-        denominator = 2 * tp + fp + fn
-        scores.append(2 * tp / denominator if denominator else 0.0)
-    return float(np.mean(scores))
+        is_target, is_predicted = a == c, b == c
+        tp = (is_target & is_predicted).sum(axis=-1)
+        denominator = is_target.sum(axis=-1) + is_predicted.sum(axis=-1)  # 2TP + FP + FN
+        scores.append(
+            np.divide(2 * tp, denominator, out=np.zeros(a.shape[:-1]), where=denominator > 0)
+        )
+    return _plain(np.mean(scores, axis=0))
 
 
 # --------------------------------------------------------------------------- text
@@ -328,6 +341,16 @@ def rouge_l_f1(reference: str, hypothesis: str) -> float:
         return 0.0
     precision = lcs / len(hyp_tokens)
     recall = lcs / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(reference: str, hypothesis: str) -> float:
+    """SQuAD-style token overlap F1 between two texts (0 when either is empty)."""
+    ref, hyp = Counter(tokenize(reference)), Counter(tokenize(hypothesis))
+    common = sum((ref & hyp).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(hyp.values()), common / sum(ref.values())
     return 2 * precision * recall / (precision + recall)
 
 

@@ -122,17 +122,21 @@ def mini_atomic(tmp_path: Path) -> Path:
     return write_ml100k_slice(tmp_path / "raw")
 
 
-@pytest.fixture()
-def mini_project(tmp_path: Path, mini_atomic: Path) -> Path:
-    """A working directory whose params.yaml points at the mini atomic files with small caps."""
-    work = tmp_path / "work"
+def write_mini_project(work: Path, atomic: Path) -> Path:
+    """``work`` with a params.yaml pointing at the mini atomic files in ``atomic``, small caps."""
     work.mkdir()
     write_params(
         work / "params.yaml",
-        data={"source": "recbole_atomic", "path": str(mini_atomic), "dataset_name": "mini"},
+        data={"source": "recbole_atomic", "path": str(atomic), "dataset_name": "mini"},
         tasks={"max_train_per_task": 100, "max_eval_per_task": 20},
     )
     return work
+
+
+@pytest.fixture()
+def mini_project(tmp_path: Path, mini_atomic: Path) -> Path:
+    """A working directory whose params.yaml points at the mini atomic files with small caps."""
+    return write_mini_project(tmp_path / "work", mini_atomic)
 
 
 def file_digests(folder: Path) -> dict[str, bytes]:

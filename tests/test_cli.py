@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from recfound.cli import EXIT_INVALID_DATA, EXIT_USER_ERROR, STAGES, main
-from tests.conftest import file_digests, write_ml100k_slice, write_params
+from tests.conftest import file_digests, write_mini_project, write_ml100k_slice, write_params
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -100,14 +100,7 @@ CORRUPTIONS = {
 def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small project that went through ingest → validate → build-tasks once."""
     root = tmp_path_factory.mktemp("built")
-    raw = write_ml100k_slice(root / "raw")
-    work = root / "work"
-    work.mkdir()
-    write_params(
-        work / "params.yaml",
-        data={"source": "recbole_atomic", "path": str(raw), "dataset_name": "mini"},
-        tasks={"max_train_per_task": 100, "max_eval_per_task": 20},
-    )
+    work = write_mini_project(root / "work", write_ml100k_slice(root / "raw"))
     for stage in ("ingest", "validate", "build-tasks"):
         assert run_cli(stage, cwd=work).returncode == 0
     return root

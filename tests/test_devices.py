@@ -102,7 +102,7 @@ def test_merge_stage_scores_on_the_stage_device(
     from recfound.merge import from_config
     from recfound.stages.merge import run_merge
 
-    backbone, bundle = tiny_bundle  # its model_spec.json stands in for the train stage's
+    backbone, bundle = tiny_bundle  # its adapter_config.json stands in for the train stage's
     seen: list[set[torch.device]] = []
 
     def initial_adapter(model: torch.nn.Module) -> dict:

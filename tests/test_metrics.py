@@ -17,7 +17,6 @@ from recfound.metrics import (
     bleu_statistics,
     bootstrap_records,
     corpus_rouge_l_f1,
-    hit_rate_at_k,
     macro_f1,
     mae,
     mrr_at_k,
@@ -69,7 +68,7 @@ def test_rank_of_targets_rejects_bad_inputs() -> None:
 def test_ranking_metrics_on_hand_computed_ranks() -> None:
     ranks = np.array([1, 2, 11])
     assert recall_at_k(ranks, 10) == pytest.approx(2 / 3)
-    assert hit_rate_at_k(ranks, 1) == pytest.approx(1 / 3)
+    assert recall_at_k(ranks, 1) == pytest.approx(1 / 3)  # the hit rate
     assert ndcg_at_k(ranks, 10) == pytest.approx((1 + 1 / math.log2(3) + 0) / 3)
     assert mrr_at_k(ranks) == pytest.approx((1 + 1 / 2 + 1 / 11) / 3)
     assert mrr_at_k(ranks, k=10) == pytest.approx((1 + 1 / 2) / 3)
@@ -116,8 +115,27 @@ def test_accuracy_and_macro_f1() -> None:
     # F1: a = 2*1/(2+1+1) = 1/2, b = 2*1/(2+1+0) = 2/3, c = 0.
     assert macro_f1(y_true, y_pred) == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
     assert macro_f1(y_true, y_pred, labels=["a", "b"]) == pytest.approx((1 / 2 + 2 / 3) / 2)
-    with pytest.raises(MetricError, match="equal length"):
+    with pytest.raises(MetricError, match="equal shape"):
         accuracy(["a"], [])
+
+
+def test_metrics_of_resampled_records_are_the_metrics_of_each_resample() -> None:
+    """The bootstrap passes a (resamples, records) matrix: one value per row, each the metric of
+    that row alone (evaluation reports these functions, not a copy)."""
+    rows = np.array([[0, 1, 1, 2], [2, 2, 0, 1]])
+    predicted = np.array([[0, 1, 0, 2], [2, 1, 0, 1]])
+    ranks = np.array([[1, 3, 12, 2], [5, 1, 1, 30]])
+    for metric, args in [
+        (macro_f1, (rows, predicted, range(3))),
+        (accuracy, (rows, predicted)),
+        (rmse, (rows, predicted)),
+        (mae, (rows, predicted)),
+        (mrr_at_k, (ranks, 10)),
+        (ndcg_at_k, (ranks, 10)),
+        (recall_at_k, (ranks, 10)),
+    ]:
+        each = [metric(*(a[i] if isinstance(a, np.ndarray) else a for a in args)) for i in (0, 1)]
+        assert metric(*args) == pytest.approx(each), metric.__name__
 
 
 def test_tokenize_splits_words_and_punctuation() -> None:

@@ -12,9 +12,7 @@ prediction for F1) and ``ctr_prediction`` (the predicted rating as the score of 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,17 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
-from recfound import artifacts
+from recfound.baselines.fitting import fit_epochs, read_trained, save_trained
 from recfound.baselines.rankers import BaselineError
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "mf.safetensors"
-CONFIG_FILE = "mf.json"
+FILES = ("mf.safetensors", "mf.json")  # weights, params + ids + history
 
 
 @dataclass(frozen=True)
@@ -144,49 +139,40 @@ class BiasedMF:
         self.network = _BiasedMFNetwork(
             len(self.user_ids), len(self.item_ids), p.factors, float(ratings["rating"].mean())
         )
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=p.learning_rate)
+        network = self.network
+        optimizer = torch.optim.Adam(network.parameters(), lr=p.learning_rate)
         order = torch.Generator().manual_seed(p.seed)
-        best_state, best_value, waited = None, np.inf, 0
-        self.history = []
-        bar = tqdm(range(1, p.max_epochs + 1), desc="MF", unit="epoch", disable=not progress)
-        for epoch in bar:
-            self.network.train()
+
+        def run_epoch() -> dict[str, float]:
+            network.train()
             total = 0.0
             permutation = torch.randperm(len(targets), generator=order)
             for start in range(0, len(targets), p.batch_size):
                 batch = permutation[start : start + p.batch_size]
                 u, i = users[batch], items[batch]
-                error = self.network(u, i) - targets[batch]
-                loss = (error**2).mean() + p.l2 * self.network.penalty(u, i)
+                error = network(u, i) - targets[batch]
+                loss = (error**2).mean() + p.l2 * network.penalty(u, i)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(batch)
-            record: dict[str, float] = {"epoch": epoch, "loss": total / len(targets)}
+            record = {"loss": total / len(targets)}
             if check is not None:
                 predicted = self.predict(check["user_id"], check["item_id"])
                 record["valid_rmse"] = float(
                     np.sqrt(np.mean((predicted - check["rating"].to_numpy()) ** 2))
                 )
-            self.history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
-            value = record.get("valid_rmse", -float(epoch))
-            if value < best_value:
-                best_value, waited, self.best_epoch = value, 0, epoch
-                best_state = copy.deepcopy(self.network.state_dict())
-            else:
-                waited += 1
-                if waited >= p.patience:
-                    break
-        bar.close()
-        self.network.load_state_dict(best_state)
+            return record
+
+        lower_rmse = ("valid_rmse", False)
+        self.history, self.best_epoch = fit_epochs(
+            network, run_epoch, p, lower_rmse, on_epoch, progress
+        )
         log.info(
             "MF: %d epochs, best epoch %d (valid RMSE %.4f)",
             len(self.history),
             self.best_epoch,
-            best_value if check is not None else float("nan"),
+            self.history[self.best_epoch - 1].get("valid_rmse", float("nan")),
         )
         return self
 
@@ -224,41 +210,27 @@ class BiasedMF:
 
     def save(self, directory: str | Path) -> Path:
         """Parameters as safetensors + params, id lists and training history as JSON (atomic)."""
-        if self.network is None:
-            raise RuntimeError("BiasedMF.save called before fit")
-        state = {k: v.detach().contiguous() for k, v in self.network.state_dict().items()}
-        with artifacts.staged_directory(directory) as staging:
-            save_file(state, str(staging / WEIGHTS_FILE))
-            artifacts.write_json(
-                staging / CONFIG_FILE,
-                {
-                    "params": dataclasses.asdict(self.params),
-                    "user_ids": self.user_ids,
-                    "item_ids": self.item_ids,
-                    "rating_range": list(self.rating_range),
-                    "best_epoch": self.best_epoch,
-                    "history": self.history,
-                },
-            )
-        return Path(directory)
+        config = {
+            "params": dataclasses.asdict(self.params),
+            "user_ids": self.user_ids,
+            "item_ids": self.item_ids,
+            "rating_range": list(self.rating_range),
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+        }
+        return save_trained(directory, self.network, FILES, config, "BiasedMF")
 
     @classmethod
     def load(cls, directory: str | Path) -> BiasedMF:
         """The model :meth:`save` wrote to ``directory``."""
-        directory = Path(directory)
-        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
-            raise BaselineError(
-                f"{directory} holds no saved MF ({CONFIG_FILE} + {WEIGHTS_FILE}); run "
-                "`recfound baselines` first"
-            )
-        saved = json.loads((directory / CONFIG_FILE).read_text())
+        saved, weights = read_trained(directory, FILES, "MF")
         model = cls(BiasedMFParams(**saved["params"]))
         model.user_ids, model.item_ids = saved["user_ids"], saved["item_ids"]
         model.rating_range = (float(saved["rating_range"][0]), float(saved["rating_range"][1]))
         model.network = _BiasedMFNetwork(
             len(model.user_ids), len(model.item_ids), model.params.factors, 0.0
         )
-        model.network.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        model.network.load_state_dict(weights)
         model.best_epoch = saved.get("best_epoch")
         model.history = saved.get("history", [])
         return model

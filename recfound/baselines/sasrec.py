@@ -16,9 +16,7 @@ train target is predicted once per epoch.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,18 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
-from recfound import artifacts
+from recfound.baselines.fitting import fit_epochs, read_trained, save_trained
 from recfound.baselines.rankers import BaselineError, item_position
 from recfound.metrics import ndcg_at_k, rank_of_targets, recall_at_k
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "sasrec.safetensors"
-CONFIG_FILE = "sasrec.json"
+FILES = ("sasrec.safetensors", "sasrec.json")  # weights, params + ids + history
 _IGNORE = -100  # cross-entropy target of a padding position
 
 
@@ -232,37 +227,26 @@ class SASRecRanker:
         optimizer = torch.optim.Adam(self.network.parameters(), lr=p.learning_rate)
         order = torch.Generator().manual_seed(p.seed)
         inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
-        best_state, best_value, waited = None, -np.inf, 0
-        self.history = []
-        bar = tqdm(range(1, p.max_epochs + 1), desc="SASRec", unit="epoch", disable=not progress)
-        for epoch in bar:
-            loss = self._train_epoch(optimizer, inputs_t, targets_t, order)
-            record: dict[str, float] = {"epoch": epoch, "loss": loss}
+
+        def run_epoch() -> dict[str, float]:
+            record = {"loss": self._train_epoch(optimizer, inputs_t, targets_t, order)}
             if valid_users:
                 ranks = self._ranks(valid_histories, valid_targets)
                 record["valid_ndcg"] = ndcg_at_k(ranks, p.valid_k)
                 record["valid_recall"] = recall_at_k(ranks, p.valid_k)
-            self.history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
-            value = record.get("valid_ndcg", float(epoch))
-            if value > best_value:
-                best_value, waited, self.best_epoch = value, 0, epoch
-                best_state = copy.deepcopy(self.network.state_dict())
-            else:
-                waited += 1
-                if waited >= p.patience:
-                    break
-        bar.close()
-        self.network.load_state_dict(best_state)
+            return record
+
+        higher_ndcg = ("valid_ndcg", True)
+        self.history, self.best_epoch = fit_epochs(
+            self.network, run_epoch, p, higher_ndcg, on_epoch, progress
+        )
         self.network.eval()
         log.info(
             "SASRec: %d epochs, best epoch %d (valid NDCG@%d %.4f)",
             len(self.history),
             self.best_epoch,
             p.valid_k,
-            best_value if valid_users else float("nan"),
+            self.history[self.best_epoch - 1].get("valid_ndcg", float("nan")),
         )
         return self
 
@@ -343,35 +327,21 @@ class SASRecRanker:
 
     def save(self, directory: str | Path) -> Path:
         """Weights as safetensors + params, item index and training history as JSON (atomic)."""
-        if self.network is None:
-            raise RuntimeError("SASRecRanker.save called before fit")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        with artifacts.staged_directory(directory) as staging:
-            save_file(state, str(staging / WEIGHTS_FILE))
-            artifacts.write_json(
-                staging / CONFIG_FILE,
-                {
-                    "params": dataclasses.asdict(self.params),
-                    "item_ids": self.item_ids,
-                    "best_epoch": self.best_epoch,
-                    "history": self.history,
-                },
-            )
-        return Path(directory)
+        config = {
+            "params": dataclasses.asdict(self.params),
+            "item_ids": self.item_ids,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+        }
+        return save_trained(directory, self.network, FILES, config, "SASRecRanker")
 
     @classmethod
     def load(cls, directory: str | Path) -> SASRecRanker:
         """The ranker :meth:`save` wrote to ``directory``."""
-        directory = Path(directory)
-        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
-            raise BaselineError(
-                f"{directory} holds no saved SASRec ({CONFIG_FILE} + {WEIGHTS_FILE}); run "
-                "`recfound baselines` first"
-            )
-        saved = json.loads((directory / CONFIG_FILE).read_text())
+        saved, weights = read_trained(directory, FILES, "SASRec")
         ranker = cls(saved["item_ids"], SASRecParams(**saved["params"]))
         ranker.network = SASRecNetwork(len(ranker.item_ids), ranker.params)
-        ranker.network.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        ranker.network.load_state_dict(weights)
         ranker.network.eval()
         ranker.best_epoch = saved.get("best_epoch")
         ranker.history = saved.get("history", [])

@@ -33,18 +33,6 @@ TEXT_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def escape_control_tokens(text: str) -> str:
-    """``text`` with every ``<...>`` span written ``‹...›`` (see the module docstring)."""
-    return CONTROL_TOKEN.sub(ESCAPED, text)
-
-
-def cut_text(text: str, max_chars: int) -> str:
-    """``text`` if it has at most ``max_chars`` characters, else its start ending in ``…``."""
-    if len(text) <= max_chars:
-        return text
-    return text[: max_chars - 1] + ELLIPSIS
-
-
 def _clean_column(values: pd.Series, max_chars: int) -> tuple[pd.Series, int, int]:
     """``(cleaned values, escaped count, cut count)``; missing values stay missing."""
     present = values.notna()

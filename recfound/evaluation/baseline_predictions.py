@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,6 @@ from recfound.evaluation.protocols import (
     record_keys,
     text_outputs,
 )
-from recfound.evaluation.scores import scored_metrics
 
 log = logging.getLogger(__name__)
 
@@ -221,15 +220,3 @@ def baseline_outputs(
                 outputs.margin = None  # a constant scorer has no ranking to judge
             put("majority", task, outputs)
     return results
-
-
-def evaluate_baselines(
-    data: EvalSet,
-    ks: Sequence[int] = (1, 5, 10, 20),
-    protocols: Mapping[str, str] | None = None,
-    trained: TrainedBaselines | None = None,
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Baseline → task → point metrics and ``score`` (see :func:`baseline_outputs`)."""
-    protocols = dict(protocols or assign_protocols(data))
-    outputs = baseline_outputs(data, protocols, ks, trained)
-    return {name: scored_metrics(per_task, protocols) for name, per_task in outputs.items()}

@@ -173,20 +173,10 @@ def generation_length(rec: RecModel, train_targets: Sequence[str], cap: int) -> 
 
 
 def evaluate_model(
-    rec: RecModel,
-    data: EvalSet,
-    ks: Sequence[int] = (1, 5, 10, 20),
-    max_new_tokens: int = 24,
-    batch_size: int = 32,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    answered_as: Mapping[str, str] | None = None,
-    protocols: Mapping[str, str] | None = None,
+    rec: RecModel, data: EvalSet, protocols: Mapping[str, str] | None = None, **options: Any
 ) -> dict[str, dict[str, Any]]:
     """Per task: its point metrics, ``score`` (higher is better), ``score_metric``, ``protocol``
-    (no intervals: the merge objective's fast path; the evaluate stage uses the outputs)."""
+    (no intervals: the merge objective's fast path; the evaluate stage uses the outputs).
+    ``options`` are :func:`model_outputs`' (``ks``, ``max_new_tokens``, ``quick`` …)."""
     protocols = dict(protocols or assign_protocols(data, rec))
-    outputs = model_outputs(
-        rec, data, protocols, ks, max_new_tokens, batch_size, quick, progress, answered_as
-    )
-    return scored_metrics(outputs, protocols)
+    return scored_metrics(model_outputs(rec, data, protocols, **options), protocols)

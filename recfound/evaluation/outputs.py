@@ -24,7 +24,6 @@ champion this way.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -110,23 +109,19 @@ class RankOutputs(RecordOutputs):
 
     def metrics_on(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         idx = _as_matrix(indices)
-        ranks = self.ranks[idx].astype(np.float64)
-        out = {"mrr": (1.0 / ranks).mean(axis=-1)}
+        ranks = self.ranks[idx]
+        out = {"mrr": M.mrr_at_k(ranks)}
         for k in sorted(set(self.ks)):
-            hit = ranks <= k
-            out[f"{self.recall_name}@{k}"] = hit.mean(axis=-1)
-            out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean(axis=-1)
+            out[f"{self.recall_name}@{k}"] = M.recall_at_k(ranks, k)
+            out[f"ndcg@{k}"] = M.ndcg_at_k(ranks, k)
             if k in MRR_KS:
-                out[f"mrr@{k}"] = np.where(hit, 1.0 / ranks, 0.0).mean(axis=-1)
+                out[f"mrr@{k}"] = M.mrr_at_k(ranks, k)
         if self.recall_name != "recall" and 1 in self.ks:
             out["recall@1"] = out[f"{self.recall_name}@1"]
         if self.unmasked_ranks is not None:
-            raw = self.unmasked_ranks[idx].astype(np.float64)
-            hit = raw <= UNMASKED_K
-            out[f"{UNMASKED_PREFIX}recall@{UNMASKED_K}"] = hit.mean(axis=-1)
-            out[f"{UNMASKED_PREFIX}ndcg@{UNMASKED_K}"] = np.where(
-                hit, 1.0 / np.log2(raw + 1.0), 0.0
-            ).mean(axis=-1)
+            raw = self.unmasked_ranks[idx]
+            out[f"{UNMASKED_PREFIX}recall@{UNMASKED_K}"] = M.recall_at_k(raw, UNMASKED_K)
+            out[f"{UNMASKED_PREFIX}ndcg@{UNMASKED_K}"] = M.ndcg_at_k(raw, UNMASKED_K)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,17 +156,13 @@ class ChoiceOutputs(RecordOutputs):
     def metrics_on(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         idx = _as_matrix(indices)
         target, predicted = self.target[idx], self.predicted[idx]
-        f1 = []
-        for code in range(len(self.labels)):
-            is_target, is_predicted = target == code, predicted == code
-            tp = (is_target & is_predicted).sum(axis=-1)
-            denominator = is_target.sum(axis=-1) + is_predicted.sum(axis=-1)
-            f1.append(np.divide(2 * tp, denominator, out=np.zeros(len(idx)), where=denominator > 0))
-        out = {"f1": np.mean(f1, axis=0), "accuracy": (target == predicted).mean(axis=-1)}
+        out = {
+            "f1": M.macro_f1(target, predicted, labels=range(len(self.labels))),
+            "accuracy": M.accuracy(target, predicted),
+        }
         if self.truth is not None and self.expected is not None:
-            error = self.expected[idx] - self.truth[idx]
-            out["rmse"] = np.sqrt((error**2).mean(axis=-1))
-            out["mae"] = np.abs(error).mean(axis=-1)
+            out["rmse"] = M.rmse(self.truth[idx], self.expected[idx])
+            out["mae"] = M.mae(self.truth[idx], self.expected[idx])
         if self.margin is not None and len(self.labels) == 2:
             positive = self.target == 0
             if positive.any() and not positive.all():
@@ -201,7 +192,7 @@ class TextOutputs(RecordOutputs):
         self._well_formed = np.array(
             [well_formed(o, self.answer_format) for o in self.output], dtype=np.float64
         )
-        self._token_f1 = np.array([token_f1(t, o) for t, o in pairs], dtype=np.float64)
+        self._token_f1 = np.array([M.token_f1(t, o) for t, o in pairs], dtype=np.float64)
         self._exact = np.array([t.strip().lower() == o.lower() for t, o in pairs], dtype=np.float64)
         self._rouge = np.array([M.rouge_l_f1(t, o) for t, o in pairs], dtype=np.float64)
         self._bleu = np.array([M.bleu_statistics(t, o) for t, o in pairs]).reshape(len(pairs), -1)
@@ -263,16 +254,6 @@ def outputs_from_dict(raw: Mapping[str, Any]) -> RecordOutputs:
     return cls(**values)
 
 
-def token_f1(reference: str, hypothesis: str) -> float:
-    """SQuAD-style token overlap F1 between two texts (0 when either is empty)."""
-    ref, hyp = Counter(M.tokenize(reference)), Counter(M.tokenize(hypothesis))
-    common = sum((ref & hyp).values())
-    if not common:
-        return 0.0
-    precision, recall = common / sum(hyp.values()), common / sum(ref.values())
-    return 2 * precision * recall / (precision + recall)
-
-
 # --------------------------------------------------------------------------- metrics and intervals
 
 
@@ -314,6 +295,17 @@ class BootstrapSettings:
     confidence: float = CONFIDENCE
     method: str = "percentile"
 
+    def bootstrap(self, statistic: M.IndexStatistic, n_records: int) -> M.BootstrapResult:
+        """:func:`recfound.metrics.bootstrap_records` of ``statistic`` with these settings."""
+        return M.bootstrap_records(
+            statistic,
+            n_records,
+            seed=self.seed,
+            n_resamples=self.n_resamples,
+            confidence=self.confidence,
+            method=self.method,  # type: ignore[arg-type]
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
@@ -334,14 +326,7 @@ def metric_estimates(outputs: RecordOutputs, settings: BootstrapSettings) -> dic
         values = outputs.metrics_on(indices)
         return np.stack([np.asarray(values[n]).reshape(shape) for n in names])
 
-    result = M.bootstrap_records(
-        statistic,
-        len(outputs),
-        seed=settings.seed,
-        n_resamples=settings.n_resamples,
-        confidence=settings.confidence,
-        method=settings.method,  # type: ignore[arg-type]
-    )
+    result = settings.bootstrap(statistic, len(outputs))
     return {
         name: Estimate(
             point[name], result.low[i], result.high[i], len(outputs), result.distribution[i]
@@ -381,14 +366,7 @@ def paired_difference(
         return (left - right)[None]
 
     value = task_metrics(a)[metric] - task_metrics(b)[metric]
-    result = M.bootstrap_records(
-        statistic,
-        len(a),
-        seed=settings.seed,
-        n_resamples=settings.n_resamples,
-        confidence=settings.confidence,
-        method=settings.method,  # type: ignore[arg-type]
-    )
+    result = settings.bootstrap(statistic, len(a))
     return Estimate(value, result.low[0], result.high[0], len(a), result.distribution[0])
 
 

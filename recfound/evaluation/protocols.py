@@ -65,7 +65,6 @@ from recfound.evaluation.outputs import (
     RankOutputs,
     RecordOutputs,
     TextOutputs,
-    task_metrics,
 )
 from recfound.model.recmodel import RecModel
 
@@ -324,18 +323,6 @@ def full_ranking_outputs(
     )
 
 
-def retrieval_ranks(
-    frame: pd.DataFrame,
-    scores: np.ndarray,
-    item_index: dict[str, int],
-    histories: Sequence[Sequence[str]] | None = None,
-) -> np.ndarray:
-    """Full-ranking ranks of each record's ``item_id`` (``history_ids`` excluded by default)."""
-    if histories is None:
-        histories = [list(h) for h in frame["history_ids"]]
-    return full_ranking_outputs(frame, scores, item_index, histories, (1,)).ranks
-
-
 def candidate_outputs(
     frame: pd.DataFrame, scores: Sequence[Sequence[float]], protocol: str, ks: Sequence[int]
 ) -> RecordOutputs:
@@ -377,13 +364,6 @@ def candidate_outputs(
     elif len(labels) == 2 and all(c == labels for c in candidates):
         out.margin = np.array([float(s[0]) - float(s[1]) for s in scores])
     return out
-
-
-def choice_metrics(
-    frame: pd.DataFrame, scores: Sequence[Sequence[float]], protocol: str, ks: Sequence[int]
-) -> dict[str, float]:
-    """Metrics of candidate scores (one list per record, aligned with ``candidates``)."""
-    return task_metrics(candidate_outputs(frame, scores, protocol, ks))
 
 
 def answer_format_of(task: str) -> str:

@@ -60,6 +60,28 @@ def _metric_cell(values: Mapping[str, Any] | None, metric: str) -> str:
     return with_interval(values[metric], values.get("ci", {}).get(metric))
 
 
+UNMASKED = (
+    "`unmasked_*`: the same ranking without excluding the user's earlier items (as RecBole ranks "
+    "its sequential models)."
+)
+
+
+def _systems_section(
+    document: Mapping[str, Any], task: str, title: str, metrics: Sequence[str], note: str = ""
+) -> list[str]:
+    """A task's heading (``title`` after its name), ``note``, and a markdown table of the
+    ``metrics`` it has with one row per system (the model, then the baselines)."""
+    values = document["tasks"][task]
+    columns = [c for c in metrics if c in values]
+    lines = ["", f"## {task}{title} ({values.get('n_records', '')} records)", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| system | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for system, values in _systems(document, task):
+        lines.append(f"| {system} | " + " | ".join(_metric_cell(values, c) for c in columns) + " |")
+    return lines
+
+
 def _systems(document: Mapping[str, Any], task: str) -> list[tuple[str, Mapping[str, Any]]]:
     rows = [("model", document["tasks"][task])]
     rows += [
@@ -151,21 +173,7 @@ def evaluation_markdown(document: Mapping[str, Any]) -> str:
 
     full = [t for t in sorted(tasks) if tasks[t].get("protocol") in ("retrieval", "next_item")]
     for task in full:
-        columns = [c for c in FULL_RANKING_COLUMNS if c in tasks[task]]
-        lines += [
-            "",
-            f"## {task}: full ranking ({tasks[task].get('n_records', '')} records)",
-            "",
-            "`unmasked_*`: the same ranking without excluding the user's earlier items (as "
-            "RecBole ranks its sequential models).",
-            "",
-            "| system | " + " | ".join(columns) + " |",
-            "|---|" + "---:|" * len(columns),
-        ]
-        for system, values in _systems(document, task):
-            lines.append(
-                f"| {system} | " + " | ".join(_metric_cell(values, c) for c in columns) + " |"
-            )
+        lines += _systems_section(document, task, ": full ranking", FULL_RANKING_COLUMNS, UNMASKED)
         versus = document.get("versus_each_baseline", {}).get(task, {})
         if versus:
             metrics = sorted({m for per in versus.values() for m in per})
@@ -182,18 +190,7 @@ def evaluation_markdown(document: Mapping[str, Any]) -> str:
     rated = [t for t in sorted(tasks) if tasks[t].get("protocol") in ("rating", "classification")]
     rated = [t for t in rated if any(s == "biased_mf" for s, _ in _systems(document, t))]
     for task in rated:
-        columns = [c for c in RATING_COLUMNS if c in tasks[task]]
-        lines += [
-            "",
-            f"## {task} ({tasks[task].get('n_records', '')} records)",
-            "",
-            "| system | " + " | ".join(columns) + " |",
-            "|---|" + "---:|" * len(columns),
-        ]
-        for system, values in _systems(document, task):
-            lines.append(
-                f"| {system} | " + " | ".join(_metric_cell(values, c) for c in columns) + " |"
-            )
+        lines += _systems_section(document, task, "", RATING_COLUMNS)
     lines += [
         "",
         "## Other metrics of the model",

@@ -1,8 +1,8 @@
 """The kept training checkpoints → one merged model (an Optuna-tuned merge), from the config:
 what the `merge` stage and the ablation's seeded repeats of the full method share.
 
-Recipe: rebuild the model from ``<paths.train>/model_spec.json`` (its seeded initial adapter is the
-base of the task vectors) → split a validation sample of every task into two disjoint slices →
+Recipe: rebuild the model from ``<paths.train>/adapter_config.json`` (its seeded initial adapter is
+the base of the task vectors) → split a validation sample of every task into two disjoint slices →
 score every kept checkpoint on the *selection* slice (the reference of the normalised objective) →
 Optuna study over method, coefficients and density on that slice, one MLflow child run per trial
 → score the chosen merge and every checkpoint on the *report* slice, text tasks by generation as

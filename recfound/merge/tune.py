@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from recfound.errors import UserInputError
 from recfound.merge.methods import StateDict, merge
-from recfound.train.checkpoint import TENSORS_FILE, adapter_part
+from recfound.model.adapter_format import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ def read_checkpoint_tensors(train_dir: str | Path, names: Sequence[str]) -> dict
     """
     found: dict[str, StateDict] = {}
     for name in names:
-        path = Path(train_dir) / name / TENSORS_FILE
+        path = Path(train_dir) / name / WEIGHTS_FILE
         if not path.is_file():
             log.warning("checkpoint %s is missing under %s; merging without it", name, train_dir)
             continue
-        found[name] = adapter_part(load_file(str(path)))
+        found[name] = load_file(str(path))
     if len(found) < 2:
         raise UserInputError(
             f"merge needs at least 2 of the checkpoints {list(names)} under {train_dir}, found "

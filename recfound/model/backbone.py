@@ -32,7 +32,6 @@ from recfound.errors import UserInputError
 log = logging.getLogger(__name__)
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-POINTER_FILE = "backbone.json"
 SHARE_KEY = "recfound_share_layers"  # config.json: decoder layers per weight-sharing group
 
 
@@ -193,30 +192,6 @@ def save_backbone(model: PreTrainedModel, tokenizer, directory: str | Path) -> N
     tokenizer.save_pretrained(directory)
 
 
-def write_pointer(directory: str | Path, checkpoint: str | Path) -> None:
-    """Record that the backbone is a user's checkpoint elsewhere (nothing was pretrained)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / POINTER_FILE).write_text(
-        json.dumps({"checkpoint": str(Path(checkpoint).resolve())}, indent=2) + "\n"
-    )
-
-
-def resolve_backbone_dir(directory: str | Path) -> Path:
-    """The directory that holds the weights: ``directory`` itself, or the one its pointer names."""
-    directory = Path(directory)
-    pointer = directory / POINTER_FILE
-    if pointer.is_file():
-        try:
-            return Path(json.loads(pointer.read_text())["checkpoint"])
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-            raise BackboneError(
-                f"{pointer} does not name a checkpoint ({type(exc).__name__}: {exc}); it should "
-                'read {"checkpoint": "<directory>"}. Run `recfound pretrain` again to rewrite it'
-            ) from None
-    return directory
-
-
 _RESTORE = (
     "Restore the checkpoint directory (copy it again), or for the builtin backbone run "
     "`recfound pretrain` (`dvc repro -f pretrain`) to write it again"
@@ -257,7 +232,7 @@ def load_backbone(
     falling back to the model's own where its architecture has no SDPA path; ``"eager"`` for
     comparisons; None for whatever transformers picks.
     """
-    directory = resolve_backbone_dir(directory)
+    directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise BackboneError(
             f"{directory} is not a Hugging Face checkpoint directory (no config.json); "

@@ -47,25 +47,13 @@ class AdapterSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> AdapterSpec:
-        """Read :meth:`to_dict` output, or the flat format of bundles written before the settings
-        were nested (every adapter's fields side by side)."""
+        """Read :meth:`to_dict` output."""
         kind, targets = raw["kind"], tuple(raw.get("target_modules", ()))
         if kind not in SETTINGS_BY_KIND:
             raise ValueError(f"adapter kind {kind!r} is unknown; known: {sorted(SETTINGS_BY_KIND)}")
-        if "settings" in raw:
-            return cls(SETTINGS_BY_KIND[kind](**raw["settings"]), targets)
-        if kind == "option":
-            return cls(
-                OptionParams(
-                    prompt_length=raw["prompt_length"],
-                    deep=raw["deep_prompts"],
-                    adapter_rank=raw["rank"],
-                    adapter_alpha=raw["alpha"],
-                    adapter_modules=list(targets),
-                )
-            )
-        known = set(SETTINGS_BY_KIND[kind].model_fields)
-        return cls(SETTINGS_BY_KIND[kind](**{k: v for k, v in raw.items() if k in known}), targets)
+        if "settings" not in raw:
+            raise ValueError("the adapter spec has no 'settings' mapping")
+        return cls(SETTINGS_BY_KIND[kind](**raw["settings"]), targets)
 
 
 def attach_adapter(

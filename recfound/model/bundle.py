@@ -1,11 +1,12 @@
-"""A shippable adapted model: backbone directory + one adapter-weights file + its spec.
+"""A shippable adapted model: backbone directory + one adapter directory with its spec.
 
-A *bundle* directory holds
+A *bundle* is an adapter directory in the one adapter format
+(:mod:`recfound.model.adapter_format`) of type ``recfound``:
 
-- ``model_spec.json``: the adapter spec (:class:`AdapterSpec`), the task → kind map, the
-  :class:`RecModel` settings (pooling, embedding attention, max length, temperature) and the seed
-  the adapter was initialised with;
-- ``adapter.safetensors``: every trainable (adapter) tensor by parameter name.
+- ``adapter_config.json``: its ``config`` is the :class:`ModelSpec`: the adapter spec
+  (:class:`AdapterSpec`), the task → kind map, the :class:`RecModel` settings (pooling, embedding
+  attention, max length, temperature) and the seed the adapter was initialised with;
+- ``adapter_model.safetensors``: every trainable (adapter) tensor by parameter name.
 
 It is what the merge step writes and what evaluation, the registry and the MLflow pyfunc load.
 The backbone is not copied into the bundle: it is the directory the ``pretrain`` stage wrote (or
@@ -15,29 +16,32 @@ backbone and copies the tensors in, checking names and shapes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from recfound import artifacts
 from recfound.config import describe_error
-from recfound.errors import UserInputError
+from recfound.model.adapter_format import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterLoadError,
+    adapter_parameters,
+    copy_adapter_tensors,
+    read_adapter,
+    read_adapter_config,
+    save_adapter,
+    write_adapter_config,
+)
 from recfound.model.backbone import load_backbone
 from recfound.model.build import AdapterSpec, build_rec_model
 from recfound.model.recmodel import RecModel
 
-SPEC_FILE = "model_spec.json"
-WEIGHTS_FILE = "adapter.safetensors"
-
-
-class BundleError(UserInputError):
-    """A bundle directory is missing, damaged or does not fit the backbone."""
+ADAPTER_TYPE = "recfound"  # a whole RecModel: the config is its ModelSpec
+WRITER = "recfound merge (save_bundle)"
 
 
 @dataclass(frozen=True)
@@ -88,32 +92,12 @@ def adapter_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-@torch.no_grad()
 def load_adapter_tensors(
     model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, check_only: bool = False
 ) -> None:
-    """Copy ``tensors`` into the model's trainable parameters.
-
-    Names and shapes are all checked before anything is copied, so a mismatch leaves the model
-    as it was. ``check_only`` checks and copies nothing.
-    """
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-    if missing or extra:
-        raise BundleError(
-            f"{source} does not match this model: missing {missing[:3]}, unexpected "
-            f"{extra[:3]}; it was written for another adapter, backbone or task list"
-        )
-    for name, param in params.items():
-        if tensors[name].shape != param.shape:
-            raise BundleError(
-                f"{source}: {name} has shape {tuple(tensors[name].shape)}, the model expects "
-                f"{tuple(param.shape)}; it was written for another backbone"
-            )
-    if check_only:
-        return
-    for name, param in params.items():
-        param.copy_(tensors[name].to(param.device, param.dtype))
+    """Copy ``tensors`` into the model's trainable parameters (names and shapes checked first,
+    so a mismatch leaves the model as it was; ``check_only`` copies nothing)."""
+    copy_adapter_tensors(adapter_parameters(model), tensors, source, check_only)
 
 
 def save_bundle(
@@ -121,30 +105,34 @@ def save_bundle(
 ) -> Path:
     """Write a bundle atomically (readers see the old directory or the new one, never a mix).
 
-    ``extra`` entries are stored in ``model_spec.json`` under ``"info"`` (e.g. merge settings).
+    ``extra`` entries are stored in ``adapter_config.json`` under ``"info"`` (e.g. merge settings).
     """
     directory = Path(directory)
     with artifacts.staged_directory(directory) as staging:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / WEIGHTS_FILE))
-        payload = {**spec.to_dict(), "info": extra}
-        (staging / SPEC_FILE).write_text(json.dumps(payload, indent=1, default=str))
+        save_adapter(staging, ADAPTER_TYPE, tensors, spec.to_dict(), extra, staged=True)
     return directory
 
 
+def write_spec(directory: str | Path, spec: ModelSpec) -> None:
+    """The spec alone (``adapter_config.json``): what the train stage writes above its
+    checkpoints, so that merge rebuilds the model they belong to."""
+    write_adapter_config(directory, ADAPTER_TYPE, spec.to_dict())
+
+
 def read_spec(directory: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
-    """The bundle's :class:`ModelSpec` and its ``info`` mapping."""
-    path = Path(directory) / SPEC_FILE
+    """The :class:`ModelSpec` and ``info`` of a bundle (or of the training run whose
+    checkpoints are below ``directory``)."""
+    path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise BundleError(f"{path} is missing; {directory} is not a RecFound model bundle")
+        raise AdapterLoadError(f"{path} is missing; {directory} is not a RecFound model bundle")
+    raw, info = read_adapter_config(directory, ADAPTER_TYPE, WRITER)
     try:
-        raw = json.loads(path.read_text())
-        info = raw.pop("info", {})
         return ModelSpec.from_dict(raw), info
     except ValidationError as exc:  # the adapter's settings
         lines = "; ".join(describe_error(e) for e in exc.errors())
-        raise BundleError(f"{path} is damaged: adapter settings: {lines}") from None
+        raise AdapterLoadError(f"{path} is damaged: adapter settings: {lines}") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{path} is damaged: {exc}") from None
+        raise AdapterLoadError(f"{path} is damaged: {exc}") from None
 
 
 def load_bundle(
@@ -153,11 +141,8 @@ def load_bundle(
     """The bundle's model on the backbone in ``backbone_dir``, on ``device``, ready for inference
     (eval mode)."""
     spec, _ = read_spec(directory)
+    _, _, tensors = read_adapter(directory, ADAPTER_TYPE, WRITER)
     weights = Path(directory) / WEIGHTS_FILE
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{weights} cannot be read ({exc}); write the bundle again") from None
     base, tokenizer = load_backbone(backbone_dir)
     rec = build_from_spec(base, tokenizer, spec)
     rec.model.to(device)

@@ -1,28 +1,33 @@
 """Plain LoRA through peft: the single-adapter baseline behind TMoLE's interface.
 
 One adapter serves every task, so ``task(...)`` is accepted and ignored. Saving and loading use
-peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``), with files moved into
-place atomically and failures reported as :class:`AdapterLoadError`.
+the one adapter format (:mod:`recfound.model.adapter_format`: ``adapter_config.json`` with the
+LoRA's options + ``adapter_model.safetensors``), as TMoLE and option tuning do; failures are
+reported as :class:`AdapterLoadError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from recfound.model.adapter_format import (
+    WEIGHTS_FILE,
+    AdapterLoadError,
+    adapter_parameters,
+    copy_adapter_tensors,
+    read_adapter,
+    save_adapter,
+)
 from recfound.model.families import in_out_features, is_projection
-from recfound.model.tmole.model import CONFIG_FILE, WEIGHTS_FILE, AdapterLoadError, _matches
+from recfound.model.tmole.model import _matches
 
 
 class LoRAAdapter:
@@ -40,12 +45,7 @@ class LoRAAdapter:
         dropout: float = 0.0,
         target_modules: Sequence[str] = ("q_proj", "v_proj"),
         seed: int = 0,
-        *,
-        _peft_model: PeftModel | None = None,
     ) -> None:
-        if _peft_model is not None:
-            self.model: PeftModel = _peft_model
-            return
         if r < 1:
             raise ValueError(f"LoRA rank r must be >= 1, got {r}")
         targeted = [m for n, m in base.named_modules() if n and _matches(n, target_modules)]
@@ -60,7 +60,15 @@ class LoRAAdapter:
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = get_peft_model(base, config)
+            self.model: PeftModel = get_peft_model(base, config)
+        # what save_pretrained writes and from_pretrained rebuilds the LoRA from
+        self.options = {
+            "r": r,
+            "alpha": alpha,
+            "dropout": dropout,
+            "target_modules": list(target_modules),
+            "seed": seed,
+        }
 
     def trainable_parameters(self) -> int:
         """Number of trainable scalars (the LoRA A and B matrices)."""
@@ -84,66 +92,40 @@ class LoRAAdapter:
         return self.model.unload()
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """peft's files, written into a temporary folder and moved into ``directory`` atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".lora-", dir=directory))
-        try:
-            self.model.save_pretrained(str(staging), safe_serialization=True)
-            for name in (WEIGHTS_FILE, CONFIG_FILE):
-                os.replace(staging / name, directory / name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        """The LoRA's options and its A and B matrices in the adapter format
+        (:mod:`recfound.model.adapter_format`), each file written atomically."""
+        save_adapter(directory, "lora", adapter_parameters(self.model), self.options)
 
     @classmethod
     def from_pretrained(cls, base: nn.Module, directory: str | Path) -> LoRAAdapter:
         """Wrap ``base`` with the trainable LoRA saved in ``directory``.
 
         Raises :class:`AdapterLoadError` naming the file when it is missing, damaged, or does not
-        fit ``base`` (other layer sizes or module names).
+        fit ``base`` (other layer sizes or module names); ``base`` is then left unchanged.
         """
-        directory = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise AdapterLoadError(
-                    f"{directory / name} is missing; {directory} is not a LoRA adapter directory"
-                )
-        weights_path = directory / WEIGHTS_FILE
-        check_lora_fits(base, weights_path)
+        config, _, tensors = read_adapter(directory, "lora", f"{cls.__name__}.save_pretrained")
+        source = Path(directory) / WEIGHTS_FILE
+        check_lora_fits(base, tensors, source)
+        adapter = cls(base, **config)
         try:
-            peft_model = PeftModel.from_pretrained(base, str(directory), is_trainable=True)
-        except SafetensorError as error:
-            raise AdapterLoadError(
-                f"{weights_path} cannot be read ({error}); the file is damaged or truncated, "
-                "save the adapter again"
-            ) from error
-        except (RuntimeError, ValueError, KeyError) as error:
-            first_lines = " ".join(str(error).splitlines()[:2])
-            raise AdapterLoadError(
-                f"{weights_path} does not fit this model ({first_lines}); the adapter was saved "
-                "for another model or other target modules"
-            ) from error
-        return cls(base, r=1, alpha=1.0, _peft_model=peft_model)
+            copy_adapter_tensors(adapter_parameters(adapter.model), tensors, source)
+        except AdapterLoadError:
+            adapter.unload()
+            raise
+        return adapter
 
 
-def check_lora_fits(base: nn.Module, weights_path: Path) -> None:
+def check_lora_fits(base: nn.Module, tensors: dict[str, torch.Tensor], weights_path: Path) -> None:
     """Check every saved ``lora_A`` / ``lora_B`` against the layer it adapts in ``base``.
 
-    Runs before peft touches ``base``, so a mismatch leaves the model unchanged. peft names a
-    saved tensor ``base_model.model.<module>.lora_A.weight`` (A: (r, in); B: (out, r)).
+    Runs before peft touches ``base``, so a mismatch leaves the model unchanged. A LoRA tensor is
+    named ``base_model.model.<module>.lora_A.default.weight`` (A: (r, in); B: (out, r)).
     """
-    try:
-        with safe_open(str(weights_path), framework="pt") as handle:
-            names = list(handle.keys())  # a safetensors handle, not a dict: not iterable
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in names}
-    except (SafetensorError, OSError) as error:
-        raise AdapterLoadError(
-            f"{weights_path} cannot be read ({error}); the file is damaged or truncated, "
-            "save the adapter again"
-        ) from error
     wrong = []
-    for key, shape in sorted(shapes.items()):
+    for key, tensor in sorted(tensors.items()):
+        shape = tuple(tensor.shape)
         module_name, marker, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
+        kind = kind.replace(".default.", ".")
         if not marker or kind not in ("A.weight", "B.weight"):
             continue
         try:

@@ -20,8 +20,6 @@ class AdapterOptions(BaseModel):
     """Raised, naming every bad key, when the options do not validate."""
     label: ClassVar[str] = "adapter"
     """How messages name the adapter ("TMoLE", "option")."""
-    renamed: ClassVar[dict[str, str]] = {}
-    """Keys of files written by older versions -> today's key."""
 
     task_names: list[str] = Field(default_factory=list)
     """Task names; a task's id is its position in this list (saved with the adapter)."""
@@ -49,7 +47,6 @@ class AdapterOptions(BaseModel):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """Build from :meth:`to_dict` output; unknown keys are errors that list the known ones."""
-        data = {cls.renamed.get(key, key): value for key, value in data.items()}
         known = set(cls.model_fields)
         unknown = sorted(set(data) - known)
         if unknown:

@@ -322,8 +322,20 @@ class RecModel:
         Item candidates start with their identifier token and labels (``yes``/``no``, ``1``-``5``)
         are one token each, so a closed set is usually decided by one next-token distribution.
         """
-        rows = [self.first_answer_tokens(list(c)) for c in candidates]
-        return rows if all(len(set(r)) == len(r) for r in rows) else None
+        rows = [self.closed_set_row(c) for c in candidates]
+        return None if any(r is None for r in rows) else rows
+
+    def closed_set_row(
+        self, candidates: Sequence[str], cache: dict[str, int] | None = None
+    ) -> list[int] | None:
+        """The first answer token of each candidate, or None when two of them start with the same
+        token. ``cache`` (answer text → first token) is read and filled when given."""
+        cache = {} if cache is None else cache
+        missing = [c for c in candidates if c not in cache]
+        if missing:
+            cache.update(zip(missing, self.first_answer_tokens(missing), strict=True))
+        tokens = [cache[c] for c in candidates]
+        return tokens if len(set(tokens)) == len(tokens) else None
 
     @torch.no_grad()
     def choice_scores(

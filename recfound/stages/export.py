@@ -21,8 +21,8 @@ import pandas as pd
 from recfound.config import Config
 from recfound.device.export import export_task
 from recfound.errors import UserInputError
-from recfound.model.backbone import resolve_backbone_dir
-from recfound.model.bundle import SPEC_FILE, load_bundle, read_spec
+from recfound.model.adapter_format import CONFIG_FILE
+from recfound.model.bundle import load_bundle, read_spec
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,11 @@ def registered_version(reports_dir: str | Path) -> dict[str, Any] | None:
 
 def run_export(cfg: Config, task: str, out: str | Path | None = None) -> dict[str, Any]:
     """Export ``task``, log it next to the registered version, return what was written."""
-    backbone = resolve_backbone_dir(cfg.paths.backbone)
+    backbone = Path(cfg.paths.backbone)
     bundle = Path(cfg.paths.merged)
     for path, what, stage in (
         (backbone / "config.json", "the backbone", "pretrain"),
-        (bundle / SPEC_FILE, "the merged model", "merge"),
+        (bundle / CONFIG_FILE, "the merged model", "merge"),
     ):
         if not path.exists():
             raise UserInputError(f"{what} not found at {path}; run `recfound {stage}` first")

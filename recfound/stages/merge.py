@@ -1,10 +1,10 @@
 """Stage `merge`: the kept training checkpoints → one merged model (an Optuna-tuned merge).
 
 The recipe (:func:`recfound.merge.from_config.merge_from_config`): rebuild the model from
-``<paths.train>/model_spec.json`` → split a validation sample of every task into a selection and
-a report slice → score every kept checkpoint → Optuna study over method, coefficients and density
-(one MLflow child run per trial) → the chosen merge, or the best checkpoint if no merge beats it,
-as a bundle at ``paths.merged``; ``reports/merge.json`` and the study's figures.
+``<paths.train>/adapter_config.json`` → split a validation sample of every task into a selection
+and a report slice → score every kept checkpoint → Optuna study over method, coefficients and
+density (one MLflow child run per trial) → the chosen merge, or the best checkpoint if no merge
+beats it, as a bundle at ``paths.merged``; ``reports/merge.json`` and the study's figures.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ from recfound.layout import (
     METRICS_FILE,
     SPLIT_INTERACTIONS_FILE,
 )
-from recfound.model.backbone import resolve_backbone_dir
-from recfound.model.bundle import SPEC_FILE, load_bundle, read_spec
+from recfound.model.adapter_format import CONFIG_FILE
+from recfound.model.bundle import load_bundle, read_spec
 from recfound.serving.publish import log_and_register
 from recfound.serving.snapshot import write_serving_catalogue
 from recfound.tracking.gates import GateDecision, non_finite_scores
@@ -147,11 +147,11 @@ def registry_params(cfg: Config) -> dict[str, Any]:
 
 def run_register(cfg: Config) -> dict[str, Any]:
     """Register the merged model, gate it against the champion, write reports/registry.json."""
-    backbone = resolve_backbone_dir(cfg.paths.backbone)  # the weights, not a pointer file
+    backbone = Path(cfg.paths.backbone)
     bundle = Path(cfg.paths.merged)
     metrics_path = Path(cfg.paths.reports) / "metrics.json"
     _require(backbone / "config.json", "the backbone", "pretrain")
-    _require(bundle / SPEC_FILE, "the merged model", "merge")
+    _require(bundle / CONFIG_FILE, "the merged model", "merge")
     _require(metrics_path, "the evaluation report", "evaluate")
     records_path = Path(cfg.paths.reports) / RECORDS_ARTIFACT
     check_evaluation_unit(Path(cfg.paths.reports))

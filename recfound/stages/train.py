@@ -1,8 +1,8 @@
 """Stage `train`: TMoLE (or LoRA) adapters on every task at once, S2Sched sampling, checkpoints.
 
-Reads the task datasets and the backbone, trains, and writes ``paths.train``:
-``last/``, ``best_generative/``, ``best_embedding/`` checkpoints and ``model_spec.json`` (what the
-merge step needs to rebuild the model around the backbone); metrics
+Reads the task datasets and the backbone, trains, and writes ``paths.train``: ``last/``,
+``best_generative/``, ``best_embedding/`` checkpoints (adapter directories plus optimiser and
+trainer state) and ``adapter_config.json`` (the spec merge rebuilds the model from); metrics
 to ``reports/train.json``; plots (task shares, validation curves) to ``reports/plots/`` and MLflow.
 """
 

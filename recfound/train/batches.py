@@ -179,13 +179,8 @@ class BatchDrawer:
             target = str(record.target)
             if len(candidates) < 2 or target not in candidates:
                 continue
-            missing = [c for c in candidates if c not in self._first_tokens]
-            if missing:
-                self._first_tokens.update(
-                    zip(missing, self.rec.first_answer_tokens(missing), strict=True)
-                )
-            tokens = [self._first_tokens[c] for c in candidates]
-            if len(set(tokens)) == len(tokens):
+            tokens = self.rec.closed_set_row(candidates, self._first_tokens)
+            if tokens is not None:
                 out.append((row, tokens, candidates.index(target)))
         return out
 

@@ -1,10 +1,15 @@
-"""Training checkpoints: safetensors + JSON, each checkpoint directory swapped in atomically.
+"""Training checkpoints: an adapter directory plus optimiser and trainer state, each checkpoint
+directory swapped in atomically.
 
-A checkpoint holds the trainable (adapter) tensors, the AdamW state flattened into tensors (both
-gathered whole with torch's distributed state-dict API, so one format serves one process, DDP and
-FSDP), and a JSON document with everything else needed to continue exactly where training
-stopped: step, scheduler state, the sampling RNG and per-task data positions, and the torch RNG
-state.
+A checkpoint is an adapter directory in the one adapter format
+(:mod:`recfound.model.adapter_format`, type ``recfound``: ``adapter_config.json`` with the run's
+:class:`~recfound.model.bundle.ModelSpec` and ``adapter_model.safetensors`` with the trainable
+tensors, so :func:`~recfound.model.bundle.load_bundle` loads it as it loads a merged model) plus
+``optimizer.safetensors`` (the AdamW state flattened into tensors; both tensor files gathered whole
+with torch's distributed state-dict API, so one format serves one process, DDP and FSDP) and
+``trainer_state.json`` with everything else needed to continue exactly where training stopped:
+step, scheduler state, the sampling RNG and per-task data positions, and the torch RNG state.
+In memory the tensors are one mapping: ``model.NAME`` (adapter) and ``opt.NAME.SLOT``.
 """
 
 from __future__ import annotations
@@ -27,9 +32,15 @@ from torch.distributed.checkpoint.state_dict import (
 
 from recfound import artifacts
 from recfound.errors import UserInputError
-from recfound.model.bundle import BundleError, load_adapter_tensors
+from recfound.model.adapter_format import (
+    WEIGHTS_FILE,
+    AdapterLoadError,
+    read_adapter,
+    save_adapter,
+)
+from recfound.model.bundle import ADAPTER_TYPE, load_adapter_tensors
 
-TENSORS_FILE = "checkpoint.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 MODEL_PREFIX = "model."  # adapter tensors; the rest of the file is optimizer state
 
@@ -112,22 +123,34 @@ def restore_training_tensors(
     )
 
 
-def write_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
-    """Write one checkpoint directory; readers see the old or the new one, never a mix."""
+def write_checkpoint(
+    directory: str | Path,
+    tensors: dict[str, torch.Tensor],
+    state: dict,
+    spec: dict[str, Any] | None = None,
+) -> None:
+    """Write one checkpoint directory (``spec``: the run's ModelSpec as a dict); readers see the
+    old or the new one, never a mix."""
+    optimizer = {k: v for k, v in tensors.items() if not k.startswith(MODEL_PREFIX)}
     with artifacts.staged_directory(directory) as staging:
-        save_file(tensors, str(staging / TENSORS_FILE))
+        save_adapter(staging, ADAPTER_TYPE, adapter_part(tensors), spec or {}, staged=True)
+        save_file(optimizer, str(staging / OPTIMIZER_FILE))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
 
 
 def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and JSON state of a checkpoint directory."""
+    """The tensors (``model.*`` and ``opt.*``) and JSON state of a checkpoint directory."""
     directory = Path(directory)
-    tensor_path, state_path = directory / TENSORS_FILE, directory / STATE_FILE
-    if not tensor_path.is_file() or not state_path.is_file():
+    state_path, optimizer_path = directory / STATE_FILE, directory / OPTIMIZER_FILE
+    if not (directory / WEIGHTS_FILE).is_file() or not state_path.is_file():
         raise CheckpointError(f"{directory} is not a training checkpoint (missing files)")
     try:
-        return load_file(str(tensor_path)), json.loads(state_path.read_text())
-    except (SafetensorError, OSError, ValueError) as exc:
+        _, _, adapter = read_adapter(directory, ADAPTER_TYPE, "recfound train")
+        tensors = {f"{MODEL_PREFIX}{k}": v for k, v in adapter.items()}
+        if optimizer_path.is_file():
+            tensors.update(load_file(str(optimizer_path)))
+        return tensors, json.loads(state_path.read_text())
+    except (AdapterLoadError, SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{directory} is damaged: {exc}") from None
 
 
@@ -136,7 +159,7 @@ def check_adapter_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tenso
     parameters with their shapes (checked before anything is loaded)."""
     try:
         load_adapter_tensors(model, adapter_part(tensors), source, check_only=True)
-    except BundleError as exc:
+    except AdapterLoadError as exc:
         raise CheckpointError(str(exc)) from None
 
 
@@ -144,7 +167,7 @@ def complete_checkpoint(directory: str | Path) -> Path | None:
     """``directory`` if it holds a complete checkpoint, after finishing or undoing a replacement
     that a crash interrupted (the newest complete one wins); None when there is none."""
     directory = artifacts.recover_staged(directory)
-    if (directory / TENSORS_FILE).is_file() and (directory / STATE_FILE).is_file():
+    if (directory / WEIGHTS_FILE).is_file() and (directory / STATE_FILE).is_file():
         return directory
     return None
 

@@ -22,7 +22,7 @@ from recfound.config import Config
 from recfound.data.datasets import TaskDataError, read_task_frames, task_kind
 from recfound.model.backbone import check_backbone_setting, load_backbone
 from recfound.model.build import AdapterSpec
-from recfound.model.bundle import SPEC_FILE, ModelSpec, build_from_spec
+from recfound.model.bundle import ModelSpec, build_from_spec, write_spec
 from recfound.model.recmodel import RecModel
 from recfound.train.trainer import TaskData, Trainer, TrainResult, make_accelerator
 
@@ -182,7 +182,7 @@ def train_adapters(
     trainable = sum(p.numel() for p in rec.model.parameters() if p.requires_grad)
     if accelerator.is_main_process:
         warn_cut_records(rec.tokenizer, tasks, cfg.model.max_length)
-        artifacts.write_json(out / SPEC_FILE, model_spec(cfg, task_kinds).to_dict())
+        write_spec(out, model_spec(cfg, task_kinds))
         log.info(
             "training a %s adapter (%d trainable parameters) on %d tasks for %d steps on %s "
             "(%d process(es))",
@@ -202,6 +202,7 @@ def train_adapters(
         log_metrics=log_metrics if accelerator.is_main_process else None,
         accelerator=accelerator,
         catalogue=read_catalogue(cfg),
+        spec=model_spec(cfg, task_kinds).to_dict(),
     )
     result = trainer.train(resume=resume)
     accelerator.wait_for_everyone()  # every process has written its last checkpoint

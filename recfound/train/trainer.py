@@ -139,6 +139,7 @@ class Trainer:
         log_metrics: Callable[[dict[str, float], int], None] | None = None,
         accelerator: Accelerator | None = None,
         catalogue: pd.DataFrame | None = None,
+        spec: dict[str, Any] | None = None,
     ) -> None:
         if not tasks:
             raise ValueError("no task to train on")
@@ -146,6 +147,7 @@ class Trainer:
         self.tasks = {t.name: t for t in tasks}
         self.config = config
         self.output_dir = Path(output_dir)
+        self.spec = spec  # the ModelSpec (as a dict) every checkpoint's adapter_config.json holds
         self.log_metrics = log_metrics or (lambda values, step: None)
         self.accelerator = accelerator or make_accelerator(config)
         self.accelerator.gradient_accumulation_steps = config.grad_accum
@@ -440,7 +442,7 @@ class Trainer:
         """Write checkpoint ``name`` (every process takes part: FSDP gathers the shards)."""
         tensors = training_tensors(self.module, self.optimizer.optimizer, PREFIX)
         if self.accelerator.is_main_process:
-            write_checkpoint(self.output_dir / name, tensors, self._state())
+            write_checkpoint(self.output_dir / name, tensors, self._state(), self.spec)
         self.accelerator.wait_for_everyone()
 
     def resume(self) -> bool:

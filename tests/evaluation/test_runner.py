@@ -15,7 +15,6 @@ from recfound.data.schema import TaskRecord, records_to_frame
 from recfound.evaluation.baseline_predictions import (
     TrainedBaselines,
     baseline_outputs,
-    evaluate_baselines,
 )
 from recfound.evaluation.model_predictions import evaluate_model, model_outputs
 from recfound.evaluation.outputs import (
@@ -26,26 +25,26 @@ from recfound.evaluation.outputs import (
     metric_estimates,
     paired_difference,
     task_metrics,
-    token_f1,
 )
 from recfound.evaluation.protocols import (
     EvalSet,
     assign_protocols,
     can_rank_catalogue,
+    candidate_outputs,
     cap_records,
-    choice_metrics,
     full_ranking_outputs,
     protocol_of,
     record_histories,
-    retrieval_ranks,
 )
 from recfound.evaluation.report import evaluation_markdown
 from recfound.evaluation.scores import (
     evaluation_document,
     outputs_from_records,
     records_document,
+    scored_metrics,
     summarize,
 )
+from recfound.metrics import token_f1
 from recfound.model.bundle import load_bundle
 
 ITEMS = pd.DataFrame(
@@ -72,6 +71,12 @@ def test_protocol_follows_the_records() -> None:
     assert protocol_of(frame("x", "generative", [rating])) == "rating"
     ranked = {"prompt": "q", "target": "B", "candidates": ["A", "B"], "candidate_ids": ["a", "b"]}
     assert protocol_of(frame("x", "generative", [ranked])) == "ranking"
+
+
+def choice_metrics(
+    frame: pd.DataFrame, scores: list[list[float]], protocol: str, ks: list[int]
+) -> dict[str, float]:
+    return task_metrics(candidate_outputs(frame, scores, protocol, ks))
 
 
 def test_choice_metrics_rank_rate_and_classify() -> None:
@@ -121,7 +126,8 @@ def test_retrieval_excludes_history_and_text_overlap() -> None:
     )
     index = {i: n for n, i in enumerate(ITEMS["item_id"])}
     scores = np.array([[0.9, 0.8, 0.1, 0.0]])  # the history item a outranks b but is excluded
-    assert retrieval_ranks(records, scores, index).tolist() == [1]
+    ranks = full_ranking_outputs(records, scores, index, [["a"]], (1,)).ranks
+    assert ranks.tolist() == [1]
     assert token_f1("action movies from 1997", "movies from 1997") == pytest.approx(0.857, abs=1e-3)
     assert token_f1("x", "") == 0.0
 
@@ -179,7 +185,11 @@ def test_model_and_baselines_score_every_task(tiny_bundle) -> None:
     quick = evaluate_model(rec, data, ks=[1], quick=True)
     assert quick["genre"]["score_metric"] == "token_accuracy"
 
-    baselines = evaluate_baselines(data, ks=[1, 2])
+    protocols = assign_protocols(data)
+    baselines = {
+        name: scored_metrics(per_task, protocols)
+        for name, per_task in baseline_outputs(data, protocols, ks=[1, 2]).items()
+    }
     # item b is found from history a by co-occurrence, ranked first among the unseen items
     assert baselines["item_knn"]["match"]["recall@1"] == pytest.approx(0.5)
     assert baselines["bm25"]["match"]["recall@1"] == pytest.approx(1.0)  # titles match queries

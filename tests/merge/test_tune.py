@@ -24,7 +24,7 @@ from recfound.merge.tune import (
     study_figures,
     tune_merge,
 )
-from recfound.train.checkpoint import TENSORS_FILE
+from recfound.model.adapter_format import WEIGHTS_FILE
 from tests.conftest import REPO_ROOT
 
 BASE = {"w": torch.zeros(4)}
@@ -95,7 +95,7 @@ def test_study_beats_every_checkpoint_and_resumes(tmp_path: Path) -> None:
 def test_missing_checkpoints_are_named(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="run `recfound train` first"):
         read_checkpoint_tensors(tmp_path, ["best_generative", "last"])
-    assert not (tmp_path / "last" / TENSORS_FILE).exists()
+    assert not (tmp_path / "last" / WEIGHTS_FILE).exists()
 
 
 KILLED_MERGE = """

@@ -12,7 +12,6 @@ from recfound.model.backbone import (
     load_backbone,
     save_backbone,
     train_bpe_tokenizer,
-    write_pointer,
 )
 
 TEXTS = [f"Movie number {i} (199{i % 10}) — categories: Drama, Comedy" for i in range(300)]
@@ -39,10 +38,6 @@ def test_builtin_backbone_save_load_gives_same_logits(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, loaded.eval()(ids).logits, atol=1e-6)
     assert tok2("Movie")["input_ids"] == tok("Movie")["input_ids"]
-    # a pointer directory resolves to the checkpoint it names
-    write_pointer(tmp_path / "ptr", tmp_path / "bb")
-    again, _ = load_backbone(tmp_path / "ptr")
-    assert again.config.hidden_size == 32
 
 
 def test_not_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
@@ -71,11 +66,6 @@ def _empty_weights(bb: Path) -> None:
     (bb / "model.safetensors").write_bytes(b"")
 
 
-def _damage_pointer(bb: Path) -> None:
-    write_pointer(bb, bb)
-    (bb / "backbone.json").write_text('{"checkpo')
-
-
 @pytest.mark.parametrize(
     ("damage", "words"),
     [
@@ -83,7 +73,6 @@ def _damage_pointer(bb: Path) -> None:
         (_config_not_an_object, ["config.json holds a JSON list"]),
         (_truncate_weights, ["weights in", "(model.safetensors) are damaged", "cut short"]),
         (_empty_weights, ["(model.safetensors) are damaged"]),
-        (_damage_pointer, ["backbone.json does not name a checkpoint"]),
     ],
 )
 def test_damaged_backbone_names_the_file_and_what_to_do(

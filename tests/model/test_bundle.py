@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from recfound.model.adapter_format import CONFIG_FILE, WEIGHTS_FILE, AdapterLoadError
 from recfound.model.bundle import (
-    SPEC_FILE,
-    WEIGHTS_FILE,
-    BundleError,
     adapter_tensors,
     load_adapter_tensors,
     load_bundle,
@@ -39,18 +37,18 @@ def test_damaged_or_foreign_bundles_are_clear_errors(tiny_bundle, tmp_path: Path
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)
     (broken / WEIGHTS_FILE).write_bytes(b"not safetensors")
-    with pytest.raises(BundleError, match="cannot be read"):
+    with pytest.raises(AdapterLoadError, match="cannot be read"):
         load_bundle(backbone, broken)
 
     foreign = tmp_path / "foreign"
     shutil.copytree(bundle, foreign)
-    raw = json.loads((foreign / SPEC_FILE).read_text())
-    raw["adapter"]["settings"]["rank"] *= 2  # tensors no longer fit the spec
-    (foreign / SPEC_FILE).write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="has shape"):
+    raw = json.loads((foreign / CONFIG_FILE).read_text())
+    raw["config"]["adapter"]["settings"]["rank"] *= 2  # tensors no longer fit the spec
+    (foreign / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(AdapterLoadError, match="shapes differ"):
         load_bundle(backbone, foreign)
 
-    with pytest.raises(BundleError, match="not a RecFound model bundle"):
+    with pytest.raises(AdapterLoadError, match="not a RecFound model bundle"):
         load_bundle(backbone, tmp_path)
 
 
@@ -73,58 +71,25 @@ def test_adapter_snapshot_is_a_copy(tiny_bundle) -> None:
         assert not torch.equal(value, adapter_tensors(rec.model)[name]), name
 
 
-def flat_adapter(adapter: dict) -> dict:
-    """The adapter entry as bundles wrote it before the settings were nested (stop 17 and
-    earlier): every adapter's fields side by side, option fields always present."""
-    settings = adapter["settings"]
-    if adapter["kind"] == "option":
-        return {
-            "kind": "option",
-            "target_modules": settings["adapter_modules"],
-            "rank": settings["adapter_rank"],
-            "alpha": settings["adapter_alpha"],
-            "dropout": 0.0,
-            "prompt_length": settings["prompt_length"],
-            "deep_prompts": settings["deep"],
-        }
-    return {
-        "kind": adapter["kind"],
-        "target_modules": adapter["target_modules"],
-        **settings,
-        "prompt_length": 8,
-        "deep_prompts": False,
-    }
-
-
-def test_bundles_written_before_the_settings_were_nested_still_load(
-    tiny_bundle, tmp_path: Path
-) -> None:
-    backbone, bundle = tiny_bundle
+def test_a_spec_without_nested_settings_is_refused(tiny_bundle, tmp_path: Path) -> None:
+    """The flat adapter spec of bundles written before the settings were nested is not read."""
+    _, bundle = tiny_bundle
     old = tmp_path / "old"
     shutil.copytree(bundle, old)
-    raw = json.loads((old / SPEC_FILE).read_text())
-    raw["adapter"] = flat_adapter(raw["adapter"])
-    (old / SPEC_FILE).write_text(json.dumps(raw))
-    assert read_spec(old)[0] == read_spec(bundle)[0]
-    texts = ["Toy Story (1995)", "GoldenEye (1995)"]
-    now, before = load_bundle(backbone, bundle), load_bundle(backbone, old)
-    assert torch.equal(now.embed(texts, "match"), before.embed(texts, "match"))
-
-
-def test_an_option_spec_in_the_old_format_reads_the_same() -> None:
-    from recfound.config import OptionParams
-    from recfound.model.build import AdapterSpec
-
-    spec = AdapterSpec(OptionParams(prompt_length=3, deep=True, adapter_rank=2))
-    assert AdapterSpec.from_dict(flat_adapter(spec.to_dict())) == spec
+    raw = json.loads((old / CONFIG_FILE).read_text())
+    adapter = raw["config"]["adapter"]
+    raw["config"]["adapter"] = {**adapter.pop("settings"), **adapter}
+    (old / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(AdapterLoadError, match="damaged.*settings"):
+        read_spec(old)
 
 
 def test_a_bad_adapter_setting_in_a_bundle_names_the_key(tiny_bundle, tmp_path: Path) -> None:
     backbone, bundle = tiny_bundle
     bad = tmp_path / "bad"
     shutil.copytree(bundle, bad)
-    raw = json.loads((bad / SPEC_FILE).read_text())
-    raw["adapter"]["settings"]["rank"] = 0
-    (bad / SPEC_FILE).write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="damaged.*rank"):
+    raw = json.loads((bad / CONFIG_FILE).read_text())
+    raw["config"]["adapter"]["settings"]["rank"] = 0
+    (bad / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(AdapterLoadError, match="damaged.*rank"):
         read_spec(bad)

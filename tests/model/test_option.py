@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from recfound.config import OptionParams
+from recfound.model.adapter_format import AdapterLoadError
 from recfound.model.build import AdapterSpec
 from recfound.model.option import OptionConfig, OptionConfigError, OptionModel
-from recfound.model.tmole import AdapterLoadError, TaskSelectionError
-from tests.model.test_tmole import logits_of, tiny_llama, token_batch
+from recfound.model.tmole import TaskSelectionError
+from tests.model.test_tmole import logits_of, tiny_llama, token_batch, train_last_token
 from tests.numeric import assert_close_scaled
 from tests.train.tiny import tiny_model, tiny_tasks
 
@@ -154,21 +154,6 @@ def test_loading_into_another_model_is_reported(tmp_path: Path) -> None:
         OptionModel.from_pretrained(tiny_llama(), tmp_path / "nothing")
 
 
-def train_last_token(option: OptionModel, ids, tasks, labels, steps: int) -> list[float]:
-    params = [p for p in option.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=5e-2)
-    losses = []
-    for _ in range(steps):
-        with option.task(tasks):
-            logits = option.model(input_ids=ids).logits[:, -1]
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
 def test_options_learn_tasks_that_share_their_inputs() -> None:
     """Same inputs, opposite answers: only the task's options can tell them apart (chance 50%).
     The backbone stays frozen."""
@@ -178,7 +163,7 @@ def test_options_learn_tasks_that_share_their_inputs() -> None:
     labels = torch.where(tasks == 0, 10, 11)
     option = OptionModel(tiny_llama(), OptionConfig(task_names=["a", "b"], prompt_length=4))
     frozen = {n: p.clone() for n, p in option.model.named_parameters() if not p.requires_grad}
-    losses = train_last_token(option, ids[:64], tasks[:64], labels[:64], steps=60)
+    losses = train_last_token(option, ids[:64], tasks[:64], labels[:64], steps=60, lr=5e-2)
     with torch.no_grad(), option.task(tasks[64:]):
         logits = option.model(input_ids=ids[64:]).logits[:, -1]
     predicted = torch.where(logits[:, 10] > logits[:, 11], 10, 11)
@@ -228,7 +213,7 @@ def test_trainer_trains_options_unchanged(tmp_path: Path) -> None:
     first = result.val_history[0][1]
     for task in ("genre", "year", "match"):
         assert result.final_val_loss[f"{task}/loss"] < first[f"{task}/loss"]
-    assert (tmp_path / "last" / "checkpoint.safetensors").is_file()
+    assert (tmp_path / "last" / "adapter_model.safetensors").is_file()
 
 
 def test_merged_option_bundle_loads_and_serves(tiny_bundle, tmp_path: Path) -> None:

@@ -6,15 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from recfound.config import BuiltinBackboneConfig
 from recfound.model.backbone import (
-    BuiltinSpec,
-    build_builtin_backbone,
     load_backbone,
     save_backbone,
-    train_bpe_tokenizer,
 )
 from recfound.model.prune import (
     Importance,
@@ -26,6 +23,7 @@ from recfound.model.prune import (
 from recfound.model.tmole import TMoLEModel
 from tests.model.test_tmole import logits_of, make_config, randomise, tiny_llama, token_batch
 from tests.numeric import assert_close_scaled
+from tests.train.tiny import tiny_backbone
 
 HIDDEN, HEADS, LAYERS = 64, 4, 2
 
@@ -113,14 +111,8 @@ def test_bad_pruning_requests_are_reported() -> None:
         prune_model(model, scores, HEADS, 0)
     with pytest.raises(PruneError, match="at least one batch"):
         importance_scores(model, [])
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    config = tiny_llama().config
+    config.num_key_value_heads = 2  # grouped-query attention
     with pytest.raises(PruneError, match="grouped-query"):
         prune_model(LlamaForCausalLM(config), scores, 1, 0)
 
@@ -130,17 +122,7 @@ def test_bad_pruning_requests_are_reported() -> None:
 
 def shared_backbone(share: int, tmp_path: Path) -> tuple[LlamaForCausalLM, object]:
     texts = ["Toy Story (1995) is a film", "GoldenEye (1995)", "Heat (1995) is a film"] * 20
-    tokenizer = train_bpe_tokenizer(texts, 300)
-    spec = BuiltinSpec(
-        hidden_size=32,
-        num_layers=4,
-        num_heads=4,
-        intermediate_size=64,
-        max_length=64,
-        vocab_size=300,
-        share_layers=share,
-    )
-    return build_builtin_backbone(spec, tokenizer, seed=0), tokenizer
+    return tiny_backbone(texts, num_layers=4, vocab_size=300, share_layers=share)
 
 
 def test_sharing_divides_the_layer_parameters(tmp_path: Path) -> None:

@@ -3,12 +3,12 @@ exactly as scoring every item one by one would, and excluded items are never rec
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from recfound.model.backbone import (
-    BuiltinSpec,
     add_item_tokens,
     build_builtin_backbone,
     load_backbone,
@@ -17,11 +17,10 @@ from recfound.model.backbone import (
 )
 from recfound.model.build import build_rec_model
 from recfound.model.recmodel import top_k_items
+from tests.train import tiny
 from tests.train.tiny import ADAPTER
 
-SPEC = BuiltinSpec(
-    hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64, max_length=64, vocab_size=300
-)
+SPEC = replace(tiny.SPEC, num_layers=1, vocab_size=300)
 TOKENS = [f"<item_{i}>" for i in range(12)]
 
 

@@ -14,9 +14,10 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from recfound.model.adapter_format import AdapterLoadError
 from recfound.model.lora import LoRAAdapter
+from recfound.model.option import OptionModel
 from recfound.model.tmole import (
-    AdapterLoadError,
     TaskSelectionError,
     TMoLEConfig,
     TMoLEConfigError,
@@ -236,15 +237,20 @@ def test_unload_returns_the_base_model() -> None:
 # ---- 3. conflicting tasks: TMoLE separates them, one shared LoRA cannot --------------------
 
 
-def train_last_token(adapter: TMoLEModel | LoRAAdapter, steps: int) -> float:
-    """Same prompts, two tasks with different target tokens (3 for task 0, 4 for task 1)."""
-    prompts = torch.randint(10, 200, (16, 6), generator=torch.Generator().manual_seed(1))
-    ids = torch.cat([prompts, prompts])
-    tasks = torch.tensor([0] * 16 + [1] * 16)
-    labels = torch.where(tasks == 0, 3, 4)
+def train_last_token(
+    adapter: TMoLEModel | LoRAAdapter | OptionModel,
+    ids: torch.Tensor,
+    tasks: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    lr: float,
+) -> list[float]:
+    """Adam on the adapter's parameters: the last token's logits of ``ids`` (each row with its
+    task) against ``labels``; the loss of each step."""
     params = [p for p in adapter.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=0.01)
+    optimizer = torch.optim.Adam(params, lr=lr)
     adapter.model.train()
+    losses = []
     for _ in range(steps):
         with adapter.task(tasks):
             logits = adapter.model(input_ids=ids).logits[:, -1]
@@ -252,7 +258,17 @@ def train_last_token(adapter: TMoLEModel | LoRAAdapter, steps: int) -> float:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return loss.item()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def conflicting_tasks_loss(adapter: TMoLEModel | LoRAAdapter, steps: int) -> float:
+    """Same prompts, two tasks with different target tokens (3 for task 0, 4 for task 1)."""
+    prompts = torch.randint(10, 200, (16, 6), generator=torch.Generator().manual_seed(1))
+    ids = torch.cat([prompts, prompts])
+    tasks = torch.tensor([0] * 16 + [1] * 16)
+    labels = torch.where(tasks == 0, 3, 4)
+    return train_last_token(adapter, ids, tasks, labels, steps, lr=0.01)[-1]
 
 
 def test_tmole_learns_conflicting_tasks_that_one_lora_cannot() -> None:
@@ -275,8 +291,8 @@ def test_tmole_learns_conflicting_tasks_that_one_lora_cannot() -> None:
     lora = LoRAAdapter(tiny_llama(), r=lora_rank, alpha=2.0 * lora_rank, target_modules=TARGETS)
     assert lora.trainable_parameters() >= tmole.trainable_parameters()
 
-    tmole_loss = train_last_token(tmole, steps)
-    lora_loss = train_last_token(lora, steps)
+    tmole_loss = conflicting_tasks_loss(tmole, steps)
+    lora_loss = conflicting_tasks_loss(lora, steps)
 
     gates_a, gates_b = tmole.gates("a"), tmole.gates("b")
     distance = max((gates_a[n] - gates_b[n]).abs().sum().item() for n in tmole.target_names)

@@ -17,24 +17,19 @@ from pipelines.arguments import (
     pipeline_arguments,
 )
 from pipelines.commands import compile_pipeline
-from pipelines.recfound_pipeline import MLFLOW_SECRET, MLFLOW_SECRET_KEYS, build_pipeline
+from pipelines.recfound_pipeline import (
+    MLFLOW_SECRET,
+    MLFLOW_SECRET_KEYS,
+    MLFLOW_STEPS,
+    build_pipeline,
+)
 from recfound.cli import main
 from recfound.config import load_config
 from tests.conftest import REPO_ROOT
 
-STAGE_ORDER = [
-    "ingest",
-    "validate",
-    "build-tasks",
-    "pretrain",
-    "train",
-    "merge",
-    "evaluate",
-    "register",
-    "recommend",
-]
 # off the chain: trained from the task data alone, read by evaluate (as in dvc.yaml)
 BASELINES = "baselines"
+STAGE_ORDER = ["ingest", "validate", "build-tasks", *(s for s in MLFLOW_STEPS if s != BASELINES)]
 STAGES = [*STAGE_ORDER, BASELINES]
 MLFLOW_STEPS = {"baselines", "pretrain", "train", "merge", "evaluate", "register", "recommend"}
 # (consumer, input artifact) ← (producer, output artifact): what each step reads from the one before

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from pipelines.recfound_pipeline import MLFLOW_STEPS
 from recfound.tracking.lineage import DATA_VERSION_FILE
 from tests.conftest import write_tiny_params
 from tests.pipelines.test_run_local import _tiny_params as run_local_params
@@ -156,15 +157,7 @@ def test_each_pipeline_run_trains_on_its_revision_and_registers_its_md5(
         )
         top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         names = sorted(r.info.run_name for r in top)
-        assert names == [
-            "baselines",
-            "evaluate",
-            "merge",
-            "pretrain",
-            "recommend",
-            "register",
-            "train",
-        ]
+        assert names == sorted(MLFLOW_STEPS)
         (train,) = [r for r in top if r.info.run_name == "train"]
         inputs = {
             d.tags[0].value: d.dataset for d in train.inputs.dataset_inputs

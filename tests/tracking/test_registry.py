@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from recfound.cli import EXIT_USER_ERROR, main
-from recfound.config import RegistryConfig, load_config
+from recfound.config import Config, RegistryConfig, load_config
 from recfound.errors import UserInputError
 from recfound.evaluation.outputs import RankOutputs
 from recfound.evaluation.scores import records_document
@@ -155,7 +155,7 @@ def test_register_names_the_stage_to_run_first(tmp_path: Path) -> None:
         run_register(cfg)
     bundle = Path(cfg.paths.merged)
     bundle.mkdir()
-    (bundle / "model_spec.json").write_text("{}")
+    (bundle / "adapter_config.json").write_text("{}")
     with pytest.raises(UserInputError, match="run `recfound evaluate`"):
         run_register(cfg)
     (Path(cfg.paths.reports) / "metrics.json").parent.mkdir(parents=True)
@@ -360,13 +360,18 @@ def test_a_nan_champion_does_not_block_a_later_version(caplog: pytest.LogCapture
     assert "judged as if there were no champion" in caplog.text
 
 
+def tracked_config(tmp_path: Path, tiny_bundle: tuple[Path, Path]) -> Config:
+    """The tiny project's config, tracking into an MLflow database under ``tmp_path``."""
+    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    return load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+
+
 def test_register_refuses_a_report_with_a_nan_score(
     tmp_path: Path, tiny_bundle: tuple[Path, Path]
 ) -> None:
     from recfound.tracking.registry import NonFiniteScoreError
 
-    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
-    cfg = load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+    cfg = tracked_config(tmp_path, tiny_bundle)
     write_metrics(Path(cfg.paths.reports) / "metrics.json", float("nan"), {"genre": 0.3})
     with pytest.raises(NonFiniteScoreError, match=r"overall\.mean_score = nan.*not registered"):
         run_register(cfg)
@@ -381,8 +386,7 @@ def test_register_refuses_reports_from_a_killed_evaluate(
 ) -> None:
     from recfound.artifacts import ManifestError
 
-    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
-    cfg = load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+    cfg = tracked_config(tmp_path, tiny_bundle)
     reports = Path(cfg.paths.reports)
     write_evaluation(reports, 0.40, CHAMPION_YEAR)  # a complete run: files + manifest
     old_records = (reports / "eval_records.json").read_bytes()
@@ -465,8 +469,7 @@ def test_register_refuses_a_truncated_records_file(
 ) -> None:
     from recfound.artifacts import ManifestError
 
-    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
-    cfg = load_config(project_params(tmp_path, *tiny_bundle, tracking=tracking))
+    cfg = tracked_config(tmp_path, tiny_bundle)
     reports = Path(cfg.paths.reports)
     write_evaluation(reports, 0.40, CHAMPION_YEAR)
     records = reports / "eval_records.json"

@@ -135,7 +135,7 @@ def test_registered_model_is_code_and_safetensors_without_pickle(champion) -> No
     flavor = mlflow.models.Model.load(model_dir / "MLmodel").flavors["python_function"]
     assert flavor["model_code_path"].endswith("model_code.py") and "python_model" not in flavor
     assert flavor["config"] == ServingConfig().model_dump()  # the serving settings travel
-    assert any(f.endswith("adapter.safetensors") for f in files)
+    assert any(f.endswith("adapter_model.safetensors") for f in files)
     assert any(f.endswith("model.safetensors") for f in files)  # the backbone
     # the directory alone, loaded afresh, answers every task
     model = mlflow.pyfunc.load_model(str(model_dir))

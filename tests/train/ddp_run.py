@@ -19,21 +19,12 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-from recfound.config import TrainConfig
 from recfound.train.trainer import Trainer
-from tests.train.tiny import tiny_model, tiny_tasks
+from tests.train.tiny import tiny_model, tiny_tasks, tiny_train_config
 
-CONFIG = TrainConfig(
-    steps=6,
-    batch_size=4,
-    embedding_batch_size=8,
-    samples_per_task=4,
-    eval_every=3,
-    val_batch_size=8,
-    checkpoint_every=2,
-    learning_rate=5e-3,
-    warmup_steps=2,
-    strategy="uniform",
+# S2Sched's settings are unused by the uniform strategy
+CONFIG = tiny_train_config(
+    steps=6, batch_size=4, eval_every=3, checkpoint_every=2, strategy="uniform"
 )
 
 

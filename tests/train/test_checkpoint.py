@@ -68,6 +68,6 @@ def test_stale_staging_folders_are_removed_and_a_missing_checkpoint_is_none(
 ) -> None:
     stale = tmp_path / ".last.abc123.staging"
     stale.mkdir()
-    (stale / "checkpoint.safetensors").write_bytes(b"half")
+    (stale / "adapter_model.safetensors").write_bytes(b"half")
     assert complete_checkpoint(tmp_path / "last") is None
     assert not stale.exists()

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recfound.train.checkpoint import adapter_part
+from recfound.model.adapter_format import WEIGHTS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def _accelerate(out: Path, *args: str, expect_ok: bool = True):
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
-    return adapter_part(load_file(str(out / "last" / "checkpoint.safetensors")))
+    return load_file(str(out / "last" / WEIGHTS_FILE))
 
 
 def _result(out: Path) -> dict:

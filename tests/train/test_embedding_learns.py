@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 
 from recfound import metrics as M
-from recfound.config import S2SchedConfig, TrainConfig
-from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
+from recfound.config import S2SchedConfig
 from recfound.model.build import build_rec_model
 from recfound.train.trainer import TaskData, Trainer
-from tests.train.tiny import ADAPTER
+from tests.train.tiny import ADAPTER, tiny_backbone, tiny_train_config
 
 COLOURS = {"red": "rojo", "blue": "azul", "green": "verde", "black": "negro", "white": "blanco"}
 SHAPES = {"circle": "kreis", "square": "quadrat", "star": "stern", "ring": "reif", "cube": "wurfel"}
@@ -47,28 +46,17 @@ def _mrr(trainer: Trainer, catalogue: pd.DataFrame, queries: pd.DataFrame) -> fl
 def test_infonce_with_catalogue_negatives_learns_retrieval(tmp_path: Path) -> None:
     catalogue, queries = _catalogue_and_queries()
     words = [*catalogue["text"], *queries["prompt"]] * 10
-    tokenizer = train_bpe_tokenizer(words, 300)
-    spec = BuiltinSpec(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=64,
-        max_length=32,
-        vocab_size=300,
-    )
-    base = build_builtin_backbone(spec, tokenizer, seed=0)
+    base, tokenizer = tiny_backbone(words, max_length=32, vocab_size=300)
     rec = build_rec_model(base, tokenizer, ADAPTER, {"match": "embedding"}, seed=0, max_length=32)
     task = TaskData("match", "embedding", queries, queries)
-    params = TrainConfig(
+    params = tiny_train_config(
         steps=40,
         batch_size=1,  # no generative task
-        embedding_batch_size=8,
         samples_per_task=8,
         catalogue_negatives=12,
         learning_rate=1e-2,
         warmup_steps=5,
         eval_every=30,
-        val_batch_size=8,
         checkpoint_every=100,
         s2sched=S2SchedConfig(warmup_steps=10, update_every=10),
     )

@@ -11,19 +11,14 @@ import torch
 from recfound.accelerator import stage_device
 from recfound.config import parse_config
 from recfound.data.corpus import behaviour_sequences, behaviour_windows
-from recfound.model.backbone import (
-    BuiltinSpec,
-    build_builtin_backbone,
-    load_backbone,
-    save_backbone,
-    train_bpe_tokenizer,
-)
+from recfound.model.backbone import load_backbone, save_backbone
 from recfound.stages.build_tasks import run_build_tasks
 from recfound.stages.ingest import run_ingest
 from recfound.stages.pretrain import run_pretrain
 from recfound.stages.validate import run_validate
 from recfound.train.lr_schedule import lr_at
 from recfound.train.pretrain import pack_blocks, pad_rows, split_blocks
+from tests.train.tiny import tiny_backbone
 
 
 def test_pack_and_split_blocks() -> None:
@@ -136,17 +131,9 @@ def test_a_given_checkpoint_is_extended_and_only_the_identifier_rows_train(
     weight stays bit-identical, the old vocabulary's embedding rows included, and the new
     identifier rows train."""
     texts = ["Toy Story (1995) — genres: Animation", "GoldenEye (1995) — genres: Action"] * 20
-    tokenizer = train_bpe_tokenizer(texts, 300)
-    spec = BuiltinSpec(
-        hidden_size=32,
-        num_layers=1,
-        num_heads=4,
-        intermediate_size=64,
-        max_length=128,
-        vocab_size=300,
-    )
+    model, tokenizer = tiny_backbone(texts, num_layers=1, max_length=128, vocab_size=300)
     checkpoint = tmp_path / "my-llm"
-    save_backbone(build_builtin_backbone(spec, tokenizer, seed=0), tokenizer, checkpoint)
+    save_backbone(model, tokenizer, checkpoint)
     original, original_tok = load_backbone(checkpoint)
     cfg = _config(tmp_path, backbone=str(checkpoint))
     cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"steps": 20})})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
+from recfound.model.backbone import build_builtin_backbone, train_bpe_tokenizer
 from recfound.train.pretrain import pretrain_causal_lm
 from recfound.train.pretrain_fit import (
     GIB,
@@ -15,10 +17,9 @@ from recfound.train.pretrain_fit import (
     prepare_trainable,
     resolve_trainable,
 )
+from tests.train import tiny
 
-SPEC = BuiltinSpec(
-    hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_length=64, vocab_size=300
-)
+SPEC = replace(tiny.SPEC, vocab_size=300)
 
 
 def _model():

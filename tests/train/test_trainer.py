@@ -9,25 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from recfound.config import S2SchedConfig, TrainConfig
+from recfound.model.adapter_format import WEIGHTS_FILE
 from recfound.model.bundle import adapter_tensors
 from recfound.train.checkpoint import CheckpointError, load_checkpoint
 from recfound.train.throughput import StepFlops, train_flops_per_token
 from recfound.train.trainer import Trainer, TrainingInterrupted, frozen_to_bf16
-from tests.train.tiny import tiny_model, tiny_tasks
+from tests.train.tiny import tiny_model, tiny_tasks, tiny_train_config
 
-PARAMS = TrainConfig(
-    steps=12,
-    batch_size=8,
-    embedding_batch_size=8,
-    samples_per_task=4,
-    eval_every=4,
-    val_batch_size=8,
-    checkpoint_every=4,
-    learning_rate=5e-3,
-    warmup_steps=2,
-    s2sched=S2SchedConfig(warmup_steps=2, update_every=2, window=3),
-)
+PARAMS = tiny_train_config()
 SEED = 3
 
 
@@ -43,7 +32,7 @@ def test_training_lowers_validation_loss_and_writes_checkpoints(tmp_path: Path) 
     assert result.final_val_loss["genre/loss"] < first["genre/loss"]
     assert result.final_val_loss["match/loss"] < first["match/loss"]
     for name in ("last", "best_generative", "best_embedding"):
-        assert (tmp_path / name / "checkpoint.safetensors").is_file()
+        assert (tmp_path / name / WEIGHTS_FILE).is_file()
     last = result.weights_history[-1][1]  # each group (generative, embedding) sums to 1
     assert last["genre"] + last["year"] == pytest.approx(1.0)
     assert last["match"] == pytest.approx(1.0)
@@ -97,9 +86,9 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     tasks = tiny_tasks()
     Trainer(tiny_model(tasks), tasks, PARAMS, tmp_path, seed=SEED).save("last")
     other = tiny_model(tasks[:1])  # one task: other task embeddings
-    with pytest.raises(CheckpointError, match="does not match|has shape"):
+    with pytest.raises(CheckpointError, match="does not match|shapes differ"):
         load_checkpoint(tmp_path / "last", other.model)
-    (tmp_path / "last" / "checkpoint.safetensors").write_bytes(b"\x00" * 10)
+    (tmp_path / "last" / WEIGHTS_FILE).write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="damaged"):
         load_checkpoint(tmp_path / "last", tiny_model(tasks).model)
 
@@ -159,7 +148,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_earlier_checkpoints(
         trainer.train()
     _, state = read_checkpoint(tmp_path / "last")
     assert state["step"] == 4  # the checkpoint of step 4, not one of the diverged model
-    assert (tmp_path / "best_generative" / "checkpoint.safetensors").is_file()
+    assert (tmp_path / "best_generative" / WEIGHTS_FILE).is_file()
 
 
 def test_every_step_logs_tokens_per_s_and_model_flops(tmp_path: Path) -> None:

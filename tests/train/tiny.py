@@ -1,11 +1,16 @@
 """A tiny, real training setup shared by the trainer tests: a small Llama built from a config,
-a tokenizer trained on ml-100k titles, and three tasks made from ml-100k item attributes."""
+a tokenizer trained on ml-100k titles, three tasks made from ml-100k item attributes, and a
+training budget a CPU runs in seconds."""
 
 from __future__ import annotations
 
-import pandas as pd
+from collections.abc import Sequence
+from dataclasses import replace
 
-from recfound.config import TMoLEParams
+import pandas as pd
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from recfound.config import S2SchedConfig, TMoLEParams, TrainConfig
 from recfound.data.sources import load_ml100k
 from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
 from recfound.model.build import AdapterSpec, build_rec_model
@@ -28,14 +33,48 @@ ADAPTER = AdapterSpec(
 )
 
 
-def tiny_tasks(n_train: int = 120, n_valid: int = 24) -> list[TaskData]:
+# The trainer tests' budget: every feature (S2Sched updates, validation, checkpoints) happens
+TRAIN = dict(
+    steps=12,
+    batch_size=8,
+    embedding_batch_size=8,
+    samples_per_task=4,
+    eval_every=4,
+    val_batch_size=8,
+    checkpoint_every=4,
+    learning_rate=5e-3,
+    warmup_steps=2,
+    s2sched=S2SchedConfig(warmup_steps=2, update_every=2, window=3),
+)
+
+
+def tiny_train_config(**changes: object) -> TrainConfig:
+    """:data:`TRAIN` with ``changes``, validated as ``params.yaml`` would be."""
+    return TrainConfig(**{**TRAIN, **changes})
+
+
+def tiny_backbone(
+    texts: Sequence[str], seed: int = 0, **spec_changes: object
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A builtin backbone of :data:`SPEC` (with ``spec_changes``) and a BPE tokenizer trained on
+    ``texts``."""
+    spec = replace(SPEC, **spec_changes)
+    tokenizer = train_bpe_tokenizer(list(texts), spec.vocab_size)
+    return build_builtin_backbone(spec, tokenizer, seed=seed), tokenizer
+
+
+def tiny_tasks(n_train: int = 120, n_valid: int = 24, questions: bool = False) -> list[TaskData]:
+    """``genre`` and ``year`` (generative: a title → its genres or year) and ``match``
+    (embedding: a title → its attributes). ``questions``: the generative prompts say what they
+    ask for (``"Genres of …"``)."""
     items = load_ml100k().items.head(n_train + n_valid).reset_index(drop=True)
     genres = items["categories"].str.replace("|", ", ")
     years = items["year"].astype("string").fillna("unknown")
+    titles = items["title"]
     frames = {
-        "genre": ("generative", items["title"], genres),
-        "year": ("generative", items["title"], years),
-        "match": ("embedding", items["title"], "genres: " + genres + "; year " + years),
+        "genre": ("generative", "Genres of " + titles if questions else titles, genres),
+        "year": ("generative", "Year of " + titles if questions else titles, years),
+        "match": ("embedding", titles, "genres: " + genres + "; year " + years),
     }
     tasks = []
     for name, (kind, prompts, targets) in frames.items():
@@ -46,8 +85,7 @@ def tiny_tasks(n_train: int = 120, n_valid: int = 24) -> list[TaskData]:
 
 def tiny_model(tasks: list[TaskData], seed: int = 0, adapter: AdapterSpec = ADAPTER) -> RecModel:
     texts = [str(t) for task in tasks for t in pd.concat([task.train.prompt, task.train.target])]
-    tokenizer = train_bpe_tokenizer(texts, SPEC.vocab_size)
-    base = build_builtin_backbone(SPEC, tokenizer, seed=seed)
+    base, tokenizer = tiny_backbone(texts, seed=seed)
     return build_rec_model(
         base, tokenizer, adapter, {t.name: t.kind for t in tasks}, seed=seed, max_length=48
     )

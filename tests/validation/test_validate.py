@@ -51,16 +51,15 @@ def test_real_ml100k_tables_pass_and_reports_are_written(ml100k: Tables, tmp_pat
     assert "passed" in report.summary()
 
 
-def _with_rating_7(t: Tables) -> Tables:
-    inter = t.interactions.copy()
-    inter.loc[10, "rating"] = 7.0
-    return dataclasses.replace(t, interactions=inter)
+def _with_value(table: str, row: int, column: str, value: object) -> Callable[[Tables], Tables]:
+    """A corruption: ``value`` written into ``column`` of ``row`` of one table."""
 
+    def corrupt(t: Tables) -> Tables:
+        frame = getattr(t, table).copy()
+        frame.loc[row, column] = value
+        return dataclasses.replace(t, **{table: frame})
 
-def _with_unknown_item(t: Tables) -> Tables:
-    inter = t.interactions.copy()
-    inter.loc[10, "item_id"] = "999999"
-    return dataclasses.replace(t, interactions=inter)
+    return corrupt
 
 
 def _with_duplicated_item(t: Tables) -> Tables:
@@ -68,16 +67,10 @@ def _with_duplicated_item(t: Tables) -> Tables:
     return dataclasses.replace(t, items=items)
 
 
-def _with_empty_title(t: Tables) -> Tables:
-    items = t.items.copy()
-    items.loc[0, "title"] = ""
-    return dataclasses.replace(t, items=items)
-
-
-def _with_null_user(t: Tables) -> Tables:
-    inter = t.interactions.copy()
-    inter.loc[10, "user_id"] = None
-    return dataclasses.replace(t, interactions=inter)
+_with_rating_7 = _with_value("interactions", 10, "rating", 7.0)
+_with_unknown_item = _with_value("interactions", 10, "item_id", "999999")
+_with_empty_title = _with_value("items", 0, "title", "")
+_with_null_user = _with_value("interactions", 10, "user_id", None)
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from recfound.data import schema as S
-from recfound.data.schema import TaskRecord
-from recfound.data.tasks.base import ItemInfo, TaskBuilder, TaskContext
+from abc import abstractmethod
+
+from numpy.random import Generator
+
+from recfound.data.tasks.base import Fields, ItemAttributeTaskBuilder, ItemInfo, TaskContext
 
 ANSWERABILITY = ["answerable", "unanswerable"]
 
@@ -32,39 +34,48 @@ def item_context(ctx: TaskContext, item: ItemInfo, omit: str | None = None) -> s
     return " — ".join(parts)
 
 
-class AnswerabilityPredictionBuilder(TaskBuilder):
+class QuestionTaskBuilder(ItemAttributeTaskBuilder):
+    """A task about a seeded question on one of an item's attributes (:func:`item_questions`);
+    an item without any makes no record."""
+
+    @abstractmethod
+    def question_fields(
+        self, ctx: TaskContext, item: ItemInfo, asked: tuple[str, str, str], rng: Generator
+    ) -> Fields:
+        """The record's fields for ``asked`` = (attribute, question, answer); ``item_id`` is
+        filled in."""
+
+    def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
+        questions = item_questions(ctx, item)
+        if not questions:
+            return None
+        attribute = sorted(questions)[int(rng.integers(len(questions)))]
+        asked = (attribute, *questions[attribute])
+        return {**self.question_fields(ctx, item, asked, rng), "item_id": item.item_id}
+
+
+class AnswerabilityPredictionBuilder(QuestionTaskBuilder):
     """Per item, a seeded question about one of its attributes; with probability ½ the context
     is the item's full text (answerable, label 1.0), else the text with that attribute removed
     (unanswerable, label 0.0). Split by a seeded item hash."""
 
     name = "answerability_prediction"
     kind = "generative"
-    needs = frozenset({S.SIGNAL_ITEM_TEXT, S.SIGNAL_ITEM_CATEGORIES})
     derived = (
         "The source has no Q&A: questions ask for an item's real year or categories, and the "
         "context is its text with or without that attribute."
     )
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        records = []
-        for item_id in ctx.item_pool:
-            item = ctx.items[item_id]
-            questions = item_questions(ctx, item)
-            if not questions:
-                continue
-            attribute = sorted(questions)[int(rng.integers(len(questions)))]
-            answerable = bool(rng.random() < 0.5)
-            context = item_context(ctx, item, omit=None if answerable else attribute)
-            records.append(
-                self.record(
-                    ctx.item_split(f"item:{item_id}"),
-                    prompt=f"Context: {context}\nQuestion: {questions[attribute][0]}\n"
-                    "Can the question be answered from the context?",
-                    target=ANSWERABILITY[0] if answerable else ANSWERABILITY[1],
-                    item_id=str(item_id),
-                    candidates=list(ANSWERABILITY),
-                    label=1.0 if answerable else 0.0,
-                )
-            )
-        return ctx.cap_records(records, rng)
+    def question_fields(
+        self, ctx: TaskContext, item: ItemInfo, asked: tuple[str, str, str], rng: Generator
+    ) -> Fields:
+        attribute, question, _ = asked
+        answerable = bool(rng.random() < 0.5)
+        context = item_context(ctx, item, omit=None if answerable else attribute)
+        return {
+            "prompt": f"Context: {context}\nQuestion: {question}\n"
+            "Can the question be answered from the context?",
+            "target": ANSWERABILITY[0] if answerable else ANSWERABILITY[1],
+            "candidates": list(ANSWERABILITY),
+            "label": 1.0 if answerable else 0.0,
+        }

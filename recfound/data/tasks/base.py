@@ -21,16 +21,25 @@ import hashlib
 import re
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
+from numpy.random import Generator
+from scipy import sparse
 
 from recfound.config import ConfigError
-from recfound.data.schema import SPLITS, Tables, TaskKind, TaskRecord
+from recfound.data.schema import (
+    SIGNAL_ITEM_CATEGORIES,
+    SIGNAL_ITEM_TEXT,
+    SPLITS,
+    Tables,
+    TaskKind,
+    TaskRecord,
+)
 from recfound.data.semantic_ids import collaborative_item_vectors, semantic_codes
 from recfound.data.splits import SPLIT_COLUMN, choose_cold_items, split_leave_one_out
 
@@ -42,6 +51,8 @@ _CATEGORY = r"[A-Za-z][\w'&/-]*( [\w'&/-]+){0,2}"
 VALUE_FORMAT = rf"\d{{4}}|{_CATEGORY}(, {_CATEGORY})*"
 
 T = TypeVar("T")
+# A task record's fields as a builder's hook returns them (``prompt``, ``target`` …)
+Fields = Mapping[str, object]
 
 
 @dataclass(frozen=True)
@@ -67,11 +78,6 @@ class UserTimeline:
     item_ids: tuple[str, ...]
     ratings: tuple[float, ...]
     num_train: int
-
-    @property
-    def held_out_ids(self) -> frozenset[str]:
-        """Valid and test target items: never allowed in a train record of this user."""
-        return frozenset(self.item_ids[self.num_train :])
 
     @property
     def train_ids(self) -> tuple[str, ...]:
@@ -372,6 +378,28 @@ class TaskContext:
         return self.interactions[self.interactions[SPLIT_COLUMN] == "train"]
 
     @cached_property
+    def co_liked_counts(self) -> sparse.csr_matrix:
+        """Item × item counts of users who liked both (rating ≥ threshold), indexed like
+        ``item_pool``, from *train* interactions only so no held-out interaction shapes a pair."""
+        train = self.train_interactions
+        liked = train[train["rating"].to_numpy(dtype=float) >= self.rating_threshold]
+        columns = liked["item_id"].map(self.item_positions).to_numpy()
+        rows = liked["user_id"].factorize()[0]
+        users_by_items = sparse.csr_matrix(
+            (np.ones(len(rows), dtype=np.int32), (rows, columns)),
+            shape=(rows.max() + 1 if len(rows) else 0, len(self.item_pool)),
+        )
+        counts = (users_by_items.T @ users_by_items).tocsr()
+        counts.setdiag(0)
+        counts.eliminate_zeros()
+        return counts
+
+    @cached_property
+    def item_positions(self) -> dict[str, int]:
+        """Each item of ``item_pool`` → its position there."""
+        return {item: n for n, item in enumerate(self.item_pool)}
+
+    @cached_property
     def _rating_sums(self) -> tuple[dict, dict, dict]:
         """Training ratings summed and counted per user and per item, and each (user, item)'s."""
         train = self.train_interactions
@@ -457,15 +485,20 @@ class TaskContext:
 
     def candidates_for(
         self, rng: np.random.Generator, example: UserExample, count: int
-    ) -> list[str]:
-        """``count`` item ids in seeded order: the target plus negatives the user never met.
+    ) -> dict[str, list[str]]:
+        """A record's ``candidate_ids``: ``count`` item ids in seeded order, the target plus
+        negatives the user never met; and its ``candidates``: their answers (identifier first).
 
         Negatives exclude every item of the user's timeline, so a train record never shows the
         user's valid or test items.
         """
         negatives = self.sample_negatives(rng, set(example.timeline.item_ids), count - 1)
         ids = [example.target_id, *negatives]
-        return [ids[i] for i in rng.permutation(len(ids))]
+        candidate_ids = [ids[i] for i in rng.permutation(len(ids))]
+        return {
+            "candidate_ids": candidate_ids,
+            "candidates": [self.item_answer(i) for i in candidate_ids],
+        }
 
     # --- text ----------------------------------------------------------------------------
 
@@ -605,3 +638,65 @@ class TaskBuilder(ABC):
         return TaskRecord(
             task=self.name, kind=self.kind, split=split, prompt=prompt, target=target, **fields
         )
+
+
+class UserTaskBuilder(TaskBuilder):
+    """A task with one record per leave-one-out example of a user (a *user-based* split, see the
+    module docstring). The loop over splits and the cap (in :meth:`TaskContext.user_examples`) live
+    here; a task writes one example's record in :meth:`example_fields`."""
+
+    # the fewest earlier interactions a train target needs; every_user: full-ranking tasks
+    # evaluated on every user (see :meth:`TaskContext.user_examples`)
+    min_history: ClassVar[int] = 1
+    every_user: ClassVar[bool] = False
+
+    def examples_where(self, ctx: TaskContext) -> np.ndarray | None:
+        """A mask over ``ctx.interactions`` rows a target may come from (None: every row)."""
+        return None
+
+    @abstractmethod
+    def example_fields(self, ctx: TaskContext, example: UserExample, rng: Generator) -> Fields:
+        """The record's fields for one example; ``user_id`` and ``item_id`` (the target) are
+        filled in."""
+
+    def build(self, ctx: TaskContext) -> list[TaskRecord]:
+        rng = ctx.rng(self.name)
+        where = self.examples_where(ctx)
+        records = []
+        for split in SPLITS:
+            examples = ctx.user_examples(
+                rng, split, min_history=self.min_history, where=where, every_user=self.every_user
+            )
+            for example in examples:
+                fields = self.example_fields(ctx, example, rng)
+                records.append(
+                    self.record(split, user_id=example.user_id, item_id=example.target_id, **fields)
+                )
+        return records
+
+
+class ItemTaskBuilder(TaskBuilder):
+    """A task with at most one record per item of ``ctx.item_pool`` (an *item-level* split by a
+    seeded hash of the item, see the module docstring). The loop and the cap live here; a task
+    writes one item's record in :meth:`item_fields`."""
+
+    @abstractmethod
+    def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
+        """The record's fields for one item (``item_id`` included), or None when the item makes
+        no record."""
+
+    def build(self, ctx: TaskContext) -> list[TaskRecord]:
+        rng = ctx.rng(self.name)
+        records = []
+        for item_id in ctx.item_pool:
+            fields = self.item_fields(ctx, ctx.items[item_id], rng)
+            if fields is not None:
+                records.append(self.record(ctx.item_split(f"item:{item_id}"), **fields))
+        return ctx.cap_records(records, rng)
+
+
+class ItemAttributeTaskBuilder(ItemTaskBuilder):
+    """An item-level task made from one item's own text and categories (no user, no
+    interaction): questions, queries and listings written from its real attributes."""
+
+    needs = frozenset({SIGNAL_ITEM_TEXT, SIGNAL_ITEM_CATEGORIES})

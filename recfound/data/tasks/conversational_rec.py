@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+from numpy.random import Generator
+
 from recfound.data import schema as S
-from recfound.data.schema import SPLITS, TaskRecord
-from recfound.data.tasks.base import TaskBuilder, TaskContext, UserExample
+from recfound.data.tasks.base import Fields, TaskContext, UserExample, UserTaskBuilder
 
 STATED_GENRES = 2
 
 
-class ConversationalRecBuilder(TaskBuilder):
+class ConversationalRecBuilder(UserTaskBuilder):
     """The user's side of the dialogue lists what they watched (identifiers, oldest first, as
     next-item prompts show behaviour), states their most frequent genres among the items they
     liked before the target and names the last one they liked; the answer is the liked target."""
@@ -25,26 +27,16 @@ class ConversationalRecBuilder(TaskBuilder):
         "they liked."
     )
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        liked = ctx.liked_mask()
-        records = []
-        for split in SPLITS:
-            for example in ctx.user_examples(rng, split, where=liked):
-                candidate_ids = ctx.candidates_for(rng, example, ctx.num_candidates)
-                records.append(
-                    self.record(
-                        split,
-                        prompt=self._dialogue(ctx, example),
-                        target=ctx.item_answer(example.target_id),
-                        user_id=example.user_id,
-                        item_id=example.target_id,
-                        history_ids=example.history_ids,
-                        candidates=[ctx.item_answer(i) for i in candidate_ids],
-                        candidate_ids=candidate_ids,
-                    )
-                )
-        return records
+    def examples_where(self, ctx: TaskContext) -> np.ndarray | None:
+        return ctx.liked_mask()
+
+    def example_fields(self, ctx: TaskContext, example: UserExample, rng: Generator) -> Fields:
+        return {
+            "prompt": self._dialogue(ctx, example),
+            "target": ctx.item_answer(example.target_id),
+            "history_ids": example.history_ids,
+            **ctx.candidates_for(rng, example, ctx.num_candidates),
+        }
 
     def _dialogue(self, ctx: TaskContext, example: UserExample) -> str:
         history = example.history_ids

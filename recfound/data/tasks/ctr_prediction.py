@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from numpy.random import Generator
+
 from recfound.data import schema as S
-from recfound.data.schema import SPLITS, TaskRecord
-from recfound.data.tasks.base import YES_NO, TaskBuilder, TaskContext, stable_hash
+from recfound.data.tasks.base import (
+    YES_NO,
+    Fields,
+    TaskContext,
+    UserExample,
+    UserTaskBuilder,
+    stable_hash,
+)
 
 # One training record in COLD_SHARE (1 in 5) asks about its item as a cold item ("no ratings yet").
 COLD_SHARE = 5
@@ -17,7 +25,7 @@ def cold_like_question(ctx: TaskContext, item_id: str) -> str:
     return f"Will they like this new {ctx.item_noun}: {text} (no ratings yet)? Answer yes or no."
 
 
-class CTRPredictionBuilder(TaskBuilder):
+class CTRPredictionBuilder(UserTaskBuilder):
     """A *like* is a rating at or above the source's ``rating_threshold``; ``label`` is 1.0 for a
     like and 0.0 otherwise (for AUC).
 
@@ -33,29 +41,17 @@ class CTRPredictionBuilder(TaskBuilder):
     kind = "generative"
     needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT})
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        records = []
-        for split in SPLITS:
-            for example in ctx.user_examples(rng, split):
-                liked = example.rating >= ctx.rating_threshold
-                note = ctx.item_rating_note(example.target_id, example.user_id)
-                question = (
-                    f"Will they like {ctx.item_text(example.target_id)} ({note})? Answer yes or no."
-                )
-                key = f"{ctx.seed}|cold|{example.user_id}|{example.target_id}"
-                if split == "train" and stable_hash(key) % COLD_SHARE == 0:
-                    question = cold_like_question(ctx, example.target_id)
-                records.append(
-                    self.record(
-                        split,
-                        prompt=f"{ctx.rated_intro(example)}. {question}",
-                        target="yes" if liked else "no",
-                        user_id=example.user_id,
-                        item_id=example.target_id,
-                        history_ids=example.history_ids,
-                        candidates=list(YES_NO),
-                        label=1.0 if liked else 0.0,
-                    )
-                )
-        return records
+    def example_fields(self, ctx: TaskContext, example: UserExample, rng: Generator) -> Fields:
+        liked = example.rating >= ctx.rating_threshold
+        note = ctx.item_rating_note(example.target_id, example.user_id)
+        question = f"Will they like {ctx.item_text(example.target_id)} ({note})? Answer yes or no."
+        key = f"{ctx.seed}|cold|{example.user_id}|{example.target_id}"
+        if example.split == "train" and stable_hash(key) % COLD_SHARE == 0:
+            question = cold_like_question(ctx, example.target_id)
+        return {
+            "prompt": f"{ctx.rated_intro(example)}. {question}",
+            "target": "yes" if liked else "no",
+            "history_ids": example.history_ids,
+            "candidates": list(YES_NO),
+            "label": 1.0 if liked else 0.0,
+        }

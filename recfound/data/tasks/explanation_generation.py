@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
+from numpy.random import Generator
+
 from recfound.data import schema as S
-from recfound.data.schema import SPLITS, TaskRecord
-from recfound.data.tasks.base import TaskBuilder, TaskContext, format_rating
+from recfound.data.tasks.base import (
+    Fields,
+    TaskContext,
+    UserExample,
+    UserTaskBuilder,
+    format_rating,
+)
 from recfound.data.tasks.sentiment_analysis import has_review_text, review_of
 
 MAX_EXPLANATION_CHARS = 300
 
 
-class ExplanationGenerationBuilder(TaskBuilder):
+class ExplanationGenerationBuilder(UserTaskBuilder):
     """Target = the user's review of the target item (title and text, cut at 300 characters);
     the review belongs to the interaction's leave-one-out split."""
 
@@ -20,26 +28,18 @@ class ExplanationGenerationBuilder(TaskBuilder):
         {S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT, S.SIGNAL_REVIEW_TEXT}
     )
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        reviewed = has_review_text(ctx)
+    def examples_where(self, ctx: TaskContext) -> np.ndarray | None:
+        return has_review_text(ctx)
+
+    def example_fields(self, ctx: TaskContext, example: UserExample, rng: Generator) -> Fields:
+        title, text = review_of(ctx, example.row)
+        explanation = f"{title}: {text}" if title else text
         top = format_rating(ctx.tables.info.rating_max)
-        records = []
-        for split in SPLITS:
-            for example in ctx.user_examples(rng, split, where=reviewed):
-                title, text = review_of(ctx, example.row)
-                explanation = f"{title}: {text}" if title else text
-                records.append(
-                    self.record(
-                        split,
-                        prompt=f"A user's history: {ctx.history_text(example.history_ids)}. "
-                        f"They rated {ctx.item_text(example.target_id)} "
-                        f"{format_rating(example.rating)}/{top}. Explain why.",
-                        target=explanation[:MAX_EXPLANATION_CHARS],
-                        user_id=example.user_id,
-                        item_id=example.target_id,
-                        history_ids=example.history_ids,
-                        label=example.rating,
-                    )
-                )
-        return records
+        return {
+            "prompt": f"A user's history: {ctx.history_text(example.history_ids)}. "
+            f"They rated {ctx.item_text(example.target_id)} "
+            f"{format_rating(example.rating)}/{top}. Explain why.",
+            "target": explanation[:MAX_EXPLANATION_CHARS],
+            "history_ids": example.history_ids,
+            "label": example.rating,
+        }

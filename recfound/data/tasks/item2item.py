@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
-from scipy import sparse
+from numpy.random import Generator
 
 from recfound.data import schema as S
-from recfound.data.schema import TaskRecord
-from recfound.data.tasks.base import TaskBuilder, TaskContext
+from recfound.data.tasks.base import Fields, ItemInfo, ItemTaskBuilder, TaskContext
 
 MIN_CO_LIKES = 2
 TOP_PARTNERS = 10
 
 
-def co_liked_counts(ctx: TaskContext) -> sparse.csr_matrix:
-    """Item × item counts of users who liked both (rating ≥ threshold), indexed like
-    ``ctx.item_pool``, from *train* interactions only so no held-out interaction shapes a pair."""
-    train = ctx.train_interactions
-    liked = train[train["rating"].to_numpy(dtype=float) >= ctx.rating_threshold]
-    item_index = {item: n for n, item in enumerate(ctx.item_pool)}
-    columns = liked["item_id"].map(item_index).to_numpy()
-    rows = liked["user_id"].factorize()[0]
-    users_by_items = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.int32), (rows, columns)),
-        shape=(rows.max() + 1 if len(rows) else 0, len(ctx.item_pool)),
-    )
-    counts = (users_by_items.T @ users_by_items).tocsr()
-    counts.setdiag(0)
-    counts.eliminate_zeros()
-    return counts
-
-
-def co_liked_partner(
-    counts: sparse.csr_matrix, anchor: int, rng: np.random.Generator
-) -> int | None:
-    """A seeded pick among ``anchor``'s top co-liked items, weighted by count; None if none has
-    at least ``MIN_CO_LIKES`` common fans."""
+def co_liked_partner(ctx: TaskContext, anchor_id: str, rng: np.random.Generator) -> str | None:
+    """A seeded pick among the anchor's top co-liked items (:attr:`TaskContext.co_liked_counts`),
+    weighted by count; None if none has at least ``MIN_CO_LIKES`` common fans."""
+    counts, anchor = ctx.co_liked_counts, ctx.item_positions[anchor_id]
     start, end = counts.indptr[anchor], counts.indptr[anchor + 1]
     partners, weights = counts.indices[start:end], counts.data[start:end]
     keep = weights >= MIN_CO_LIKES
@@ -44,38 +26,46 @@ def co_liked_partner(
         return None
     top = np.lexsort((partners, -weights))[:TOP_PARTNERS]
     chosen = rng.choice(top, p=weights[top] / weights[top].sum())
-    return int(partners[chosen])
+    return str(ctx.item_pool[partners[chosen]])
 
 
-class Item2ItemBuilder(TaskBuilder):
+class CoLikedPairBuilder(ItemTaskBuilder):
+    """A task about an anchor item and a co-liked partner (:func:`co_liked_partner`); an anchor
+    without one makes no record. ``history_ids`` = [anchor] (excluded from ranking)."""
+
+    needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT})
+
+    @abstractmethod
+    def pair_fields(
+        self, ctx: TaskContext, anchor_id: str, partner_id: str, rng: Generator
+    ) -> Fields:
+        """The record's fields for the anchor and its partner (``history_ids`` is filled in)."""
+
+    def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
+        partner_id = co_liked_partner(ctx, item.item_id, rng)
+        if partner_id is None:
+            return None
+        fields = self.pair_fields(ctx, item.item_id, partner_id, rng)
+        return {**fields, "history_ids": [item.item_id]}
+
+
+class Item2ItemBuilder(CoLikedPairBuilder):
     """Query = an anchor item's text; positive = a co-liked item's text (``item_id``). Anchors are
     split 80/10/10 by a seeded hash; ``history_ids`` = [anchor] (excluded from ranking)."""
 
     name = "item2item"
     kind = "embedding"
-    needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_ITEM_TEXT})
     derived = (
         "The source has no 'also liked' lists: pairs are items liked (rating at or above the "
         "threshold) by the same users in the training interactions."
     )
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        counts = co_liked_counts(ctx)
-        records = []
-        for anchor, anchor_id in enumerate(ctx.item_pool):
-            partner = co_liked_partner(counts, anchor, rng)
-            if partner is None:
-                continue
-            partner_id = str(ctx.item_pool[partner])
-            records.append(
-                self.record(
-                    ctx.item_split(f"item:{anchor_id}"),
-                    prompt=f"Find a {ctx.item_noun} liked by fans of this one.\n"
-                    f"{ctx.item_text(anchor_id)}",
-                    target=ctx.item_text(partner_id),
-                    item_id=partner_id,
-                    history_ids=[str(anchor_id)],
-                )
-            )
-        return ctx.cap_records(records, rng)
+    def pair_fields(
+        self, ctx: TaskContext, anchor_id: str, partner_id: str, rng: Generator
+    ) -> Fields:
+        return {
+            "prompt": f"Find a {ctx.item_noun} liked by fans of this one.\n"
+            f"{ctx.item_text(anchor_id)}",
+            "target": ctx.item_text(partner_id),
+            "item_id": partner_id,
+        }

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
+from abc import abstractmethod
 
-from recfound.data import schema as S
-from recfound.data.schema import TaskRecord
-from recfound.data.tasks.base import ItemInfo, TaskBuilder, TaskContext
+from numpy.random import Generator
+
+from recfound.data.tasks.base import Fields, ItemAttributeTaskBuilder, ItemInfo, TaskContext
 
 
-def attribute_query(ctx: TaskContext, item: ItemInfo, rng: np.random.Generator) -> str:
+def attribute_query(ctx: TaskContext, item: ItemInfo, rng: Generator) -> str:
     """A plain-language query from an item's real attributes: up to two of its categories and, in
     one of two phrasings, its year or decade (e.g. ``"Comedy and Romance movies from 1995"``)."""
     count = min(len(item.genres), int(rng.integers(1, 3)))
@@ -23,31 +23,33 @@ def attribute_query(ctx: TaskContext, item: ItemInfo, rng: np.random.Generator) 
     return query
 
 
-class Query2ItemBuilder(TaskBuilder):
+class QueryTaskBuilder(ItemAttributeTaskBuilder):
+    """A task about a search query written from an item's categories and year
+    (:func:`attribute_query`); an item without categories makes no record."""
+
+    @abstractmethod
+    def query_fields(self, ctx: TaskContext, item: ItemInfo, query: str, rng: Generator) -> Fields:
+        """The record's fields for ``query`` about ``item``; ``item_id`` is filled in."""
+
+    def item_fields(self, ctx: TaskContext, item: ItemInfo, rng: Generator) -> Fields | None:
+        if not item.genres:
+            return None
+        query = attribute_query(ctx, item, rng)
+        return {**self.query_fields(ctx, item, query, rng), "item_id": item.item_id}
+
+
+class Query2ItemBuilder(QueryTaskBuilder):
     """Items are split 80/10/10 by a seeded hash; the positive document is the item's text."""
 
     name = "query2item"
     kind = "embedding"
-    needs = frozenset({S.SIGNAL_ITEM_TEXT, S.SIGNAL_ITEM_CATEGORIES})
     derived = (
         "The source has no search queries: each query is written from the item's real categories "
         "and year, and its positive is that item."
     )
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        records = []
-        for item_id in ctx.item_pool:
-            item = ctx.items[item_id]
-            if not item.genres:
-                continue
-            records.append(
-                self.record(
-                    ctx.item_split(f"item:{item_id}"),
-                    prompt=f"Find the {ctx.item_noun} this search asks for.\n"
-                    f"{attribute_query(ctx, item, rng)}",
-                    target=ctx.item_text(item_id),
-                    item_id=item_id,
-                )
-            )
-        return ctx.cap_records(records, rng)
+    def query_fields(self, ctx: TaskContext, item: ItemInfo, query: str, rng: Generator) -> Fields:
+        return {
+            "prompt": f"Find the {ctx.item_noun} this search asks for.\n{query}",
+            "target": ctx.item_text(item.item_id),
+        }

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.random import Generator
 
 from recfound.data import schema as S
-from recfound.data.schema import SPLITS, TaskRecord
-from recfound.data.tasks.base import TaskBuilder, TaskContext
+from recfound.data.tasks.base import Fields, TaskContext, UserExample, UserTaskBuilder
 
 SENTIMENTS = ["negative", "neutral", "positive"]
 
@@ -23,7 +23,7 @@ def review_of(ctx: TaskContext, row: int) -> tuple[str, str]:
     return ("" if title is None or title != title else str(title).strip(), str(text).strip())
 
 
-class SentimentAnalysisBuilder(TaskBuilder):
+class SentimentAnalysisBuilder(UserTaskBuilder):
     """The label comes from the review's own rating: at or above ``rating_threshold`` is positive,
     below the midpoint of [rating_min, rating_threshold] negative, else neutral. ``label`` is the
     index of the answer in ``candidates`` (0 negative, 1 neutral, 2 positive). Reviews follow the
@@ -32,33 +32,25 @@ class SentimentAnalysisBuilder(TaskBuilder):
     name = "sentiment_analysis"
     kind = "generative"
     needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_RATINGS, S.SIGNAL_REVIEW_TEXT})
+    min_history = 0
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
+    def examples_where(self, ctx: TaskContext) -> np.ndarray | None:
+        return has_review_text(ctx)
+
+    def example_fields(self, ctx: TaskContext, example: UserExample, rng: Generator) -> Fields:
         info = ctx.tables.info
-        negative_below = (info.rating_min + info.rating_threshold) / 2
-        reviewed = has_review_text(ctx)
-        records = []
-        for split in SPLITS:
-            for example in ctx.user_examples(rng, split, min_history=0, where=reviewed):
-                title, text = review_of(ctx, example.row)
-                if example.rating >= info.rating_threshold:
-                    label = 2
-                elif example.rating < negative_below:
-                    label = 0
-                else:
-                    label = 1
-                review = f"{title}. {text}" if title else text
-                records.append(
-                    self.record(
-                        split,
-                        prompt=f"Review: {review}\n"
-                        "Is the sentiment of this review positive, neutral or negative?",
-                        target=SENTIMENTS[label],
-                        user_id=example.user_id,
-                        item_id=example.target_id,
-                        candidates=list(SENTIMENTS),
-                        label=float(label),
-                    )
-                )
-        return records
+        title, text = review_of(ctx, example.row)
+        if example.rating >= info.rating_threshold:
+            label = 2
+        elif example.rating < (info.rating_min + info.rating_threshold) / 2:
+            label = 0
+        else:
+            label = 1
+        review = f"{title}. {text}" if title else text
+        return {
+            "prompt": f"Review: {review}\n"
+            "Is the sentiment of this review positive, neutral or negative?",
+            "target": SENTIMENTS[label],
+            "candidates": list(SENTIMENTS),
+            "label": float(label),
+        }

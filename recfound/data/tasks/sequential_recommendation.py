@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from numpy.random import Generator
+
 from recfound.data import schema as S
-from recfound.data.schema import SPLITS, TaskRecord
-from recfound.data.tasks.base import TaskBuilder, TaskContext
+from recfound.data.tasks.base import Fields, TaskContext, UserExample, UserTaskBuilder
 
 
 def next_item_prompt(item_noun: str, sequence_text: str) -> str:
@@ -13,7 +14,7 @@ def next_item_prompt(item_noun: str, sequence_text: str) -> str:
     return f"Which {item_noun} will this user choose next? History, oldest first: {sequence_text}"
 
 
-class SequentialRecommendationBuilder(TaskBuilder):
+class SequentialRecommendationBuilder(UserTaskBuilder):
     """The prompt ends with the history as identifier tokens (the form behaviour pretraining
     reads), so the answer's first token, the next item's identifier, ranks the whole catalogue
     in one forward pass. ``candidates`` (the positive plus ``num_candidates - 1`` items the user
@@ -22,25 +23,12 @@ class SequentialRecommendationBuilder(TaskBuilder):
     name = "sequential_recommendation"
     kind = "generative"
     needs = frozenset({S.SIGNAL_INTERACTIONS, S.SIGNAL_ITEM_TEXT})
+    every_user = True
 
-    def build(self, ctx: TaskContext) -> list[TaskRecord]:
-        rng = ctx.rng(self.name)
-        records = []
-        for split in SPLITS:
-            for example in ctx.user_examples(rng, split, every_user=True):
-                candidate_ids = ctx.candidates_for(rng, example, ctx.num_candidates)
-                records.append(
-                    self.record(
-                        split,
-                        prompt=next_item_prompt(
-                            ctx.item_noun, ctx.sequence_text(example.sequence_ids)
-                        ),
-                        target=ctx.item_answer(example.target_id),
-                        user_id=example.user_id,
-                        item_id=example.target_id,
-                        history_ids=example.sequence_ids,
-                        candidates=[ctx.item_answer(i) for i in candidate_ids],
-                        candidate_ids=candidate_ids,
-                    )
-                )
-        return records
+    def example_fields(self, ctx: TaskContext, example: UserExample, rng: Generator) -> Fields:
+        return {
+            "prompt": next_item_prompt(ctx.item_noun, ctx.sequence_text(example.sequence_ids)),
+            "target": ctx.item_answer(example.target_id),
+            "history_ids": example.sequence_ids,
+            **ctx.candidates_for(rng, example, ctx.num_candidates),
+        }

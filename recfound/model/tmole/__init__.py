@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from recfound.model.tmole.config import TMoLEConfig, TMoLEConfigError
 from recfound.model.tmole.layer import TaskSelectionError, TaskState, TMoLELinear
-from recfound.model.tmole.model import AdapterLoadError, TMoLEModel
+from recfound.model.tmole.model import TMoLEModel
 
 __all__ = [
-    "AdapterLoadError",
     "TMoLEConfig",
     "TMoLEConfigError",
     "TMoLELinear",

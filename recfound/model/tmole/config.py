@@ -32,7 +32,6 @@ class TMoLEConfig(AdapterOptions, TMoLEParams):
 
     error = TMoLEConfigError
     label = "TMoLE"
-    renamed = {"r": "rank"}  # adapters saved before the rank was named like params.yaml's
 
     task_kinds: dict[str, str] = Field(default_factory=dict)
     """Task name -> ``"embedding"`` or ``"generative"``; decides which experts the task may use."""

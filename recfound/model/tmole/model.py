@@ -12,35 +12,30 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar, Self
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recfound import artifacts
 from recfound.errors import UserInputError
+from recfound.model.adapter_format import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterLoadError,
+    copy_adapter_tensors,
+    read_adapter,
+    save_adapter,
+)
 from recfound.model.families import is_projection, weight_delta
 from recfound.model.options import AdapterOptions
 from recfound.model.tmole.config import TMoLEConfig, TMoLEConfigError
 from recfound.model.tmole.layer import TaskState, TMoLELinear
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 EMBEDDING_NAME = "tmole_task_embedding"
 
 TaskSpec = str | Sequence[str] | torch.Tensor
-
-
-class AdapterLoadError(UserInputError):
-    """An adapter directory is missing, damaged, or was saved for another model."""
 
 
 def _matches(name: str, targets: Sequence[str]) -> bool:
@@ -57,82 +52,11 @@ def _is_adapter_tensor(name: str) -> bool:
     return any(part.startswith("tmole_") for part in name.split("."))
 
 
-def save_file_atomically(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
-) -> None:
-    """``safetensors`` save to a temporary sibling, then ``os.replace`` (never a half file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_adapter_directory(
-    directory: str | Path, adapter_type: str, tensors: dict[str, torch.Tensor], config: dict
-) -> None:
-    """``adapter_model.safetensors`` and ``adapter_config.json`` (``adapter_type``,
-    ``format_version``, ``config``) into ``directory``, each written atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
-    metadata = {"adapter_type": adapter_type, "format_version": str(FORMAT_VERSION)}
-    save_file_atomically(tensors, directory / WEIGHTS_FILE, metadata)
-    artifacts.write_json(
-        directory / CONFIG_FILE,
-        {"adapter_type": adapter_type, "format_version": FORMAT_VERSION, "config": config},
-    )
-
-
-def read_adapter_directory(
-    directory: str | Path, adapter_type: str, writer: str
-) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The saved ``config`` mapping and tensors of an adapter directory of ``adapter_type``.
-
-    Raises :class:`AdapterLoadError` naming the file when one is missing, is not valid JSON or
-    safetensors, describes another adapter type, or has another format version.
-    """
-    directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise AdapterLoadError(
-                f"{path} is missing; {directory} is not an adapter directory written by {writer}"
-            )
-    try:
-        payload = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AdapterLoadError(f"{config_path} is not valid JSON ({error})") from error
-    if not isinstance(payload, dict) or payload.get("adapter_type") != adapter_type:
-        raise AdapterLoadError(
-            f"{config_path} does not describe a {adapter_type} adapter (adapter_type)"
-        )
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise AdapterLoadError(
-            f"{config_path} has format_version {payload.get('format_version')!r}; this code "
-            f"reads version {FORMAT_VERSION}"
-        )
-    if not isinstance(payload.get("config"), dict):
-        raise AdapterLoadError(f"{config_path} has no `config` mapping")
-    try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise AdapterLoadError(
-            f"{weights_path} cannot be read ({error}); the file is damaged or truncated, "
-            "save the adapter again"
-        ) from error
-    return payload["config"], tensors
-
-
 class FrozenBaseAdapter:
     """What :class:`TMoLEModel` and :class:`~recfound.model.option.OptionModel` share: a base
     model modified in place and frozen, whose adapter tensors live in ``.model``; ``unload()``
     gives the base back as it was; ``save_pretrained`` / ``from_pretrained`` write and read an
-    adapter directory (:func:`write_adapter_directory`).
+    adapter directory (:mod:`recfound.model.adapter_format`).
 
     A subclass names its ``adapter_type``, its ``config_class`` and ``config_error``, and
     ``holder_name``, the module it adds to the base; it calls :meth:`_take` first in
@@ -192,9 +116,7 @@ class FrozenBaseAdapter:
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (each atomically)."""
-        write_adapter_directory(
-            directory, self.adapter_type, self.adapter_state_dict(), self.config.to_dict()
-        )
+        save_adapter(directory, self.adapter_type, self.adapter_state_dict(), self.config.to_dict())
 
     @classmethod
     def from_pretrained(cls, base: nn.Module, directory: str | Path) -> Self:
@@ -205,7 +127,7 @@ class FrozenBaseAdapter:
         target modules, other tasks). ``base`` is left unchanged when loading fails.
         """
         writer = f"{cls.__name__}.save_pretrained"
-        raw, tensors = read_adapter_directory(directory, cls.adapter_type, writer)
+        raw, _, tensors = read_adapter(directory, cls.adapter_type, writer)
         config_path = Path(directory) / CONFIG_FILE
         try:
             config = cls.config_class.from_dict(raw)
@@ -224,33 +146,11 @@ class FrozenBaseAdapter:
             raise
         return adapter
 
-    @torch.no_grad()
     def load_adapter_tensors(
         self, tensors: dict[str, torch.Tensor], source: str | Path = "<tensors>"
     ) -> None:
         """Copy saved adapter tensors into place after checking names and shapes."""
-        expected = self.adapter_state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise AdapterLoadError(
-                f"{source} does not match this model's adapter: missing {len(missing)} tensors "
-                f"{missing[:3]}, unexpected {len(unexpected)} tensors {unexpected[:3]}; it was "
-                "saved for another model architecture or other target_modules"
-            )
-        wrong = [
-            f"{name}: file {tuple(tensors[name].shape)} vs model {tuple(p.shape)}"
-            for name, p in expected.items()
-            if tensors[name].shape != p.shape
-        ]
-        if wrong:
-            raise AdapterLoadError(
-                f"{source} does not fit this model: {len(wrong)} tensor shapes differ, e.g. "
-                f"{'; '.join(wrong[:3])}; it was saved for a model of other layer sizes or "
-                "other tasks/experts"
-            )
-        for name, parameter in expected.items():
-            parameter.copy_(tensors[name].to(device=parameter.device, dtype=parameter.dtype))
+        copy_adapter_tensors(self.adapter_state_dict(), tensors, source)
 
 
 class TMoLEModel(FrozenBaseAdapter):
