@@ -4,10 +4,15 @@ Files are written to a temporary sibling and moved into place with :func:`os.rep
 filesystem). A directory of outputs is built in a temporary sibling and swapped in as a whole, so a
 crash or a failed check midway leaves the previous outputs untouched.
 
-Several files that share a folder with other stages' outputs (evaluate's reports) are published as
-a unit by a *manifest* written last: :func:`write_manifest` records each file's SHA-256 and
-:func:`check_manifest` refuses files that disagree with it (a run killed between two files leaves
-the old manifest, or none, so its reader sees the mix instead of using it).
+Several outputs of one stage (its output folder, its reports and plots, which share
+``paths.reports`` with other stages' files) are published as a *unit* (:func:`publish_unit`):
+every file and folder is written to a staging place beside its target first, so a failure while
+writing leaves every previous output and its manifest as they were; then the old manifest is
+removed, everything is moved into place (renames only), and the new manifest, with the SHA-256 of
+each file and folder, is written last. A run killed during those renames leaves no manifest, and
+one killed between a folder swapped in earlier and the manifest leaves an old manifest that
+disagrees: :func:`check_manifest` refuses both, naming the file (``register`` does so for
+evaluate's reports).
 
 Files are created with the user's umask (as ``open`` does), not the 0600 of :mod:`tempfile`.
 """
@@ -18,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -53,9 +59,13 @@ def _write_via_temp(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _json_text(payload: Any) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: str | Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON, atomically."""
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    text = _json_text(payload)
     _write_via_temp(Path(path), lambda tmp: tmp.write_text(text))
 
 
@@ -183,15 +193,29 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def path_digest(path: str | Path) -> str:
+    """:func:`file_digest` of a file; of a folder, the SHA-256 of its files' relative paths and
+    digests (in sorted order), so any changed, added or removed file changes it."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_digest(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
+    return "tree:" + digest.hexdigest()
+
+
+def _manifest_name(manifest: Path, path: str | Path) -> str:
+    """``path`` as the manifest records it: relative to the manifest's folder (``../`` allowed)."""
+    return Path(os.path.relpath(Path(path).resolve(), manifest.parent.resolve())).as_posix()
+
+
 def write_manifest(manifest: str | Path, files: list[str | Path], *, writer: str) -> None:
-    """Record the SHA-256 of ``files`` (paths relative to the manifest's folder in the record)
-    in ``manifest``, atomically. Write it after every file it lists: then the files and the
-    manifest agree only when the whole unit was written."""
+    """Record the SHA-256 of ``files`` (files or folders; paths relative to the manifest's folder
+    in the record) in ``manifest``, atomically. Write it after every file it lists: then the
+    files and the manifest agree only when the whole unit was written."""
     manifest = Path(manifest)
-    digests = {
-        Path(f).resolve().relative_to(manifest.parent.resolve()).as_posix(): file_digest(f)
-        for f in files
-    }
+    digests = {_manifest_name(manifest, f): path_digest(f) for f in files}
     write_json(manifest, {"writer": writer, "files": digests})
 
 
@@ -213,9 +237,9 @@ def check_manifest(manifest: str | Path, *, rerun: str) -> dict[str, str]:
     wrong = []
     for name, expected in sorted(digests.items()):
         path = manifest.parent / name
-        if not path.is_file():
+        if not path.exists():
             wrong.append(f"{name} is missing")
-        elif file_digest(path) != expected:
+        elif path_digest(path) != expected:
             wrong.append(f"{name} differs from the one {record.get('writer', 'its writer')} wrote")
     if wrong:
         raise ManifestError(
@@ -233,3 +257,140 @@ def manifest_agrees(manifest: str | Path) -> bool:
     except ManifestError:
         return False
     return True
+
+
+# ---- units: a stage's outputs staged, then put in place together -------------------------------
+
+
+class PublishedUnit:
+    """What one run of a stage publishes together (see :func:`publish_unit`).
+
+    Write each file to :meth:`path` (or :meth:`write_json` / :meth:`write_text` /
+    :meth:`write_parquet`), each folder that is replaced whole into :meth:`directory`; nothing
+    reaches its target before the unit is committed. The staged file keeps its target's name,
+    so a figure's format follows its extension and MLflow logs it under its own name.
+    """
+
+    def __init__(self, manifest: Path, writer: str) -> None:
+        self.manifest = manifest
+        self.writer = writer
+        self._folders: dict[Path, Path] = {}  # target folder → staging folder (files merged in)
+        self._directories: dict[Path, Path] = {}  # target folder → its complete replacement
+        self._created: list[Path] = []  # staging places this unit made (removed if it fails)
+        self._removed: list[Path] = []  # targets the new run no longer writes
+        self._included: list[Path] = []  # outputs put in place by other code, listed as they are
+
+    def folder(self, target: str | Path) -> Path:
+        """A staging folder whose files go into the folder ``target`` (others there stay).
+
+        It is a hidden folder inside ``target`` named after the writer; one left there by a
+        killed run of the same writer is deleted first."""
+        target = Path(target).absolute()
+        if target in self._directories:
+            raise ValueError(f"{target} is already replaced whole by this unit")
+        if target not in self._folders:
+            target.mkdir(parents=True, exist_ok=True)
+            prefix = "." + re.sub(r"[^A-Za-z0-9_-]+", "-", self.writer).strip("-") + "."
+            for stale in target.glob(f"{prefix}*.staging"):
+                shutil.rmtree(stale, ignore_errors=True)
+            staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".staging", dir=target))
+            self._created.append(staging)
+            self._folders[target] = staging
+        return self._folders[target]
+
+    def path(self, target: str | Path) -> Path:
+        """Where to write the file ``target`` (same name, in the staging folder of its folder)."""
+        target = Path(target)
+        return self.folder(target.parent) / target.name
+
+    def write_json(self, target: str | Path, payload: Any) -> Path:
+        staged = self.path(target)
+        staged.write_text(_json_text(payload))
+        return staged
+
+    def write_text(self, target: str | Path, text: str) -> Path:
+        staged = self.path(target)
+        staged.write_text(text)
+        return staged
+
+    def write_parquet(self, target: str | Path, frame: pd.DataFrame) -> Path:
+        staged = self.path(target)
+        frame.to_parquet(staged, index=False)
+        return staged
+
+    def directory(self, target: str | Path) -> Path:
+        """An empty staging folder that replaces the folder ``target`` whole."""
+        target = Path(target).absolute()
+        if target in self._folders or target in self._directories:
+            raise ValueError(f"{target} is already staged by this unit")
+        target = recover_staged(target)  # a crashed run's leftovers beside the target go
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent)
+        )
+        self._created.append(staging)
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the output is as any folder
+        self._directories[target] = staging
+        return staging
+
+    def replace_directory(self, source: str | Path, target: str | Path) -> None:
+        """Replace the folder ``target`` by the complete folder ``source`` (built elsewhere,
+        e.g. a resumable :func:`partial_directory`) when the unit is committed; a failed unit
+        leaves ``source`` where it is."""
+        target = Path(target).absolute()
+        if target in self._folders or target in self._directories:
+            raise ValueError(f"{target} is already staged by this unit")
+        self._directories[target] = Path(source)
+
+    def remove(self, target: str | Path) -> None:
+        """Delete the file ``target`` on commit (an output this run does not write)."""
+        self._removed.append(Path(target))
+
+    def include(self, path: str | Path) -> None:
+        """List ``path``, already in place, in the manifest as it is at commit."""
+        self._included.append(Path(path))
+
+    def discard(self) -> None:
+        for staging in self._created:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def commit(self) -> list[Path]:
+        """Put every staged output in place, then write the manifest; the outputs it lists."""
+        self.manifest.unlink(missing_ok=True)  # from here until the new one: incomplete
+        published: list[Path] = []
+        for target, source in self._directories.items():
+            replace_directory(source, target)
+            published.append(target)
+        for target, staging in self._folders.items():
+            for staged in sorted(p for p in staging.rglob("*") if p.is_file()):
+                destination = target / staged.relative_to(staging)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, destination)
+                published.append(destination)
+            shutil.rmtree(staging, ignore_errors=True)
+        for target in self._removed:
+            target.unlink(missing_ok=True)
+        published += [p for p in self._included if p.exists()]
+        write_manifest(self.manifest, published, writer=self.writer)
+        return published
+
+
+@contextlib.contextmanager
+def publish_unit(manifest: str | Path, *, writer: str) -> Iterator[PublishedUnit]:
+    """Publish a stage's outputs as one unit, vouched for by ``manifest`` (written last).
+
+    Everything written through the yielded :class:`PublishedUnit` stays staged until the block
+    ends; on an exception it is deleted and every previous output, the manifest included, is
+    left as it was. ``writer`` (the command) is recorded in the manifest and named by
+    :func:`check_manifest` when files disagree with it.
+    """
+    unit = PublishedUnit(Path(manifest), writer)
+    try:
+        yield unit
+    except BaseException:
+        unit.discard()
+        raise
+    try:
+        unit.commit()
+    finally:
+        unit.discard()  # staging folders emptied by the commit, or left by a failed one

@@ -23,3 +23,9 @@ EVALUATION_MANIFEST = "evaluation_manifest.json"
 def validation_dir(reports: str | Path) -> Path:
     """The Great Expectations results and data docs of validate and build-tasks."""
     return Path(reports) / "validation"
+
+
+def unit_manifest(reports: str | Path, stage: str) -> Path:
+    """The manifest of ``stage``'s outputs, published as one unit
+    (:func:`recfound.artifacts.publish_unit`); evaluate's is ``EVALUATION_MANIFEST``."""
+    return Path(reports) / "manifests" / f"{stage}.json"

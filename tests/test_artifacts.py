@@ -102,3 +102,84 @@ def test_a_manifest_vouches_for_its_files_and_names_the_one_that_differs(tmp_pat
     first.unlink()
     with pytest.raises(artifacts.ManifestError, match="metrics.json is missing"):
         artifacts.check_manifest(manifest, rerun="`recfound evaluate`")
+
+
+def _publish(root: Path, version: str, *, fail: bool = False) -> None:
+    """One run of a stage writing a folder, a report and a plot as one unit."""
+    manifest = root / "reports" / "manifests" / "s.json"
+    with artifacts.publish_unit(manifest, writer="stage s") as unit:
+        folder = unit.directory(root / "models" / "s")
+        (folder / "weights").write_text(f"weights {version}")
+        unit.write_json(root / "reports" / "s.json", {"version": version})
+        if fail:
+            raise Boom("killed between two files of the unit")
+        unit.write_text(root / "reports" / "plots" / "s.txt", f"curve {version}")
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return file_digests(root)
+
+
+def test_a_unit_is_published_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A stage's folder and reports are staged until the whole unit is written: a run that
+    fails midway leaves the previous folder, reports and manifest byte for byte, and no
+    staging leftovers; the manifest of a complete run vouches for all of them."""
+    _publish(tmp_path, "1")
+    manifest = tmp_path / "reports" / "manifests" / "s.json"
+    assert set(artifacts.check_manifest(manifest, rerun="`s`")) == {
+        "../../models/s",
+        "../s.json",
+        "../plots/s.txt",
+    }
+    before = _tree(tmp_path)
+    with pytest.raises(Boom):
+        _publish(tmp_path, "2", fail=True)
+    assert _tree(tmp_path) == before
+    assert not [p for p in tmp_path.rglob("*staging*")]  # nothing half-written left behind
+
+    _publish(tmp_path, "2")
+    assert (tmp_path / "models" / "s" / "weights").read_text() == "weights 2"
+    assert (tmp_path / "reports" / "plots" / "s.txt").read_text() == "curve 2"
+    artifacts.check_manifest(manifest, rerun="`s`")
+
+
+def test_a_unit_killed_while_put_in_place_is_refused_by_its_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renames of a commit are the only window where old and new files mix: the manifest
+    is gone then, so a reader refuses the mix; the next complete run repairs it."""
+    _publish(tmp_path, "1")
+    replace = artifacts.os.replace
+
+    def dies_at_the_plot(source, target):
+        if str(target).endswith("s.txt"):
+            raise Boom("killed while moving the unit into place")
+        replace(source, target)
+
+    monkeypatch.setattr(artifacts.os, "replace", dies_at_the_plot)
+    with pytest.raises(Boom):
+        _publish(tmp_path, "2")
+    monkeypatch.undo()
+    manifest = tmp_path / "reports" / "manifests" / "s.json"
+    with pytest.raises(artifacts.ManifestError, match=r"s.json is missing.*Run `s` again"):
+        artifacts.check_manifest(manifest, rerun="`s`")
+    _publish(tmp_path, "3")
+    artifacts.check_manifest(manifest, rerun="`s`")
+    assert not [p for p in tmp_path.rglob("*staging*")]
+
+
+def test_a_folder_swapped_in_before_its_reports_disagrees_with_the_old_manifest(
+    tmp_path: Path,
+) -> None:
+    """An output put in place by other code (``include``) and killed before the unit's commit:
+    the old manifest still lists the old folder's digest, so the folder is named."""
+    folder = tmp_path / "models" / "t"
+    folder.mkdir(parents=True)
+    (folder / "w").write_text("old")
+    manifest = tmp_path / "reports" / "manifests" / "t.json"
+    with artifacts.publish_unit(manifest, writer="stage t") as unit:
+        unit.include(folder)
+        unit.write_json(tmp_path / "reports" / "t.json", {"run": 1})
+    (folder / "w").write_text("new")  # the next run swapped it in, then was killed
+    with pytest.raises(artifacts.ManifestError, match=r"\.\./\.\./models/t differs"):
+        artifacts.check_manifest(manifest, rerun="`t`")

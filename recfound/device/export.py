@@ -24,7 +24,6 @@ out. Scoring asks for the positions before each answer token, embedding for the 
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -188,11 +187,11 @@ def export_task(
             if kind == "embedding":
                 vectors = DeviceModel(staging).embed(table["text"].astype(str).tolist())
                 np.save(staging / ITEM_EMBEDDINGS_FILE, vectors.astype(np.float32))
-    model_bytes = (directory / MODEL_FILE).stat().st_size
-    total = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
-    result = ExportedArtifact(directory, task, kind, model_bytes, float_bytes, total)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    artifacts.write_json(directory / MANIFEST_FILE, {**manifest, **result.to_dict()})
+        # the sizes go into the manifest before the swap: the folder is never seen without them
+        model_bytes = (staging / MODEL_FILE).stat().st_size
+        total = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        result = ExportedArtifact(directory, task, kind, model_bytes, float_bytes, total)
+        artifacts.write_json(staging / MANIFEST_FILE, {**manifest, **result.to_dict()})
     log.info(
         "exported %s (%s) to %s: model %.2f MB (float %.2f MB)",
         task,

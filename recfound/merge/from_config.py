@@ -7,7 +7,8 @@ score every kept checkpoint on the *selection* slice (the reference of the norma
 Optuna study over method, coefficients and density on that slice, one MLflow child run per trial
 → score the chosen merge and every checkpoint on the *report* slice, text tasks by generation as
 at test time → write the chosen model as a bundle at ``paths.merged``; ``reports/merge.json`` and
-the study's figures (MLflow artifacts and ``reports/plots/``).
+the study's figures (MLflow artifacts and ``reports/plots/``). The bundle and these reports are one
+unit (``reports/manifests/merge.json``, :func:`recfound.artifacts.publish_unit`).
 
 If no merge beats the best single checkpoint on the selection slice, that checkpoint is written
 instead. The study's winner must also beat that checkpoint on the report slice, which the study
@@ -30,6 +31,7 @@ from recfound.accelerator import stage_device
 from recfound.config import Config
 from recfound.evaluation.model_predictions import evaluate_model
 from recfound.evaluation.protocols import EvalSet, load_eval_set
+from recfound.layout import unit_manifest
 from recfound.merge.tune import (
     MergeChoice,
     apply_choice,
@@ -96,7 +98,12 @@ def merge_from_config(cfg: Config) -> dict:
         }
 
     settings = {"merge": cfg.merge.model_dump(), "seed": cfg.seed}
-    with stage_run(cfg.tracking, "merge", settings, inputs=task_inputs(cfg, "validation")) as run:
+    reports = Path(cfg.paths.reports)
+    published = artifacts.publish_unit(unit_manifest(reports, "merge"), writer="recfound merge")
+    with (
+        published as unit,
+        stage_run(cfg.tracking, "merge", settings, inputs=task_inputs(cfg, "validation")) as run,
+    ):
         single = {name: score(tensors) for name, tensors in checkpoints.items()}
         reference = {t: max(s[t] for s in single.values()) for t in next(iter(single.values()))}
         single_objective = {n: normalised_objective(s, reference)[0] for n, s in single.items()}
@@ -166,9 +173,13 @@ def merge_from_config(cfg: Config) -> dict:
             merged, objective = checkpoints[best_single], single_objective[best_single]
             source = f"checkpoint {best_single} (merge {source} not confirmed)"
             report_objective["chosen"] = report_objective[best_single]
-        plots = Path(cfg.paths.reports) / "plots"
-        for figure in study_figures(result.study, plots):
+        plots = reports / "plots"
+        drawn = study_figures(result.study, unit.folder(plots))
+        for figure in drawn:
             mlflow.log_artifact(str(figure), "plots")
+        for stale in plots.glob("merge_*.png"):  # a figure this study could not draw
+            if stale.name not in {f.name for f in drawn}:
+                unit.remove(stale)
         trials = [
             {"trial": t.number, "objective": t.value}
             for t in result.study.trials
@@ -194,9 +205,9 @@ def merge_from_config(cfg: Config) -> dict:
         }
         mlflow.log_metric("objective", objective)
         mlflow.log_dict(report, "merge.json")
-        save_bundle(cfg.paths.merged, spec, merged, merge=report)
-    artifacts.write_json(Path(cfg.paths.reports) / "merge.json", report)
-    artifacts.write_json(plots / "merge_trials.json", trials)
+        save_bundle(unit.directory(cfg.paths.merged), spec, merged, merge=report)
+        unit.write_json(reports / "merge.json", report)
+        unit.write_json(plots / "merge_trials.json", trials)
     log.info(
         "merged model (%s, selection objective %.4f; checkpoints: %s) written to %s; on the "
         "report slice it scores %.4f (checkpoints: %s)",

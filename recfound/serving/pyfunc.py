@@ -30,7 +30,10 @@ task on first use and cached; ``folded: false`` answers through the adapter, as 
 
 Requests are checked against the ``serving`` settings of params.yaml (rows, characters, candidates,
 ``max_new_tokens``); a request beyond a limit or with a bad field is a client error (HTTP 400 under
-``mlflow models serve``) whose message names the row and the field; a failure of the model itself
+``mlflow models serve``) whose message names the row and the field; a request param the model
+does not take (anything but ``max_new_tokens``) is a client error naming it and the params the
+model takes (see :class:`IgnoredParamsFilter` for how it is seen under MLflow, which drops such
+params before ``predict``); a failure of the model itself
 is a server error (HTTP 500). Concurrent requests are independent: the task selection is
 context-local and the tokenizer is called under a lock (see :mod:`recfound.model.recmodel`).
 
@@ -56,8 +59,10 @@ model, ``model.folded_models.for_task(t).model``: a plain folded ``nn.Module``).
 
 from __future__ import annotations
 
+import ast
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -70,6 +75,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+from mlflow.pyfunc.context import get_prediction_context
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType, Array
 
@@ -146,6 +152,68 @@ SIGNATURE = ModelSignature(
     ),
     params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
 )
+
+
+PARAM_NAMES = tuple(spec.name for spec in SIGNATURE.params.params)
+
+# MLflow's pyfunc wrapper (PyFuncModel._predict → mlflow.models.utils._enforce_params_schema)
+# removes every request param that the signature's ParamSchema does not declare before it calls
+# ``predict``, and only logs it on this logger; the filter below reads that record.
+MLFLOW_PARAMS_LOGGER = "mlflow.models.utils"
+_IGNORED_PARAMS = re.compile(r"Unrecognized params (\[.*?\]) are ignored")
+_UNKNOWN_PARAMS_ATTRIBUTE = "recfound_unknown_params"
+
+
+class IgnoredParamsFilter(logging.Filter):
+    """Remembers, on the request's MLflow prediction context, the params MLflow dropped.
+
+    Under ``mlflow models serve`` (and ``mlflow.pyfunc.load_model(...).predict``) MLflow 3
+    removes every param the model's ParamSchema does not declare *before* ``predict`` runs, and
+    says so only in a warning ("Unrecognized params [...] are ignored for inference") on the
+    ``mlflow.models.utils`` logger, in the thread and the prediction context
+    (:func:`mlflow.pyfunc.context.get_prediction_context`, one per ``predict`` call) of the
+    request. This filter sees that record and notes the names on that context; ``predict`` then
+    refuses the request naming them. The record itself is passed on unchanged.
+
+    It depends on MLflow logging the warning: with the ``mlflow`` logger above WARNING
+    (``MLFLOW_LOGGING_LEVEL=ERROR``) the record is never made and such params are dropped
+    silently again (tests/tracking/test_serve_http.py checks it over HTTP).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = _IGNORED_PARAMS.search(record.getMessage())
+        context = get_prediction_context()
+        if match is not None and context is not None:
+            try:
+                names = sorted(str(name) for name in ast.literal_eval(match.group(1)))
+            except (ValueError, SyntaxError, TypeError):
+                names = [match.group(1)]
+            setattr(context, _UNKNOWN_PARAMS_ATTRIBUTE, names)
+        return True
+
+
+def watch_ignored_params() -> None:
+    """Attach :class:`IgnoredParamsFilter` to MLflow's params logger (once per process)."""
+    logger = logging.getLogger(MLFLOW_PARAMS_LOGGER)
+    if not any(type(f).__name__ == IgnoredParamsFilter.__name__ for f in logger.filters):
+        logger.addFilter(IgnoredParamsFilter())
+
+
+watch_ignored_params()
+
+
+def _refuse_unknown_params(params: Mapping[str, Any] | None, limits: ServingConfig) -> None:
+    """A client error naming the request params this model does not take: those passed to
+    ``predict`` directly, and those MLflow dropped on the way (:class:`IgnoredParamsFilter`)."""
+    unknown = {str(name) for name in (params or {}) if str(name) not in PARAM_NAMES}
+    context = get_prediction_context()
+    unknown |= set(getattr(context, _UNKNOWN_PARAMS_ATTRIBUTE, None) or ())
+    if unknown:
+        raise client_error(
+            f"params: unknown parameter(s) {sorted(unknown)}; this model takes only "
+            f"{', '.join(repr(n) for n in PARAM_NAMES)} (an integer, 1 to "
+            f"serving.max_new_tokens = {limits.max_new_tokens})"
+        )
 
 
 def pinned_requirements() -> list[str]:
@@ -419,6 +487,7 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
                 f"the request has {len(frame)} rows; the limit is "
                 f"serving.max_rows = {limits.max_rows}: split it into smaller requests"
             )
+        _refuse_unknown_params(params, limits)
         max_new_tokens = _max_new_tokens(params, limits)
         answered = [*sorted(self.task_kinds), RECOMMEND]
         tasks = []

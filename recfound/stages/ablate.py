@@ -19,7 +19,7 @@ seed) into ``<paths.train>/../ablation/<row>/``; every row is evaluated on the s
 as `evaluate` (every record of full-ranking tasks, the same seeded sample of the others). Each row
 is reported as its difference to ``recfound`` per task and per group mean, with a paired bootstrap
 interval (:func:`ablation_differences`). Outputs: ``reports/ablation.json`` and
-``reports/ablation.md`` (one table per task group).
+``reports/ablation.md`` (one table per task group), one unit (``reports/manifests/ablate.json``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from recfound.evaluation.outputs import (
 )
 from recfound.evaluation.report import with_interval
 from recfound.evaluation.scores import outputs_from_records
-from recfound.layout import EVALUATION_MANIFEST, RECORDS_FILE
+from recfound.layout import EVALUATION_MANIFEST, RECORDS_FILE, unit_manifest
 from recfound.merge.from_config import merge_from_config
 from recfound.model.backbone import load_backbone
 from recfound.model.build import attach_adapter
@@ -403,10 +403,10 @@ def run_ablate(cfg: Config) -> dict[str, Any]:
         "bootstrap": BootstrapSettings(seed=cfg.seed).to_dict(),
     }
     reports = Path(cfg.paths.reports)
-    artifacts.write_json(reports / "ablation.json", report)
-    artifacts.write_text(
-        reports / "ablation.md", ablation_markdown(results, differences) + seeds_markdown(spread)
-    )
+    with artifacts.publish_unit(unit_manifest(reports, "ablate"), writer="recfound ablate") as unit:
+        unit.write_json(reports / "ablation.json", report)
+        table = ablation_markdown(results, differences) + seeds_markdown(spread)
+        unit.write_text(reports / "ablation.md", table)
     log.info(
         "ablation: mean scores %s",
         ", ".join(f"{row} {r['overall']['mean_score']:.4f}" for row, r in results.items()),

@@ -3,7 +3,8 @@
 Recipe: read the leave-one-out interactions and the catalogue written by `build_tasks` → fit
 SASRec (sequential, early-stopped on valid NDCG) and biased MF (ratings, early-stopped on valid
 RMSE) → write ``paths.baselines`` (``sasrec/``, ``mf/``: safetensors + JSON) and
-``reports/baselines.json``. Each epoch's validation figures are MLflow step metrics.
+``reports/baselines.json``, one unit (``reports/manifests/baselines.json``,
+:func:`recfound.artifacts.publish_unit`). Each epoch's validation figures are MLflow step metrics.
 
 The stage depends on the data and its own code only, so DVC does not retrain the baselines when
 the model changes; `evaluate` loads them with
@@ -28,7 +29,7 @@ from recfound.baselines.mf import BiasedMF, BiasedMFParams
 from recfound.baselines.sasrec import SASRecParams, SASRecRanker
 from recfound.baselines.store import MF_DIR, SASREC_DIR, load_baselines
 from recfound.config import Config
-from recfound.layout import ITEMS_FILE, SPLIT_INTERACTIONS_FILE
+from recfound.layout import ITEMS_FILE, SPLIT_INTERACTIONS_FILE, unit_manifest
 from recfound.tracking.runs import TRAINING, stage_run, task_inputs
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,12 @@ def run_baselines(cfg: Config) -> dict:
     mf_params = BiasedMFParams(**cfg.baselines.mf.model_dump(), seed=cfg.seed)
     settings = {"baselines": cfg.baselines.model_dump(), "seed": cfg.seed}
 
+    reports = Path(cfg.paths.reports)
+    published = artifacts.publish_unit(
+        unit_manifest(reports, "baselines"), writer="recfound baselines"
+    )
     with (
+        published as unit,
         torch_threads(cfg.baselines.threads),
         stage_run(cfg.tracking, "baselines", settings, inputs=task_inputs(cfg, *TRAINING)) as run,
     ):
@@ -83,9 +89,9 @@ def run_baselines(cfg: Config) -> dict:
         )
         mf_seconds = time.perf_counter() - started
 
-        with artifacts.staged_directory(cfg.paths.baselines) as staging:
-            sasrec.save(staging / SASREC_DIR)
-            mf.save(staging / MF_DIR)
+        staging = unit.directory(cfg.paths.baselines)
+        sasrec.save(staging / SASREC_DIR)
+        mf.save(staging / MF_DIR)
 
         sasrec_best = sasrec.history[sasrec.best_epoch - 1]
         mf_best = mf.history[mf.best_epoch - 1]
@@ -119,7 +125,7 @@ def run_baselines(cfg: Config) -> dict:
             }
         )
         mlflow.log_dict(report, REPORT_FILE)
-    artifacts.write_json(Path(cfg.paths.reports) / REPORT_FILE, report)
+        unit.write_json(reports / REPORT_FILE, report)
     log.info(
         "baselines written to %s: SASRec %d epochs in %.0fs (valid NDCG@%d %s), MF %d epochs in "
         "%.0fs (valid RMSE %s)",

@@ -4,7 +4,10 @@ When the tables came from a data repository (`fetch-data`), their data version
 (``data_version.json``) is carried into ``paths.tasks``.
 
 Everything is built and validated in a staging directory first; ``paths.tasks`` is replaced only
-when the task datasets pass validation, so a failure leaves the previous datasets intact.
+when the task datasets pass validation, so a failure leaves the previous datasets intact. The
+datasets and ``reports/task_counts.json`` are one unit (``reports/manifests/build_tasks.json``,
+:func:`recfound.artifacts.publish_unit`); ``reports/validation/tasks.json`` is the validation's
+own result, written whether or not it passes (it says why a build stopped).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from recfound.layout import (
     MANIFEST_FILE,
     SPLIT_INTERACTIONS_FILE,
     TRAIN_INTERACTIONS_FILE,
+    unit_manifest,
     validation_dir,
 )
 from recfound.tracking.lineage import recorded_data_version, write_data_version
@@ -66,7 +70,18 @@ def run_build_tasks(cfg: Config, validation_result: str | Path | None = None) ->
     raise_for_failures(report)
 
     counts = task_counts(datasets)
-    with artifacts.staged_directory(cfg.paths.tasks) as staging:
+    n_emb = sum(1 for task in counts if task in EMBEDDING_TASKS)
+    n_gen = len(counts) - n_emb
+    metrics = {
+        "num_tasks": len(counts),
+        "num_generative_tasks": n_gen,
+        "num_embedding_tasks": n_emb,
+        "records": counts,
+    }
+    reports = Path(cfg.paths.reports)
+    manifest = unit_manifest(reports, "build_tasks")
+    with artifacts.publish_unit(manifest, writer="recfound build-tasks") as unit:
+        staging = unit.directory(cfg.paths.tasks)
         for task, splits in datasets.frames.items():
             for split, frame in splits.items():
                 artifacts.write_parquet(staging / task / f"{split}.parquet", frame)
@@ -87,15 +102,7 @@ def run_build_tasks(cfg: Config, validation_result: str | Path | None = None) ->
         )
         if (version := recorded_data_version(cfg.paths.interim)) is not None:
             write_data_version(staging, version)  # fetched data: its version travels on
-    n_emb = sum(1 for task in counts if task in EMBEDDING_TASKS)
-    n_gen = len(counts) - n_emb
-    metrics = {
-        "num_tasks": len(counts),
-        "num_generative_tasks": n_gen,
-        "num_embedding_tasks": n_emb,
-        "records": counts,
-    }
-    artifacts.write_json(Path(cfg.paths.reports) / "task_counts.json", metrics)
+        unit.write_json(reports / "task_counts.json", metrics)
     log.info(
         "built %d tasks (%d embedding, %d generative) into %s; skipped %d",
         len(counts),

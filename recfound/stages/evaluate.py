@@ -10,9 +10,11 @@ it), ``reports/eval_records.json`` (the model's per-record outputs: the registry
 challenger on them), ``reports/evaluation.md``, ``reports/plots/evaluation_scores.{json,png}`` and
 the same to the MLflow run.
 
-The report files are one unit: the old ``reports/evaluation_manifest.json`` is removed before the
-first file is replaced and the new one, with every file's digest, is written after the last, so
-``register`` can tell reports from one complete run from a mix left by a killed one.
+The report files are one unit (:func:`recfound.artifacts.publish_unit`): they are staged while the
+run lasts, the old ``reports/evaluation_manifest.json`` is removed before the first file is put in
+place and the new one, with every file's digest, is written after the last, so a failed run
+changes nothing and ``register`` can tell reports from one complete run from a mix left by a
+killed one.
 """
 
 from __future__ import annotations
@@ -61,15 +63,17 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
     settings = {"evaluate": cfg.evaluate.model_dump(), "seed": cfg.seed}
     reports = Path(cfg.paths.reports)
     trained = trained_baselines(cfg)
-    with stage_run(cfg.tracking, "evaluate", settings, inputs=task_inputs(cfg, "test")) as run:
+    published = artifacts.publish_unit(reports / EVALUATION_MANIFEST, writer="recfound evaluate")
+    with (
+        published as unit,
+        stage_run(cfg.tracking, "evaluate", settings, inputs=task_inputs(cfg, "test")) as run,
+    ):
         document, records = evaluate_bundle(rec, spec.task_kinds, cfg, trained=trained)
         document["model"] = {"bundle": str(cfg.paths.merged), "merge": info.get("merge", {})}
         document["mlflow_run_id"] = run.info.run_id
         markdown = evaluation_markdown(document)
         rows = score_rows(document)
-        manifest = reports / EVALUATION_MANIFEST
-        manifest.unlink(missing_ok=True)  # from here until the new one the unit is incomplete
-        figure = plot_scores(rows, reports / "plots" / "evaluation_scores.png")
+        figure = plot_scores(rows, unit.path(reports / "plots" / "evaluation_scores.png"))
         mlflow.log_metrics({f"overall/{k}": v for k, v in document["overall"].items()})
         mlflow.log_metrics(
             {
@@ -83,18 +87,10 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
         mlflow.log_dict(records, RECORDS_FILE)
         mlflow.log_text(markdown, "evaluation.md")
         mlflow.log_artifact(str(figure), "plots")
-    published = [
-        reports / "metrics.json",
-        reports / RECORDS_FILE,
-        reports / "evaluation.md",
-        reports / "plots" / "evaluation_scores.json",
-        figure,
-    ]
-    artifacts.write_json(published[0], document)
-    artifacts.write_json(published[1], records)
-    artifacts.write_text(published[2], markdown)
-    artifacts.write_json(published[3], rows)
-    artifacts.write_manifest(manifest, published, writer="recfound evaluate")
+        unit.write_json(reports / "metrics.json", document)
+        unit.write_json(reports / RECORDS_FILE, records)
+        unit.write_text(reports / "evaluation.md", markdown)
+        unit.write_json(reports / "plots" / "evaluation_scores.json", rows)
     log.info(
         "test scores: mean %.4f (embedding %.4f, generative %.4f) over %d tasks in %.0f s; "
         "table in %s",

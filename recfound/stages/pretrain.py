@@ -13,7 +13,8 @@ Before training, the memory the setting needs is estimated and logged; a setting
 the device stops with :class:`~recfound.train.pretrain_fit.PretrainMemoryError`.
 
 Either way the result is saved with ``save_pretrained`` to ``paths.backbone``; the loss curves and
-tokens/s go to MLflow and ``reports/``.
+tokens/s go to MLflow and ``reports/``. The backbone, ``reports/pretrain.json`` and its two plots
+are one unit (``reports/manifests/pretrain.json``, :func:`recfound.artifacts.publish_unit`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ from recfound.data.corpus import (
 )
 from recfound.data.datasets import TaskDataError
 from recfound.data.tasks.base import identifier_vocabulary
-from recfound.layout import ITEMS_FILE, SPLIT_INTERACTIONS_FILE, TRAIN_INTERACTIONS_FILE
+from recfound.layout import (
+    ITEMS_FILE,
+    SPLIT_INTERACTIONS_FILE,
+    TRAIN_INTERACTIONS_FILE,
+    unit_manifest,
+)
 from recfound.model.backbone import (
     BuiltinSpec,
     add_item_tokens,
@@ -249,7 +255,13 @@ def _pretrain(
         "pretrain": p.model_dump(),
         "seed": cfg.seed,
     }
-    with stage_run(cfg.tracking, "pretrain", settings, inputs=task_inputs(cfg, "training")) as run:
+    reports = Path(cfg.paths.reports)
+    manifest = unit_manifest(reports, "pretrain")
+    published = artifacts.publish_unit(manifest, writer="recfound pretrain")
+    with (
+        published as unit,
+        stage_run(cfg.tracking, "pretrain", settings, inputs=task_inputs(cfg, "training")) as run,
+    ):
         result = pretrain_causal_lm(
             target.module,
             train_blocks,
@@ -305,19 +317,18 @@ def _pretrain(
             {k.replace("@", "_at_"): v for k, v in metrics.items() if isinstance(v, float)}
         )
         figure = plot_pretraining(
-            result.probe_curve, Path(cfg.paths.reports) / "plots" / "pretrain_curves.png"
+            result.probe_curve, unit.path(reports / "plots" / "pretrain_curves.png")
         )
         mlflow.log_artifact(str(figure), "plots")
-        with artifacts.staged_directory(cfg.paths.backbone) as staging:
-            save_backbone(model, tokenizer, staging)
-    artifacts.write_json(metrics_path(cfg), metrics)
-    artifacts.write_json(
-        curve_path(cfg),
-        [
-            {"step": s, "train_seconds": round(t, 1), **values}
-            for s, t, values in result.probe_curve
-        ],
-    )
+        save_backbone(model, tokenizer, unit.directory(cfg.paths.backbone))
+        unit.write_json(metrics_path(cfg), metrics)
+        unit.write_json(
+            curve_path(cfg),
+            [
+                {"step": s, "train_seconds": round(t, 1), **values}
+                for s, t, values in result.probe_curve
+            ],
+        )
     log.info(
         "pretrained %d steps (kept step %d): held-out text loss %.3f → %.3f, behaviour loss "
         "%.3f → %.3f; next-item validation Recall@10 %.4f, NDCG@10 %.4f (%.0f tokens/s)",

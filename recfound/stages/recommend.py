@@ -7,7 +7,8 @@ it) and its ANN index over the ``user2item`` item embeddings → for each path o
 excluded (:class:`recfound.serving.recommend.Recommender`, the code the served ``recommend``
 request runs) → ``<paths.recommendations>/recommendations.parquet`` (``user_id``, ``path``,
 ``rank``, ``item_id``, ``title``, ``score``) and ``<paths.reports>/recommend.json``: users per
-second per path, and each path's Recall@10 / NDCG@10 against the users' test items.
+second per path, and each path's Recall@10 / NDCG@10 against the users' test items; the two are
+one unit (``reports/manifests/recommend.json``, :func:`recfound.artifacts.publish_unit`).
 
 The generative lists are ranked exactly as ``evaluate`` ranks ``sequential_recommendation``
 (same prompt, identifier logits, every item the user met before the target excluded), so their
@@ -33,6 +34,7 @@ import pandas as pd
 from recfound import artifacts
 from recfound.accelerator import stage_device
 from recfound.config import Config
+from recfound.layout import unit_manifest
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.serving.catalogue import Catalogue, build_catalogue, user_targets
 from recfound.serving.recommend import Recommendation, Recommender, RecommendLimits
@@ -188,7 +190,7 @@ def run_recommend(cfg: Config) -> dict[str, Any]:
 
     table = pd.concat(frames, ignore_index=True) if frames else _list_frame([], [], "")
     out_dir = Path(cfg.paths.recommendations)
-    artifacts.write_parquet(out_dir / RECOMMENDATIONS_FILE, table)
+    reports = Path(cfg.paths.reports)
     report = {
         "k": k,
         "users": len(users),
@@ -200,7 +202,14 @@ def run_recommend(cfg: Config) -> dict[str, Any]:
         "output": str(out_dir / RECOMMENDATIONS_FILE),
     }
     settings = {"recommend": cfg.recommend.model_dump(), "serving": cfg.serving.model_dump()}
-    with stage_run(cfg.tracking, "recommend", settings, inputs=task_inputs(cfg, "test")):
+    published = artifacts.publish_unit(
+        unit_manifest(reports, "recommend"), writer="recfound recommend"
+    )
+    with (
+        published as unit,
+        stage_run(cfg.tracking, "recommend", settings, inputs=task_inputs(cfg, "test")),
+    ):
+        lists = unit.write_parquet(out_dir / RECOMMENDATIONS_FILE, table)
         speed = {
             f"{p}/users_per_second": v["users_per_second"] or 0.0 for p, v in report_paths.items()
         }
@@ -213,9 +222,9 @@ def run_recommend(cfg: Config) -> dict[str, Any]:
             }
             | speed
         )
-        mlflow.log_artifact(str(out_dir / RECOMMENDATIONS_FILE), "recommendations")
+        mlflow.log_artifact(str(lists), "recommendations")
         mlflow.log_dict(report, REPORT_FILE)
-    artifacts.write_json(Path(cfg.paths.reports) / REPORT_FILE, report)
+        unit.write_json(reports / REPORT_FILE, report)
     return report
 
 

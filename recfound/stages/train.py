@@ -4,6 +4,10 @@ Reads the task datasets and the backbone, trains, and writes ``paths.train``: ``
 ``best_generative/``, ``best_embedding/`` checkpoints (adapter directories plus optimiser and
 trainer state) and ``adapter_config.json`` (the spec merge rebuilds the model from); metrics
 to ``reports/train.json``; plots (task shares, validation curves) to ``reports/plots/`` and MLflow.
+The checkpoints and these reports are one unit (``reports/manifests/train.json``,
+:func:`recfound.artifacts.publish_unit`): a run that fails, even after training, leaves every
+previous output as it was and its own checkpoints in ``.<paths.train>.partial`` (where
+``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from accelerate import PartialState
 
 from recfound import artifacts
 from recfound.config import Config
+from recfound.layout import unit_manifest
 from recfound.tracking.runs import TRAINING, stage_run, task_inputs
 from recfound.train.from_config import train_adapters
 from recfound.train.plots import plot_task_shares, plot_validation_curves
@@ -31,26 +36,40 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
         train_adapters(cfg, resume)
         return {}
     settings = {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(), "seed": cfg.seed}
-    with stage_run(
-        cfg.tracking, "train", settings, log_system_metrics=True, inputs=task_inputs(cfg, *TRAINING)
-    ) as run:
+    reports = Path(cfg.paths.reports)
+    plots = reports / "plots"
+    out = Path(cfg.paths.train)
+    published = artifacts.publish_unit(unit_manifest(reports, "train"), writer="recfound train")
+    with (
+        published as unit,
+        stage_run(
+            cfg.tracking,
+            "train",
+            settings,
+            log_system_metrics=True,
+            inputs=task_inputs(cfg, *TRAINING),
+        ) as run,
+    ):
         trained = train_adapters(
-            cfg, resume, log_metrics=lambda values, step: mlflow.log_metrics(values, step=step)
+            cfg,
+            resume,
+            log_metrics=lambda values, step: mlflow.log_metrics(values, step=step),
+            swap=False,
         )
+        checkpoints = artifacts.partial_path(out)  # complete; swapped in with the reports
+        unit.replace_directory(checkpoints, out)
         result, task_kinds = trained.result, trained.task_kinds
-        plots = Path(cfg.paths.reports) / "plots"
         shares = plot_task_shares(
-            result.weights_history, task_kinds, plots / "train_task_share.png"
+            result.weights_history, task_kinds, unit.path(plots / "train_task_share.png")
         )
         curves = plot_validation_curves(
-            result.val_history, task_kinds, plots / "train_val_loss.png"
+            result.val_history, task_kinds, unit.path(plots / "train_val_loss.png")
         )
         for figure in (shares, curves):
             mlflow.log_artifact(str(figure), "plots")
-        out = Path(cfg.paths.train)
         for name in ("last", "best_generative", "best_embedding"):
-            if (out / name).exists():
-                mlflow.log_artifacts(str(out / name), f"checkpoints/{name}")
+            if (checkpoints / name).exists():
+                mlflow.log_artifacts(str(checkpoints / name), f"checkpoints/{name}")
         metrics = {
             "steps": result.steps,
             "trainable_parameters": trained.trainable_parameters,
@@ -63,24 +82,24 @@ def run_train(cfg: Config, resume: bool = False) -> dict:
             "mlflow_run_id": run.info.run_id,
         }
         mlflow.log_dict(metrics, "train.json")
-    artifacts.write_json(Path(cfg.paths.reports) / "train.json", metrics)
-    artifacts.write_json(
-        plots / "train_task_share.json",
-        [
-            {"step": s, "task": t, "probability": w}
-            for s, ws in result.weights_history
-            for t, w in ws.items()
-        ],
-    )
-    artifacts.write_json(
-        plots / "train_val_loss.json",
-        [
-            {"step": s, "task": k.split("/")[0], "loss": v}
-            for s, vs in result.val_history
-            for k, v in vs.items()
-            if k.endswith("/loss")
-        ],
-    )
+        unit.write_json(reports / "train.json", metrics)
+        unit.write_json(
+            plots / "train_task_share.json",
+            [
+                {"step": s, "task": t, "probability": w}
+                for s, ws in result.weights_history
+                for t, w in ws.items()
+            ],
+        )
+        unit.write_json(
+            plots / "train_val_loss.json",
+            [
+                {"step": s, "task": k.split("/")[0], "loss": v}
+                for s, vs in result.val_history
+                for k, v in vs.items()
+                if k.endswith("/loss")
+            ],
+        )
     log.info(
         "trained %d steps; final validation losses: %s",
         result.steps,

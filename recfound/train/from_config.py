@@ -170,9 +170,12 @@ def train_adapters(
     cfg: Config,
     resume: bool = False,
     log_metrics: Callable[[dict[str, float], int], None] | None = None,
+    swap: bool = True,
 ) -> TrainedAdapters:
     """Build the adapted model from ``cfg``, train it on every task, and swap the checkpoints into
-    ``paths.train`` (see the module docstring)."""
+    ``paths.train`` (see the module docstring). With ``swap=False`` the complete checkpoints stay
+    in :func:`recfound.artifacts.partial_path` for the caller to swap in with its other outputs
+    (the train stage publishes them with its reports as one unit)."""
     check_backbone_setting(cfg.model.backbone)  # not silently the backbone already built
     tasks = load_training_tasks(cfg)
     task_kinds = {t.name: t.kind for t in tasks}
@@ -206,6 +209,6 @@ def train_adapters(
     )
     result = trainer.train(resume=resume)
     accelerator.wait_for_everyone()  # every process has written its last checkpoint
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and swap:
         artifacts.replace_directory(out, cfg.paths.train)
     return TrainedAdapters(result, task_kinds, trainable, accelerator.num_processes)

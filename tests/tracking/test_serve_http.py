@@ -1,6 +1,7 @@
 """``mlflow models serve`` on 127.0.0.1 under a bounded concurrent load: 4 clients, 200 requests
 over four tasks, every answer equal to the sequential answer for the same request, no errors; the
-answers are the folded model's; bad requests get a 400 that names the field."""
+answers are the folded model's; bad requests get a 400 that names the field (an unknown param too,
+although MLflow drops it before the model's predict)."""
 
 from __future__ import annotations
 
@@ -143,6 +144,13 @@ def test_http_answers_are_the_folded_models(served, four_task_bundle) -> None:
             "serving.max_input_chars = 4000",
         ),
         ({"dataframe_records": [{"task": "nope", "input": "x"}]}, "unknown task(s) ['nope']"),
+        (
+            {
+                "dataframe_records": [{"task": "genre", "input": "x"}],
+                "params": {"max_new_tokens": 4, "temperature": 0.7},
+            },
+            "unknown parameter(s) ['temperature']; this model takes only 'max_new_tokens'",
+        ),
     ],
 )
 def test_bad_requests_get_400_naming_the_field(served, payload: dict, field: str) -> None:
@@ -150,3 +158,17 @@ def test_bad_requests_get_400_naming_the_field(served, payload: dict, field: str
     status, body = post_json(url, payload)
     assert status == 400, body
     assert field in body["message"] and body["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+@pytest.mark.slow
+def test_unknown_param_is_refused_and_the_next_request_answered(served) -> None:
+    """MLflow's scoring server removes params the signature lacks before ``predict``; the model
+    still refuses them by name, and a correct request on the same worker is answered after."""
+    url, log_path = served
+    rows = [{"task": "genre", "input": "Heat (1995)"}]
+    status, body = post_json(url, {"dataframe_records": rows, "params": {"top_p": 0.9}})
+    assert status == 400, body
+    assert "unknown parameter(s) ['top_p']" in body["message"], body
+    assert "takes only 'max_new_tokens'" in body["message"], body
+    status, body = post_json(url, {"dataframe_records": rows, "params": {"max_new_tokens": 2}})
+    assert status == 200, (body, log_path.read_text()[-2000:])

@@ -255,6 +255,12 @@ BAD_REQUESTS = [
         {"max_new_tokens": 129},
         r"'max_new_tokens' is 129; allowed: 1 to serving.max_new_tokens = 128",
     ),
+    (  # MLflow drops params its ParamSchema lacks before predict; the model still sees them
+        [{"task": "genre", "input": "x"}],
+        {"max_new_tokens": 4, "temperature": 0.7, "top_k": 5},
+        r"unknown parameter\(s\) \['temperature', 'top_k'\]; this model takes only "
+        r"'max_new_tokens'",
+    ),
 ]
 
 
@@ -266,6 +272,25 @@ def test_bad_requests_are_client_errors_naming_the_field(
     with pytest.raises(MlflowException, match=message) as caught:
         model.predict(pd.DataFrame(rows), params=params)
     assert caught.value.get_http_status_code() == 400
+
+
+def test_unknown_params_are_refused_by_the_model_itself(champion) -> None:
+    """Called without MLflow's wrapper (benchmarks, tests) the model sees the params itself."""
+    _, model, _ = champion
+    with pytest.raises(MlflowException, match=r"unknown parameter\(s\) \['beam'\]") as caught:
+        model.unwrap_python_model().predict(
+            None, [{"task": "genre", "input": "x"}], {"beam": 2, "max_new_tokens": 2}
+        )
+    assert caught.value.get_http_status_code() == 400
+
+
+def test_a_request_after_a_refused_one_is_answered(champion) -> None:
+    """What MLflow dropped for one request is not held against the next one."""
+    _, model, _ = champion
+    rows = pd.DataFrame([{"task": "genre", "input": "x"}])
+    with pytest.raises(MlflowException, match="unknown parameter"):
+        model.predict(rows, params={"temperature": 0.5})
+    assert len(model.predict(rows, params={"max_new_tokens": 2})) == 1
 
 
 def test_empty_request_is_a_client_error(champion) -> None:
