@@ -28,8 +28,6 @@ SIGNAL_ITEM_TEXT = "item_text"
 SIGNAL_ITEM_CATEGORIES = "item_categories"
 SIGNAL_USER_ATTRIBUTES = "user_attributes"
 SIGNAL_REVIEW_TEXT = "review_text"
-SIGNAL_QUERIES = "queries"
-SIGNAL_QA = "qa"
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp", "review_title", "review_text")
 ITEM_COLUMNS = ("item_id", "title", "description", "categories", "year")

@@ -67,8 +67,6 @@ def test_registry_covers_every_configured_task() -> None:
             S.SIGNAL_ITEM_CATEGORIES,
             S.SIGNAL_USER_ATTRIBUTES,
             S.SIGNAL_REVIEW_TEXT,
-            S.SIGNAL_QUERIES,
-            S.SIGNAL_QA,
         }
 
 
