@@ -105,6 +105,30 @@ def write_tiny_params(path: Path, **overrides: dict) -> Path:
     return write_params(path, **sections)
 
 
+def sqlite_tracking(root: Path) -> dict[str, str]:
+    """The ``tracking`` section of a project under ``root``: a sqlite store and artifacts there."""
+    return {
+        "tracking_uri": f"sqlite:///{root}/mlflow.db",
+        "artifact_location": str(root / "mlartifacts"),
+    }
+
+
+def dirs_under(root: Path, *names: str) -> dict[str, str]:
+    """``paths`` entries ``name: root/name`` for each of ``names``."""
+    return {name: str(root / name) for name in names}
+
+
+def build_task_data(cfg) -> None:
+    """Run the data stages of ``cfg`` in order: ingest, validate, build_tasks."""
+    from recfound.stages.build_tasks import run_build_tasks
+    from recfound.stages.ingest import run_ingest
+    from recfound.stages.validate import run_validate
+
+    run_ingest(cfg)
+    run_validate(cfg)
+    run_build_tasks(cfg)
+
+
 def write_params(path: Path, **sections: dict) -> Path:
     """Write a params.yaml from the repository's defaults with ``sections`` merged in."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -195,9 +219,6 @@ def tiny_catalogue_project(
     moved off its initial values. Its ``params.yaml`` points at all of it (tracking under it)."""
     from recfound.config import load_config
     from recfound.model.backbone import add_item_tokens
-    from recfound.stages.build_tasks import run_build_tasks
-    from recfound.stages.ingest import run_ingest
-    from recfound.stages.validate import run_validate
     from tests.train import tiny
 
     root = tmp_path_factory.mktemp("catalogue_project")
@@ -215,15 +236,10 @@ def tiny_catalogue_project(
             "reports": str(root / "reports"),
             "recommendations": str(root / "data" / "recommendations"),
         },
-        tracking={
-            "tracking_uri": f"sqlite:///{root}/mlflow.db",
-            "artifact_location": str(root / "mlartifacts"),
-        },
+        tracking=sqlite_tracking(root),
     )
     cfg = load_config(params)
-    run_ingest(cfg)
-    run_validate(cfg)
-    run_build_tasks(cfg)
+    build_task_data(cfg)
     items = pd.read_parquet(Path(cfg.paths.tasks) / "items.parquet")
     base, tokenizer = load_backbone(tiny_bundle[0])
     added = add_item_tokens(base, tokenizer, [t for t in items["token"] if t])

@@ -20,12 +20,15 @@ from recfound.serving.catalogue import build_catalogue
 from recfound.serving.recommend import Recommender
 from recfound.serving.snapshot import build_index
 from recfound.stages.ablate import load_last_checkpoint
-from recfound.stages.build_tasks import run_build_tasks
-from recfound.stages.ingest import run_ingest
 from recfound.stages.pretrain import run_pretrain
 from recfound.stages.train import run_train
-from recfound.stages.validate import run_validate
-from tests.conftest import write_ml100k_slice, write_tiny_params
+from tests.conftest import (
+    build_task_data,
+    dirs_under,
+    sqlite_tracking,
+    write_ml100k_slice,
+    write_tiny_params,
+)
 
 LEVELS, CODEBOOK = 2, 4
 
@@ -44,14 +47,10 @@ def _config(root: Path, **pretrain):
         },
         pretrain=pretrain,
         evaluate={"fusion": {}},
-        paths={
-            name: str(root / name)
-            for name in ("interim", "tasks", "backbone", "train", "merged", "baselines", "reports")
-        },
-        tracking={
-            "tracking_uri": f"sqlite:///{root}/mlflow.db",
-            "artifact_location": str(root / "mlartifacts"),
-        },
+        paths=dirs_under(
+            root, "interim", "tasks", "backbone", "train", "merged", "baselines", "reports"
+        ),
+        tracking=sqlite_tracking(root),
     )
     return load_config(params)
 
@@ -59,9 +58,7 @@ def _config(root: Path, **pretrain):
 @pytest.mark.slow
 def test_semantic_identifiers_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
-    run_ingest(cfg)
-    run_validate(cfg)
-    run_build_tasks(cfg)
+    build_task_data(cfg)
 
     items = pd.read_parquet(Path(cfg.paths.tasks) / "items.parquet")
     named = items.loc[items["token"] != "", "token"].tolist()
@@ -107,8 +104,6 @@ def test_semantic_identifiers_train_and_evaluate_end_to_end(tmp_path: Path) -> N
 
 def test_keep_best_needs_atomic_identifiers(tmp_path: Path) -> None:
     cfg = _config(tmp_path, keep_best=True)
-    run_ingest(cfg)
-    run_validate(cfg)
-    run_build_tasks(cfg)
+    build_task_data(cfg)
     with pytest.raises(ConfigError, match="pretrain.keep_best"):
         run_pretrain(cfg)

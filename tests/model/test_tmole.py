@@ -273,16 +273,13 @@ def conflicting_tasks_loss(adapter: TMoLEModel | LoRAAdapter, steps: int) -> flo
 
 def test_tmole_learns_conflicting_tasks_that_one_lora_cannot() -> None:
     r, steps = 2, 60
-    config = TMoLEConfig(
+    config = make_config(
         rank=r,
         alpha=2.0 * r,
         num_embedding_experts=0,
         num_shared_experts=2,
-        num_generative_experts=2,
         task_names=["a", "b"],
         task_kinds={"a": "generative", "b": "generative"},
-        task_embedding_dim=8,
-        target_modules=TARGETS,
         seed=0,
     )
     tmole = TMoLEModel(tiny_llama(), config)

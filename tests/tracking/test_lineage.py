@@ -19,7 +19,7 @@ from recfound.tracking.runs import (
     stage_run,
     task_inputs,
 )
-from tests.conftest import write_params
+from tests.conftest import sqlite_tracking, write_params
 
 
 @pytest.fixture()
@@ -36,10 +36,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     params = write_params(
         tmp_path / "params.yaml",
         paths={"tasks": str(tasks), "interim": str(tmp_path / "data" / "interim")},
-        tracking={
-            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "artifact_location": str(tmp_path / "mlartifacts"),
-        },
+        tracking=sqlite_tracking(tmp_path),
     )
     return load_config(params), version
 

@@ -12,12 +12,10 @@ from recfound.accelerator import stage_device
 from recfound.config import parse_config
 from recfound.data.corpus import behaviour_sequences, behaviour_windows
 from recfound.model.backbone import load_backbone, save_backbone
-from recfound.stages.build_tasks import run_build_tasks
-from recfound.stages.ingest import run_ingest
 from recfound.stages.pretrain import run_pretrain
-from recfound.stages.validate import run_validate
 from recfound.train.lr_schedule import lr_at
 from recfound.train.pretrain import pack_blocks, pad_rows, split_blocks
+from tests.conftest import build_task_data, dirs_under, sqlite_tracking
 from tests.train.tiny import tiny_backbone
 
 
@@ -80,16 +78,8 @@ def _config(tmp_path: Path, **model):
                 "eval_every": 40,
                 "warmup_steps": 10,
             },
-            "tracking": {
-                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                "artifact_location": str(tmp_path / "mlartifacts"),
-            },
-            "paths": {
-                "interim": str(tmp_path / "interim"),
-                "tasks": str(tmp_path / "tasks"),
-                "backbone": str(tmp_path / "backbone"),
-                "reports": str(tmp_path / "reports"),
-            },
+            "tracking": sqlite_tracking(tmp_path),
+            "paths": dirs_under(tmp_path, "interim", "tasks", "backbone", "reports"),
         }
     )
 
@@ -97,9 +87,7 @@ def _config(tmp_path: Path, **model):
 @pytest.mark.slow
 def test_pretrain_lowers_heldout_loss_and_logs_to_mlflow(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
-    run_ingest(cfg)
-    run_validate(cfg)
-    run_build_tasks(cfg)
+    build_task_data(cfg)
     metrics = run_pretrain(cfg)
     assert metrics["pretrained"] is True
     assert metrics["device"] == str(stage_device())  # logged and reported
@@ -137,9 +125,7 @@ def test_a_given_checkpoint_is_extended_and_only_the_identifier_rows_train(
     original, original_tok = load_backbone(checkpoint)
     cfg = _config(tmp_path, backbone=str(checkpoint))
     cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"steps": 20})})
-    run_ingest(cfg)
-    run_validate(cfg)
-    run_build_tasks(cfg)
+    build_task_data(cfg)
     metrics = run_pretrain(cfg)
     assert metrics["backbone"] == str(checkpoint.resolve())
     assert metrics["trainable"] == "identifiers" and metrics["memory_estimate_gib"] > 0
