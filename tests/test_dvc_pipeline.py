@@ -103,6 +103,7 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(repo_copy: Path) -> None:
     assert "Running stage 'train'" not in ablate.stdout  # reuses the main pipeline's outputs
     ablation = (repo_copy / "reports" / "ablation.md").read_text()
     rows = ("recfound", "without_merge", "without_merge_s2sched", "without_all", "option_tuning")
+    rows += ("recfound_seed1", "without_all_seed1")  # ablation.extra_seeds: [1]
     for row in rows:
         assert f"| {row} |" in ablation
     status = _dvc("status", cwd=repo_copy)
