@@ -94,7 +94,6 @@ TINY_SECTIONS: dict[str, dict] = {
     },
     "merge": {"trials": 2, "max_per_task": 6},
     "evaluate": {"max_per_task": 6, "max_new_tokens": 3, "ks": [1, 5]},
-    "ablation": {"extra_seeds": [1]},  # the seeded rows, once
 }
 
 
