@@ -32,6 +32,8 @@ SECTIONS: tuple[str, ...] = (
     "registry",
     "tracking",
 )
+# Sections no Kubeflow step reads: the ablation is a DVC pipeline of its own (`make ablate`).
+NOT_IN_THE_PIPELINE: tuple[str, ...] = ("ablation",)
 # The resource parameters: params.yaml's ``cluster`` section (these are its defaults; a profile
 # such as params.gpu.yaml sets its own, see resource_arguments).
 RESOURCE_DEFAULTS: dict[str, int | str] = ClusterConfig().model_dump()
@@ -64,13 +66,26 @@ def config_arguments(cfg: Config) -> dict[str, Any]:
     """
     dumped = _without_nulls(cfg.model_dump(mode="json"))
     arguments = {section: dumped[section] for section in SECTIONS}
-    outside = {"paths", "cluster"}  # neither is a settings parameter
-    if parse_config(arguments).model_dump(exclude=outside) != cfg.model_dump(exclude=outside):
+    outside = {"paths", "cluster", *NOT_IN_THE_PIPELINE}
+    passed = parse_config(arguments).model_dump(mode="json", exclude=outside)
+    differing = _differing_keys(passed, cfg.model_dump(mode="json", exclude=outside))
+    if differing:
+        carried = ", ".join(s for s in SECTIONS if s != "seed")
         raise ConfigError(
-            "a null setting in params.yaml has a non-null default; it cannot be passed as a "
-            "Kubeflow pipeline parameter"
+            f"{', '.join(differing)}: the Kubeflow pipeline would run with another value than "
+            f"params.yaml's (its parameters carry seed and the sections {carried}, and no "
+            "null where the default is not null); set it to its default there, or run this "
+            "setting with `dvc repro`"
         )
     return arguments
+
+
+def _differing_keys(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted keys whose values differ between two dumped configs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [k for key in keys for k in _differing_keys(a.get(key), b.get(key), f"{path}{key}.")]
+    return [] if a == b else [path.rstrip(".")]
 
 
 def resource_arguments(cfg: Config) -> dict[str, int | str]:

@@ -221,3 +221,19 @@ def test_gpu_profile_compiles_a_pipeline_whose_train_step_requests_its_gpus(
         != RESOURCE_DEFAULTS["train_memory"]
     )
     assert pipeline_arguments(profile, ["train_gpus=2"])["train_gpus"] == 2
+
+
+def test_a_setting_the_pipeline_cannot_carry_is_named(tmp_path: Path) -> None:
+    """The pipeline's parameters carry seed and the settings sections; a params.yaml value it
+    would not carry (here a serving limit) is refused naming its key, not run with the default.
+    The ablation section is not the pipeline's: any value of it compiles."""
+    from recfound.config import ConfigError
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["ablation"]["extra_seeds"] = [7]
+    (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(params))
+    assert config_arguments(load_config(tmp_path / "ablation.yaml"))["seed"] == params["seed"]
+    params["serving"]["max_k"] = 50
+    (tmp_path / "serving.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"^serving\.max_k: the Kubeflow pipeline would run"):
+        config_arguments(load_config(tmp_path / "serving.yaml"))
