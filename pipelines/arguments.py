@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from recfound.config import ClusterConfig, Config, ConfigError, parse_config
+from recfound.config import ClusterConfig, Config, ConfigError, dotted, parse_config
 
 SECTIONS: tuple[str, ...] = (
     "seed",
@@ -67,8 +67,9 @@ def config_arguments(cfg: Config) -> dict[str, Any]:
     dumped = _without_nulls(cfg.model_dump(mode="json"))
     arguments = {section: dumped[section] for section in SECTIONS}
     outside = {"paths", "cluster", *NOT_IN_THE_PIPELINE}
-    passed = parse_config(arguments).model_dump(mode="json", exclude=outside)
-    differing = _differing_keys(passed, cfg.model_dump(mode="json", exclude=outside))
+    passed = dotted(parse_config(arguments).model_dump(mode="json", exclude=outside))
+    wanted = dotted(cfg.model_dump(mode="json", exclude=outside))
+    differing = sorted(k for k in passed.keys() | wanted.keys() if passed.get(k) != wanted.get(k))
     if differing:
         carried = ", ".join(s for s in SECTIONS if s != "seed")
         raise ConfigError(
@@ -78,14 +79,6 @@ def config_arguments(cfg: Config) -> dict[str, Any]:
             "setting with `dvc repro`"
         )
     return arguments
-
-
-def _differing_keys(a: Any, b: Any, path: str = "") -> list[str]:
-    """Dotted keys whose values differ between two dumped configs."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b))
-        return [k for key in keys for k in _differing_keys(a.get(key), b.get(key), f"{path}{key}.")]
-    return [] if a == b else [path.rstrip(".")]
 
 
 def resource_arguments(cfg: Config) -> dict[str, int | str]:

@@ -774,6 +774,18 @@ class Config(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
 
 
+def dotted(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings → ``{"model.tmole.rank": 8, ...}``: every leaf under its dotted key."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(dotted(value, name))
+        else:
+            out[name] = value
+    return out
+
+
 def describe_error(error: dict[str, Any]) -> str:
     """One line for one pydantic error: the key, the value given and what is allowed."""
     key = ".".join(str(p) for p in error["loc"]) or "(top level)"

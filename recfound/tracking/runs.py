@@ -28,7 +28,7 @@ import mlflow
 import psutil
 from mlflow.exceptions import MlflowException
 
-from recfound.config import Config, TrackingConfig
+from recfound.config import Config, TrackingConfig, dotted
 from recfound.tracking.lineage import DataVersion, data_version, log_task_datasets
 from recfound.tracking.store import check_tracking_store, create_experiment_once, store_init_lock
 
@@ -77,19 +77,9 @@ def configure_tracking(cfg: TrackingConfig) -> str:
     return uri
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
-    else:
-        out[prefix] = value
-
-
 def flatten_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Nested settings → ``{"model.tmole.rank": 8, ...}`` (MLflow params are flat strings)."""
-    out: dict[str, Any] = {}
-    _flatten("", params, out)
-    return {k: (str(v)[:500] if v is not None else "null") for k, v in out.items()}
+    """Nested settings → ``{"model.tmole.rank": "8", ...}`` (MLflow params are flat strings)."""
+    return {k: (str(v)[:500] if v is not None else "null") for k, v in dotted(params).items()}
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""candidate_ranking (generative): history + a numbered candidate list → the best candidate."""
+"""candidate_ranking (generative): listed candidates, then the next-item question → the pick."""
 
 from __future__ import annotations
 

@@ -43,11 +43,13 @@ class CTRPredictionBuilder(UserTaskBuilder):
 
     def example_fields(self, ctx: TaskContext, example: UserExample, rng: Generator) -> Fields:
         liked = example.rating >= ctx.rating_threshold
-        note = ctx.item_rating_note(example.target_id, example.user_id)
-        question = f"Will they like {ctx.item_text(example.target_id)} ({note})? Answer yes or no."
         key = f"{ctx.seed}|cold|{example.user_id}|{example.target_id}"
         if example.split == "train" and stable_hash(key) % COLD_SHARE == 0:
             question = cold_like_question(ctx, example.target_id)
+        else:
+            note = ctx.item_rating_note(example.target_id, example.user_id)
+            text = ctx.item_text(example.target_id)
+            question = f"Will they like {text} ({note})? Answer yes or no."
         return {
             "prompt": f"{ctx.rated_intro(example)}. {question}",
             "target": "yes" if liked else "no",
