@@ -135,6 +135,13 @@ class TasksConfig(_Section):
         "sequential_recommendation): one per training interaction, up to this many.",
     )
     max_eval_per_task: int = Field(default=200, ge=1)
+    queries_per_train_item: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="query2item: distinct search queries written for each training item (its "
+        "categories and year phrased differently); validation and test items keep one.",
+    )
     cold_item_fraction: float = Field(
         default=0.02,
         ge=0.0,

@@ -47,6 +47,7 @@ def build_task_datasets(tables: Tables, cfg: TasksConfig, seed: int) -> TaskData
         sequence_length=cfg.sequence_length,
         max_train_next_item=cfg.max_train_next_item,
         next_item_train_positions=cfg.next_item_train_positions,
+        queries_per_train_item=cfg.queries_per_train_item,
         num_candidates=cfg.num_candidates,
         max_train_per_task=cfg.max_train_per_task,
         max_eval_per_task=cfg.max_eval_per_task,

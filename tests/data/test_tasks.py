@@ -323,3 +323,28 @@ def test_candidate_ranking_lists_candidates_before_the_next_item_question(
         assert question.startswith("History, oldest first: <item_")
         assert question.endswith(f"<item_{history[-1]}>")  # the answer follows the history
         assert all(f"<item_{i}>" in listed for i in ids)
+
+
+def test_training_items_are_asked_for_in_several_distinct_queries(
+    ml100k: S.Tables, built: TaskDatasets
+) -> None:
+    """queries_per_train_item adds distinct queries of the same training items; the first query of
+    every item, and so every validation and test record, stays as it was."""
+    more = build_task_datasets(
+        ml100k,
+        SMALL.model_copy(update={"enabled": ["query2item"], "queries_per_train_item": 3}),
+        seed=SEED,
+    ).frames["query2item"]
+    one = built.frames["query2item"]
+    for split in ("valid", "test"):
+        pd.testing.assert_frame_equal(more[split], one[split])
+    first = more["train"].iloc[: len(one["train"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, one["train"].reset_index(drop=True))
+    per_item = more["train"].groupby("item_id")["prompt"]
+    assert per_item.nunique().eq(per_item.size()).all()  # no query twice for one item
+    assert per_item.size().max() == 3 and per_item.size().mean() > 2
+    assert set(more["train"]["item_id"]) == set(one["train"]["item_id"])
+    for prompt, target in zip(more["train"]["prompt"], more["train"]["target"], strict=True):
+        genres = target.split("genres: ")[1].split(", ")
+        asked = prompt.split("\n")[1].split(" movies")[0].split(" and ")
+        assert set(asked) <= set(genres)  # every query is about its item's real categories

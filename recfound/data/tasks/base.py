@@ -186,6 +186,7 @@ class TaskContext:
     _flat_position: np.ndarray
     _flat_from_end: np.ndarray  # 0 for a user's last interaction (test), 1 valid, 2 last train…
     next_item_train_positions: int = 8
+    queries_per_train_item: int = 1
 
     @classmethod
     def from_tables(
@@ -201,6 +202,7 @@ class TaskContext:
         sequence_length: int = 50,
         max_train_next_item: int = 8000,
         next_item_train_positions: int = 8,
+        queries_per_train_item: int = 1,
         identifiers: str = "atomic",
         semantic_levels: int = 2,
         semantic_codebook_size: int = 32,
@@ -282,6 +284,7 @@ class TaskContext:
             .cumcount(ascending=False)
             .to_numpy(),
             next_item_train_positions=next_item_train_positions,
+            queries_per_train_item=queries_per_train_item,
         )
 
     # --- randomness and caps -------------------------------------------------------------

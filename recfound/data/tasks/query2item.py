@@ -6,7 +6,17 @@ from abc import abstractmethod
 
 from numpy.random import Generator
 
-from recfound.data.tasks.base import Fields, ItemAttributeTaskBuilder, ItemInfo, TaskContext
+from recfound.data.tasks.base import (
+    Fields,
+    ItemAttributeTaskBuilder,
+    ItemInfo,
+    TaskContext,
+    TaskRecord,
+)
+
+# draws of attribute_query tried for each further query of a training item (an item with one
+# category and a year has only two distinct queries)
+QUERY_DRAWS = 20
 
 
 def attribute_query(ctx: TaskContext, item: ItemInfo, rng: Generator) -> str:
@@ -39,7 +49,13 @@ class QueryTaskBuilder(ItemAttributeTaskBuilder):
 
 
 class Query2ItemBuilder(QueryTaskBuilder):
-    """Items are split 80/10/10 by a seeded hash; the positive document is the item's text."""
+    """Items are split 80/10/10 by a seeded hash; the positive document is the item's text.
+
+    Each training item may be asked for in ``ctx.queries_per_train_item`` distinct ways (its
+    categories and year picked and phrased differently), so the embedding sees which words of a
+    query match which words of an item, not one phrasing per item. The further queries come after
+    the one-per-item records, from a generator of their own: the first query of every item, and
+    so every validation and test record, is the same whatever the setting."""
 
     name = "query2item"
     kind = "embedding"
@@ -53,3 +69,23 @@ class Query2ItemBuilder(QueryTaskBuilder):
             "prompt": f"Find the {ctx.item_noun} this search asks for.\n{query}",
             "target": ctx.item_text(item.item_id),
         }
+
+    def build(self, ctx: TaskContext) -> list[TaskRecord]:
+        records = super().build(ctx)
+        if ctx.queries_per_train_item <= 1:
+            return records
+        rng = ctx.rng(f"{self.name}:further queries")
+        further = []
+        for record in records:
+            if record.split != "train":
+                continue
+            item = ctx.items[record.item_id]
+            seen = {record.prompt}
+            for _ in range(QUERY_DRAWS):
+                if len(seen) >= ctx.queries_per_train_item:
+                    break
+                fields = self.query_fields(ctx, item, attribute_query(ctx, item, rng), rng)
+                if fields["prompt"] not in seen:
+                    seen.add(fields["prompt"])
+                    further.append(self.record("train", item_id=record.item_id, **fields))
+        return records + further
