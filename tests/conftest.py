@@ -10,12 +10,7 @@ import torch
 import yaml
 
 from recfound.data.sources import ml100k_folder
-from recfound.model.backbone import (
-    build_builtin_backbone,
-    load_backbone,
-    save_backbone,
-    train_bpe_tokenizer,
-)
+from recfound.model.backbone import load_backbone, save_backbone
 from recfound.model.bundle import ModelSpec, adapter_tensors, build_from_spec, save_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -188,8 +183,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny_model")
     tasks = tiny.tiny_tasks(n_train=60, n_valid=8)
     texts = [str(t) for task in tasks for t in pd.concat([task.train.prompt, task.train.target])]
-    tokenizer = train_bpe_tokenizer(texts, tiny.SPEC.vocab_size)
-    base = build_builtin_backbone(tiny.SPEC, tokenizer, seed=0)
+    base, tokenizer = tiny.tiny_backbone(texts)
     save_backbone(base, tokenizer, root / "backbone")
     spec = ModelSpec(
         adapter=tiny.ADAPTER, task_kinds={t.name: t.kind for t in tasks}, seed=0, max_length=48

@@ -1,6 +1,7 @@
-"""What the two trained baselines (biased MF, SASRec) share: the epoch loop that early-stops on a
-validation figure and keeps the best epoch's weights, and their on-disk form (the weights as
-safetensors beside a JSON of their params, ids and training history, written atomically)."""
+"""What the two trained baselines (biased MF, SASRec) share: the check of their params' sizes and
+counts, the epoch loop that early-stops on a validation figure and keeps the best epoch's weights,
+and their on-disk form (the weights as safetensors beside a JSON of their params, ids and training
+history, written atomically)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ class Schedule(Protocol):
 
     max_epochs: int
     patience: int
+
+
+def check_counts(params: object, model: str, *names: str) -> None:
+    """Refuse the first of ``names`` (sizes and counts of ``model``'s ``params``) below 1."""
+    for name in names:
+        if getattr(params, name) < 1:
+            raise BaselineError(f"{model} {name} must be >= 1, got {getattr(params, name)}")
 
 
 def fit_epochs(

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from recfound.baselines.fitting import fit_epochs, read_trained, save_trained
+from recfound.baselines.fitting import check_counts, fit_epochs, read_trained, save_trained
 from recfound.baselines.rankers import BaselineError
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,7 @@ class BiasedMFParams:
     """Seeds initialisation and the order of ratings."""
 
     def __post_init__(self) -> None:
-        for name in ("factors", "batch_size", "max_epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise BaselineError(f"MF {name} must be >= 1, got {getattr(self, name)}")
+        check_counts(self, "MF", "factors", "batch_size", "max_epochs", "patience")
         if self.l2 < 0:
             raise BaselineError(f"MF l2 must be >= 0, got {self.l2}")
         if self.learning_rate <= 0:

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from recfound.baselines.fitting import fit_epochs, read_trained, save_trained
+from recfound.baselines.fitting import check_counts, fit_epochs, read_trained, save_trained
 from recfound.baselines.rankers import BaselineError, item_position
 from recfound.metrics import ndcg_at_k, rank_of_targets, recall_at_k
 
@@ -67,12 +67,10 @@ class SASRecParams:
     """Seeds initialisation, dropout and the order of training windows."""
 
     def __post_init__(self) -> None:
-        for name in ("hidden_size", "num_layers", "num_heads", "inner_size", "max_len"):
-            if getattr(self, name) < 1:
-                raise BaselineError(f"SASRec {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("batch_size", "max_epochs", "patience", "valid_k"):
-            if getattr(self, name) < 1:
-                raise BaselineError(f"SASRec {name} must be >= 1, got {getattr(self, name)}")
+        check_counts(
+            self, "SASRec", "hidden_size", "num_layers", "num_heads", "inner_size", "max_len"
+        )
+        check_counts(self, "SASRec", "batch_size", "max_epochs", "patience", "valid_k")
         if self.hidden_size % self.num_heads:
             raise BaselineError(
                 f"SASRec hidden_size ({self.hidden_size}) must be divisible by num_heads "

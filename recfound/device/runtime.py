@@ -23,7 +23,7 @@ from recfound.device.artifact import (
     TOKENIZER_DIR,
     ExportError,
 )
-from recfound.model.recmodel import IGNORE_INDEX, answer_rows, per_request
+from recfound.model.recmodel import IGNORE_INDEX, answer_rows, flat_pairs, per_request
 
 
 class DeviceModel:
@@ -87,8 +87,7 @@ class DeviceModel:
         length_normalize: bool = True,
     ) -> list[list[float]]:
         """Log-likelihood of each candidate after its prompt (mean per token by default)."""
-        flat_prompts = [p for p, cands in zip(prompts, candidates, strict=True) for _ in cands]
-        flat_answers = [c for cands in candidates for c in cands]
+        flat_prompts, flat_answers = flat_pairs(prompts, candidates)
         if not flat_answers:
             return [[] for _ in prompts]
         rows, labels = answer_rows(self.tokenizer, flat_prompts, flat_answers, self.max_length)

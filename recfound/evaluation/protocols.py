@@ -66,13 +66,11 @@ from recfound.evaluation.outputs import (
     RecordOutputs,
     TextOutputs,
 )
+from recfound.layout import ITEMS_FILE, SPLIT_INTERACTIONS_FILE, TRAIN_INTERACTIONS_FILE
 from recfound.model.recmodel import RecModel
 
 log = logging.getLogger(__name__)
 
-ITEMS_FILE = "items.parquet"
-TRAIN_INTERACTIONS_FILE = "train_interactions.parquet"
-SPLIT_INTERACTIONS_FILE = "interactions.parquet"
 SPLIT_ORDER = {"train": 0, "valid": 1, "test": 2}
 RECORD_COLUMN = "record"  # a record's position in its split file: the key that pairs systems
 # Generative tasks whose answer is the user's next item: ranked over the whole catalogue when the

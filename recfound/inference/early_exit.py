@@ -28,7 +28,7 @@ from torch import nn
 
 from recfound.errors import UserInputError
 from recfound.inference.decoder import DecoderSteps, causal_mask
-from recfound.model.recmodel import RecModel
+from recfound.model.recmodel import RecModel, flat_pairs
 
 HEADS_FILE = "exit_heads.safetensors"
 HEADS_CONFIG = "exit_heads.json"
@@ -193,8 +193,7 @@ class EarlyExitScorer:
     ) -> ExitScores:
         if len(prompts) != len(candidates):
             raise ValueError(f"got {len(prompts)} prompts and {len(candidates)} candidate lists")
-        flat_prompts = [p for p, cands in zip(prompts, candidates, strict=True) for _ in cands]
-        flat_answers = [c for cands in candidates for c in cands]
+        flat_prompts, flat_answers = flat_pairs(prompts, candidates)
         out = ExitScores([[] for _ in prompts], [0 for _ in prompts])
         if not flat_answers:
             return out

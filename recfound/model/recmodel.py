@@ -52,6 +52,16 @@ def top_k_items(scores: torch.Tensor, exclude: Sequence[Sequence[int]], k: int) 
     return indices.masked_fill(torch.isinf(values), -1)
 
 
+def flat_pairs(
+    prompts: Sequence[str], candidates: Sequence[Sequence[str]]
+) -> tuple[list[str], list[str]]:
+    """One (prompt, answer) pair per candidate, request by request: each prompt repeated once per
+    candidate of its request, and the candidates in one list (:func:`per_request` cuts values of
+    these pairs back into requests)."""
+    flat_prompts = [p for p, cands in zip(prompts, candidates, strict=True) for _ in cands]
+    return flat_prompts, [c for cands in candidates for c in cands]
+
+
 def per_request(values: Sequence[float], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
     """Flat per-candidate values cut back into one list per request (``candidates``' shape)."""
     out, start = [], 0
@@ -302,8 +312,7 @@ class RecModel:
         length_normalize: bool = True,
     ) -> list[list[float]]:
         """Log-likelihood of each candidate answer after its prompt (mean per token by default)."""
-        flat_prompts = [p for p, cands in zip(prompts, candidates, strict=True) for _ in cands]
-        flat_answers = [c for cands in candidates for c in cands]
+        flat_prompts, flat_answers = flat_pairs(prompts, candidates)
         picked, mask = self.answer_token_logprobs(flat_prompts, flat_answers, task)
         totals = picked.sum(-1)
         if length_normalize:

@@ -64,6 +64,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -407,6 +408,52 @@ def _chunks(rows: list[int], candidates: list[list[str]]) -> list[list[int]]:
     return chunks + [current] if current else chunks
 
 
+@dataclass(frozen=True)
+class _TaskRows:
+    """One task's rows of a request with the model that answers them; ``texts`` and
+    ``candidates`` are the whole request's, indexed by row, and so are the ``answers`` written."""
+
+    rec: RecModel
+    task: str
+    rows: list[int]
+    texts: list[str]
+    candidates: list[list[str]]
+
+    def embed(self, answers: list[dict[str, Any]]) -> None:
+        rec, task, candidates = self.rec, self.task, self.candidates
+        vectors = rec.embed([self.texts[i] for i in self.rows], task).cpu()
+        with_candidates = [i for i in self.rows if candidates[i]]
+        flat = [c for i in with_candidates for c in candidates[i]]
+        candidate_vectors = rec.embed(flat, task).cpu() if flat else None
+        start = 0
+        for n, i in enumerate(self.rows):
+            answer = {"output_type": "embedding", "embedding": vectors[n].tolist()}
+            if candidates[i]:
+                block = candidate_vectors[start : start + len(candidates[i])]
+                start += len(candidates[i])
+                answer["scores"] = (block @ vectors[n]).tolist()
+            answers[i] = answer
+
+    def generate(self, answers: list[dict[str, Any]], max_new_tokens: int) -> None:
+        rec, task, texts, candidates = self.rec, self.task, self.texts, self.candidates
+        for chunk in _chunks([i for i in self.rows if candidates[i]], candidates):
+            values = rec.choice_scores(
+                [texts[i] for i in chunk], [candidates[i] for i in chunk], task
+            )
+            for i, scores in zip(chunk, values, strict=True):
+                best = max(range(len(scores)), key=scores.__getitem__)
+                answers[i] = {
+                    "output_type": "scores",
+                    "scores": [float(s) for s in scores],
+                    "generation": candidates[i][best],
+                }
+        free = [i for i in self.rows if not candidates[i]]
+        if free:
+            generated = rec.generate([texts[i] for i in free], task, max_new_tokens)
+            for i, text in zip(free, generated, strict=True):
+                answers[i] = {"output_type": "generation", "generation": text}
+
+
 class RecFoundModel(mlflow.pyfunc.PythonModel):
     """The merged model behind ``models:/recfound@champion`` (see the module docstring)."""
 
@@ -524,11 +571,11 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
         for task in dict.fromkeys(t for t in tasks if t != RECOMMEND):  # in order of appearance
             rows = [i for i, t in enumerate(tasks) if t == task]
             try:
-                rec = self.model_for(task)
+                task_rows = _TaskRows(self.model_for(task), task, rows, texts, candidates)
                 if self.task_kinds[task] == "embedding":
-                    self._embed(rec, task, rows, texts, candidates, answers)
+                    task_rows.embed(answers)
                 else:
-                    self._generate(rec, task, rows, texts, candidates, answers, max_new_tokens)
+                    task_rows.generate(answers, max_new_tokens)
             except MlflowException:
                 raise
             except Exception as error:  # the model failed, not the request: a server error
@@ -585,52 +632,3 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
             ) from error
         for i, result in zip(rows, results, strict=True):
             answers[i] = {"output_type": "recommendations", **result.to_dict()}
-
-    def _embed(
-        self,
-        rec: RecModel,
-        task: str,
-        rows: list[int],
-        texts: list[str],
-        candidates: list[list[str]],
-        answers: list[dict[str, Any]],
-    ) -> None:
-        vectors = rec.embed([texts[i] for i in rows], task).cpu()
-        with_candidates = [i for i in rows if candidates[i]]
-        flat = [c for i in with_candidates for c in candidates[i]]
-        candidate_vectors = rec.embed(flat, task).cpu() if flat else None
-        start = 0
-        for n, i in enumerate(rows):
-            answer = {"output_type": "embedding", "embedding": vectors[n].tolist()}
-            if candidates[i]:
-                block = candidate_vectors[start : start + len(candidates[i])]
-                start += len(candidates[i])
-                answer["scores"] = (block @ vectors[n]).tolist()
-            answers[i] = answer
-
-    def _generate(
-        self,
-        rec: RecModel,
-        task: str,
-        rows: list[int],
-        texts: list[str],
-        candidates: list[list[str]],
-        answers: list[dict[str, Any]],
-        max_new_tokens: int,
-    ) -> None:
-        for chunk in _chunks([i for i in rows if candidates[i]], candidates):
-            values = rec.choice_scores(
-                [texts[i] for i in chunk], [candidates[i] for i in chunk], task
-            )
-            for i, scores in zip(chunk, values, strict=True):
-                best = max(range(len(scores)), key=scores.__getitem__)
-                answers[i] = {
-                    "output_type": "scores",
-                    "scores": [float(s) for s in scores],
-                    "generation": candidates[i][best],
-                }
-        free = [i for i in rows if not candidates[i]]
-        if free:
-            generated = rec.generate([texts[i] for i in free], task, max_new_tokens)
-            for i, text in zip(free, generated, strict=True):
-                answers[i] = {"output_type": "generation", "generation": text}

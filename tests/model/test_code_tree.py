@@ -11,21 +11,10 @@ import pytest
 import torch
 
 from recfound.data.semantic_ids import semantic_codes
-from recfound.model.backbone import (
-    BuiltinSpec,
-    add_item_tokens,
-    build_builtin_backbone,
-    load_backbone,
-    save_backbone,
-    train_bpe_tokenizer,
-)
+from recfound.model.backbone import load_backbone, save_backbone
 from recfound.model.build import build_rec_model
 from recfound.model.code_tree import CodeTreeTooLarge, build_code_tree, rows_per_pass
-from tests.train.tiny import ADAPTER
-
-SPEC = BuiltinSpec(
-    hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_length=64, vocab_size=300
-)
+from tests.train.tiny import ADAPTER, tiny_backbone
 
 
 def _codes():
@@ -35,9 +24,8 @@ def _codes():
 
 def _perturbed_model(tmp_path: Path, vocabulary: list[str]):
     texts = ["Which movie will this user choose next? History, oldest first:"] * 30
-    tokenizer = train_bpe_tokenizer(texts, SPEC.vocab_size)
-    add_item_tokens(None, tokenizer, vocabulary)
-    save_backbone(build_builtin_backbone(SPEC, tokenizer, seed=0), tokenizer, tmp_path / "b")
+    model, tokenizer = tiny_backbone(texts, item_tokens=vocabulary, vocab_size=300)
+    save_backbone(model, tokenizer, tmp_path / "b")
     base, tokenizer = load_backbone(tmp_path / "b")
     rec = build_rec_model(base, tokenizer, ADAPTER, {"next": "generative"}, seed=1)
     generator = torch.Generator().manual_seed(0)

@@ -3,32 +3,21 @@ exactly as scoring every item one by one would, and excluded items are never rec
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from recfound.model.backbone import (
-    add_item_tokens,
-    build_builtin_backbone,
-    load_backbone,
-    save_backbone,
-    train_bpe_tokenizer,
-)
+from recfound.model.backbone import add_item_tokens, load_backbone, save_backbone
 from recfound.model.build import build_rec_model
 from recfound.model.recmodel import top_k_items
-from tests.train import tiny
-from tests.train.tiny import ADAPTER
+from tests.train.tiny import ADAPTER, tiny_backbone
 
-SPEC = replace(tiny.SPEC, num_layers=1, vocab_size=300)
 TOKENS = [f"<item_{i}>" for i in range(12)]
 
 
 def _tiny_backbone(tmp_path: Path):
     texts = ["Which movie will this user choose next? History, oldest first:"] * 30
-    tokenizer = train_bpe_tokenizer(texts, SPEC.vocab_size)
-    add_item_tokens(None, tokenizer, TOKENS)
-    model = build_builtin_backbone(SPEC, tokenizer, seed=0)
+    model, tokenizer = tiny_backbone(texts, item_tokens=TOKENS, num_layers=1, vocab_size=300)
     save_backbone(model, tokenizer, tmp_path / "backbone")
     return load_backbone(tmp_path / "backbone")
 

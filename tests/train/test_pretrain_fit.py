@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 
-from recfound.model.backbone import build_builtin_backbone, train_bpe_tokenizer
 from recfound.train.pretrain import pretrain_causal_lm
 from recfound.train.pretrain_fit import (
     GIB,
@@ -17,16 +14,14 @@ from recfound.train.pretrain_fit import (
     prepare_trainable,
     resolve_trainable,
 )
-from tests.train import tiny
-
-SPEC = replace(tiny.SPEC, vocab_size=300)
+from tests.train.tiny import tiny_backbone
 
 
 def _model():
     texts = ["Toy Story (1995) animation comedy", "GoldenEye (1995) action thriller"] * 30
-    tokenizer = train_bpe_tokenizer(texts, SPEC.vocab_size)
-    tokenizer.add_tokens(["<item_1>", "<item_2>", "<item_3>"])
-    model = build_builtin_backbone(SPEC, tokenizer, seed=0)
+    model, tokenizer = tiny_backbone(
+        texts, item_tokens=["<item_1>", "<item_2>", "<item_3>"], vocab_size=300
+    )
     ids = tokenizer.convert_tokens_to_ids(["<item_1>", "<item_2>", "<item_3>"])
     return model, tokenizer, ids
 

@@ -12,7 +12,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from recfound.config import S2SchedConfig, TMoLEParams, TrainConfig
 from recfound.data.sources import load_ml100k
-from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
+from recfound.model.backbone import (
+    BuiltinSpec,
+    add_item_tokens,
+    build_builtin_backbone,
+    train_bpe_tokenizer,
+)
 from recfound.model.build import AdapterSpec, build_rec_model
 from recfound.model.recmodel import RecModel
 from recfound.train.trainer import TaskData
@@ -54,12 +59,13 @@ def tiny_train_config(**changes: object) -> TrainConfig:
 
 
 def tiny_backbone(
-    texts: Sequence[str], seed: int = 0, **spec_changes: object
+    texts: Sequence[str], seed: int = 0, item_tokens: Sequence[str] = (), **spec_changes: object
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A builtin backbone of :data:`SPEC` (with ``spec_changes``) and a BPE tokenizer trained on
-    ``texts``."""
+    ``texts``, extended by ``item_tokens`` (identifiers) before the model is built."""
     spec = replace(SPEC, **spec_changes)
     tokenizer = train_bpe_tokenizer(list(texts), spec.vocab_size)
+    add_item_tokens(None, tokenizer, item_tokens)
     return build_builtin_backbone(spec, tokenizer, seed=seed), tokenizer
 
 
