@@ -82,7 +82,7 @@ class StepBatch:
     generative_tasks: list[str]
     blocks: list[EmbeddingBlock] = field(default_factory=list)
     # closed-set rows of ``generative``: (row, first answer token of each candidate, target's
-    # position among them), for the softmax over the candidate set (Trainer.batch_loss)
+    # position among them), for the softmax over the candidate set (losses.closed_set_loss)
     choices: list[tuple[int, list[int], int]] = field(default_factory=list)
 
     @property
@@ -153,22 +153,24 @@ class BatchDrawer:
             batch = rec.encode_with_answers(
                 [r.prompt for _, r in mine], [r.target for _, r in mine]
             )
-        embedding = []
-        for task, records, negatives in blocks:
-            queries = rec.encode_texts([r.prompt for r in records])
-            positives = [r.target for r in records]
-            negative_texts = [self.catalogue_texts[i] for i in negatives]
-            excluded = torch.cat(
-                [self._in_batch_exclude(records), self._negatives_exclude(records, negatives)], 1
-            )
-            if self.negatives_grad or not negative_texts:
-                documents, separate = rec.encode_texts(positives + negative_texts), None
-            else:
-                documents, separate = rec.encode_texts(positives), rec.encode_texts(negative_texts)
-            embedding.append(
-                EmbeddingBlock(task, queries, documents, excluded.to(rec.device), separate)
-            )
+        embedding = [self._block(task, records, negatives) for task, records, negatives in blocks]
         return StepBatch(batch, [t for t, _ in mine], embedding, self._choices(mine))
+
+    def _block(self, task: str, records: list[pd.Series], negatives: list[int]) -> EmbeddingBlock:
+        """The block of ``records`` (their prompts the queries, their targets the positives) and
+        the catalogue rows ``negatives``, tokenized on the model's device."""
+        rec = self.rec
+        queries = rec.encode_texts([r.prompt for r in records])
+        positives = [r.target for r in records]
+        negative_texts = [self.catalogue_texts[i] for i in negatives]
+        excluded = torch.cat(
+            [self._in_batch_exclude(records), self._negatives_exclude(records, negatives)], 1
+        )
+        if self.negatives_grad or not negative_texts:
+            documents, separate = rec.encode_texts(positives + negative_texts), None
+        else:
+            documents, separate = rec.encode_texts(positives), rec.encode_texts(negative_texts)
+        return EmbeddingBlock(task, queries, documents, excluded.to(rec.device), separate)
 
     def _choices(self, records: list[tuple[str, pd.Series]]) -> list[tuple[int, list[int], int]]:
         """The closed-set rows among ``records``: a record whose target is one of its candidates

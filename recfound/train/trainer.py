@@ -6,8 +6,10 @@ train_step` runs one micro-batch under ``accelerator.accumulate``, and :meth:`Tr
 the loop.
 
 Loss. A step holds a generative batch and an embedding batch (as GritLM and RecFound train): the
-mean answer-token cross-entropy of the generative samples plus the mean InfoNCE of the embedding
-blocks (each block's queries against its positives and ``catalogue_negatives`` catalogue items).
+mean answer-token cross-entropy of the generative samples (plus the closed-set samples' softmax
+over their candidates) plus the mean InfoNCE of the embedding blocks (each block's queries against
+its positives and ``catalogue_negatives`` catalogue items). The terms live in
+:mod:`recfound.train.losses`.
 
 Processes. ``accelerator.prepare`` wraps the model's forward module (:class:`DecoderStates`) with
 DDP or FSDP as the accelerate config says (``accelerate launch`` / ``torchrun``), and the
@@ -61,6 +63,7 @@ from recfound.train.checkpoint import (
     training_tensors,
     write_checkpoint,
 )
+from recfound.train.losses import answer_loss, block_infonce, closed_set_loss
 from recfound.train.lr_schedule import lr_at
 from recfound.train.s2sched import S2Scheduler
 from recfound.train.throughput import StepFlops, throughput_metrics
@@ -230,31 +233,23 @@ class Trainer:
         device = self.accelerator.device
         total = torch.zeros((), device=device)
         per_task: dict[str, list[float]] = {}
-        answer_tokens = torch.zeros((), device=device)
+        answer_tokens = 0.0
         closed = torch.zeros((), device=device)
         if batch.generative is not None:
             answer = self.rec.answer_tokens(batch.generative, batch.generative_tasks)
-            picked, mask = answer.logprobs, answer.mask
-            total = total - picked.sum()
-            answer_tokens = mask.sum().float()
-            sample_loss = -picked.sum(-1) / mask.sum(-1).clamp(min=1)
-            for task, value in zip(batch.generative_tasks, sample_loss.tolist(), strict=True):
+            generative = answer_loss(answer)
+            total = generative.total
+            answer_tokens = float(generative.tokens)
+            sample_loss = generative.per_sample.tolist()
+            for task, value in zip(batch.generative_tasks, sample_loss, strict=True):
                 per_task.setdefault(task, []).append(value)
-            for row, tokens, target in batch.choices:
-                within = torch.log_softmax(answer.first[row, tokens], dim=0)
-                closed = closed - within[target]
+            closed = closed_set_loss(answer.first, batch.choices)
         infonce = []
         for block in batch.blocks:
-            queries = self.rec.embed_tokens(block.queries, block.task)
-            documents = self.rec.embed_tokens(block.documents, block.task)
-            if block.negatives is not None:  # catalogue negatives: embedded without gradients
-                with torch.no_grad():
-                    negatives = self.rec.embed_tokens(block.negatives, block.task)
-                documents = torch.cat([documents, negatives])
-            infonce.append(self.rec.infonce(queries, documents, block.excluded))
+            infonce.append(block_infonce(self.rec, block).loss)
             per_task.setdefault(block.task, []).append(float(infonce[-1].detach()))
         counts = torch.tensor(
-            [float(answer_tokens), float(len(infonce)), float(len(batch.choices))], device=device
+            [answer_tokens, float(len(infonce)), float(len(batch.choices))], device=device
         )
         tokens_per_process, blocks_per_process, choices_per_process = self.accelerator.reduce(
             counts, "mean"
