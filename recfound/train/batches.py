@@ -156,6 +156,29 @@ class BatchDrawer:
         embedding = [self._block(task, records, negatives) for task, records, negatives in blocks]
         return StepBatch(batch, [t for t, _ in mine], embedding, self._choices(mine))
 
+    def validation_block(
+        self, task: str, records: pd.DataFrame, rng: np.random.Generator
+    ) -> EmbeddingBlock:
+        """The validation batch ``records`` of an embedding task as one block, with
+        ``catalogue_negatives`` catalogue items drawn once by ``rng`` (the trainer draws it from
+        its seed, so the validation loss is comparable across steps and runs).
+
+        The negatives are drawn among the items that are none of the records' positives (by
+        item id, or by text where records carry no id); an item a query already shows is
+        excluded as in training (:meth:`_negatives_exclude`).
+        """
+        rows = [record for _, record in records.iterrows()]
+        targets = {str(r.target) for r in rows}
+        positives = {self._items_of(r)[0] for r in rows}
+        pool = [
+            i
+            for i, text in enumerate(self.catalogue_texts)
+            if i not in positives and text not in targets
+        ]
+        n = min(self.catalogue_negatives, len(pool))
+        negatives = sorted(int(i) for i in rng.choice(pool, size=n, replace=False)) if n else []
+        return self._block(task, rows, negatives)
+
     def _block(self, task: str, records: list[pd.Series], negatives: list[int]) -> EmbeddingBlock:
         """The block of ``records`` (their prompts the queries, their targets the positives) and
         the catalogue rows ``negatives``, tokenized on the model's device."""
