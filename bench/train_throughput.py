@@ -43,6 +43,7 @@ from recfound.model.backbone import (
     train_bpe_tokenizer,
 )
 from recfound.model.build import AdapterSpec, build_rec_model
+from recfound.train.losses import infonce
 
 # Llama-style sizes (tied embeddings); vocab = BPE words + one token per item, as RecFound's
 SIZES: dict[str, BuiltinSpec] = {
@@ -184,8 +185,10 @@ def bench_size(name: str, args: argparse.Namespace, device: torch.device, peaks:
     def rec_step() -> None:
         with autocast:
             picked, mask = rec.logprobs_of(gen_batch, "next_item")
-            loss = -picked.sum() / mask.sum() + rec.contrastive_loss(
-                queries, documents, "user2item"
+            loss = -picked.sum() / mask.sum() + infonce(
+                rec.embed_batch(queries, "user2item"),
+                rec.embed_batch(documents, "user2item"),
+                rec.temperature,
             )
         loss.backward()
         optimizer.step()

@@ -7,7 +7,8 @@
   bidirectional attention by default (causal attention and last-token pooling are options);
 - ``score(prompts, candidates, task)`` — log-likelihood of each candidate answer given the prompt
   (ratings, like/dislike, candidate ranking);
-- ``contrastive_loss`` — InfoNCE with in-batch negatives at a temperature.
+- ``answer_tokens`` and ``embed_tokens`` — the forward passes training's losses are computed from
+  (the losses themselves, InfoNCE at ``temperature`` included, are ``recfound.train.losses``).
 
 The adapter decides how the task changes the weights; this class only tells it which task each
 sample belongs to (``adapter.task(names)``).
@@ -590,37 +591,3 @@ class RecModel:
             for i in range(0, len(texts), batch_size)
         ]
         return torch.cat(parts) if parts else torch.empty(0)
-
-    def contrastive_loss(
-        self,
-        queries: Sequence[str],
-        positives: Sequence[str],
-        tasks: str | Sequence[str],
-        negatives: Sequence[str] = (),
-        exclude: torch.Tensor | None = None,
-        in_batch_exclude: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """InfoNCE: each query against its positive, the batch's other positives and the extra
-        ``negatives`` (documents embedded in the same pass, with gradients).
-
-        ``exclude`` ``(B, len(negatives))`` marks extra negatives that are no negatives of a query
-        (its own positive, or an item it already shows); ``in_batch_exclude`` ``(B, B)`` does the
-        same for the batch's other positives. Excluded logits leave the softmax.
-        """
-        q = self.embed_batch(queries, tasks)
-        documents = self.embed_batch([*positives, *negatives], tasks)
-        excluded = torch.zeros((len(queries), len(documents)), dtype=torch.bool, device=q.device)
-        if in_batch_exclude is not None:
-            excluded[:, : len(positives)] = in_batch_exclude
-        if exclude is not None and len(negatives):
-            excluded[:, len(positives) :] = exclude
-        return self.infonce(q, documents, excluded)
-
-    def infonce(
-        self, queries: torch.Tensor, documents: torch.Tensor, excluded: torch.Tensor
-    ) -> torch.Tensor:
-        """InfoNCE of embeddings: query i's positive is document i; ``excluded`` ``(Q, D)`` marks
-        documents that are no negatives of a query (they leave its softmax)."""
-        logits = queries @ documents.T / self.temperature
-        logits = logits.masked_fill(excluded, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(len(queries), device=logits.device))

@@ -82,7 +82,7 @@ class StepBatch:
     generative_tasks: list[str]
     blocks: list[EmbeddingBlock] = field(default_factory=list)
     # closed-set rows of ``generative``: (row, first answer token of each candidate, target's
-    # position among them), for the softmax over the candidate set (Trainer.batch_loss)
+    # position among them), for the softmax over the candidate set (losses.closed_set_loss)
     choices: list[tuple[int, list[int], int]] = field(default_factory=list)
 
     @property
@@ -153,22 +153,47 @@ class BatchDrawer:
             batch = rec.encode_with_answers(
                 [r.prompt for _, r in mine], [r.target for _, r in mine]
             )
-        embedding = []
-        for task, records, negatives in blocks:
-            queries = rec.encode_texts([r.prompt for r in records])
-            positives = [r.target for r in records]
-            negative_texts = [self.catalogue_texts[i] for i in negatives]
-            excluded = torch.cat(
-                [self._in_batch_exclude(records), self._negatives_exclude(records, negatives)], 1
-            )
-            if self.negatives_grad or not negative_texts:
-                documents, separate = rec.encode_texts(positives + negative_texts), None
-            else:
-                documents, separate = rec.encode_texts(positives), rec.encode_texts(negative_texts)
-            embedding.append(
-                EmbeddingBlock(task, queries, documents, excluded.to(rec.device), separate)
-            )
+        embedding = [self._block(task, records, negatives) for task, records, negatives in blocks]
         return StepBatch(batch, [t for t, _ in mine], embedding, self._choices(mine))
+
+    def validation_block(
+        self, task: str, records: pd.DataFrame, rng: np.random.Generator
+    ) -> EmbeddingBlock:
+        """The validation batch ``records`` of an embedding task as one block, with
+        ``catalogue_negatives`` catalogue items drawn once by ``rng`` (the trainer draws it from
+        its seed, so the validation loss is comparable across steps and runs).
+
+        The negatives are drawn among the items that are none of the records' positives (by
+        item id, or by text where records carry no id); an item a query already shows is
+        excluded as in training (:meth:`_negatives_exclude`).
+        """
+        rows = [record for _, record in records.iterrows()]
+        targets = {str(r.target) for r in rows}
+        positives = {self._items_of(r)[0] for r in rows}
+        pool = [
+            i
+            for i, text in enumerate(self.catalogue_texts)
+            if i not in positives and text not in targets
+        ]
+        n = min(self.catalogue_negatives, len(pool))
+        negatives = sorted(int(i) for i in rng.choice(pool, size=n, replace=False)) if n else []
+        return self._block(task, rows, negatives)
+
+    def _block(self, task: str, records: list[pd.Series], negatives: list[int]) -> EmbeddingBlock:
+        """The block of ``records`` (their prompts the queries, their targets the positives) and
+        the catalogue rows ``negatives``, tokenized on the model's device."""
+        rec = self.rec
+        queries = rec.encode_texts([r.prompt for r in records])
+        positives = [r.target for r in records]
+        negative_texts = [self.catalogue_texts[i] for i in negatives]
+        excluded = torch.cat(
+            [self._in_batch_exclude(records), self._negatives_exclude(records, negatives)], 1
+        )
+        if self.negatives_grad or not negative_texts:
+            documents, separate = rec.encode_texts(positives + negative_texts), None
+        else:
+            documents, separate = rec.encode_texts(positives), rec.encode_texts(negative_texts)
+        return EmbeddingBlock(task, queries, documents, excluded.to(rec.device), separate)
 
     def _choices(self, records: list[tuple[str, pd.Series]]) -> list[tuple[int, list[int], int]]:
         """The closed-set rows among ``records``: a record whose target is one of its candidates

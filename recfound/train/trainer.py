@@ -6,8 +6,11 @@ train_step` runs one micro-batch under ``accelerator.accumulate``, and :meth:`Tr
 the loop.
 
 Loss. A step holds a generative batch and an embedding batch (as GritLM and RecFound train): the
-mean answer-token cross-entropy of the generative samples plus the mean InfoNCE of the embedding
-blocks (each block's queries against its positives and ``catalogue_negatives`` catalogue items).
+mean answer-token cross-entropy of the generative samples (plus the closed-set samples' softmax
+over their candidates) plus the mean InfoNCE of the embedding blocks (each block's queries against
+its positives and ``catalogue_negatives`` catalogue items). The terms live in
+:mod:`recfound.train.losses`, which validation uses too: a task's validation loss is the same
+term on a fixed batch (an embedding task's with a fixed draw of catalogue negatives).
 
 Processes. ``accelerator.prepare`` wraps the model's forward module (:class:`DecoderStates`) with
 DDP or FSDP as the accelerate config says (``accelerate launch`` / ``torchrun``), and the
@@ -43,7 +46,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator, DistributedType
 from tqdm.auto import tqdm
 
@@ -61,6 +63,7 @@ from recfound.train.checkpoint import (
     training_tensors,
     write_checkpoint,
 )
+from recfound.train.losses import answer_loss, block_infonce, closed_set_loss
 from recfound.train.lr_schedule import lr_at
 from recfound.train.s2sched import S2Scheduler
 from recfound.train.throughput import StepFlops, throughput_metrics
@@ -209,6 +212,12 @@ class Trainer:
             for name, t in self.tasks.items()
             if len(t.valid)
         }
+        # an embedding task's validation batch as one block with catalogue negatives drawn once
+        self._val_blocks = {
+            name: self.batches.validation_block(name, records, np.random.default_rng([seed, i]))
+            for i, (name, records) in enumerate(sorted(self._val_batches.items()))
+            if self.tasks[name].kind == "embedding"
+        }
         log.info(
             "training on %s: %d process(es), %s, mixed precision %s",
             acc.device,
@@ -230,31 +239,23 @@ class Trainer:
         device = self.accelerator.device
         total = torch.zeros((), device=device)
         per_task: dict[str, list[float]] = {}
-        answer_tokens = torch.zeros((), device=device)
+        answer_tokens = 0.0
         closed = torch.zeros((), device=device)
         if batch.generative is not None:
             answer = self.rec.answer_tokens(batch.generative, batch.generative_tasks)
-            picked, mask = answer.logprobs, answer.mask
-            total = total - picked.sum()
-            answer_tokens = mask.sum().float()
-            sample_loss = -picked.sum(-1) / mask.sum(-1).clamp(min=1)
-            for task, value in zip(batch.generative_tasks, sample_loss.tolist(), strict=True):
+            generative = answer_loss(answer)
+            total = generative.total
+            answer_tokens = float(generative.tokens)
+            sample_loss = generative.per_sample.tolist()
+            for task, value in zip(batch.generative_tasks, sample_loss, strict=True):
                 per_task.setdefault(task, []).append(value)
-            for row, tokens, target in batch.choices:
-                within = torch.log_softmax(answer.first[row, tokens], dim=0)
-                closed = closed - within[target]
+            closed = closed_set_loss(answer.first, batch.choices)
         infonce = []
         for block in batch.blocks:
-            queries = self.rec.embed_tokens(block.queries, block.task)
-            documents = self.rec.embed_tokens(block.documents, block.task)
-            if block.negatives is not None:  # catalogue negatives: embedded without gradients
-                with torch.no_grad():
-                    negatives = self.rec.embed_tokens(block.negatives, block.task)
-                documents = torch.cat([documents, negatives])
-            infonce.append(self.rec.infonce(queries, documents, block.excluded))
+            infonce.append(block_infonce(self.rec, block).loss)
             per_task.setdefault(block.task, []).append(float(infonce[-1].detach()))
         counts = torch.tensor(
-            [float(answer_tokens), float(len(infonce)), float(len(batch.choices))], device=device
+            [answer_tokens, float(len(infonce)), float(len(batch.choices))], device=device
         )
         tokens_per_process, blocks_per_process, choices_per_process = self.accelerator.reduce(
             counts, "mean"
@@ -382,28 +383,33 @@ class Trainer:
     def validate(self, with_metrics: bool) -> dict[str, float]:
         """Validation loss per task on a fixed batch, plus one cheap metric per task (token
         accuracy, in-batch recall@1), averaged over the processes so that every process's
-        sampler sees the same figures."""
+        sampler sees the same figures.
+
+        The losses are training's terms (:mod:`recfound.train.losses`): a generative task's
+        mean answer-token cross-entropy (without the closed-set term, which only some records
+        have), an embedding task's InfoNCE against its batch's positives and its fixed
+        catalogue negatives."""
         self.module.eval()
         out: dict[str, float] = {}
         for name, records in self._val_batches.items():
-            prompts, targets = records["prompt"].tolist(), records["target"].tolist()
             if self.tasks[name].kind == "generative":
+                prompts, targets = records["prompt"].tolist(), records["target"].tolist()
                 answer = self.rec.answer_tokens(
                     self.rec.encode_with_answers(prompts, targets), name
                 )
-                tokens = answer.mask.sum().clamp(min=1)
-                out[f"{name}/loss"] = float(-answer.logprobs.sum() / tokens)
+                generative = answer_loss(answer)
+                out[f"{name}/loss"] = float(generative.mean)
                 if with_metrics:
+                    tokens = generative.tokens.clamp(min=1)
                     out[f"{name}/token_acc"] = float(answer.correct.sum() / tokens)
             else:
-                q = self.rec.embed_batch(prompts, name)
-                d = self.rec.embed_batch(targets, name)
-                logits = q @ d.T / self.rec.temperature
-                labels = torch.arange(len(prompts), device=logits.device)
-                out[f"{name}/loss"] = float(F.cross_entropy(logits, labels))
-                if with_metrics:  # in-batch recall@1
+                block = block_infonce(self.rec, self._val_blocks[name])
+                out[f"{name}/loss"] = float(block.loss)
+                if with_metrics:  # in-batch recall@1: the query's positive among the batch's
+                    inbatch = block.queries @ block.documents[: len(records)].T
+                    labels = torch.arange(len(records), device=inbatch.device)
                     out[f"{name}/inbatch_recall1"] = float(
-                        (logits.argmax(-1) == labels).float().mean()
+                        (inbatch.argmax(-1) == labels).float().mean()
                     )
         self.module.train()
         values = torch.tensor(list(out.values()), dtype=torch.float64, device=self.rec.device)
