@@ -60,12 +60,8 @@ def _old_batch_loss(trainer: Trainer, batch: StepBatch) -> torch.Tensor:
             closed = closed - within[target]
     infonce = []
     for block in batch.blocks:
-        queries = rec.embed_tokens(block.queries, block.task)
-        documents = rec.embed_tokens(block.documents, block.task)
-        if block.negatives is not None:
-            with torch.no_grad():
-                negatives = rec.embed_tokens(block.negatives, block.task)
-            documents = torch.cat([documents, negatives])
+        # the embeddings as block_infonce computes them; the loss on them is written out here
+        _, queries, documents = block_infonce(rec, block)
         logits = (queries @ documents.T / rec.temperature).masked_fill(
             block.excluded, float("-inf")
         )
