@@ -51,7 +51,7 @@ def write_ml100k_slice(folder: Path, num_users: int = 40, name: str = "mini") ->
 # The whole pipeline in a minute or two: a slice of users, a one-layer backbone, a few steps.
 TINY_SECTIONS: dict[str, dict] = {
     "data": {"max_users": 60},
-    "tasks": {"max_train_per_task": 60, "max_eval_per_task": 15},
+    "tasks": {"max_train_per_task": 60, "max_eval_per_task": 15, "queries_per_train_item": 1},
     "baselines": {
         "sasrec": {
             "hidden_size": 16,
