@@ -67,7 +67,8 @@ IDENTIFIERS = 1682  # ml-100k's items: the identifier rows pretraining adds
 
 
 # ---- one process: one tree (the older tree's API only: hence no import from
-# step_settings_cpu.py, which needs recfound.train.pretrain_fit) ------------------------------
+# step_settings_cpu.py, which needs recfound.train.pretrain_fit; it imports the builders below,
+# passing what only this tree's functions take) ----------------------------------------------
 
 
 def sized_params(tree: Path, sizes: Path, out: Path) -> list[str]:
@@ -128,24 +129,13 @@ def builtin_spec(cfg):
 
 def time_train(cfg, steps: int, warmup: int, out: Path) -> dict:
     from recfound.model.backbone import build_builtin_backbone, train_bpe_tokenizer
-    from recfound.model.build import build_rec_model
-    from recfound.train.from_config import adapter_spec
     from recfound.train.trainer import Trainer
 
     tasks, catalogue = history_tasks()
     texts = [str(t) for task in tasks for t in [*task.train.prompt[:2000], *task.train.target]]
     tokenizer = train_bpe_tokenizer(texts, cfg.model.builtin.vocab_size)
     base = build_builtin_backbone(builtin_spec(cfg), tokenizer, seed=cfg.seed)
-    rec = build_rec_model(
-        base,
-        tokenizer,
-        adapter_spec(cfg),
-        {t.name: t.kind for t in tasks},
-        seed=cfg.seed,
-        pooling=cfg.model.pooling,
-        embedding_attention=cfg.model.embedding_attention,
-        max_length=cfg.model.max_length,
-    )
+    rec = params_rec_model(cfg, base, tokenizer, tasks)
     config = cfg.train.model_copy(update={"eval_every": 10**6, "checkpoint_every": 10**6})
     trainer = Trainer(rec, tasks, config, out, seed=cfg.seed, catalogue=catalogue)
     trainer.module.train()
@@ -162,40 +152,77 @@ def time_train(cfg, steps: int, warmup: int, out: Path) -> dict:
     return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds}
 
 
-def time_pretrain(cfg, steps: int, warmup: int) -> dict:
+def params_rec_model(cfg, base, tokenizer, tasks):
+    """``base`` with ``model``'s adapter, pooling and lengths for ``tasks``: the model that
+    ``recfound train`` trains."""
+    from recfound.model.build import build_rec_model
+    from recfound.train.from_config import adapter_spec
+
+    return build_rec_model(
+        base,
+        tokenizer,
+        adapter_spec(cfg),
+        {t.name: t.kind for t in tasks},
+        seed=cfg.seed,
+        pooling=cfg.model.pooling,
+        embedding_attention=cfg.model.embedding_attention,
+        max_length=cfg.model.max_length,
+    )
+
+
+def pretrain_inputs(cfg, extra_rows: int = 0):
+    """``(model, tokenizer, blocks, behaviour)``: the builtin of ``model.builtin`` (a BPE tokenizer
+    of synthetic titles) with its embedding grown by ``extra_rows`` (identifier rows), and random
+    token rows of that vocabulary (seeded): 256 text blocks of ``pretrain.seq_len`` and 512
+    behaviour rows of 60 tokens."""
     import torch
 
     from recfound.model.backbone import build_builtin_backbone, train_bpe_tokenizer
-    from recfound.train.pretrain import pretrain_causal_lm
 
-    p, spec = cfg.pretrain, builtin_spec(cfg)
+    spec = builtin_spec(cfg)
     tokenizer = train_bpe_tokenizer(
         [f"movie {i} of year {1900 + i % 99}" for i in range(2000)], 600
     )
     model = build_builtin_backbone(spec, tokenizer, seed=cfg.seed)
-    vocab = spec.vocab_size + IDENTIFIERS
+    vocab = spec.vocab_size + extra_rows
     model.resize_token_embeddings(vocab)
     generator = torch.Generator().manual_seed(cfg.seed)
-    blocks = torch.randint(4, vocab, (256, p.seq_len), generator=generator)
+    blocks = torch.randint(4, vocab, (256, cfg.pretrain.seq_len), generator=generator)
     behaviour = torch.randint(4, vocab, (512, 60), generator=generator)
+    return model, tokenizer, blocks, behaviour
+
+
+def pretrain_steps(cfg, model, tokenizer, blocks, behaviour, steps: int, heldout: int, **extra):
+    """``pretrain_causal_lm`` of ``model`` for ``steps`` steps at ``pretrain``'s sizes, the first
+    ``heldout`` rows of each kind held out and validation never due; ``extra``: arguments that
+    only this tree's function takes."""
+    from recfound.train.pretrain import pretrain_causal_lm
+
+    p = cfg.pretrain
+    return pretrain_causal_lm(
+        model,
+        blocks,
+        blocks[:heldout],
+        behaviour_rows=behaviour,
+        heldout_behaviour=behaviour[:heldout],
+        behaviour_fraction=p.behaviour_fraction,
+        pad_id=tokenizer.pad_token_id,
+        steps=steps,
+        batch_size=p.batch_size,
+        learning_rate=p.learning_rate,
+        warmup_steps=1,
+        weight_decay=p.weight_decay,
+        eval_every=10**6,
+        seed=cfg.seed,
+        **extra,
+    )
+
+
+def time_pretrain(cfg, steps: int, warmup: int) -> dict:
+    model, tokenizer, blocks, behaviour = pretrain_inputs(cfg, extra_rows=IDENTIFIERS)
 
     def run(n: int):
-        return pretrain_causal_lm(
-            model,
-            blocks,
-            blocks[:2],
-            behaviour_rows=behaviour,
-            heldout_behaviour=behaviour[:2],
-            behaviour_fraction=p.behaviour_fraction,
-            pad_id=tokenizer.pad_token_id,
-            steps=n,
-            batch_size=p.batch_size,
-            learning_rate=p.learning_rate,
-            warmup_steps=1,
-            weight_decay=p.weight_decay,
-            eval_every=10**6,
-            seed=cfg.seed,
-        )
+        return pretrain_steps(cfg, model, tokenizer, blocks, behaviour, n, heldout=2)
 
     if warmup:
         run(warmup)

@@ -19,7 +19,7 @@ Each variant trains ``--warmup`` steps untimed, then ``--steps`` timed; the vari
 ``--repeats`` rounds and the best round is reported (the median beside it). Tokens are those the
 model reads (padding excluded). Writes ``--out`` (default reports/bench/step_settings_cpu.json).
 
-    nice -n 10 .venv/bin/python bench/step_settings_cpu.py [--steps 6 --repeats 2 --no-compile]
+    nice -n 10 .venv/bin/python -m bench.step_settings_cpu [--steps 6 --repeats 2 --no-compile]
 """
 
 from __future__ import annotations
@@ -36,23 +36,20 @@ from pathlib import Path
 
 import torch
 
+from bench.cpu_step_throughput import (
+    IDENTIFIERS,
+    builtin_spec,
+    params_rec_model,
+    pretrain_inputs,
+    pretrain_steps,
+)
 from recfound.config import TrainConfig, load_config
-from recfound.model.backbone import BuiltinSpec, build_builtin_backbone, train_bpe_tokenizer
-from recfound.model.build import build_rec_model
-from recfound.train.from_config import adapter_spec
-from recfound.train.pretrain import pretrain_causal_lm
+from recfound.model.backbone import build_builtin_backbone, train_bpe_tokenizer
 from recfound.train.pretrain_fit import prepare_trainable
 from recfound.train.trainer import Trainer
 from tests.train.tiny import tiny_tasks
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def builtin_spec(cfg) -> BuiltinSpec:
-    b = cfg.model.builtin
-    return BuiltinSpec(
-        b.hidden_size, b.num_layers, b.num_heads, b.intermediate_size, b.max_length, b.vocab_size
-    )
 
 
 def set_attention(model: torch.nn.Module, implementation: str) -> None:
@@ -73,16 +70,7 @@ def train_variant(cfg, name: str, out: Path) -> tuple[Trainer, Callable[[], tupl
     base = build_builtin_backbone(builtin_spec(cfg), tokenizer, seed=cfg.seed)
     if name == "eager_attention":
         set_attention(base, "eager")
-    rec = build_rec_model(
-        base,
-        tokenizer,
-        adapter_spec(cfg),
-        {t.name: t.kind for t in tasks},
-        seed=cfg.seed,
-        pooling=cfg.model.pooling,
-        embedding_attention=cfg.model.embedding_attention,
-        max_length=cfg.model.max_length,
-    )
+    rec = params_rec_model(cfg, base, tokenizer, tasks)
     config: TrainConfig = cfg.train.model_copy(
         update={"compile": name == "compile", "eval_every": 10**6, "checkpoint_every": 10**6}
     )
@@ -112,39 +100,23 @@ def train_variant(cfg, name: str, out: Path) -> tuple[Trainer, Callable[[], tupl
 def pretrain_variant(cfg, name: str) -> Callable[[int], float]:
     """A function that pretrains the builtin for n steps with the variant's setting and returns
     its tokens/s (the function's own timing, validation excluded)."""
-    p = cfg.pretrain
-    spec = builtin_spec(cfg)
-    tokenizer = train_bpe_tokenizer(
-        [f"movie {i} of year {1900 + i % 99}" for i in range(2000)], 600
-    )
-    model = build_builtin_backbone(spec, tokenizer, seed=cfg.seed)
-    model.resize_token_embeddings(spec.vocab_size)
+    model, tokenizer, blocks, behaviour = pretrain_inputs(cfg)
     if name == "eager_attention":
         set_attention(model, "eager")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    vocab = spec.vocab_size
-    blocks = torch.randint(4, vocab, (256, p.seq_len), generator=generator)
-    behaviour = torch.randint(4, vocab, (512, 60), generator=generator)
-    rows = range(vocab - 1682, vocab)  # as many identifier rows as ml-100k's items
+    vocab = cfg.model.builtin.vocab_size
+    rows = range(vocab - IDENTIFIERS, vocab)  # as many identifier rows as ml-100k's items
     trainable = "identifiers" if name == "identifiers" else "full"
-    target = prepare_trainable(model, trainable, rows, weight_decay=p.weight_decay)
+    target = prepare_trainable(model, trainable, rows, weight_decay=cfg.pretrain.weight_decay)
 
     def run(steps: int) -> float:
-        result = pretrain_causal_lm(
+        result = pretrain_steps(
+            cfg,
             target.module,
+            tokenizer,
             blocks,
-            blocks[:8],
-            behaviour_rows=behaviour,
-            heldout_behaviour=behaviour[:8],
-            behaviour_fraction=p.behaviour_fraction,
-            pad_id=tokenizer.pad_token_id,
-            steps=steps,
-            batch_size=p.batch_size,
-            learning_rate=p.learning_rate,
-            warmup_steps=1,
-            weight_decay=p.weight_decay,
-            eval_every=10**6,
-            seed=cfg.seed,
+            behaviour,
+            steps,
+            heldout=8,
             parameter_groups=target.parameter_groups,
         )
         return result.tokens_per_s

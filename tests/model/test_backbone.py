@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -7,17 +8,15 @@ import torch
 
 from recfound.model.backbone import (
     BackboneError,
-    BuiltinSpec,
     build_builtin_backbone,
     load_backbone,
     save_backbone,
     train_bpe_tokenizer,
 )
+from tests.train.tiny import SPEC as TINY_SPEC
 
 TEXTS = [f"Movie number {i} (199{i % 10}) — categories: Drama, Comedy" for i in range(300)]
-SPEC = BuiltinSpec(
-    hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_length=64, vocab_size=400
-)
+SPEC = replace(TINY_SPEC, vocab_size=400)  # the trainer tests' tiny builtin, a smaller vocabulary
 
 
 def test_tokenizer_round_trips_text_and_has_special_tokens() -> None:
