@@ -398,9 +398,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for chatty in ("great_expectations", "alembic", "httpx", "urllib3", "filelock"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    from recfound.train.trainer import TrainingInterrupted
-    from recfound.validation.validate import DataValidationError
-
     run, _, _ = STAGES[args.command]
     try:
         cfg = load_config(args.params)
@@ -411,13 +408,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"recfound: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except TrainingInterrupted as exc:
-        print(f"recfound: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except DataValidationError as exc:
-        print(f"recfound: data validation failed:\n{exc}", file=sys.stderr)
-        return EXIT_INVALID_DATA
+    except Exception as exc:
+        if _raised_by(exc, "recfound.train.trainer", "TrainingInterrupted"):
+            print(f"recfound: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if _raised_by(exc, "recfound.validation.validate", "DataValidationError"):
+            print(f"recfound: data validation failed:\n{exc}", file=sys.stderr)
+            return EXIT_INVALID_DATA
+        raise
     return 0
+
+
+def _raised_by(exc: Exception, module: str, name: str) -> bool:
+    """Whether ``exc`` is a ``module.name``. Only a loaded module can have raised one, so the
+    module is looked up, not imported: importing the trainer (torch, transformers) or the
+    validation (Great Expectations) for every command cost each stage seconds."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(exc, getattr(loaded, name))
 
 
 if __name__ == "__main__":

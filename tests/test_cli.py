@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recfound.cli import EXIT_INVALID_DATA, EXIT_USER_ERROR, STAGES, main
+from recfound.cli import EXIT_INTERRUPTED, EXIT_INVALID_DATA, EXIT_USER_ERROR, STAGES, main
 from tests.conftest import file_digests, write_mini_project, write_ml100k_slice, write_params
 
 
@@ -57,6 +57,29 @@ def test_params_typo_names_the_key(mini_project: Path) -> None:
     assert "tasks.histroy_length: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (mini_project / "data").exists()  # nothing was written
+
+
+def test_an_interrupted_stage_exits_143_and_other_errors_propagate(
+    mini_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`main` maps the trainer's interruption to 143 (as a shell reports SIGTERM) and lets an
+    error it does not know through, with its traceback."""
+    from recfound.train.trainer import TrainingInterrupted
+
+    def interrupted(cfg, args) -> None:
+        raise TrainingInterrupted("stopped at step 3; run `recfound train --resume`")
+
+    def broken(cfg, args) -> None:
+        raise KeyError("not a user error")
+
+    monkeypatch.chdir(mini_project)
+    _, *text = STAGES["train"]
+    monkeypatch.setitem(STAGES, "train", (interrupted, *text))
+    assert main(["train"]) == EXIT_INTERRUPTED
+    assert "recfound: stopped at step 3" in capsys.readouterr().err
+    monkeypatch.setitem(STAGES, "train", (broken, *text))
+    with pytest.raises(KeyError, match="not a user error"):
+        main(["train"])
 
 
 @pytest.mark.slow
