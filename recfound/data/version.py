@@ -8,7 +8,9 @@ revision of that ``dvc.lock``, and the repository. It is found, in this order,
    Kubeflow run that reads a data repository at a revision) and carried along by `build-tasks`,
    so it travels with the KFP artifacts;
 2. in ``dvc.lock`` of the working directory (``dvc repro``), with ``git rev-parse HEAD``;
-3. as a content hash of the folder (no DVC at all).
+3. as a content hash (no DVC at all): of the task datasets where the caller has them, since
+   every stage that logs a run sees them and the stages after `build-tasks` in a Kubeflow run
+   see no normalized tables; else of the normalized tables. One run then logs one digest.
 
 Nothing here knows MLflow: :mod:`recfound.tracking.lineage` logs a version as an MLflow dataset.
 """
@@ -171,7 +173,7 @@ def data_version(
     if md5:
         root = Path(lock_path).resolve().parent
         return DataVersion(md5, path, git_commit(root), str(root), "dvc.lock")
-    for folder in (interim_dir, tasks_dir):
+    for folder in (tasks_dir, interim_dir):  # every stage of a run sees the same tasks
         if folder is not None and Path(folder).is_dir():
             return DataVersion(content_hash(folder), Path(folder).as_posix(), origin="content")
     log.warning("no data at %s and no dvc.lock entry: data version unknown", interim_dir)

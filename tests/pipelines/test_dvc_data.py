@@ -24,6 +24,7 @@ from pipelines.recfound_pipeline import MLFLOW_STEPS
 from recfound.tracking.lineage import DATA_VERSION_FILE
 from tests.conftest import write_tiny_params
 from tests.pipelines.test_run_local import _tiny_params as run_local_params
+from tests.pipelines.test_run_local import check_run_local_outputs, run_local
 
 DATA_DVC_YAML = """\
 stages:
@@ -117,55 +118,71 @@ def test_a_revision_that_does_not_exist_is_named(
 
 
 @pytest.mark.slow
-def test_each_pipeline_run_trains_on_its_revision_and_registers_its_md5(
+def test_a_raw_run_then_a_revision_run_each_train_on_their_data_and_register_its_md5(
     data_repo: dict[str, object], tmp_path: Path
 ) -> None:
+    """Two `recfound pipeline run-local` runs into one MLflow store: the first from the raw data
+    (a user's first run: every step runs through kfp.local and the model becomes
+    `recfound@champion`), the second from revision v2 of the data repository. Each trains on its
+    own data and registers that data's md5; the second does not see the first's data.
+
+    (Fetching each of two revisions is `test_fetch_data_reads_each_revision_from_the_remote`; one
+    full pipeline run per revision would only repeat it at two minutes a run.)"""
     repo, md5 = data_repo["repo"], data_repo["md5"]
-    run_local_params(tmp_path / "params.yaml")  # the sizes test_run_local.py runs at
+    run_local_params(tmp_path / "params.yaml")  # 30 users of the raw data (v2 has 40)
+    raw = run_local(tmp_path, "data_from=raw", output_dir="kfp-raw", timeout=1200)
+    assert raw.returncode == 0, raw.stdout[-6000:] + raw.stderr[-3000:]
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**_env(), "MLFLOW_TRACKING_URI": tracking_uri}
-    for tag in USERS:
-        result = subprocess.run(
-            [sys.executable, "-m", "recfound.cli", "pipeline", "run-local", "--output-dir",
-             f"kfp-{tag}", "--param", f"data_repo={repo}", "--param", f"data_rev={tag}"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    (raw_dir,) = (tmp_path / "kfp-raw").iterdir()
+    check_run_local_outputs(raw_dir, raw.stdout, tracking_uri)
+
+    tag, users = "v2", USERS["v2"]
+    versioned = run_local(
+        tmp_path, f"data_repo={repo}", f"data_rev={tag}", output_dir="kfp-v2", timeout=1200
+    )
+    assert versioned.returncode == 0, versioned.stdout[-6000:] + versioned.stderr[-3000:]
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name("recfound")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    groups = []
-    for number, (tag, users) in enumerate(USERS.items(), start=1):
-        (run_dir,) = (tmp_path / f"kfp-{tag}").iterdir()
+    runs = {"raw": raw_dir, tag: next((tmp_path / "kfp-v2").iterdir())}
+    expected_users = {"raw": 30, tag: users}
+    groups, data_versions = [], []
+    for number, (name, run_dir) in enumerate(runs.items(), start=1):
         interim = run_dir / "ingest" / "interim"
-        assert pd.read_parquet(interim / "interactions.parquet")["user_id"].nunique() == users
+        assert (
+            pd.read_parquet(interim / "interactions.parquet")["user_id"].nunique()
+            == (expected_users[name])
+        )
         counts = json.loads((run_dir / "build-tasks" / "tasks" / "manifest.json").read_text())
         train_records = sum(s["train"] for s in counts["built"].values())
 
         version = client.get_model_version("recfound", str(number))
-        assert version.tags["data_version"] == md5[tag]
-        assert version.tags["data_revision"] == data_repo["commits"][tag]
+        data_versions.append(version.tags["data_version"])
+        if name == tag:
+            assert version.tags["data_version"] == md5[tag]
+            assert version.tags["data_revision"] == data_repo["commits"][tag]
         assert len(version.tags) <= 10 and version.description
         source = client.get_run(version.run_id)
         assert source.data.tags["recfound.stage"] == "register"  # the run that logged the model
-        assert {d.dataset.digest for d in source.inputs.dataset_inputs} == {md5[tag]}
+        (digest,) = {d.dataset.digest for d in source.inputs.dataset_inputs}
+        assert data_versions[-1].startswith(digest)  # MLflow keeps a dataset digest's first 36
         group = source.data.tags["recfound.run_group"]
         groups.append(group)
-        runs = client.search_runs(
+        runs_of_group = client.search_runs(
             [experiment.experiment_id], f"tags.`recfound.run_group` = '{group}'"
         )
-        top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-        names = sorted(r.info.run_name for r in top)
-        assert names == sorted(MLFLOW_STEPS)
+        top = [r for r in runs_of_group if "mlflow.parentRunId" not in r.data.tags]
+        assert sorted(r.info.run_name for r in top) == sorted(MLFLOW_STEPS)
         (train,) = [r for r in top if r.info.run_name == "train"]
         inputs = {
             d.tags[0].value: d.dataset for d in train.inputs.dataset_inputs
         }  # context → dataset
         assert set(inputs) == {"training", "validation"}
-        assert inputs["training"].digest == md5[tag]
+        assert inputs["training"].digest == digest
         assert json.loads(inputs["training"].profile)["num_records"] == train_records
-        source_info = json.loads(inputs["training"].source)
-        assert source_info["rev"] == data_repo["commits"][tag]
-        assert any(r.info.run_name == "merge trial 0" for r in runs)
+        if name == tag:
+            assert json.loads(inputs["training"].source)["rev"] == data_repo["commits"][tag]
+        assert any(r.info.run_name == "merge trial 0" for r in runs_of_group)
     assert groups[0] != groups[1]
+    assert data_versions[0] != data_versions[1]

@@ -117,6 +117,20 @@ def test_a_version_keeps_a_few_tags() -> None:
     }
 
 
+def test_without_dvc_every_stage_of_a_run_logs_the_same_content_version(tmp_path: Path) -> None:
+    """No dvc.lock and no recorded version (a Kubeflow run from raw data): a stage that has the
+    normalized tables (register) and one that has only the task datasets (train) agree."""
+    interim, tasks = tmp_path / "interim", tmp_path / "tasks"
+    for folder, content in ((interim, b"tables"), (tasks, b"tasks")):
+        folder.mkdir()
+        (folder / "part.parquet").write_bytes(content)
+    lock = tmp_path / "dvc.lock"
+    with_tables = data_version(interim, tasks, lock_path=lock)
+    tasks_only = data_version(tmp_path / "not-an-input", tasks, lock_path=lock)
+    assert with_tables == tasks_only
+    assert (with_tables.md5, with_tables.origin) == (content_hash(tasks), "content")
+
+
 def test_data_version_prefers_dvc_lock(tmp_path: Path) -> None:
     interim = tmp_path / "data" / "interim"
     interim.mkdir(parents=True)
