@@ -8,7 +8,9 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 # pytest-xdist workers for `make test` (auto: one per core); a test file stays on one worker
 TEST_WORKERS ?= auto
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+# --no-loadscope-reorder: keep tests/conftest.py's order (longest files first); xdist's default
+# reorders files by their number of tests, which started the long end-to-end files last
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup run ablate semantic-ids test test-fast lint format ui clean
 

@@ -16,10 +16,20 @@ from recfound.model.bundle import ModelSpec, adapter_tensors, build_from_spec, s
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# The two longest files (each about five minutes under `make test`), started first of all
+LONGEST_FILES = ("tests/test_dvc_pipeline.py", "tests/pipelines/test_dvc_data.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow end-to-end tests first: under `make test`'s workers (``--dist loadfile``) the long
-    files start at once on different workers instead of queueing behind each other at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow end-to-end tests first, the longest two files before them: under `make test`'s
+    workers (``--dist loadfile --no-loadscope-reorder``, which keeps this order) the long files
+    start at once on different workers instead of queueing behind each other at the end."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("slow") is None,
+            not item.nodeid.startswith(LONGEST_FILES),
+        )
+    )
 
 
 def read_atomic_text(path: Path) -> list[str]:
