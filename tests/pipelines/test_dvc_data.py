@@ -1,6 +1,7 @@
 """DVC-versioned data into the pipeline: a data repository (Git + DVC, a local directory remote)
-with data pushed at two revisions; `fetch-data` and the pipeline (kfp.local) read each revision's
-data, and the registered version's dataset digest is that revision's md5 from dvc.lock.
+with data pushed at two revisions; `fetch-data` reads each revision's data, and a pipeline run
+(kfp.local) from a revision registers a version whose dataset digest is that revision's md5 from
+dvc.lock — after a run from the raw data into the same store, which registers its own.
 
 The data repository runs only `ingest` (the output a Kubeflow run fetches); its DVC cache and
 workspace copy are deleted after the pushes, so every read comes from the remote.
