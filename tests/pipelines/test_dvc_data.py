@@ -22,6 +22,7 @@ import yaml
 from mlflow import MlflowClient
 
 from pipelines.recfound_pipeline import MLFLOW_STEPS
+from recfound.config import load_config
 from recfound.tracking.lineage import DATA_VERSION_FILE
 from tests.conftest import write_tiny_params
 from tests.pipelines.test_run_local import _tiny_params as run_local_params
@@ -130,7 +131,7 @@ def test_a_raw_run_then_a_revision_run_each_train_on_their_data_and_register_its
     (Fetching each of two revisions is `test_fetch_data_reads_each_revision_from_the_remote`; one
     full pipeline run per revision would only repeat it at two minutes a run.)"""
     repo, md5 = data_repo["repo"], data_repo["md5"]
-    run_local_params(tmp_path / "params.yaml")  # 30 users of the raw data (v2 has 40)
+    params = run_local_params(tmp_path / "params.yaml")  # fewer users of the raw data than v2
     raw = run_local(tmp_path, "data_from=raw", output_dir="kfp-raw", timeout=1200)
     assert raw.returncode == 0, raw.stdout[-6000:] + raw.stderr[-3000:]
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -146,15 +147,12 @@ def test_a_raw_run_then_a_revision_run_each_train_on_their_data_and_register_its
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name("recfound")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    runs = {"raw": raw_dir, tag: next((tmp_path / "kfp-v2").iterdir())}
-    expected_users = {"raw": 30, tag: users}
+    (v2_dir,) = (tmp_path / "kfp-v2").iterdir()
+    runs = {"raw": (raw_dir, load_config(params).data.max_users), tag: (v2_dir, users)}
     groups, data_versions = [], []
-    for number, (name, run_dir) in enumerate(runs.items(), start=1):
+    for number, (name, (run_dir, run_users)) in enumerate(runs.items(), start=1):
         interim = run_dir / "ingest" / "interim"
-        assert (
-            pd.read_parquet(interim / "interactions.parquet")["user_id"].nunique()
-            == (expected_users[name])
-        )
+        assert pd.read_parquet(interim / "interactions.parquet")["user_id"].nunique() == run_users
         counts = json.loads((run_dir / "build-tasks" / "tasks" / "manifest.json").read_text())
         train_records = sum(s["train"] for s in counts["built"].values())
 
