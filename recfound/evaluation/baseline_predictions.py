@@ -22,6 +22,7 @@ from recfound.evaluation.protocols import (
     assign_protocols,
     candidate_outputs,
     cutoffs_for,
+    decision_threshold,
     full_ranking_outputs,
     record_histories,
     record_keys,
@@ -67,6 +68,12 @@ def _in_catalogue_order(
         if item in column_of:
             out[:, column] = scores[:, column_of[item]]
     return out
+
+
+def _mf_ratings(model: RatingPredictor, frame: pd.DataFrame) -> np.ndarray:
+    """The biased MF's predicted rating of each record's user and item."""
+    users = frame["user_id"].astype(str).tolist()
+    return np.asarray(model.predict(users, frame["item_id"].astype(str).tolist()), np.float64)
 
 
 def _rating_choice(
@@ -133,7 +140,8 @@ def baseline_outputs(
     - ``sasrec``: the trained SASRec after the same history in time order (user records);
     - ``bm25``: the query text against every item text (retrieval tasks);
     - ``biased_mf``: the trained biased MF's rating (rating tasks: nearest rating and RMSE/MAE;
-      like/dislike tasks: rating − threshold as the margin; user records of ranking tasks: every
+      like/dislike tasks: rating − threshold as the margin, answered like the model's with the
+      cut chosen on validation records; user records of ranking tasks: every
       item ranked by the user's predicted rating);
     - ``majority``: the most frequent training answer (classification, rating and text tasks;
       an evaluation-only task without training answers takes its validation answers' most
@@ -191,18 +199,17 @@ def baseline_outputs(
         if protocol in ("rating", "classification") and trained.biased_mf is not None:
             has_items = bool((frame["item_id"].astype(str) != "").all())
             if has_users and has_items:
-                predicted = np.asarray(
-                    trained.biased_mf.predict(
-                        frame["user_id"].astype(str).tolist(),
-                        frame["item_id"].astype(str).tolist(),
-                    ),
-                    dtype=np.float64,
-                )
-                put(
-                    "biased_mf",
-                    task,
-                    _rating_choice(frame, predicted, protocol, trained.rating_threshold),
-                )
+                mf, threshold = trained.biased_mf, trained.rating_threshold
+                outputs = _rating_choice(frame, _mf_ratings(mf, frame), protocol, threshold)
+                valid = data.calibration.get(task)
+                if outputs is not None and outputs.margin is not None and valid is not None:
+                    # the same decision rule as the model's: a cut chosen on validation records
+                    calibration = _rating_choice(valid, _mf_ratings(mf, valid), protocol, threshold)
+                    if calibration is not None and calibration.margin is not None:
+                        cut = decision_threshold(calibration.margin, calibration.target == 0)
+                        outputs.predicted = np.where(outputs.margin > cut, 0, 1)
+                        outputs.threshold = cut
+                put("biased_mf", task, outputs)
         if protocol == "rating":
             put("global_mean", task, _global_mean_outputs(frame, data.train_interactions))
         train = data.train_targets.get(task) or []

@@ -20,6 +20,7 @@ from recfound.evaluation.baseline_predictions import TrainedBaselines, baseline_
 from recfound.evaluation.model_predictions import model_outputs
 from recfound.evaluation.outputs import (
     BootstrapSettings,
+    ChoiceOutputs,
     RecordOutputs,
     TextOutputs,
     compare,
@@ -152,6 +153,11 @@ def evaluate_bundle(
             "single_path": single_path(alone, cfg.evaluate.fusion, baselines, document, settings),
             "text_samples": text_samples(data.frames, outputs),
             "answered_as": aliases,
+            "decision_thresholds": {
+                task: values.threshold
+                for task, values in outputs.items()
+                if isinstance(values, ChoiceOutputs) and values.threshold is not None
+            },
             "split": split,
             "records_file": RECORDS_FILE,
             "seconds": round(time.perf_counter() - started, 1),

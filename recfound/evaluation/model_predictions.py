@@ -11,10 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from recfound.baselines.rankers import BM25Ranker
 from recfound.evaluation.outputs import (
+    ChoiceOutputs,
     RecordOutputs,
     TokenAccuracyOutputs,
 )
@@ -25,6 +27,7 @@ from recfound.evaluation.protocols import (
     candidate_outputs,
     catalogue_tokens,
     cutoffs_for,
+    decision_threshold,
     full_ranking_outputs,
     record_histories,
     record_keys,
@@ -137,8 +140,26 @@ def model_outputs(
         else:  # a closed set: labels or listed items, scored within the set
             candidates = [list(c) for c in frame["candidates"]]
             scores_list = rec.choice_scores(prompts, candidates, task, batch_size)
-            out[name] = candidate_outputs(frame, scores_list, protocol, ks)
+            threshold = calibrated_threshold(rec, data.calibration.get(name), task, batch_size)
+            if threshold is not None:
+                log.info("%s: decision threshold %.3f (validation records)", name, threshold)
+            out[name] = candidate_outputs(frame, scores_list, protocol, ks, threshold)
     return out
+
+
+def calibrated_threshold(
+    rec: RecModel, valid: pd.DataFrame | None, task: str, batch_size: int
+) -> float | None:
+    """A two-label task's decision threshold chosen on its validation records
+    (:func:`decision_threshold`); None (the argmax) without any or for other label sets."""
+    if valid is None or valid.empty:
+        return None
+    candidates = [list(c) for c in valid["candidates"]]
+    scores = rec.choice_scores(valid["prompt"].astype(str).tolist(), candidates, task, batch_size)
+    outputs = candidate_outputs(valid, scores, "classification", ks=(1,))
+    if not isinstance(outputs, ChoiceOutputs) or outputs.margin is None:
+        return None
+    return decision_threshold(outputs.margin, outputs.target == 0)
 
 
 def fused_scores(*signals: np.ndarray) -> np.ndarray:

@@ -53,7 +53,9 @@ class RecordOutputs:
     user_id: list[str]
     kind: ClassVar[str] = ""
     # fields that describe the task, not one value per record (a label set, the cut-offs)
-    task_fields: ClassVar[frozenset[str]] = frozenset({"labels", "ks", "answer_format"})
+    task_fields: ClassVar[frozenset[str]] = frozenset(
+        {"labels", "ks", "answer_format", "threshold"}
+    )
 
     def __len__(self) -> int:
         return len(self.record)
@@ -136,6 +138,9 @@ class ChoiceOutputs(RecordOutputs):
     class never predicted still counts in macro-F1). ``margin`` (two labels only) is how much more
     the system believes ``labels[0]`` than ``labels[1]``; None for a system without a ranking (the
     majority class). ``truth``/``expected`` are the true and the expected rating (rating tasks).
+    ``threshold``: the margin above which ``labels[0]`` was chosen, when the decision was
+    calibrated on validation records (:func:`~recfound.evaluation.protocols.decision_threshold`);
+    None for the plain argmax.
     """
 
     labels: list[str] = field(default_factory=list)
@@ -144,6 +149,7 @@ class ChoiceOutputs(RecordOutputs):
     margin: np.ndarray | None = None
     truth: np.ndarray | None = None
     expected: np.ndarray | None = None
+    threshold: float | None = None
     kind: ClassVar[str] = "choice"
 
     def __post_init__(self) -> None:

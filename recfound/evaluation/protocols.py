@@ -114,6 +114,9 @@ class EvalSet:
     train_targets: dict[str, list[str]] = field(default_factory=dict)
     # every warm interaction with its leave-one-out split; None for task data built before it
     interactions: pd.DataFrame | None = None
+    # validation records of each task (the split is not ``valid``): where a two-label task's
+    # decision threshold is chosen (:func:`decision_threshold`), never on the evaluated records
+    calibration: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def item_index(self) -> dict[str, int]:
@@ -158,7 +161,7 @@ def load_eval_set(
                 "the item catalogue and the training interactions for evaluation)"
             )
     frames = read_task_frames(tasks_dir, splits=tuple(dict.fromkeys(("train", "valid", split))))
-    selected, kinds, train_targets = {}, {}, {}
+    selected, kinds, train_targets, calibration = {}, {}, {}, {}
     for name, splits in frames.items():
         if tasks is not None and name not in tasks:
             continue
@@ -167,6 +170,10 @@ def load_eval_set(
             continue
         frame = frame.assign(**{RECORD_COLUMN: np.arange(len(frame), dtype=np.int64)})
         selected[name] = sample_records(frame, max_per_task, seed)
+        valid = splits["valid"]
+        if split != "valid" and not valid.empty:
+            valid = valid.assign(**{RECORD_COLUMN: np.arange(len(valid), dtype=np.int64)})
+            calibration[name] = sample_records(valid, max_per_task, seed)
         kinds[name] = str(frame["kind"].iloc[0])
         known = splits["train"]
         if known.empty and split != "valid":  # evaluation-only: its validation answers
@@ -187,6 +194,7 @@ def load_eval_set(
         train_interactions=pd.read_parquet(tasks_dir / TRAIN_INTERACTIONS_FILE),
         train_targets=train_targets,
         interactions=pd.read_parquet(split_path) if split_path.is_file() else None,
+        calibration=calibration,
     )
 
 
@@ -261,7 +269,12 @@ def cap_records(
         else sample_records(frame, max_per_task, seed)
         for task, frame in data.frames.items()
     }
-    return replace(data, frames=frames)
+    calibration = {
+        task: sample_records(frame, max_per_task, seed)
+        for task, frame in data.calibration.items()
+        if task in frames and protocols[task] == "classification"
+    }
+    return replace(data, frames=frames, calibration=calibration)
 
 
 def score_metric(task: str, protocol: str) -> str:
@@ -321,10 +334,36 @@ def full_ranking_outputs(
     )
 
 
+def decision_threshold(margin: np.ndarray, first: np.ndarray) -> float:
+    """The margin above which a two-label task answers its first label, chosen on validation
+    records: the cut between two of their margins with the highest macro-F1 (``first`` is True
+    where the true answer is the first label). Ties go to the cut nearest 0, the argmax answer.
+
+    The argmax answers with the training data's label balance; where the evaluated records'
+    balance differs (zero_shot's cold items are liked less often than ctr_prediction's training
+    items), a calibrated cut answers with theirs."""
+    margin = np.asarray(margin, dtype=np.float64)
+    truth = np.where(np.asarray(first, dtype=bool), 0, 1)
+    values = np.unique(margin)
+    cuts = np.concatenate([[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1]]])
+    cuts = np.append(cuts, 0.0)
+    predicted = np.where(margin[None, :] > cuts[:, None], 0, 1)
+    scores = M.macro_f1(np.broadcast_to(truth, predicted.shape), predicted, labels=(0, 1))
+    best = np.flatnonzero(np.isclose(scores, scores.max(), rtol=0.0, atol=1e-12))
+    return float(cuts[best[np.argmin(np.abs(cuts[best]))]])
+
+
 def candidate_outputs(
-    frame: pd.DataFrame, scores: Sequence[Sequence[float]], protocol: str, ks: Sequence[int]
+    frame: pd.DataFrame,
+    scores: Sequence[Sequence[float]],
+    protocol: str,
+    ks: Sequence[int],
+    threshold: float | None = None,
 ) -> RecordOutputs:
-    """Outputs of candidate scores (one list per record, aligned with ``candidates``)."""
+    """Outputs of candidate scores (one list per record, aligned with ``candidates``).
+
+    ``threshold`` (two labels): answer the first label where its margin exceeds it, instead of
+    the argmax (:func:`decision_threshold`)."""
     candidates = [[str(c) for c in cands] for cands in frame["candidates"]]
     targets = frame["target"].astype(str).tolist()
     keys = record_keys(frame)
@@ -361,6 +400,9 @@ def candidate_outputs(
         out.truth = frame["label"].astype(float).to_numpy()
     elif len(labels) == 2 and all(c == labels for c in candidates):
         out.margin = np.array([float(s[0]) - float(s[1]) for s in scores])
+        if threshold is not None:
+            out.predicted = np.where(out.margin > threshold, 0, 1)
+            out.threshold = float(threshold)
     return out
 
 

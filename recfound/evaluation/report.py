@@ -155,6 +155,14 @@ def evaluation_markdown(document: Mapping[str, Any]) -> str:
     if document.get("answered_as"):
         pairs = ", ".join(f"{t} with the {a} adapter" for t, a in document["answered_as"].items())
         lines += ["", f"Evaluation-only tasks answered by a trained task's gates: {pairs}."]
+    if thresholds := document.get("decision_thresholds"):
+        cuts = ", ".join(f"{t} {v:+.2f}" for t, v in sorted(thresholds.items()))
+        lines += [
+            "",
+            "Two-label tasks answer their first label (yes, answerable) where its log-probability "
+            "margin exceeds a threshold chosen on the task's validation records (best macro-F1 "
+            f"there; 0 is the plain argmax): {cuts}.",
+        ]
     lines += _trivial_summary(tasks, trivial)
     for task, entry in sorted(document.get("single_path", {}).items()):
         versus = entry.get("versus_best_baseline")

@@ -10,8 +10,13 @@ import torch
 from recfound.data.schema import TaskRecord, records_to_frame
 from recfound.data.tasks import TASK_BUILDERS
 from recfound.evaluation.baseline_predictions import baseline_outputs
-from recfound.evaluation.outputs import BootstrapSettings, TextOutputs, well_formed
-from recfound.evaluation.protocols import EvalSet, candidate_outputs
+from recfound.evaluation.outputs import (
+    BootstrapSettings,
+    TextOutputs,
+    outputs_from_dict,
+    well_formed,
+)
+from recfound.evaluation.protocols import EvalSet, candidate_outputs, decision_threshold
 from recfound.evaluation.scores import evaluation_document
 from tests.evaluation.test_runner import ITEMS, SPLIT_INTERACTIONS
 from tests.train.tiny import tiny_model, tiny_tasks
@@ -19,21 +24,26 @@ from tests.train.tiny import tiny_model, tiny_tasks
 RATINGS = ["1", "2", "3", "4", "5"]
 
 
-def rating_frame(targets: list[str]):
+def label_frame(task: str, targets: list[str], candidates: list[str], labels: list[float]):
+    """Test records of a label task, one per target."""
     rows = [
         TaskRecord(
-            task="rating_prediction",
+            task=task,
             kind="generative",
             split="test",
-            prompt=f"rate {n}",
+            prompt=f"{task} {n}",
             target=t,
             user_id=f"u{n}",
-            candidates=RATINGS,
-            label=float(t),
+            candidates=candidates,
+            label=label,
         )
-        for n, t in enumerate(targets)
+        for n, (t, label) in enumerate(zip(targets, labels, strict=True))
     ]
     return records_to_frame(rows)
+
+
+def rating_frame(targets: list[str]):
+    return label_frame("rating_prediction", targets, RATINGS, [float(t) for t in targets])
 
 
 def test_expected_rating_is_the_probability_weighted_labels() -> None:
@@ -174,3 +184,22 @@ def test_fused_scores_add_standardised_signals_and_keep_unscored_items_rankable(
     # one signal alone, with a constant second one, keeps its own order
     alone = fused_scores(logits[1:], np.zeros((1, 4)))
     assert np.argsort(alone[0]).tolist() == np.argsort(logits[1]).tolist()
+
+
+def test_a_two_label_decision_threshold_is_chosen_on_validation_then_applied() -> None:
+    # validation: every "yes" has a margin above 1, every "no" below: the cut separates them
+    margin = np.array([2.0, 3.0, 1.5, -1.0, 0.5, 0.8])
+    cut = decision_threshold(margin, np.array([True, True, True, False, False, False]))
+    assert 0.8 < cut < 1.5
+    # no cut beats answering "yes" everywhere: ties go to the cut nearest 0 (the argmax)
+    assert decision_threshold(np.array([0.5, 1.0, 2.0]), np.ones(3, dtype=bool)) == 0.0
+
+    frame = label_frame("ctr_prediction", ["yes", "no", "yes", "no"], ["yes", "no"], [1, 0, 1, 0])
+    scores = [[-0.1, -2.4], [-0.5, -0.9], [-0.2, -1.6], [-1.2, -0.4]]  # margins 2.3 .4 1.4 -.8
+    argmax = candidate_outputs(frame, scores, "classification", ks=[1])
+    assert argmax.threshold is None and argmax.predicted.tolist() == [0, 0, 0, 1]
+    calibrated = candidate_outputs(frame, scores, "classification", ks=[1], threshold=cut)
+    assert calibrated.threshold == cut and calibrated.predicted.tolist() == [0, 1, 0, 1]
+    assert calibrated.margin.tolist() == argmax.margin.tolist()  # AUC does not change
+    restored = outputs_from_dict(calibrated.to_dict())
+    assert restored.threshold == cut and restored.take(np.array([1])).threshold == cut
