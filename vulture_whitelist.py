@@ -12,6 +12,7 @@ from recfound.data.schema import INTERACTION_COLUMNS
 from recfound.data.semantic_ids import constrained_beam_search, exhaustive_scores
 from recfound.device.runtime import DeviceModel
 from recfound.metrics import bleu, corpus_rouge_l_f1
+from recfound.stages.ablate import run_ablate
 
 # Public API used by users (README) and tests, not by the pipeline itself:
 read_recbole_split  # the RecBole split files read back (README "Export for RecBole")
@@ -22,3 +23,4 @@ bleu  # corpus forms of the metrics evaluation computes per record (tests compar
 corpus_rouge_l_f1
 PublishedUnit.include  # a path added to a unit after staging (tests/test_artifacts.py)
 INTERACTION_COLUMNS  # the interactions table's column contract (sources and tests build it)
+run_ablate  # `recfound ablate`: recfound/cli.py imports a stage's run_<name> by its name

@@ -18,5 +18,5 @@ def baselines(
     and best validation figures of each, also the metrics)."""
     from recfound.stages.baselines import run_baselines
 
-    cfg = stage_config(params, tasks=tasks.path, baselines=baselines.path, reports=report.path)
+    cfg = stage_config(params, locals())
     log_scalars(metrics, run_baselines(cfg))

@@ -22,6 +22,6 @@ def build_tasks(
 
     from recfound.stages.build_tasks import run_build_tasks
 
-    cfg = stage_config(params, interim=interim.path, tasks=tasks.path, reports=report.path)
+    cfg = stage_config(params, locals())
     run_build_tasks(cfg, pathlib.Path(validation.path) / "validation" / "tables.json")
     log_scalars(metrics, json.loads((pathlib.Path(report.path) / "task_counts.json").read_text()))

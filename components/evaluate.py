@@ -27,14 +27,7 @@ def evaluate(
 
     from recfound.stages.evaluate import run_evaluate
 
-    cfg = stage_config(
-        params,
-        tasks=tasks.path,
-        backbone=backbone.path,
-        merged=merged.path,
-        baselines=baselines.path,
-        reports=report.path,
-    )
+    cfg = stage_config(params, locals())
     document = run_evaluate(cfg)
     scores = {task: values["score"] for task, values in document["tasks"].items()}
     log_scalars(metrics, {"overall": document["overall"], "score": scores})

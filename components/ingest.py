@@ -22,7 +22,7 @@ def ingest(
     interim: Output[Dataset],
 ) -> None:
     """Fetch the versioned tables (``dvc``) or read data.source (``raw``) into ``interim``."""
-    cfg = stage_config(params, interim=interim.path)
+    cfg = stage_config(params, locals())
     if data_from == "raw":
         from recfound.stages.ingest import run_ingest
 

@@ -19,12 +19,5 @@ def merge(
     paths.merged; ``report`` holds ``merge.json``."""
     from recfound.stages.merge import run_merge
 
-    cfg = stage_config(
-        params,
-        tasks=tasks.path,
-        backbone=backbone.path,
-        train=checkpoints.path,
-        merged=merged.path,
-        reports=report.path,
-    )
+    cfg = stage_config(params, locals())
     log_scalars(metrics, run_merge(cfg))

@@ -17,10 +17,5 @@ def pretrain(
     ``pretrain.json`` and ``plots/pretrain_heldout_loss.json``."""
     from recfound.stages.pretrain import run_pretrain
 
-    cfg = stage_config(
-        params,
-        tasks=tasks.path,
-        backbone=backbone.path,
-        reports=report.path,
-    )
+    cfg = stage_config(params, locals())
     log_scalars(metrics, run_pretrain(cfg))

@@ -23,14 +23,6 @@ def recommend(
     genres."""
     from recfound.stages.recommend import run_recommend
 
-    cfg = stage_config(
-        params,
-        interim=interim.path,
-        tasks=tasks.path,
-        backbone=backbone.path,
-        merged=merged.path,
-        recommendations=recommendations.path,
-        reports=report.path,
-    )
+    cfg = stage_config(params, locals())
     document = run_recommend(cfg)
     log_scalars(metrics, {"paths": document["paths"], "index": document["index"]})

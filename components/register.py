@@ -26,12 +26,5 @@ def register(
     from recfound.stages.register import run_register
 
     shutil.copytree(evaluation.path, report.path, dirs_exist_ok=True)
-    cfg = stage_config(
-        params,
-        tasks=tasks.path,
-        interim=interim.path,
-        backbone=backbone.path,
-        merged=merged.path,
-        reports=report.path,
-    )
+    cfg = stage_config(params, locals())
     log_scalars(metrics, run_register(cfg))

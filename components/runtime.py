@@ -29,11 +29,15 @@ def project_image() -> str:
     return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
 
 
-def stage_config(params: str, **paths: str):
+def stage_config(params: str, artifacts: dict | None = None):
     """The run's validated config with ``paths.<name>`` pointing at this task's artifacts.
 
     ``params`` is the JSON the ``check-params`` step wrote; it is validated again here, at the
-    edge of the pod, with the same parser as params.yaml.
+    edge of the pod, with the same parser as params.yaml. ``artifacts`` is the component's
+    ``locals()``: every artifact parameter named for a ``paths`` key (``tasks``, ``backbone``
+    …; ``checkpoints`` fills ``train`` and ``report`` fills ``reports``) sets that key to the
+    artifact's local path; other parameters (metrics, pages, inputs no stage reads from
+    ``paths``) are left alone.
     """
     import json
     import logging
@@ -44,6 +48,12 @@ def stage_config(params: str, **paths: str):
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     cfg = parse_config(json.loads(params), origin="pipeline parameters")
+    renamed = {"checkpoints": "train", "report": "reports"}
+    paths = {
+        renamed.get(name, name): value.path
+        for name, value in (artifacts or {}).items()
+        if hasattr(value, "path") and renamed.get(name, name) in type(cfg.paths).model_fields
+    }
     return cfg.model_copy(update={"paths": cfg.paths.model_copy(update=paths)})
 
 

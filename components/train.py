@@ -30,13 +30,7 @@ def train(
     import torch
     import yaml
 
-    cfg = stage_config(
-        params,
-        tasks=tasks.path,
-        backbone=backbone.path,
-        train=checkpoints.path,
-        reports=report.path,
-    )
+    cfg = stage_config(params, locals())
     gpus = torch.cuda.device_count()
     if gpus > 1:
         params_file = pathlib.Path(tempfile.mkdtemp()) / "params.yaml"

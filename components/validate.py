@@ -13,5 +13,5 @@ def validate(
     ``validation/tables.json`` and the GX data docs (``validation/data_docs/``)."""
     from recfound.stages.validate import run_validate
 
-    result = run_validate(stage_config(params, interim=interim.path, reports=report.path))
+    result = run_validate(stage_config(params, locals()))
     log_scalars(metrics, result.statistics)

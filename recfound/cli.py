@@ -7,6 +7,7 @@ cause (bad config, bad data, failed validation) into a short message and a non-z
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -21,10 +22,15 @@ EXIT_INVALID_DATA = 3
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, as a shell reports a terminated process
 
 
-def _ingest(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.ingest import run_ingest
+def _stage(name: str) -> Callable[[Config, argparse.Namespace], None]:
+    """The command of a stage without options: ``recfound.stages.<name>.run_<name>(cfg)``.
+    The stage is imported when its command runs, so one command does not import what the
+    others need (torch, Great Expectations, MLflow)."""
 
-    run_ingest(cfg)
+    def command(cfg: Config, args: argparse.Namespace) -> None:
+        getattr(importlib.import_module(f"recfound.stages.{name}"), f"run_{name}")(cfg)
+
+    return command
 
 
 def _fetch_data(cfg: Config, args: argparse.Namespace) -> None:
@@ -35,64 +41,10 @@ def _fetch_data(cfg: Config, args: argparse.Namespace) -> None:
     print(f"fetched {run_fetch_data(cfg, location).describe()} into {cfg.paths.interim}")
 
 
-def _validate(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.validate import run_validate
-
-    run_validate(cfg)
-
-
-def _build_tasks(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.build_tasks import run_build_tasks
-
-    run_build_tasks(cfg)
-
-
-def _baselines(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.baselines import run_baselines
-
-    run_baselines(cfg)
-
-
-def _pretrain(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.pretrain import run_pretrain
-
-    run_pretrain(cfg)
-
-
 def _train(cfg: Config, args: argparse.Namespace) -> None:
     from recfound.stages.train import run_train
 
     run_train(cfg, resume=args.resume)
-
-
-def _merge(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.merge import run_merge
-
-    run_merge(cfg)
-
-
-def _evaluate(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.evaluate import run_evaluate
-
-    run_evaluate(cfg)
-
-
-def _ablate(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.ablate import run_ablate
-
-    run_ablate(cfg)
-
-
-def _register(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.register import run_register
-
-    run_register(cfg)
-
-
-def _recommend(cfg: Config, args: argparse.Namespace) -> None:
-    from recfound.stages.recommend import run_recommend
-
-    run_recommend(cfg)
 
 
 def _promote(cfg: Config, args: argparse.Namespace) -> None:
@@ -128,7 +80,7 @@ def _pipeline(cfg: Config, args: argparse.Namespace) -> None:
 
 STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]] = {
     "ingest": (
-        _ingest,
+        _stage("ingest"),
         "read the configured source into normalized parquet tables",
         f"Reads data.source ({', '.join(SOURCES)}) and writes interactions, items and users as "
         "parquet under paths.interim (default data/interim/), with source.json describing the "
@@ -148,7 +100,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "data_rev, data_remote).",
     ),
     "validate": (
-        _validate,
+        _stage("validate"),
         "check the normalized tables with Great Expectations",
         "Runs the expectation suites on the tables in paths.interim: ids not null, ratings in "
         "the source's range, plausible timestamps, every interaction's item and user known, "
@@ -157,7 +109,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "reports/validation/.",
     ),
     "build-tasks": (
-        _build_tasks,
+        _stage("build_tasks"),
         "build the train/valid/test datasets of every configured task",
         "Builds each task in tasks.enabled that the source supports (others are skipped with the "
         "reason), splits per user chronologically (last interaction = test, second to last = "
@@ -168,7 +120,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "tasks.max_train_per_task, tasks.max_eval_per_task, tasks.cold_item_fraction.",
     ),
     "baselines": (
-        _baselines,
+        _stage("baselines"),
         "train the learned baselines (SASRec, biased MF) once per data version",
         "Trains SASRec (full-softmax cross-entropy over the catalogue, early stopping on the "
         "validation split's full-ranking NDCG with train items excluded) and a biased matrix "
@@ -179,7 +131,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "params.yaml: baselines.sasrec.*, baselines.mf.*, baselines.threads.",
     ),
     "pretrain": (
-        _pretrain,
+        _stage("pretrain"),
         "pretrain the builtin backbone (no-op for a given checkpoint)",
         "With model.backbone: builtin, trains a byte-level BPE tokenizer on the corpus (item "
         "texts and train-split prompts), builds the small Llama-style model sized by "
@@ -201,7 +153,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "processes: accelerate launch --num_processes N -m recfound.cli train.",
     ),
     "merge": (
-        _merge,
+        _stage("merge"),
         "merge the kept checkpoints; Optuna tunes method, coefficients and density",
         "Merges the training checkpoints in merge.checkpoints (default best_generative, "
         "best_embedding, last) by linear averaging, SLERP or TIES (magnitude or random "
@@ -213,7 +165,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "reports/merge.json and the study's figures under reports/plots/.",
     ),
     "evaluate": (
-        _evaluate,
+        _stage("evaluate"),
         "evaluate the merged model and the baselines on every task's test split",
         "Full ranking over all items for retrieval tasks (Recall/NDCG@K, MRR; history "
         "excluded), HR/NDCG for candidate ranking, RMSE/MAE and F1 for ratings, AUC/F1 for "
@@ -223,7 +175,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "options: evaluate.max_per_task, evaluate.ks, evaluate.max_new_tokens.",
     ),
     "ablate": (
-        _ablate,
+        _stage("ablate"),
         "RecFound's ablation rows: without merge, S2Sched, TMoLE, all three",
         "Trains the ablation variants with the main run's budget and seed (uniform sampling; "
         "one LoRA with the TMoLE parameter count; both) under models/ablation/, evaluates every "
@@ -231,7 +183,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "reports/ablation.md (one table per task group).",
     ),
     "register": (
-        _register,
+        _stage("register"),
         "register the merged model in MLflow; alias champion only if it passes the gates",
         "Logs the merged model (paths.merged on the backbone in paths.backbone) as an MLflow "
         "pyfunc model that answers {task, input, candidates} rows with generations, embeddings "
@@ -245,7 +197,7 @@ STAGES: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, str]]
         "tracking.tracking_uri, or MLFLOW_TRACKING_URI when set.",
     ),
     "recommend": (
-        _recommend,
+        _stage("recommend"),
         "write every user's top-k from the merged model (batch recommendation lists)",
         "Builds the serving catalogue of paths.tasks (every item; each user's train + valid "
         "history) and its ANN index, then every user's top recommend.k items on each path of "

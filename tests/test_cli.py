@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
 import shutil
@@ -40,6 +42,19 @@ def test_help_describes_every_stage(capsys: pytest.CaptureFixture[str]) -> None:
         stage_help = capsys.readouterr().out
         assert "--params" in stage_help
         assert len(stage_help) > 300  # a real description, not just usage
+
+
+def test_every_stage_command_names_a_stage_function() -> None:
+    # commands of stages without options import recfound.stages.<name> when they run
+    named = 0
+    for command, *_ in STAGES.values():
+        name = inspect.getclosurevars(command).nonlocals.get("name")
+        if name is not None:
+            assert callable(
+                getattr(importlib.import_module(f"recfound.stages.{name}"), f"run_{name}")
+            )
+            named += 1
+    assert named == 10
 
 
 def test_console_script_is_installed() -> None:

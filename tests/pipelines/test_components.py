@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
-from kfp.dsl import HTML, Metrics
+from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
 import components
 from components.runtime import log_scalars, stage_config, write_images_page
@@ -28,11 +29,24 @@ STAGE_COMPONENTS = [
 
 
 def test_stage_config_validates_the_params_and_points_paths_at_artifacts() -> None:
-    cfg = stage_config(
-        json.dumps({"train": {"steps": 7.0}, "seed": 3}), tasks="/a/tasks", reports="/a/rep"
-    )
+    # a component's locals(): artifacts named for paths keys (checkpoints fills train, report
+    # fills reports), an artifact no path takes, a metrics output, a module with a `path`
+    artifacts = {
+        "tasks": Dataset(name="tasks", uri="/a/tasks"),
+        "checkpoints": Model(name="checkpoints", uri="/a/ckpt"),
+        "report": Artifact(name="report", uri="/a/rep"),
+        "evaluation": Artifact(name="evaluation", uri="/a/eval"),
+        "metrics": Metrics(name="metrics", uri="/a/metrics"),
+        "os": os,
+        "params": "{}",
+    }
+    cfg = stage_config(json.dumps({"train": {"steps": 7.0}, "seed": 3}), artifacts)
     assert cfg.train.steps == 7 and isinstance(cfg.train.steps, int)  # JSON structs give floats
-    assert (cfg.paths.tasks, cfg.paths.reports) == ("/a/tasks", "/a/rep")
+    assert (cfg.paths.tasks, cfg.paths.train, cfg.paths.reports) == (
+        "/a/tasks",
+        "/a/ckpt",
+        "/a/rep",
+    )
     assert cfg.paths.backbone == "models/backbone"  # what the component does not map is unchanged
     with pytest.raises(ConfigError, match="train.strategy"):
         stage_config(json.dumps({"train": {"strategy": "foo"}}))
