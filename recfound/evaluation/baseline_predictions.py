@@ -20,9 +20,9 @@ from recfound.evaluation.outputs import (
 from recfound.evaluation.protocols import (
     EvalSet,
     assign_protocols,
+    calibrated,
     candidate_outputs,
     cutoffs_for,
-    decision_threshold,
     full_ranking_outputs,
     record_histories,
     record_keys,
@@ -201,14 +201,10 @@ def baseline_outputs(
             if has_users and has_items:
                 mf, threshold = trained.biased_mf, trained.rating_threshold
                 outputs = _rating_choice(frame, _mf_ratings(mf, frame), protocol, threshold)
-                valid = data.calibration.get(task)
-                if outputs is not None and outputs.margin is not None and valid is not None:
-                    # the same decision rule as the model's: a cut chosen on validation records
-                    calibration = _rating_choice(valid, _mf_ratings(mf, valid), protocol, threshold)
-                    if calibration is not None and calibration.margin is not None:
-                        cut = decision_threshold(calibration.margin, calibration.target == 0)
-                        outputs.predicted = np.where(outputs.margin > cut, 0, 1)
-                        outputs.threshold = cut
+                valid = data.calibration.get(task) if protocol == "classification" else None
+                if outputs is not None and valid is not None:  # the model's decision rule
+                    validation = _rating_choice(valid, _mf_ratings(mf, valid), protocol, threshold)
+                    outputs = calibrated(outputs, validation)
                 put("biased_mf", task, outputs)
         if protocol == "rating":
             put("global_mean", task, _global_mean_outputs(frame, data.train_interactions))

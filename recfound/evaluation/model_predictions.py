@@ -24,10 +24,10 @@ from recfound.evaluation.protocols import (
     FULL_RANKING_PROTOCOLS,
     EvalSet,
     assign_protocols,
+    calibrated,
     candidate_outputs,
     catalogue_tokens,
     cutoffs_for,
-    decision_threshold,
     full_ranking_outputs,
     record_histories,
     record_keys,
@@ -138,28 +138,32 @@ def model_outputs(
             generated = rec.generate(prompts, task, max_new_tokens=length, batch_size=batch_size)
             out[name] = text_outputs(frame, generated)
         else:  # a closed set: labels or listed items, scored within the set
-            candidates = [list(c) for c in frame["candidates"]]
-            scores_list = rec.choice_scores(prompts, candidates, task, batch_size)
-            threshold = calibrated_threshold(rec, data.calibration.get(name), task, batch_size)
-            if threshold is not None:
-                log.info("%s: decision threshold %.3f (validation records)", name, threshold)
-            out[name] = candidate_outputs(frame, scores_list, protocol, ks, threshold)
+            outputs = closed_set_outputs(rec, frame, protocol, task, ks, batch_size)
+            valid = data.calibration.get(name) if protocol == "classification" else None
+            if valid is not None and not valid.empty:  # the cut of two labels, on validation
+                validation = closed_set_outputs(rec, valid, protocol, task, ks, batch_size)
+                outputs = calibrated(outputs, validation)
+            if isinstance(outputs, ChoiceOutputs) and outputs.threshold is not None:
+                log.info(
+                    "%s: decision threshold %.3f (validation records)", name, outputs.threshold
+                )
+            out[name] = outputs
     return out
 
 
-def calibrated_threshold(
-    rec: RecModel, valid: pd.DataFrame | None, task: str, batch_size: int
-) -> float | None:
-    """A two-label task's decision threshold chosen on its validation records
-    (:func:`decision_threshold`); None (the argmax) without any or for other label sets."""
-    if valid is None or valid.empty:
-        return None
-    candidates = [list(c) for c in valid["candidates"]]
-    scores = rec.choice_scores(valid["prompt"].astype(str).tolist(), candidates, task, batch_size)
-    outputs = candidate_outputs(valid, scores, "classification", ks=(1,))
-    if not isinstance(outputs, ChoiceOutputs) or outputs.margin is None:
-        return None
-    return decision_threshold(outputs.margin, outputs.target == 0)
+def closed_set_outputs(
+    rec: RecModel,
+    frame: pd.DataFrame,
+    protocol: str,
+    task: str,
+    ks: Sequence[int],
+    batch_size: int,
+) -> RecordOutputs:
+    """The model's outputs on records whose answer is one of their ``candidates``."""
+    candidates = [list(c) for c in frame["candidates"]]
+    prompts = frame["prompt"].astype(str).tolist()
+    scores = rec.choice_scores(prompts, candidates, task, batch_size)
+    return candidate_outputs(frame, scores, protocol, ks)
 
 
 def fused_scores(*signals: np.ndarray) -> np.ndarray:

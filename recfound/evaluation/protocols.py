@@ -353,17 +353,29 @@ def decision_threshold(margin: np.ndarray, first: np.ndarray) -> float:
     return float(cuts[best[np.argmin(np.abs(cuts[best]))]])
 
 
-def candidate_outputs(
-    frame: pd.DataFrame,
-    scores: Sequence[Sequence[float]],
-    protocol: str,
-    ks: Sequence[int],
-    threshold: float | None = None,
-) -> RecordOutputs:
-    """Outputs of candidate scores (one list per record, aligned with ``candidates``).
+def decide_at(outputs: RecordOutputs, threshold: float) -> RecordOutputs:
+    """Two-label outputs answering their first label where its margin exceeds ``threshold``
+    instead of the argmax; outputs without a two-label margin are returned as they are."""
+    if not isinstance(outputs, ChoiceOutputs) or outputs.margin is None:
+        return outputs
+    chosen = np.where(outputs.margin > threshold, 0, 1)
+    return replace(outputs, predicted=chosen, threshold=float(threshold))
 
-    ``threshold`` (two labels): answer the first label where its margin exceeds it, instead of
-    the argmax (:func:`decision_threshold`)."""
+
+def calibrated(outputs: RecordOutputs, validation: RecordOutputs | None) -> RecordOutputs:
+    """``outputs`` decided at the cut :func:`decision_threshold` chooses on the same system's
+    ``validation`` outputs (the model's and biased MF's alike); unchanged where either has no
+    two-label margin."""
+    if not isinstance(validation, ChoiceOutputs) or validation.margin is None:
+        return outputs
+    return decide_at(outputs, decision_threshold(validation.margin, validation.target == 0))
+
+
+def candidate_outputs(
+    frame: pd.DataFrame, scores: Sequence[Sequence[float]], protocol: str, ks: Sequence[int]
+) -> RecordOutputs:
+    """Outputs of candidate scores (one list per record, aligned with ``candidates``); two-label
+    tasks answer with the argmax (:func:`calibrated` moves the cut)."""
     candidates = [[str(c) for c in cands] for cands in frame["candidates"]]
     targets = frame["target"].astype(str).tolist()
     keys = record_keys(frame)
@@ -400,9 +412,6 @@ def candidate_outputs(
         out.truth = frame["label"].astype(float).to_numpy()
     elif len(labels) == 2 and all(c == labels for c in candidates):
         out.margin = np.array([float(s[0]) - float(s[1]) for s in scores])
-        if threshold is not None:
-            out.predicted = np.where(out.margin > threshold, 0, 1)
-            out.threshold = float(threshold)
     return out
 
 

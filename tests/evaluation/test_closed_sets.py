@@ -16,7 +16,12 @@ from recfound.evaluation.outputs import (
     outputs_from_dict,
     well_formed,
 )
-from recfound.evaluation.protocols import EvalSet, candidate_outputs, decision_threshold
+from recfound.evaluation.protocols import (
+    EvalSet,
+    candidate_outputs,
+    decide_at,
+    decision_threshold,
+)
 from recfound.evaluation.scores import evaluation_document
 from tests.evaluation.test_runner import ITEMS, SPLIT_INTERACTIONS
 from tests.train.tiny import tiny_model, tiny_tasks
@@ -198,7 +203,7 @@ def test_a_two_label_decision_threshold_is_chosen_on_validation_then_applied() -
     scores = [[-0.1, -2.4], [-0.5, -0.9], [-0.2, -1.6], [-1.2, -0.4]]  # margins 2.3 .4 1.4 -.8
     argmax = candidate_outputs(frame, scores, "classification", ks=[1])
     assert argmax.threshold is None and argmax.predicted.tolist() == [0, 0, 0, 1]
-    calibrated = candidate_outputs(frame, scores, "classification", ks=[1], threshold=cut)
+    calibrated = decide_at(argmax, cut)
     assert calibrated.threshold == cut and calibrated.predicted.tolist() == [0, 1, 0, 1]
     assert calibrated.margin.tolist() == argmax.margin.tolist()  # AUC does not change
     restored = outputs_from_dict(calibrated.to_dict())
