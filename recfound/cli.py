@@ -348,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for chatty in ("great_expectations", "alembic", "httpx", "urllib3", "filelock"):
+    # faiss.loader logs each CPU build it tries and fails to load (AVX512-SPR, AVX512) as INFO
+    for chatty in ("great_expectations", "alembic", "httpx", "urllib3", "filelock", "faiss"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     run, _, _ = STAGES[args.command]
     try:

@@ -41,6 +41,7 @@ def log_and_register(
     records_path: str | Path | None = None,
     serving: ServingConfig | None = None,
     catalogue_dir: str | Path | None = None,
+    decisions_path: str | Path | None = None,
 ) -> RegisteredVersion:
     """Log the bundle as a pyfunc model in a ``register`` run and register it as a new version.
 
@@ -49,7 +50,8 @@ def log_and_register(
     ``tags`` (:func:`version_tags`). The model is logged from code (no pickle) with ``serving``
     (folded or not, request limits) as its model config. ``catalogue_dir`` (a serving
     catalogue: items, identifiers, histories snapshot, ANN index) travels as the ``catalogue``
-    artifact, for ``recommend`` requests.
+    artifact, for ``recommend`` requests; ``decisions_path`` (the two-label cuts evaluation
+    chose, :mod:`recfound.serving.decisions`) as the ``decisions`` artifact.
     """
     spec, _ = read_spec(bundle_dir)
     configure_registry(tracking_cfg)
@@ -67,6 +69,7 @@ def log_and_register(
                 "backbone": str(backbone_dir),
                 "bundle": str(bundle_dir),
                 **({"catalogue": str(catalogue_dir)} if catalogue_dir is not None else {}),
+                **({"decisions": str(decisions_path)} if decisions_path is not None else {}),
             },
             code_paths=[package_dir()],
             pip_requirements=pinned_requirements(),

@@ -14,7 +14,9 @@ The answer has one row per request row, in order, with ``task``, ``kind`` (``emb
   candidates, ``scores`` also holds the cosine similarity of the input to each candidate;
 - generative task with candidates → ``output_type="scores"``, ``scores`` (the log-probability of
   each candidate within the candidate set, as evaluation scores a closed set:
-  :meth:`RecModel.choice_scores`) and ``generation`` (the best candidate);
+  :meth:`RecModel.choice_scores`) and ``generation`` (the best candidate; for a two-label task
+  asked its two labels, the label chosen at the cut evaluation chose on validation records —
+  the model's ``decisions`` artifact, :mod:`recfound.serving.decisions`);
 - generative task without candidates → ``output_type="generation"``, ``generation`` (greedy text).
 
 A row with ``task: "recommend"`` asks for the top-k items of the model's catalogue instead
@@ -85,6 +87,7 @@ from recfound.config import ServingConfig
 from recfound.model.bundle import load_bundle, read_spec
 from recfound.model.folded import FoldedModels
 from recfound.model.recmodel import RecModel
+from recfound.serving.decisions import DecisionsError, LabelCut, read_decisions
 from recfound.serving.recommend import (
     REQUEST_FIELDS,
     Recommender,
@@ -418,6 +421,7 @@ class _TaskRows:
     rows: list[int]
     texts: list[str]
     candidates: list[list[str]]
+    cut: LabelCut | None = None
 
     def embed(self, answers: list[dict[str, Any]]) -> None:
         rec, task, candidates = self.rec, self.task, self.candidates
@@ -441,7 +445,9 @@ class _TaskRows:
                 [texts[i] for i in chunk], [candidates[i] for i in chunk], task
             )
             for i, scores in zip(chunk, values, strict=True):
-                best = max(range(len(scores)), key=scores.__getitem__)
+                best = self.cut.choose(candidates[i], scores) if self.cut else None
+                if best is None:
+                    best = max(range(len(scores)), key=scores.__getitem__)
                 answers[i] = {
                     "output_type": "scores",
                     "scores": [float(s) for s in scores],
@@ -468,6 +474,7 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
             context.artifacts["bundle"],
             settings,
             context.artifacts.get("catalogue"),
+            context.artifacts.get("decisions"),
         )
 
     @classmethod
@@ -476,17 +483,21 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
         backbone_dir: str | Path,
         bundle_dir: str | Path,
         catalogue_dir: str | Path | None = None,
+        decisions_path: str | Path | None = None,
         **settings: Any,
     ) -> RecFoundModel:
         """The model from a backbone directory and a bundle directory, without MLflow.
 
         ``catalogue_dir`` (optional) is a serving catalogue
         (:func:`recfound.serving.snapshot.write_serving_catalogue`): with it, the model answers
-        ``recommend`` requests. ``settings`` are :class:`ServingConfig` fields: ``folded``
-        (default True) and the limits.
+        ``recommend`` requests. ``decisions_path`` (optional) is a decisions file
+        (:mod:`recfound.serving.decisions`): two-label tasks then answer at its cuts.
+        ``settings`` are :class:`ServingConfig` fields: ``folded`` (default True) and the limits.
         """
         model = cls()
-        model.load(backbone_dir, bundle_dir, ServingConfig(**settings), catalogue_dir)
+        model.load(
+            backbone_dir, bundle_dir, ServingConfig(**settings), catalogue_dir, decisions_path
+        )
         return model
 
     def load(
@@ -495,10 +506,15 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
         bundle_dir: str | Path,
         settings: ServingConfig,
         catalogue_dir: str | Path | None = None,
+        decisions_path: str | Path | None = None,
     ) -> None:
         spec, _ = read_spec(bundle_dir)
         self.task_kinds: dict[str, str] = dict(spec.task_kinds)
         self.settings = settings
+        try:
+            self.cuts = read_decisions(decisions_path)
+        except DecisionsError as error:
+            raise server_error(f"the model's decisions artifact is unusable: {error}") from None
         self.rec = load_bundle(backbone_dir, bundle_dir)
         if torch.cuda.is_available():
             self.rec.model.to("cuda")
@@ -571,7 +587,9 @@ class RecFoundModel(mlflow.pyfunc.PythonModel):
         for task in dict.fromkeys(t for t in tasks if t != RECOMMEND):  # in order of appearance
             rows = [i for i, t in enumerate(tasks) if t == task]
             try:
-                task_rows = _TaskRows(self.model_for(task), task, rows, texts, candidates)
+                task_rows = _TaskRows(
+                    self.model_for(task), task, rows, texts, candidates, self.cuts.get(task)
+                )
                 if self.task_kinds[task] == "embedding":
                     task_rows.embed(answers)
                 else:

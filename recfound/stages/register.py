@@ -37,6 +37,7 @@ from recfound.layout import (
 )
 from recfound.model.adapter_format import CONFIG_FILE
 from recfound.model.bundle import load_bundle, read_spec
+from recfound.serving.decisions import DECISIONS_FILE, cuts_from_records, write_decisions
 from recfound.serving.publish import log_and_register
 from recfound.serving.snapshot import write_serving_catalogue
 from recfound.tracking.gates import GateDecision, non_finite_scores
@@ -164,7 +165,9 @@ def run_register(cfg: Config) -> dict[str, Any]:
     name = cfg.registry.model_name
 
     client = configure_registry(cfg.tracking)
-    with tempfile.TemporaryDirectory(prefix="recfound-catalogue-") as catalogue_dir:
+    cuts = cuts_from_records(records or {}, list(read_spec(bundle)[0].task_kinds))
+    with tempfile.TemporaryDirectory(prefix="recfound-register-") as work:
+        catalogue_dir = Path(work) / "catalogue"
         catalogue = serving_catalogue(cfg, backbone, bundle, catalogue_dir)
         registered = log_and_register(
             tracking_cfg=cfg.tracking,
@@ -179,6 +182,7 @@ def run_register(cfg: Config) -> dict[str, Any]:
             records_path=records_path if records is not None else None,
             serving=cfg.serving,
             catalogue_dir=catalogue_dir if catalogue is not None else None,
+            decisions_path=write_decisions(Path(work) / DECISIONS_FILE, cuts) if cuts else None,
         )
     decision = promote(
         client,
@@ -203,6 +207,7 @@ def run_register(cfg: Config) -> dict[str, Any]:
         "data_version_source": data.origin,
         "data": data.to_dict(),
         "catalogue": catalogue,
+        "decision_thresholds": {task: cut.threshold for task, cut in sorted(cuts.items())},
         "decision": decision.to_dict(),
     }
     client.log_dict(registered.run_id, report, REPORT_FILE)
