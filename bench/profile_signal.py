@@ -1,0 +1,118 @@
+"""How much of a user's profile can ten rated movies tell? The ceiling of user_profile.
+
+user_profile asks the model for a user's age group, gender and occupation from ten rated movies,
+and is scored by token-F1 against the true profile; its trivial answer is the majority training
+profile. This fits a dedicated classifier per field (logistic regression on the history's items
+and genre counts) on the task's **training** records and scores it on its **validation** records,
+the same way evaluation scores the model (token-F1 of the whole profile). The test records are not
+read. A classifier built only for this task that cannot beat the majority profile by much says
+the signal is not in the prompt at this data size.
+
+Writes reports/bench/profile_signal.json (per-field accuracy and token-F1 of the majority profile
+and of the classifier at each regularisation strength).
+
+    python bench/profile_signal.py [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction import DictVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from recfound import artifacts
+from recfound.config import load_config
+from recfound.layout import ITEMS_FILE
+from recfound.metrics import token_f1
+
+STRENGTHS = (0.03, 0.1, 0.3, 1.0)  # inverse L2 strength C of the logistic regression
+
+
+def item_genres(tasks: Path) -> dict[str, list[str]]:
+    items = pd.read_parquet(tasks / ITEMS_FILE)
+    out = {}
+    for item, text in zip(items["item_id"].astype(str), items["text"], strict=True):
+        found = re.search(r"genres: ([^—;]*)", text)
+        out[item] = [g.strip() for g in found.group(1).split(",")] if found else []
+    return out
+
+
+def features(history: list[str], genres: dict[str, list[str]]) -> dict[str, float]:
+    """One indicator per rated item, and each genre's share of the ten items."""
+    out: dict[str, float] = {}
+    for item in history:
+        out[f"item {item}"] = 1.0
+        for genre in genres.get(item, []):
+            out[f"genre {genre}"] = out.get(f"genre {genre}", 0.0) + 1.0 / len(history)
+    return out
+
+
+def profile_fields(target: str) -> dict[str, str]:
+    """``"age group: 25-34; gender: male; occupation: student"`` → field → value."""
+    return dict(part.split(": ", 1) for part in target.split("; "))
+
+
+def profile_text(values: dict[str, str]) -> str:
+    return "; ".join(f"{field}: {value}" for field, value in values.items())
+
+
+def score(truth: pd.DataFrame, predicted: pd.DataFrame, targets: list[str]) -> dict[str, float]:
+    texts = [profile_text(row) for row in predicted.to_dict("records")]
+    return {
+        **{
+            f"{field} accuracy": float((predicted[field] == truth[field]).mean()) for field in truth
+        },
+        "token_f1": float(np.mean([token_f1(t, p) for t, p in zip(targets, texts, strict=True)])),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", default="reports/bench/profile_signal.json")
+    args = parser.parse_args()
+    tasks = Path(load_config(args.params).paths.tasks)
+    train, valid = (
+        pd.read_parquet(tasks / "user_profile" / f"{s}.parquet") for s in ("train", "valid")
+    )
+    genres = item_genres(tasks)
+    vectorizer = DictVectorizer()
+    x_train = vectorizer.fit_transform([features(list(h), genres) for h in train["history_ids"]])
+    x_valid = vectorizer.transform([features(list(h), genres) for h in valid["history_ids"]])
+    y_train = pd.DataFrame([profile_fields(t) for t in train["target"]])
+    y_valid = pd.DataFrame([profile_fields(t) for t in valid["target"]])
+    targets = valid["target"].tolist()
+
+    majority = {field: y_train[field].mode()[0] for field in y_train}
+    rows = {"majority profile": score(y_valid, pd.DataFrame([majority] * len(valid)), targets)}
+    for strength in STRENGTHS:
+        predicted = pd.DataFrame(
+            {
+                field: LogisticRegression(C=strength, max_iter=2000)
+                .fit(x_train, y_train[field])
+                .predict(x_valid)
+                for field in y_train
+            }
+        )
+        rows[f"classifier C={strength}"] = score(y_valid, predicted, targets)
+    for name, values in rows.items():
+        cells = ", ".join(f"{k} {v:.3f}" for k, v in values.items())
+        print(f"{name:22s} {cells}")
+    document = {
+        "task": "user_profile",
+        "fitted_on": f"train ({len(train)} records)",
+        "scored_on": f"valid ({len(valid)} records)",
+        "majority_profile": profile_text(majority),
+        "rows": rows,
+    }
+    artifacts.write_json(Path(args.out), document)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
