@@ -17,7 +17,6 @@ and of the classifier at each regularisation strength).
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +26,19 @@ from sklearn.linear_model import LogisticRegression
 
 from recfound import artifacts
 from recfound.config import load_config
-from recfound.layout import ITEMS_FILE
+from recfound.data.ingest import read_tables
 from recfound.metrics import token_f1
 
 STRENGTHS = (0.03, 0.1, 0.3, 1.0)  # inverse L2 strength C of the logistic regression
 
 
-def item_genres(tasks: Path) -> dict[str, list[str]]:
-    items = pd.read_parquet(tasks / ITEMS_FILE)
-    out = {}
-    for item, text in zip(items["item_id"].astype(str), items["text"], strict=True):
-        found = re.search(r"genres: ([^—;]*)", text)
-        out[item] = [g.strip() for g in found.group(1).split(",")] if found else []
-    return out
+def item_genres(interim: str | Path) -> dict[str, list[str]]:
+    """Item → its genres, from the ingested items table (``categories``, ``|``-separated)."""
+    items = read_tables(interim).items
+    return {
+        str(item): [g for g in str(categories).split("|") if g]
+        for item, categories in zip(items["item_id"], items["categories"].fillna(""), strict=True)
+    }
 
 
 def features(history: list[str], genres: dict[str, list[str]]) -> dict[str, float]:
@@ -76,11 +75,12 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="reports/bench/profile_signal.json")
     args = parser.parse_args()
-    tasks = Path(load_config(args.params).paths.tasks)
+    cfg = load_config(args.params)
+    tasks = Path(cfg.paths.tasks)
     train, valid = (
         pd.read_parquet(tasks / "user_profile" / f"{s}.parquet") for s in ("train", "valid")
     )
-    genres = item_genres(tasks)
+    genres = item_genres(cfg.paths.interim)
     vectorizer = DictVectorizer()
     x_train = vectorizer.fit_transform([features(list(h), genres) for h in train["history_ids"]])
     x_valid = vectorizer.transform([features(list(h), genres) for h in valid["history_ids"]])
