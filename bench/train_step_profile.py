@@ -11,7 +11,9 @@ current ``params.yaml`` for ``--steps`` steps per variant, timing each part of a
 
 Variants (``--variants``): ``default`` (params.yaml as it is), ``negatives_no_grad`` (catalogue
 negatives embedded without gradients: cheaper, but the embeddings collapsed in training),
-``old_mix`` (16 generative samples, 64 negatives with gradients: the step before the re-plan).
+``old_mix`` (16 generative samples, 64 negatives with gradients: the step before the re-plan),
+``one_pass`` / ``two_groups`` (each batch in one padded forward pass, or two passes of
+similar-length rows, instead of ``train.length_groups``).
 Ratios are measured side by side in one run. Needs `recfound build-tasks` and `recfound pretrain`
 first.
 
@@ -41,6 +43,8 @@ VARIANTS = {
     "default": {},
     "negatives_no_grad": {"negatives_grad": False},
     "old_mix": {"negatives_grad": True, "batch_size": 16, "catalogue_negatives": 64},
+    "one_pass": {"length_groups": 1},
+    "two_groups": {"length_groups": 2},
 }
 
 
@@ -78,7 +82,13 @@ def profile(raw: dict, overrides: dict, steps: int, scratch: str) -> dict:
     return {
         "settings": {
             k: getattr(cfg.train, k)
-            for k in ("batch_size", "embedding_batch_size", "catalogue_negatives", "negatives_grad")
+            for k in (
+                "batch_size",
+                "embedding_batch_size",
+                "catalogue_negatives",
+                "negatives_grad",
+                "length_groups",
+            )
         },
         "median_seconds": seconds,
         "step_seconds": total,

@@ -409,6 +409,14 @@ class TrainConfig(_Section):
         description="Weight of the softmax over each closed-set sample's candidates (labels, "
         "listed items) added to the answer-token loss.",
     )
+    length_groups: int = Field(
+        default=3,
+        ge=1,
+        le=16,
+        description="Forward passes a step's generative batch is split into, rows of similar "
+        "length together, each cut to its longest row: the same loss with less work on "
+        "padding (1: one padded pass).",
+    )
     grad_accum: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
     warmup_steps: int = Field(default=20, ge=0)

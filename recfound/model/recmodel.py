@@ -95,6 +95,57 @@ def answer_rows(
     return rows, labels
 
 
+def length_groups(lengths: Sequence[int], groups: int) -> list[torch.Tensor]:
+    """Rows of a right-padded batch split into ``min(groups, len(lengths))`` groups of similar
+    length, each a tensor of row indices (shortest rows first): the contiguous cut of the
+    rows sorted by length that pads the fewest positions when each group is cut to its own
+    longest row. Running each group as its own forward pass gives every row the same values
+    (up to float rounding), with less work on padding; the count depends only on ``groups``
+    and the number of rows, so processes with equally many rows run equally many passes."""
+    n = len(lengths)
+    k = max(1, min(groups, n))
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    if k == 1:
+        return [torch.tensor(order, dtype=torch.long)]
+    width = [lengths[i] for i in order]
+    # cost[j][i]: fewest padded positions of rows order[:i] in j groups; cut[j][i]: last cut
+    inf = float("inf")
+    cost = [[inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    cost[0][0] = 0.0
+    for j in range(1, k + 1):
+        for i in range(j, n + 1):
+            for start in range(j - 1, i):
+                value = cost[j - 1][start] + (i - start) * width[i - 1]
+                if value < cost[j][i]:
+                    cost[j][i], cut[j][i] = value, start
+    bounds, end = [], n
+    for j in range(k, 0, -1):
+        bounds.append((cut[j][end], end))
+        end = cut[j][end]
+    return [torch.tensor(order[a:b], dtype=torch.long) for a, b in reversed(bounds)]
+
+
+def _widen(values: torch.Tensor, width: int) -> torch.Tensor:
+    """``(rows, w)`` values right-padded with zeros (False) to ``(rows, width)``."""
+    missing = width - values.shape[1]
+    if missing <= 0:
+        return values
+    return torch.cat([values, values.new_zeros((values.shape[0], missing))], 1)
+
+
+def _tasks_of(tasks: str | Sequence[str], rows: torch.Tensor) -> str | list[str]:
+    """The task names of ``rows`` of a batch whose rows are of ``tasks`` (one name: all)."""
+    return tasks if isinstance(tasks, str) else [tasks[i] for i in rows.tolist()]
+
+
+def in_row_order(parts: Sequence[torch.Tensor], groups: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-group results ``parts`` (rows of each ``groups`` entry, in its order) as one tensor in
+    the batch's row order."""
+    rows = torch.cat(list(groups)).to(parts[0].device)
+    return torch.cat(list(parts))[torch.argsort(rows)]
+
+
 class TaskAdapter(Protocol):
     """What RecModel needs of an adapter (TMoLE or LoRA)."""
 
@@ -286,10 +337,41 @@ class RecModel:
         return answer.logprobs, answer.mask
 
     def answer_tokens(
+        self, batch: dict[str, torch.Tensor], tasks: str | Sequence[str], groups: int = 1
+    ) -> AnswerTokens:
+        """Teacher-forced log-probabilities and hits of the answer tokens (the LM head runs only
+        where an answer token is predicted). ``groups`` > 1 runs rows of similar length as
+        separate forward passes, each cut to its longest row (:func:`length_groups`): the same
+        values with less work on padding where prompts differ in length (a training step's mix
+        of tasks)."""
+        if groups <= 1 or len(batch["input_ids"]) <= 1:
+            return self._answers_of(batch, tasks)
+        lengths = batch["attention_mask"].sum(1)
+        full = batch["input_ids"].shape[1]
+        order = length_groups(lengths.tolist(), groups)
+        parts = []
+        for rows in order:
+            index = rows.to(lengths.device)
+            width = int(lengths[index].max())
+            part = {k: batch[k][index, :width] for k in ("input_ids", "attention_mask", "labels")}
+            answer = self._answers_of(part, _tasks_of(tasks, rows))
+            # back to the batch's width: the positions beyond ``width`` are padding
+            parts.append(
+                answer._replace(
+                    **{
+                        f: _widen(getattr(answer, f), full - 1)
+                        for f in ("logprobs", "mask", "correct")
+                    }
+                )
+            )
+        return AnswerTokens(
+            *(in_row_order([getattr(p, f) for p in parts], order) for f in AnswerTokens._fields)
+        )
+
+    def _answers_of(
         self, batch: dict[str, torch.Tensor], tasks: str | Sequence[str]
     ) -> AnswerTokens:
-        """Teacher-forced log-probabilities and hits of the answer tokens (one forward pass; the
-        LM head runs only where an answer token is predicted)."""
+        """:meth:`answer_tokens` of ``batch`` in one forward pass."""
         targets = batch["labels"][:, 1:]
         mask = targets != IGNORE_INDEX
         head_at = F.pad(mask, (0, 1), value=False)  # the position before each answer token

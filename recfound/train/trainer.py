@@ -161,6 +161,11 @@ class Trainer:
                 f"train.batch_size ({config.batch_size}) is smaller than the number of processes "
                 f"({acc.num_processes}): every process needs a generative sample per micro-batch"
             )
+        # generative rows of similar length run as separate passes (less padding); never more
+        # passes than the fewest rows a process holds, so every process runs as many (FSDP)
+        self.length_groups = max(
+            1, min(config.length_groups, config.batch_size // acc.num_processes)
+        )
         self.task_sampler = S2Scheduler(
             task_kinds={t.name: t.kind for t in tasks},
             data_sizes={t.name: len(t.train) for t in tasks},
@@ -242,7 +247,9 @@ class Trainer:
         answer_tokens = 0.0
         closed = torch.zeros((), device=device)
         if batch.generative is not None:
-            answer = self.rec.answer_tokens(batch.generative, batch.generative_tasks)
+            answer = self.rec.answer_tokens(
+                batch.generative, batch.generative_tasks, self.length_groups
+            )
             generative = answer_loss(answer)
             total = generative.total
             answer_tokens = float(generative.tokens)

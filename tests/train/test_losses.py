@@ -84,7 +84,7 @@ def test_batch_loss_is_the_formula_it_replaced(tmp_path: Path, negatives_grad: b
         assert batch.blocks and batch.generative is not None
         assert (batch.blocks[0].negatives is None) == negatives_grad
         loss, _ = trainer.batch_loss(batch)
-        torch.testing.assert_close(loss, _old_batch_loss(trainer, batch), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(loss, _old_batch_loss(trainer, batch), rtol=1e-5, atol=1e-6)
         assert loss.requires_grad
 
 
