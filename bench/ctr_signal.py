@@ -37,6 +37,7 @@ from sklearn.metrics import roc_auc_score
 
 from recfound import artifacts
 from recfound.config import load_config
+from recfound.evaluation.model_predictions import closed_set_outputs
 from recfound.evaluation.protocols import catalogue_tokens
 from recfound.model.bundle import load_bundle
 from recfound.train.from_config import build_model_for, load_training_tasks, read_catalogue
@@ -46,16 +47,12 @@ TASK = "ctr_prediction"
 
 
 def margins(rec, frame: pd.DataFrame) -> np.ndarray:
-    """The model's log-probability of "yes" minus that of "no" (the scores evaluation ranks)."""
-    rec.model.eval()
-    scores = rec.choice_scores(
-        frame["prompt"].tolist(), [list(c) for c in frame["candidates"]], TASK
-    )
-    out = []
-    for candidates, values in zip(frame["candidates"], scores, strict=True):
-        candidates = list(candidates)
-        out.append(values[candidates.index("yes")] - values[candidates.index("no")])
-    return np.asarray(out, dtype=float)
+    """The model's yes/no margin on ``frame``'s records, as `evaluate` computes it (its closed-set
+    outputs: the first label's score minus the second's; ctr's first label is "yes")."""
+    outputs = closed_set_outputs(rec, frame, "classification", TASK, (), 32)
+    if outputs.labels[0] != "yes":
+        raise ValueError(f"{TASK}'s first label is {outputs.labels[0]!r}, expected 'yes'")
+    return outputs.margin
 
 
 def averages(frame: pd.DataFrame, ratings: pd.DataFrame) -> np.ndarray:
@@ -142,6 +139,7 @@ def main() -> None:
     }
     print("averages", report["averages"], "model", report["model"], flush=True)
     alone = []
+    catalogue = read_catalogue(cfg)
     for steps in [int(s) for s in args.steps.split(",")]:
         rec = build_model_for(cfg, {TASK: "generative"})
         started = time.perf_counter()
@@ -162,7 +160,7 @@ def main() -> None:
                     config,
                     scratch,
                     seed=cfg.seed,
-                    catalogue=read_catalogue(cfg),
+                    catalogue=catalogue,
                 )
                 trainer.train()
         auc = roc_auc_score(liked, margins(rec, valid))
