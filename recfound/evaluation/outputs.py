@@ -176,6 +176,13 @@ class ChoiceOutputs(RecordOutputs):
         return out
 
 
+def chooses_first(margin: np.ndarray | float, threshold: float) -> np.ndarray:
+    """The two-label decision rule, the one evaluation scores and serving answers with: the
+    first label where its margin over the second is strictly above ``threshold`` (a margin equal
+    to the threshold answers the second label)."""
+    return np.asarray(margin, dtype=np.float64) > threshold
+
+
 def _auc_or_nan(positive: np.ndarray, margin: np.ndarray) -> float:
     if positive.all() or not positive.any():
         return float("nan")  # a resample with one class has no AUC

@@ -65,6 +65,7 @@ from recfound.evaluation.outputs import (
     RankOutputs,
     RecordOutputs,
     TextOutputs,
+    chooses_first,
 )
 from recfound.layout import ITEMS_FILE, SPLIT_INTERACTIONS_FILE, TRAIN_INTERACTIONS_FILE
 from recfound.model.recmodel import RecModel
@@ -358,7 +359,7 @@ def decide_at(outputs: RecordOutputs, threshold: float) -> RecordOutputs:
     instead of the argmax; outputs without a two-label margin are returned as they are."""
     if not isinstance(outputs, ChoiceOutputs) or outputs.margin is None:
         return outputs
-    chosen = np.where(outputs.margin > threshold, 0, 1)
+    chosen = np.where(chooses_first(outputs.margin, threshold), 0, 1)
     return replace(outputs, predicted=chosen, threshold=float(threshold))
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recfound import artifacts
-from recfound.evaluation.outputs import ChoiceOutputs, RecordOutputs
+from recfound.evaluation.outputs import ChoiceOutputs, RecordOutputs, chooses_first
 
 DECISIONS_FILE = "decisions.json"
 
@@ -43,7 +43,7 @@ class LabelCut:
             return None
         first, second = (list(candidates).index(label) for label in self.labels)
         margin = float(scores[first]) - float(scores[second])
-        return first if margin > self.threshold else second
+        return first if chooses_first(margin, self.threshold) else second
 
 
 def cuts_from_records(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from recfound.evaluation.outputs import ChoiceOutputs, RankOutputs
+from recfound.evaluation.protocols import decide_at
 from recfound.evaluation.scores import records_document
 from recfound.layout import RECORDS_FILE
 from recfound.serving.decisions import (
@@ -48,6 +49,24 @@ def test_the_cut_chooses_between_the_two_labels_in_either_order() -> None:
     assert cut.choose(["no", "yes"], [-0.8, -0.4]) == 0
     assert cut.choose(["yes", "maybe"], [-0.1, -0.8]) is None  # not this task's labels
     assert cut.choose(["yes", "no", "maybe"], [-0.1, -0.8, -2.0]) is None
+
+
+def test_serving_answers_what_evaluation_scored_at_every_margin_ties_included() -> None:
+    """decide_at (the scored answers) and LabelCut.choose (the served ones) apply one rule; a
+    margin equal to the cut answers the second label in both."""
+    cut = LabelCut(("yes", "no"), threshold=0.25)
+    margins = np.array([-1.0, 0.0, 0.25, 0.2500001, 0.75])
+    outputs = ChoiceOutputs(
+        record=np.arange(len(margins)),
+        user_id=[str(i) for i in range(len(margins))],
+        labels=LABELS,
+        target=np.zeros(len(margins), dtype=np.int64),
+        predicted=np.zeros(len(margins), dtype=np.int64),
+        margin=margins,
+    )
+    scored = decide_at(outputs, cut.threshold).predicted.tolist()
+    served = [cut.choose(["yes", "no"], [float(m), 0.0]) for m in margins]
+    assert scored == served == [1, 1, 1, 0, 0]
 
 
 def test_cuts_come_from_the_model_tasks_decided_at_one(tmp_path: Path) -> None:
