@@ -13,13 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from recfound.config import ALL_TASKS, SOURCES, Config, ConfigError, load_config
-from recfound.errors import UserInputError
+from recfound.errors import (
+    EXIT_INVALID_DATA,
+    EXIT_USER_ERROR,
+    StageStopped,
+    UserInputError,
+)
 
 log = logging.getLogger("recfound")
-
-EXIT_USER_ERROR = 2
-EXIT_INVALID_DATA = 3
-EXIT_INTERRUPTED = 143  # 128 + SIGTERM, as a shell reports a terminated process
 
 
 def _stage(name: str) -> Callable[[Config, argparse.Namespace], None]:
@@ -361,23 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"recfound: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Exception as exc:
-        if _raised_by(exc, "recfound.train.trainer", "TrainingInterrupted"):
-            print(f"recfound: {exc}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        if _raised_by(exc, "recfound.validation.validate", "DataValidationError"):
-            print(f"recfound: data validation failed:\n{exc}", file=sys.stderr)
-            return EXIT_INVALID_DATA
-        raise
+    except StageStopped as exc:
+        print(f"recfound: {exc.headline}{exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
-
-
-def _raised_by(exc: Exception, module: str, name: str) -> bool:
-    """Whether ``exc`` is a ``module.name``. Only a loaded module can have raised one, so the
-    module is looked up, not imported: importing the trainer (torch, transformers) or the
-    validation (Great Expectations) for every command cost each stage seconds."""
-    loaded = sys.modules.get(module)
-    return loaded is not None and isinstance(exc, getattr(loaded, name))
 
 
 if __name__ == "__main__":

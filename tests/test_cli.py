@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recfound.cli import EXIT_INTERRUPTED, EXIT_INVALID_DATA, EXIT_USER_ERROR, STAGES, main
+from recfound.cli import STAGES, main
+from recfound.errors import EXIT_INTERRUPTED, EXIT_INVALID_DATA, EXIT_USER_ERROR
 from tests.conftest import file_digests, write_mini_project, write_ml100k_slice, write_params
 
 
@@ -95,6 +96,20 @@ def test_an_interrupted_stage_exits_143_and_other_errors_propagate(
     monkeypatch.setitem(STAGES, "train", (broken, *text))
     with pytest.raises(KeyError, match="not a user error"):
         main(["train"])
+
+
+def test_the_cli_knows_stopped_stages_without_importing_torch_or_great_expectations() -> None:
+    """The CLI recognises every stopped stage by the base in recfound.errors, so loading it
+    (every command does, `recfound --help` too) does not import the trainer's torch or the
+    validation's Great Expectations, which take seconds."""
+    code = (
+        "import sys, recfound.cli; "
+        "print(sorted(m for m in ('torch', 'great_expectations') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
 
 
 @pytest.mark.slow

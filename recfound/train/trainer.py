@@ -50,7 +50,7 @@ from accelerate import Accelerator, DistributedType
 from tqdm.auto import tqdm
 
 from recfound.config import TrainConfig
-from recfound.errors import UserInputError
+from recfound.errors import EXIT_INTERRUPTED, StageStopped, UserInputError
 from recfound.model.recmodel import RecModel
 from recfound.train.batches import BatchDrawer, StepBatch, TaskData
 from recfound.train.checkpoint import (
@@ -83,8 +83,10 @@ CHECKPOINTS = ("last", "best_generative", "best_embedding")
 PREFIX = "causal_lm."  # parameter names in DecoderStates: the causal LM's, under this prefix
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(StageStopped):
     """Training stopped on request (SIGTERM); the last checkpoint holds the progress."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class NonFiniteLossError(UserInputError):

@@ -6,8 +6,7 @@ builds GX's HTML data docs as the site ``report_dir/data_docs/<name>/``. Both va
 pipeline share one report directory, so ``report_dir/data_docs/index.html`` is a small page
 linking the sites present (``tables``, ``tasks``).
 
-Great Expectations is imported only when a validation runs: importing it takes seconds, and the
-CLI imports :class:`DataValidationError` on every command.
+Great Expectations is imported only when a validation runs: importing it takes seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import pandas as pd
 
 from recfound import artifacts
 from recfound.data.schema import Tables
-from recfound.errors import UserInputError
+from recfound.errors import EXIT_INVALID_DATA, StageStopped, UserInputError
 
 if TYPE_CHECKING:
     from great_expectations import ExpectationSuite
@@ -107,8 +106,11 @@ class ValidationReport:
         }
 
 
-class DataValidationError(Exception):
+class DataValidationError(StageStopped):
     """The data failed validation; the message is the report's summary."""
+
+    exit_code = EXIT_INVALID_DATA
+    headline = "data validation failed:\n"
 
     def __init__(self, report: ValidationReport) -> None:
         super().__init__(report.summary())

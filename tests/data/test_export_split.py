@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from recfound.cli import EXIT_USER_ERROR, main
+from recfound.cli import main
 from recfound.data.export import (
     ExportError,
     export_recbole_split,
@@ -16,6 +16,7 @@ from recfound.data.export import (
     read_recbole_split,
 )
 from recfound.data.splits import split_leave_one_out
+from recfound.errors import EXIT_USER_ERROR
 
 
 @pytest.fixture()

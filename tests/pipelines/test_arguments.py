@@ -14,8 +14,9 @@ from pipelines.arguments import (
     config_arguments,
     pipeline_arguments,
 )
-from recfound.cli import EXIT_USER_ERROR, main
+from recfound.cli import main
 from recfound.config import Config, ConfigError, load_config
+from recfound.errors import EXIT_USER_ERROR
 from tests.conftest import REPO_ROOT
 
 

@@ -9,9 +9,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from recfound.cli import EXIT_USER_ERROR, main
+from recfound.cli import main
 from recfound.config import load_config
 from recfound.device.runtime import DeviceModel
+from recfound.errors import EXIT_USER_ERROR
 from recfound.stages.register import run_register
 from tests.tracking.conftest import project_params, write_metrics
 

@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from recfound.cli import EXIT_USER_ERROR, main
+from recfound.cli import main
 from recfound.config import Config, RegistryConfig, load_config
-from recfound.errors import UserInputError
+from recfound.errors import EXIT_USER_ERROR, UserInputError
 from recfound.evaluation.outputs import RankOutputs
 from recfound.evaluation.scores import records_document
 from recfound.stages.register import PromotionRefused, run_promote, run_register
