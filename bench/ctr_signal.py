@@ -12,7 +12,9 @@ scored by AUC of the model's yes/no margin. This measures, on the task's **valid
   signals of the same model about the same user and item: the user2item similarity of the
   user's user2item prompt and the item's text, and the next-item log-probability of the item's
   identifier after the user's sequential_recommendation prompt (both rank *which items a user
-  rates*; ctr asks which of the rated ones they like);
+  rates*; ctr asks which of the rated ones they like), and its expected rating when the same
+  prompt asks rating_prediction's question instead of ctr's ("How would they rate … Answer with
+  a rating out of 5.": the same history, averages and item), alone and fused with the margin;
 - ``alone``: the pretrained backbone with a fresh adapter trained on ctr_prediction alone,
   ``--batch`` samples a step, at each of ``--steps`` (the trainer of `recfound train`, one task,
   uniform sampling): how the margin's AUC grows with the samples seen. In the default run ctr
@@ -99,6 +101,26 @@ def other_signals(rec, cfg, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
+def rating_question(rec, cfg, frame: pd.DataFrame) -> np.ndarray:
+    """The model's expected rating (rating_prediction's closed set, probability-weighted) of each
+    record's item, asked with rating_prediction's question in ctr's prompt."""
+    ratings = pd.read_parquet(f"{cfg.paths.tasks}/rating_prediction/train.parquet")
+    scale = [str(c) for c in ratings["candidates"].iloc[0]]
+    asked = frame.copy()
+    prompts = []
+    for prompt in frame["prompt"].astype(str):
+        if " Will they like " not in prompt or not prompt.endswith("? Answer yes or no."):
+            raise ValueError(f"not ctr's question: {prompt[-120:]!r}")
+        prompt = prompt.replace(" Will they like ", " How would they rate ", 1)
+        prompts.append(
+            prompt.removesuffix("Answer yes or no.") + f"Answer with a rating out of {scale[-1]}."
+        )
+    asked["prompt"] = prompts
+    asked["candidates"] = [scale] * len(asked)
+    asked["target"] = scale[-1]  # not scored: only the expected rating is read
+    return closed_set_outputs(rec, asked, "rating", "rating_prediction", (), 32).expected
+
+
 def zsum(values: np.ndarray) -> np.ndarray:
     return ((values - values.mean(0)) / values.std(0)).sum(1)
 
@@ -129,13 +151,19 @@ def main() -> None:
         },
     }
     merged = load_bundle(cfg.paths.backbone, cfg.paths.merged)
+    margin, expected = margins(merged, valid), rating_question(merged, cfg, valid)
     report["model"] = {
         "bundle": str(cfg.paths.merged),
-        "auc": roc_auc_score(liked, margins(merged, valid)),
+        "auc": roc_auc_score(liked, margin),
         **{
             f"{name}_auc": roc_auc_score(liked, values)
             for name, values in other_signals(merged, cfg, valid).items()
         },
+        "rating_question_expected_auc": roc_auc_score(liked, expected),
+        "rating_question_correlation_with_margin": float(np.corrcoef(margin, expected)[0, 1]),
+        "margin_and_rating_question_z_sum_auc": roc_auc_score(
+            liked, zsum(np.column_stack([margin, expected]))
+        ),
     }
     print("averages", report["averages"], "model", report["model"], flush=True)
     alone = []
