@@ -426,6 +426,11 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(default=50, ge=1)
     strategy: Literal["s2sched", "uniform", "proportional"] = "s2sched"
     s2sched: S2SchedConfig = Field(default_factory=S2SchedConfig)
+    task_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Task -> multiplier of its share of its group's samples (S2Sched and "
+        "proportional: its share of the data; uniform: its equal share); unnamed tasks 1.",
+    )
     bf16: bool = Field(
         default=True, description="bf16 autocast on GPUs (mixed precision); ignored on CPUs."
     )
@@ -439,6 +444,16 @@ class TrainConfig(_Section):
         description="torch.compile the forward module (the decoder and its adapters): faster "
         "steps on GPUs after a warm-up that compiles each new batch shape.",
     )
+
+    @field_validator("task_weights")
+    @classmethod
+    def _weights_of_known_tasks(cls, value: dict[str, float]) -> dict[str, float]:
+        for task, weight in value.items():
+            if task not in ALL_TASKS:
+                raise ValueError(f"unknown task {task!r}; allowed: {', '.join(ALL_TASKS)}")
+            if not weight > 0 or weight == float("inf"):
+                raise ValueError(f"{task}'s weight must be a positive number, got {weight}")
+        return value
 
     @model_validator(mode="after")
     def _blocks_fill_the_batch(self) -> TrainConfig:
@@ -787,6 +802,15 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
+
+    @model_validator(mode="after")
+    def _weights_of_enabled_tasks(self) -> Config:
+        idle = [t for t in self.train.task_weights if t not in self.tasks.enabled]
+        if idle:
+            raise ValueError(
+                f"train.task_weights names {', '.join(idle)}, which tasks.enabled does not list"
+            )
+        return self
 
 
 def dotted(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -49,6 +49,31 @@ def test_unknown_task_lists_allowed_tasks() -> None:
     assert "sequential_recommendation" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (
+            {"train": {"task_weights": {"ctr": 2.0}}},
+            r"train\.task_weights.*unknown task 'ctr'.*ctr_prediction",
+        ),
+        (
+            {"train": {"task_weights": {"ctr_prediction": 0}}},
+            r"ctr_prediction's weight must be a positive",
+        ),
+        (
+            {"tasks": {"enabled": ["user2item"]}, "train": {"task_weights": {"ctr_prediction": 2}}},
+            r"task_weights names ctr_prediction, which tasks\.enabled does not list",
+        ),
+    ],
+)
+def test_task_weights_name_enabled_tasks_and_positive_numbers(raw: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        parse_config(raw)
+    assert parse_config({"train": {"task_weights": {"ctr_prediction": 2}}}).train.task_weights == {
+        "ctr_prediction": 2.0
+    }
+
+
 def test_item_ids_names_the_key_and_the_allowed_values() -> None:
     assert parse_config({}).tasks.item_ids == "atomic"  # default scores do not move
     assert parse_config({"tasks": {"item_ids": "semantic"}}).tasks.item_ids == "semantic"

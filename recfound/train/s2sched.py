@@ -16,7 +16,8 @@ a group of K tasks, as CoBa and RecFound define them:
   balances speeds; when it flattens or turns upwards, DF drops and ACS takes over;
 - ``w_i = softmax_i(DF * RCS_i + (1 - DF) * ACS_i)`` (the final softmax).
 
-Then ``w_i`` is multiplied by the task's share of its group's data, renormalised inside the group,
+Then ``w_i`` is multiplied by the task's share of its group's data (times its ``task_weights``
+multiplier, 1 unless set), renormalised inside the group,
 floored (no task starves), renormalised and smoothed with an EMA. The result is each task's
 probability within its group for the next batches. Uniform and size-proportional sampling remain
 available for ablation (``strategy``).
@@ -56,6 +57,7 @@ class S2Scheduler:
     data_sizes: Mapping[str, int]
     params: S2SchedConfig = field(default_factory=S2SchedConfig)
     strategy: Strategy = "s2sched"
+    task_weights: Mapping[str, float] = field(default_factory=dict)
     initial_loss: dict[str, float] = field(default_factory=dict)
     ratios: dict[str, list[float]] = field(default_factory=dict)
     slopes: dict[str, list[float]] = field(default_factory=dict)
@@ -67,6 +69,9 @@ class S2Scheduler:
         unknown = set(self.task_kinds) ^ set(self.data_sizes)
         if unknown:
             raise ValueError(f"tasks without both a kind and a data size: {sorted(unknown)}")
+        idle = set(self.task_weights) - set(self.task_kinds)
+        if idle:
+            raise ValueError(f"task_weights of tasks not trained: {sorted(idle)}")
         if not self.weights:
             self.weights = self._base_weights()
 
@@ -80,15 +85,22 @@ class S2Scheduler:
             groups.setdefault(self.task_kinds[task], []).append(task)
         return groups
 
+    def _shares(self, members: list[str]) -> np.ndarray:
+        """Each member's data size times its weight (S2Sched and proportional sampling)."""
+        return np.array(
+            [self.data_sizes[t] * self.task_weights.get(t, 1.0) for t in members], dtype=float
+        )
+
     def _base_weights(self) -> dict[str, float]:
-        """Uniform or size-proportional probabilities, normalised inside each group."""
+        """Uniform or size-proportional probabilities (times ``task_weights``), normalised inside
+        each group."""
         out: dict[str, float] = {}
         for members in self._groups().values():
             if self.strategy == "uniform":
-                out.update({t: 1.0 / len(members) for t in members})
+                shares = np.array([self.task_weights.get(t, 1.0) for t in members])
             else:
-                total = sum(self.data_sizes[t] for t in members)
-                out.update({t: self.data_sizes[t] / total for t in members})
+                shares = self._shares(members)
+            out.update(dict(zip(members, (shares / shares.sum()).tolist(), strict=True)))
         return out
 
     def due(self, step: int) -> bool:
@@ -138,7 +150,7 @@ class S2Scheduler:
             df_soft = _softmax(-p.tau * n * w_hist / max(np.abs(w_hist).sum(), 1e-12))
             df = min(n * float(df_soft[-1]), 1.0)
             omega = _softmax(df * rcs + (1 - df) * acs)
-            share = np.array([self.data_sizes[t] for t in members], dtype=float)
+            share = self._shares(members)
             scored = omega * share / share.sum()
             scored /= scored.sum()
             floored = np.maximum(scored, p.floor)

@@ -173,6 +173,7 @@ class Trainer:
             data_sizes={t.name: len(t.train) for t in tasks},
             params=config.s2sched,
             strategy=config.strategy,
+            task_weights=config.task_weights,
         )
         self.batches = BatchDrawer(
             rec,

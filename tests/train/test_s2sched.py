@@ -25,6 +25,31 @@ def test_uniform_and_proportional_strategies() -> None:
     )
 
 
+def test_task_weights_multiply_a_tasks_share_in_every_strategy() -> None:
+    kinds = {"a": "generative", "b": "generative", "e": "embedding"}
+    sizes = {"a": 100, "b": 300, "e": 600}
+    weights = {"a": 3.0}
+    assert S2Scheduler(
+        kinds, sizes, strategy="uniform", task_weights=weights
+    ).weights == pytest.approx({"a": 0.75, "b": 0.25, "e": 1.0})
+    assert S2Scheduler(
+        kinds, sizes, strategy="proportional", task_weights=weights
+    ).weights == pytest.approx({"a": 0.5, "b": 0.5, "e": 1.0})
+    # S2Sched: the same losses, the weighted task's probability goes up by its multiplier's pull
+    params = S2SchedConfig(warmup_steps=0, update_every=1, window=3, floor=0.0, ema=0.0)
+    plain = S2Scheduler(kinds, sizes, params)
+    weighted = S2Scheduler(kinds, sizes, params, task_weights=weights)
+    for step in range(5):
+        losses = {"a": 1.0 - 0.1 * step, "b": 1.0 - 0.05 * step, "e": 0.9**step}
+        plain.observe(step, losses)
+        weighted.observe(step, losses)
+    odds = lambda w: w["a"] / w["b"]  # noqa: E731
+    assert odds(weighted.weights) == pytest.approx(3 * odds(plain.weights))
+    assert weighted.weights["e"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="not trained: \\['x'\\]"):
+        S2Scheduler(kinds, sizes, task_weights={"x": 2.0})
+
+
 def test_slow_task_gets_more_and_floor_holds() -> None:
     params = S2SchedConfig(warmup_steps=0, update_every=1, window=3, floor=0.05, ema=0.0)
     sched = S2Scheduler(
