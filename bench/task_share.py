@@ -1,4 +1,5 @@
-"""What a bigger share of the samples buys one task, and what it costs the others.
+"""What a bigger share of the samples buys one task (or another training setting buys), and what it
+costs the others.
 
 `recfound train` runs again on the pipeline's backbone with ``train.task_weights`` set by
 ``--weight TASK=MULTIPLIER`` (params.yaml's settings otherwise), then both its last checkpoint
@@ -6,12 +7,14 @@ and the pipeline's own (``paths.train``: the same run without the weight) answer
 **validation** records (the test records are not read): each task's score with its interval, the
 paired difference weighted − default, the samples each task was trained on, and each group's mean
 difference. With S2Sched the multiplier is a prior, not a quota: the scheduler still moves samples
-towards the tasks whose loss falls slowest.
+towards the tasks whose loss falls slowest. ``--set SECTION.KEY=VALUE`` changes any other setting
+of the second training the same way (e.g. ``--set train.answer_loss=sample``).
 
 Writes reports/bench/task_share.json and reports/bench/task_share.png. Needs `recfound train`
 first (about one train stage of time: 8 to 10 minutes on 2 cores).
 
     python bench/task_share.py [--weight ctr_prediction=2]
+    python bench/task_share.py --set train.answer_loss=sample --out reports/bench/answer_loss.json
 """
 
 from __future__ import annotations
@@ -54,10 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--weight", action="append", default=None, metavar="TASK=MULTIPLIER")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--out", default="reports/bench/task_share.json")
     args = parser.parse_args()
     weights = {}
-    for pair in args.weight or ["ctr_prediction=2"]:
+    for pair in args.weight or ([] if args.set else ["ctr_prediction=2"]):
         task, _, value = pair.partition("=")
         weights[task] = float(value)
     raw = yaml.safe_load(Path(args.params).read_text())
@@ -65,6 +69,15 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         raw["train"]["task_weights"] = {**raw["train"].get("task_weights", {}), **weights}
+        for setting in args.set:
+            key, _, value = setting.partition("=")
+            *sections, name = key.split(".")
+            target = raw
+            for section in sections:
+                if not isinstance(target.get(section), dict):
+                    parser.error(f"--set {setting}: params.yaml has no section {section!r}")
+                target = target[section]
+            target[name] = yaml.safe_load(value)  # parse_config names an unknown key
         raw["paths"]["train"] = f"{scratch}/train"
         raw["tracking"].update(
             tracking_uri=f"sqlite:///{scratch}/mlflow.db", artifact_location=f"{scratch}/mlruns"
@@ -89,6 +102,7 @@ def main() -> None:
     tasks = sorted(results[FULL_ROW]["tasks"])
     report = {
         "task_weights": weights,
+        "settings": args.set,
         "split": "valid",
         "train_seconds": round(train_seconds, 1),
         "tasks": {
@@ -126,9 +140,9 @@ def main() -> None:
         color=["tab:orange" if t in weights else "tab:blue" for t in rows],
     )
     axis.axvline(0, color="black", linewidth=0.8)
-    labels = ", ".join(f"{t} x{w:g}" for t, w in weights.items())
-    axis.set_xlabel("validation score, weighted − default (paired 95% interval)")
-    axis.set_title(f"train.task_weights {labels}: every task's change")
+    labels = ", ".join([f"{t} x{w:g}" for t, w in weights.items()] + args.set)
+    axis.set_xlabel("validation score, changed − default (paired 95% interval)")
+    axis.set_title(f"{labels}: every task's change")
     figure.tight_layout()
     figure.savefig(out.with_suffix(".png"), dpi=120)
     for task in tasks:

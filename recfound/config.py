@@ -403,6 +403,12 @@ class TrainConfig(_Section):
         description="Backpropagate through the catalogue negatives (false: they are embedded "
         "with the current weights but without gradients, about a third of their cost).",
     )
+    answer_loss: Literal["token", "sample"] = Field(
+        default="token",
+        description="How the generative answers' cross-entropy is averaged: token: over every "
+        "answer token of the step (a 48-token profile weighs 24 times a yes/no label); sample: "
+        "each sample's mean over its own answer tokens, averaged over the step's samples.",
+    )
     closed_set_weight: float = Field(
         default=1.0,
         ge=0,

@@ -242,20 +242,25 @@ class Trainer:
 
     def batch_loss(self, batch: StepBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of this process's share: summed answer-token cross-entropy over the mean number
-        of answer tokens per process, plus summed InfoNCE over the mean number of blocks per
-        process. Also the mean loss of each task in the share (for the curves)."""
+        of answer tokens per process (``answer_loss: sample``: summed per-sample means over the
+        mean number of samples per process), plus summed InfoNCE over the mean number of blocks
+        per process. Also the mean loss of each task in the share (for the curves)."""
         device = self.accelerator.device
         total = torch.zeros((), device=device)
         per_task: dict[str, list[float]] = {}
-        answer_tokens = 0.0
+        answer_units = 0.0  # what the answers' summed loss is averaged over
         closed = torch.zeros((), device=device)
         if batch.generative is not None:
             answer = self.rec.answer_tokens(
                 batch.generative, batch.generative_tasks, self.length_groups
             )
             generative = answer_loss(answer)
-            total = generative.total
-            answer_tokens = float(generative.tokens)
+            if self.config.answer_loss == "sample":
+                total = generative.per_sample.sum()
+                answer_units = float(len(batch.generative_tasks))
+            else:
+                total = generative.total
+                answer_units = float(generative.tokens)
             sample_loss = generative.per_sample.tolist()
             for task, value in zip(batch.generative_tasks, sample_loss, strict=True):
                 per_task.setdefault(task, []).append(value)
@@ -265,12 +270,12 @@ class Trainer:
             infonce.append(block_infonce(self.rec, block).loss)
             per_task.setdefault(block.task, []).append(float(infonce[-1].detach()))
         counts = torch.tensor(
-            [answer_tokens, float(len(infonce)), float(len(batch.choices))], device=device
+            [answer_units, float(len(infonce)), float(len(batch.choices))], device=device
         )
-        tokens_per_process, blocks_per_process, choices_per_process = self.accelerator.reduce(
+        units_per_process, blocks_per_process, choices_per_process = self.accelerator.reduce(
             counts, "mean"
         ).tolist()
-        total = total / max(tokens_per_process, 1.0)
+        total = total / max(units_per_process, 1.0)
         if batch.choices:
             total = total + self.config.closed_set_weight * closed / max(choices_per_process, 1.0)
         if infonce:

@@ -44,17 +44,22 @@ def _tasks_and_catalogue() -> tuple[list[TaskData], pd.DataFrame]:
     return tasks, catalogue
 
 
-def _old_batch_loss(trainer: Trainer, batch: StepBatch) -> torch.Tensor:
+def _old_batch_loss(trainer: Trainer, batch: StepBatch, per_sample: bool = False) -> torch.Tensor:
     """``Trainer.batch_loss`` as it was written before the loss terms moved to
-    ``recfound.train.losses`` (one process: the per-process means are the counts)."""
+    ``recfound.train.losses`` (one process: the per-process means are the counts); with
+    ``per_sample``, the answers' loss is the mean over samples of each one's token mean."""
     rec, device = trainer.rec, trainer.accelerator.device
     total = torch.zeros((), device=device)
     answer_tokens = torch.zeros((), device=device)
     closed = torch.zeros((), device=device)
     if batch.generative is not None:
         answer = rec.answer_tokens(batch.generative, batch.generative_tasks)
-        total = total - answer.logprobs.sum()
-        answer_tokens = answer.mask.sum().float()
+        if per_sample:
+            means = -answer.logprobs.sum(-1) / answer.mask.sum(-1)
+            total, answer_tokens = means.sum(), torch.tensor(float(len(means)))
+        else:
+            total = total - answer.logprobs.sum()
+            answer_tokens = answer.mask.sum().float()
         for row, tokens, target in batch.choices:
             within = torch.log_softmax(answer.first[row, tokens], dim=0)
             closed = closed - within[target]
@@ -86,6 +91,21 @@ def test_batch_loss_is_the_formula_it_replaced(tmp_path: Path, negatives_grad: b
         loss, _ = trainer.batch_loss(batch)
         torch.testing.assert_close(loss, _old_batch_loss(trainer, batch), rtol=1e-5, atol=1e-6)
         assert loss.requires_grad
+
+
+def test_answer_loss_per_sample_averages_each_samples_own_mean(tmp_path: Path) -> None:
+    """``train.answer_loss: sample``: every generative sample weighs the same, whatever the
+    length of its answer; the other terms do not change."""
+    tasks, catalogue = _tasks_and_catalogue()
+    config = tiny_train_config(catalogue_negatives=NEGATIVES, answer_loss="sample")
+    trainer = Trainer(tiny_model(tasks), tasks, config, tmp_path, seed=SEED, catalogue=catalogue)
+    batch = trainer.draw_batch()
+    lengths = (batch.generative["labels"] != -100).sum(-1)
+    assert lengths.min() < lengths.max()  # answers of different lengths: the two means differ
+    loss, _ = trainer.batch_loss(batch)
+    expected = _old_batch_loss(trainer, batch, per_sample=True)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert abs(float(loss) - float(_old_batch_loss(trainer, batch))) > 1e-3
 
 
 def test_training_and_validation_compute_one_infonce(tmp_path: Path) -> None:
