@@ -18,7 +18,7 @@ import pandas as pd
 from accelerate import PartialState
 
 from recfound import artifacts
-from recfound.config import Config
+from recfound.config import Config, ConfigError
 from recfound.data.datasets import TaskDataError, read_task_frames, task_kind
 from recfound.model.backbone import check_backbone_setting, load_backbone
 from recfound.model.build import AdapterSpec
@@ -45,6 +45,18 @@ def load_training_tasks(cfg: Config) -> list[TaskData]:
             continue
         tasks.append(TaskData(name, task_kind(splits), splits["train"], splits["valid"]))
     return tasks
+
+
+def check_task_weights(weights: dict[str, float], tasks: list[TaskData]) -> None:
+    """``train.task_weights`` may only name tasks that have training records (zero_shot, for
+    one, is evaluated only)."""
+    trained = sorted(t.name for t in tasks)
+    untrained = sorted(set(weights) - set(trained))
+    if untrained:
+        raise ConfigError(
+            f"train.task_weights names {', '.join(untrained)}, which has no training records; "
+            f"allowed: {', '.join(trained)}"
+        )
 
 
 def read_catalogue(cfg: Config) -> pd.DataFrame:
@@ -178,6 +190,7 @@ def train_adapters(
     (the train stage publishes them with its reports as one unit)."""
     check_backbone_setting(cfg.model.backbone)  # not silently the backbone already built
     tasks = load_training_tasks(cfg)
+    check_task_weights(cfg.train.task_weights, tasks)
     task_kinds = {t.name: t.kind for t in tasks}
     rec = build_model_for(cfg, task_kinds)
     accelerator = make_accelerator(cfg.train)
