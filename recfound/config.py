@@ -44,6 +44,12 @@ ALL_TASKS: tuple[str, ...] = EMBEDDING_TASKS + GENERATIVE_TASKS
 SOURCES: tuple[str, ...] = ("ml-100k", "recbole_atomic", "amazon_jsonl")
 
 
+def _known_task(task: str) -> None:
+    """A setting keyed by task names one of :data:`ALL_TASKS`."""
+    if task not in ALL_TASKS:
+        raise ValueError(f"unknown task {task!r}; allowed: {', '.join(ALL_TASKS)}")
+
+
 class ConfigError(UserInputError):
     """A value in params.yaml is wrong; the message says which key and what is allowed."""
 
@@ -455,9 +461,8 @@ class TrainConfig(_Section):
     @classmethod
     def _weights_of_known_tasks(cls, value: dict[str, float]) -> dict[str, float]:
         for task, weight in value.items():
-            if task not in ALL_TASKS:
-                raise ValueError(f"unknown task {task!r}; allowed: {', '.join(ALL_TASKS)}")
-            if not weight > 0 or weight == float("inf"):
+            _known_task(task)
+            if weight <= 0:  # inf and nan never get here (allow_inf_nan=False)
                 raise ValueError(f"{task}'s weight must be a positive number, got {weight}")
         return value
 
@@ -583,8 +588,7 @@ class EvaluateConfig(_Section):
     @classmethod
     def _fusable(cls, value: dict[str, str]) -> dict[str, str]:
         for task, partner in value.items():
-            if task not in ALL_TASKS:
-                raise ValueError(f"unknown task {task!r}; allowed: {', '.join(ALL_TASKS)}")
+            _known_task(task)
             if partner != "bm25" and partner not in EMBEDDING_TASKS:
                 raise ValueError(
                     f"{task} is fused with {partner!r}; allowed: bm25 (retrieval tasks) or an "
