@@ -1,10 +1,13 @@
 """Whether two evaluations gave the same scores: every value of ``reports/metrics.json`` at a git
 revision against the working tree's, run ids and timings aside.
 
-    python bench/compare_metrics.py REV [--file reports/metrics.json]
+    python bench/compare_metrics.py REV [--file reports/metrics.json] [--atol 1e-4]
 
-Prints the number of differing values and the first 30 (path and both values); exits 1 when any
-differ. Used to show that a pure restructuring left the default pipeline's scores unchanged.
+Prints the number of differing values and the first 30 (path and both values), and the largest
+difference between two numbers; exits 1 when any differ. Used to show that a pure restructuring
+left the default pipeline's scores unchanged (the default: exactly equal), and with ``--atol``
+that a run on another machine, where only float rounding differs, gave the same scores within
+that absolute tolerance.
 """
 
 from __future__ import annotations
@@ -19,33 +22,62 @@ from typing import Any
 IGNORED = frozenset({"mlflow_run_id", "seconds", "model_seconds", "records_file"})
 
 
-def differences(a: Any, b: Any, path: tuple = ()) -> list[tuple[str, Any, Any]]:
-    """Every leaf where ``a`` and ``b`` differ, as (path, a's value, b's value)."""
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def differences(a: Any, b: Any, path: tuple = (), atol: float = 0.0) -> list[tuple[str, Any, Any]]:
+    """Every leaf where ``a`` and ``b`` differ (two numbers: by more than ``atol``), as
+    (path, a's value, b's value)."""
     if isinstance(a, dict) and isinstance(b, dict):
         found = []
         for key in sorted(set(a) | set(b), key=str):
             if key in IGNORED:
                 continue
-            found += differences(a.get(key), b.get(key), (*path, key))
+            found += differences(a.get(key), b.get(key), (*path, key), atol)
         return found
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [
             d
             for i, (x, y) in enumerate(zip(a, b, strict=True))
-            for d in differences(x, y, (*path, i))
+            for d in differences(x, y, (*path, i), atol)
         ]
+    if _number(a) and _number(b) and abs(a - b) <= atol:
+        return []
     return [] if a == b else [("/".join(map(str, path)), a, b)]
+
+
+def largest_difference(a: Any, b: Any, path: tuple = ()) -> tuple[float, str]:
+    """The largest ``|a - b|`` over the numbers both hold at the same place, and where."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        pairs = [(a[k], b[k], (*path, k)) for k in a if k in b and k not in IGNORED]
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        pairs = [(x, y, (*path, i)) for i, (x, y) in enumerate(zip(a, b, strict=True))]
+    elif _number(a) and _number(b):
+        return abs(float(a) - float(b)), "/".join(map(str, path))
+    else:
+        return 0.0, ""
+    return max((largest_difference(x, y, p) for x, y, p in pairs), default=(0.0, ""))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare the working tree's file with")
     parser.add_argument("--file", default="reports/metrics.json")
+    parser.add_argument(
+        "--atol", type=float, default=0.0, help="two numbers this close count as equal"
+    )
     args = parser.parse_args()
     before = json.loads(subprocess.check_output(["git", "show", f"{args.rev}:{args.file}"]))
     after = json.loads(Path(args.file).read_text())
-    found = differences(before, after)
-    print(f"{len(found)} differing values between {args.rev}:{args.file} and the working tree")
+    found = differences(before, after, atol=args.atol)
+    within = f" (beyond {args.atol:g})" if args.atol else ""
+    print(
+        f"{len(found)} differing values{within} between {args.rev}:{args.file} and the working tree"
+    )
+    largest, where = largest_difference(before, after)
+    if where:
+        print(f"largest difference between two numbers: {largest:.3g} at {where}")
     for path, old, new in found[:30]:
         print(f"  {path}: {old!r} -> {new!r}")
     return 1 if found else 0
