@@ -26,38 +26,22 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def differences(a: Any, b: Any, path: tuple = (), atol: float = 0.0) -> list[tuple[str, Any, Any]]:
-    """Every leaf where ``a`` and ``b`` differ (two numbers: by more than ``atol``), as
-    (path, a's value, b's value)."""
+def differences(a: Any, b: Any, path: tuple = ()) -> list[tuple[str, Any, Any]]:
+    """Every leaf where ``a`` and ``b`` differ, as (path, a's value, b's value)."""
     if isinstance(a, dict) and isinstance(b, dict):
         found = []
         for key in sorted(set(a) | set(b), key=str):
             if key in IGNORED:
                 continue
-            found += differences(a.get(key), b.get(key), (*path, key), atol)
+            found += differences(a.get(key), b.get(key), (*path, key))
         return found
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [
             d
             for i, (x, y) in enumerate(zip(a, b, strict=True))
-            for d in differences(x, y, (*path, i), atol)
+            for d in differences(x, y, (*path, i))
         ]
-    if _number(a) and _number(b) and abs(a - b) <= atol:
-        return []
     return [] if a == b else [("/".join(map(str, path)), a, b)]
-
-
-def largest_difference(a: Any, b: Any, path: tuple = ()) -> tuple[float, str]:
-    """The largest ``|a - b|`` over the numbers both hold at the same place, and where."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        pairs = [(a[k], b[k], (*path, k)) for k in a if k in b and k not in IGNORED]
-    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        pairs = [(x, y, (*path, i)) for i, (x, y) in enumerate(zip(a, b, strict=True))]
-    elif _number(a) and _number(b):
-        return abs(float(a) - float(b)), "/".join(map(str, path))
-    else:
-        return 0.0, ""
-    return max((largest_difference(x, y, p) for x, y, p in pairs), default=(0.0, ""))
 
 
 def main() -> int:
@@ -70,13 +54,17 @@ def main() -> int:
     args = parser.parse_args()
     before = json.loads(subprocess.check_output(["git", "show", f"{args.rev}:{args.file}"]))
     after = json.loads(Path(args.file).read_text())
-    found = differences(before, after, atol=args.atol)
+    exact = differences(before, after)
+    numeric = [(abs(x - y), path) for path, x, y in exact if _number(x) and _number(y)]
+    found = [
+        d for d in exact if not (_number(d[1]) and _number(d[2]) and abs(d[1] - d[2]) <= args.atol)
+    ]
     within = f" (beyond {args.atol:g})" if args.atol else ""
     print(
         f"{len(found)} differing values{within} between {args.rev}:{args.file} and the working tree"
     )
-    largest, where = largest_difference(before, after)
-    if where:
+    if numeric:
+        largest, where = max(numeric)
         print(f"largest difference between two numbers: {largest:.3g} at {where}")
     for path, old, new in found[:30]:
         print(f"  {path}: {old!r} -> {new!r}")

@@ -19,6 +19,7 @@ outputs; about 10 minutes per seed on 2 cores (train 8, merge 2).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -39,7 +40,6 @@ from recfound.merge.from_config import merge_from_config  # noqa: E402
 from recfound.model.bundle import load_bundle, read_spec  # noqa: E402
 from recfound.stages.ablate import (  # noqa: E402
     FULL_ROW,
-    matched_lora_rank,
     seeded_name,
     train_variant,
     variant_config,
@@ -133,14 +133,15 @@ def floors_of(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def train_and_score(cfg, raw: dict, seed: int, scratch: str, trained) -> tuple[dict, float]:
     """The full method trained and merged with ``seed``, and its test evaluation document."""
-    run_raw = json.loads(json.dumps(raw))
+    run_raw = copy.deepcopy(raw)
     run_raw["paths"]["train"] = f"{scratch}/train"
     run_raw["tracking"].update(
         tracking_uri=f"sqlite:///{scratch}/mlflow.db", artifact_location=f"{scratch}/mlruns"
     )
     base = parse_config(run_raw)
-    spec, _ = read_spec(cfg.paths.merged)
-    variant = variant_config(base, FULL_ROW, matched_lora_rank(base, spec.task_kinds), seed)
+    # the full method's own adapter: a LoRA default keeps its configured rank (the ablation's
+    # matched rank is for its LoRA rows)
+    variant = variant_config(base, FULL_ROW, base.model.lora.rank, seed)
     name = seeded_name(FULL_ROW, seed)
     started = time.perf_counter()
     train_variant(variant, name)
