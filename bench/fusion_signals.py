@@ -33,7 +33,7 @@ from recfound import artifacts
 from recfound.config import load_config
 from recfound.data.datasets import read_task_frames
 from recfound.evaluation.baseline_predictions import baseline_outputs
-from recfound.evaluation.model_predictions import fused_scores
+from recfound.evaluation.model_predictions import embedding_scores, fused_scores, user_prompts
 from recfound.evaluation.outputs import BootstrapSettings, compare
 from recfound.evaluation.protocols import (
     assign_protocols,
@@ -63,18 +63,11 @@ def conversation_signals(rec, data, cfg) -> dict[str, Any]:
     tokens = catalogue_tokens(data.items) or []
     size = cfg.evaluate.batch_size
 
-    def by_user(task: str) -> list[str]:
-        other = data.frames[task]
-        prompt_of = dict(
-            zip(other["user_id"].astype(str), other["prompt"].astype(str), strict=True)
-        )
-        return [prompt_of[u] for u in users]
-
     ids = rec.catalogue_scores(prompts, tokens, CONVERSATION, size).numpy()
     ids_next = rec.catalogue_scores(prompts, tokens, NEXT_ITEM, size).numpy()
-    next_prompt = rec.catalogue_scores(by_user(NEXT_ITEM), tokens, NEXT_ITEM, size).numpy()
-    documents = rec.embed(data.items["text"].astype(str).tolist(), USER, batch_size=size)
-    embedding = (rec.embed(by_user(USER), USER, batch_size=size) @ documents.T).float().numpy()
+    next_prompts = user_prompts(data, NEXT_ITEM, users, prompts)
+    next_prompt = rec.catalogue_scores(next_prompts, tokens, NEXT_ITEM, size).numpy()
+    embedding = embedding_scores(rec, data, user_prompts(data, USER, users, prompts), USER, size)
     combinations = {
         "ids alone": ids,
         "ids under the next-item adapter": ids_next,

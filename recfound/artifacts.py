@@ -74,6 +74,11 @@ def write_text(path: str | Path, text: str) -> None:
     _write_via_temp(Path(path), lambda tmp: tmp.write_text(text))
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a binary file atomically."""
+    _write_via_temp(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
     """Write a DataFrame as parquet, atomically."""
     _write_via_temp(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))

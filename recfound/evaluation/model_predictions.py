@@ -48,6 +48,34 @@ def teacher_forced_counts(
     return answer.correct.sum(dim=1).cpu().numpy(), answer.mask.sum(dim=1).cpu().numpy()
 
 
+def user_prompts(
+    data: EvalSet, task: str, users: Sequence[str], fallback: Sequence[str]
+) -> list[str]:
+    """Each user's prompt in ``task``'s records (the record's own prompt, from ``fallback``, where
+    the user has none there)."""
+    frame = data.frames[task]
+    prompt_of = dict(zip(frame["user_id"].astype(str), frame["prompt"].astype(str), strict=True))
+    return [prompt_of.get(u, p) for u, p in zip(users, fallback, strict=True)]
+
+
+def embedding_scores(
+    rec: RecModel,
+    data: EvalSet,
+    texts: list[str],
+    task: str,
+    batch_size: int,
+    documents: dict[str, torch.Tensor] | None = None,
+) -> np.ndarray:
+    """Scores of every catalogue item for each of ``texts`` by ``task``'s embedding (the item
+    embeddings are computed once per task into ``documents``)."""
+    documents = {} if documents is None else documents
+    if task not in documents:
+        item_texts = data.items["text"].astype(str).tolist()
+        documents[task] = rec.embed(item_texts, task, batch_size=batch_size)
+    queries = rec.embed(texts, task, batch_size=batch_size)
+    return (queries @ documents[task].T).float().cpu().numpy()
+
+
 def model_outputs(
     rec: RecModel,
     data: EvalSet,
@@ -72,11 +100,6 @@ def model_outputs(
     """
     fusion = dict(fusion or {})
     alone = {} if alone is None else alone
-    by_user = {
-        partner: dict(zip(f["user_id"].astype(str), f["prompt"].astype(str), strict=True))
-        for partner in set(fusion.values())
-        if (f := data.frames.get(partner)) is not None
-    }
     rec.model.eval()
     protocols = dict(protocols or assign_protocols(data, rec))
     item_index = data.item_index
@@ -93,10 +116,7 @@ def model_outputs(
         targets = frame["target"].astype(str).tolist()
         if protocol in FULL_RANKING_PROTOCOLS:
             if protocol == "retrieval":
-                if task not in documents:
-                    documents[task] = rec.embed(item_texts, task, batch_size=batch_size)
-                queries = rec.embed(prompts, task, batch_size=batch_size)
-                scores = (queries @ documents[task].T).float().cpu().numpy()
+                scores = embedding_scores(rec, data, prompts, task, batch_size, documents)
                 partner = None
                 if fusion.get(name) == "bm25":
                     partner = BM25Ranker(item_texts).scores(prompts)
@@ -104,14 +124,11 @@ def model_outputs(
                 tokens = catalogue_tokens(data.items) or []
                 scores = rec.catalogue_scores(prompts, tokens, task, batch_size).numpy()
                 partner = None
-                if fusion.get(name) in by_user:
-                    other = fusion[name]
-                    if other not in documents:
-                        documents[other] = rec.embed(item_texts, other, batch_size=batch_size)
+                other = fusion.get(name, "")
+                if other in data.frames:
                     users = frame["user_id"].astype(str).tolist()
-                    texts = [by_user[other].get(u, p) for u, p in zip(users, prompts, strict=True)]
-                    queries = rec.embed(texts, other, batch_size=batch_size)
-                    partner = (queries @ documents[other].T).float().cpu().numpy()
+                    texts = user_prompts(data, other, users, prompts)
+                    partner = embedding_scores(rec, data, texts, other, batch_size, documents)
             histories = record_histories(frame, earlier)
             if partner is not None:  # the single path's ranking, reported beside the fused one
                 alone[name] = full_ranking_outputs(

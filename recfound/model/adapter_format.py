@@ -17,17 +17,14 @@ adapter (its own config; what ``save_pretrained`` writes and ``from_pretrained``
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from recfound import artifacts
 from recfound.errors import UserInputError
@@ -41,19 +38,18 @@ class AdapterLoadError(UserInputError):
     """An adapter directory is missing, damaged, or was saved for another model."""
 
 
-def save_file_atomically(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
-) -> None:
-    """``safetensors`` save to a temporary sibling, then ``os.replace`` (never a half file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """The ``safetensors`` file of ``tensors`` with its header's metadata in sorted key order.
+
+    ``safetensors`` writes the metadata from a hash map whose order changes from process to
+    process, so equal tensors would make files (and DVC hashes) that differ from run to run."""
+    raw = save(dict(tensors), metadata=dict(metadata))
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the tensors' data stays 8-byte aligned, as safetensors pads
+    return len(text).to_bytes(8, "little") + text + raw[8 + length :]
 
 
 def save_adapter(
@@ -74,10 +70,11 @@ def save_adapter(
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
     metadata = {"adapter_type": adapter_type, "format_version": str(FORMAT_VERSION)}
+    data = safetensors_bytes(tensors, metadata)
     if staged:
-        save_file(tensors, directory / WEIGHTS_FILE, metadata=metadata)
+        (directory / WEIGHTS_FILE).write_bytes(data)
     else:
-        save_file_atomically(tensors, directory / WEIGHTS_FILE, metadata)
+        artifacts.write_bytes(directory / WEIGHTS_FILE, data)
     write_adapter_config(directory, adapter_type, config, info, staged=staged)
     return directory
 

@@ -18,12 +18,13 @@ import pandas as pd
 from accelerate import PartialState
 
 from recfound import artifacts
-from recfound.config import Config, ConfigError
+from recfound.config import Config
 from recfound.data.datasets import TaskDataError, read_task_frames, task_kind
 from recfound.model.backbone import check_backbone_setting, load_backbone
 from recfound.model.build import AdapterSpec
 from recfound.model.bundle import ModelSpec, build_from_spec, write_spec
 from recfound.model.recmodel import RecModel
+from recfound.train.s2sched import check_task_weights
 from recfound.train.trainer import TaskData, Trainer, TrainResult, make_accelerator
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,6 @@ def load_training_tasks(cfg: Config) -> list[TaskData]:
             continue
         tasks.append(TaskData(name, task_kind(splits), splits["train"], splits["valid"]))
     return tasks
-
-
-def check_task_weights(weights: dict[str, float], tasks: list[TaskData]) -> None:
-    """``train.task_weights`` may only name tasks that have training records (zero_shot, for
-    one, is evaluated only)."""
-    trained = sorted(t.name for t in tasks)
-    untrained = sorted(set(weights) - set(trained))
-    if untrained:
-        raise ConfigError(
-            f"train.task_weights names {', '.join(untrained)}, which has no training records; "
-            f"allowed: {', '.join(trained)}"
-        )
 
 
 def read_catalogue(cfg: Config) -> pd.DataFrame:
@@ -190,7 +179,7 @@ def train_adapters(
     (the train stage publishes them with its reports as one unit)."""
     check_backbone_setting(cfg.model.backbone)  # not silently the backbone already built
     tasks = load_training_tasks(cfg)
-    check_task_weights(cfg.train.task_weights, tasks)
+    check_task_weights(cfg.train.task_weights, (t.name for t in tasks))
     task_kinds = {t.name: t.kind for t in tasks}
     rec = build_model_for(cfg, task_kinds)
     accelerator = make_accelerator(cfg.train)

@@ -25,13 +25,13 @@ available for ablation (``strategy``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from recfound.config import S2SchedConfig
+from recfound.config import ConfigError, S2SchedConfig
 
 Strategy = Literal["s2sched", "uniform", "proportional"]
 
@@ -47,6 +47,18 @@ def _slope(values: list[float]) -> float:
     x = np.arange(len(y), dtype=float)
     x -= x.mean()
     return float((x * (y - y.mean())).sum() / max((x * x).sum(), 1e-12))
+
+
+def check_task_weights(weights: Mapping[str, float], trained: Iterable[str]) -> None:
+    """``train.task_weights`` may only name tasks that have training records (zero_shot, for
+    one, is evaluated only)."""
+    trained = sorted(trained)
+    untrained = sorted(set(weights) - set(trained))
+    if untrained:
+        raise ConfigError(
+            f"train.task_weights names {', '.join(untrained)}, which has no training records; "
+            f"allowed: {', '.join(trained)}"
+        )
 
 
 @dataclass
@@ -69,9 +81,7 @@ class S2Scheduler:
         unknown = set(self.task_kinds) ^ set(self.data_sizes)
         if unknown:
             raise ValueError(f"tasks without both a kind and a data size: {sorted(unknown)}")
-        idle = set(self.task_weights) - set(self.task_kinds)
-        if idle:
-            raise ValueError(f"task_weights of tasks not trained: {sorted(idle)}")
+        check_task_weights(self.task_weights, self.task_kinds)
         if not self.weights:
             self.weights = self._base_weights()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load
 
 from recfound.config import LoRAParams, OptionParams
 from recfound.model.adapter_format import (
@@ -17,6 +18,7 @@ from recfound.model.adapter_format import (
     WEIGHTS_FILE,
     AdapterLoadError,
     adapter_parameters,
+    safetensors_bytes,
 )
 from recfound.model.backbone import load_backbone
 from recfound.model.build import AdapterSpec
@@ -118,3 +120,22 @@ def test_a_bundle_of_each_adapter_kind_is_the_same_format(
     resumed = load_bundle(backbone, tmp_path / "last")
     assert torch.equal(resumed.embed(texts, "match"), rec.embed(texts, "match"))
     assert read_checkpoint(tmp_path / "last")[0].keys() == tensors.keys()
+
+
+def test_weights_files_of_equal_tensors_are_equal_bytes() -> None:
+    """safetensors orders the header's metadata by a per-process hash map; the adapter format
+    sorts it, so equal tensors give an equal file (and DVC hash) on every run. With a dozen keys
+    an unsorted writer would put them in sorted order once in 12! tries."""
+    tensors = {"b.weight": torch.randn(3, 2), "a": torch.arange(5)}
+    metadata = {f"key{i:02d}": f"value {i}" for i in reversed(range(12))}
+    data = safetensors_bytes(tensors, metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    assert list(header["__metadata__"]) == sorted(metadata)
+    assert (8 + length) % 8 == 0
+    shuffled = safetensors_bytes(dict(reversed(tensors.items())), dict(sorted(metadata.items())))
+    assert data == shuffled
+    loaded = load(data)
+    assert loaded.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert torch.equal(loaded[name], tensor)

@@ -11,7 +11,8 @@ import pytest
 from recfound.config import ConfigError
 from recfound.model.backbone import train_bpe_tokenizer
 from recfound.model.recmodel import answer_ids, answer_rows
-from recfound.train.from_config import check_task_weights, count_cut_records, warn_cut_records
+from recfound.train.from_config import count_cut_records, warn_cut_records
+from recfound.train.s2sched import check_task_weights
 from tests.train.tiny import tiny_tasks
 
 
@@ -73,6 +74,6 @@ def test_a_short_max_length_is_warned_naming_the_key_and_counts(
 def test_task_weights_of_a_task_without_training_records_are_named(tasks_and_tokenizer) -> None:
     tasks, _ = tasks_and_tokenizer
     names = [t.name for t in tasks]
-    check_task_weights({names[0]: 2.0}, tasks)  # a trained task: fine
+    check_task_weights({names[0]: 2.0}, names)  # a trained task: fine
     with pytest.raises(ConfigError, match=r"train\.task_weights names zero_shot, which has no"):
-        check_task_weights({"zero_shot": 2.0, names[0]: 2.0}, tasks)
+        check_task_weights({"zero_shot": 2.0, names[0]: 2.0}, names)
