@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from profile_signal import profile_fields, profile_text
 from sklearn.metrics import roc_auc_score
 
 from recfound import artifacts
@@ -102,19 +103,12 @@ def conversation_signals(rec, data, cfg) -> dict[str, Any]:
 def profile_signals(rec, data, cfg, ks=(10, 25, 50, 100)) -> dict[str, Any]:
     train = read_task_frames(cfg.paths.tasks, splits=("train",))[PROFILE]["train"]
     frame, users_frame = data.frames[PROFILE], data.frames[USER]
-
-    def fields(target: str) -> dict[str, str]:
-        return dict(part.split(": ", 1) for part in target.split("; "))
-
-    profiles = [fields(t) for t in train["target"]]
+    profiles = [profile_fields(t) for t in train["target"]]
     keys = list(profiles[0])
     values = {k: sorted({p[k] for p in profiles}) for k in keys}
     modes = {k: Counter(p[k] for p in profiles).most_common(1)[0][0] for k in keys}
     majority = Counter(train["target"]).most_common(1)[0][0]
     targets = frame["target"].astype(str).tolist()
-
-    def compose(chosen: dict[str, str]) -> str:
-        return "; ".join(f"{k}: {chosen[k]}" for k in keys)
 
     def f1(answers: list[str]) -> float:
         return float(np.mean([token_f1(t, a) for t, a in zip(targets, answers, strict=True)]))
@@ -134,13 +128,13 @@ def profile_signals(rec, data, cfg, ks=(10, 25, 50, 100)) -> dict[str, Any]:
         for scores in similarity:
             nearest = np.argsort(-scores)[:k]
             answers.append(
-                compose(
+                profile_text(
                     {f: Counter(profiles[j][f] for j in nearest).most_common(1)[0][0] for f in keys}
                 )
             )
         neighbours[str(k)] = {"token_f1": f1(answers), "distinct_answers": len(set(answers))}
     prompts = frame["prompt"].astype(str).tolist()
-    fields_of_truth = [fields(t) for t in targets]
+    fields_of_truth = [profile_fields(t) for t in targets]
     model_fields, prefix = {}, ""
     for key in keys:
         candidates = [[f"{prefix}{key}: {v}" for v in values[key]] for _ in prompts]
@@ -162,7 +156,10 @@ def profile_signals(rec, data, cfg, ks=(10, 25, 50, 100)) -> dict[str, Any]:
     return {
         "records": len(frame),
         "majority": {"answer": majority, "token_f1": f1([majority] * len(frame))},
-        "field_modes": {"answer": compose(modes), "token_f1": f1([compose(modes)] * len(frame))},
+        "field_modes": {
+            "answer": profile_text(modes),
+            "token_f1": f1([profile_text(modes)] * len(frame)),
+        },
         "user2item_neighbours": neighbours,
         "model_field_probabilities": model_fields,
     }

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file
+from scratch import point_at_scratch
 
 from recfound import artifacts
 from recfound.config import parse_config
@@ -167,12 +168,8 @@ def pretrain_quality(raw: dict, share: int, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         raw["model"]["builtin"]["share_layers"] = share
         raw["pretrain"].update(steps=args.steps, eval_every=args.steps)
-        raw["paths"].update(
-            tasks=args.tasks, backbone=f"{scratch}/backbone", reports=f"{scratch}/reports"
-        )
-        raw["tracking"].update(
-            tracking_uri=f"sqlite:///{scratch}/mlflow.db", artifact_location=f"{scratch}/mlruns"
-        )
+        raw["paths"]["tasks"] = args.tasks
+        point_at_scratch(raw, scratch, "backbone", "reports")
         started = time.perf_counter()
         metrics = run_pretrain(parse_config(raw, origin=args.params))
     keys = (

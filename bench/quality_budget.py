@@ -33,6 +33,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from scratch import point_at_scratch  # noqa: E402
 
 from recfound import artifacts  # noqa: E402
 from recfound.config import parse_config  # noqa: E402
@@ -132,10 +133,7 @@ def main() -> None:
     default_steps = int(raw["pretrain"]["steps"])
     with tempfile.TemporaryDirectory() as scratch:
         raw["pretrain"].update(steps=args.steps, eval_every=args.every, keep_best=False)
-        raw["paths"].update(backbone=f"{scratch}/backbone", reports=f"{scratch}/reports")
-        raw["tracking"].update(
-            tracking_uri=f"sqlite:///{scratch}/mlflow.db", artifact_location=f"{scratch}/mlruns"
-        )
+        point_at_scratch(raw, scratch, "backbone", "reports")
         metrics = run_pretrain(parse_config(raw, origin=args.params))
         curve = json.loads(Path(f"{scratch}/reports/plots/pretrain_heldout_loss.json").read_text())
     document = {

@@ -32,6 +32,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from scratch import point_at_scratch  # noqa: E402
 
 from recfound import artifacts  # noqa: E402
 from recfound.config import parse_config  # noqa: E402
@@ -134,10 +135,7 @@ def floors_of(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def train_and_score(cfg, raw: dict, seed: int, scratch: str, trained) -> tuple[dict, float]:
     """The full method trained and merged with ``seed``, and its test evaluation document."""
     run_raw = copy.deepcopy(raw)
-    run_raw["paths"]["train"] = f"{scratch}/train"
-    run_raw["tracking"].update(
-        tracking_uri=f"sqlite:///{scratch}/mlflow.db", artifact_location=f"{scratch}/mlruns"
-    )
+    point_at_scratch(run_raw, scratch, "train")
     base = parse_config(run_raw)
     # the full method's own adapter: a LoRA default keeps its configured rank (the ablation's
     # matched rank is for its LoRA rows)

@@ -30,6 +30,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from scratch import point_at_scratch  # noqa: E402
 
 from recfound import artifacts  # noqa: E402
 from recfound.config import parse_config  # noqa: E402
@@ -78,10 +79,7 @@ def main() -> None:
                     parser.error(f"--set {setting}: params.yaml has no section {section!r}")
                 target = target[section]
             target[name] = yaml.safe_load(value)  # parse_config names an unknown key
-        raw["paths"]["train"] = f"{scratch}/train"
-        raw["tracking"].update(
-            tracking_uri=f"sqlite:///{scratch}/mlflow.db", artifact_location=f"{scratch}/mlruns"
-        )
+        point_at_scratch(raw, scratch, "train")
         variant = parse_config(raw)  # the weights are checked like params.yaml's
         started = time.perf_counter()
         train_adapters(variant)
