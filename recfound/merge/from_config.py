@@ -19,7 +19,10 @@ says the merge was not confirmed. Test records are never looked at.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,6 +78,27 @@ def split_validation(data: EvalSet, seed: int) -> tuple[EvalSet, EvalSet]:
     )
 
 
+def selection_digest(data: EvalSet, scoring: Mapping[str, object]) -> str:
+    """A digest of what the merge objective scores on: every task's selection records (their
+    keys and content), the catalogue and interactions they are ranked against, and the scoring
+    settings. The study's name carries it, so a changed ``merge.max_per_task``, rebuilt
+    validation data or other ``ks`` start a new study instead of mixing its trials' values with
+    values scored on other records."""
+    digest = hashlib.sha256(json.dumps(dict(scoring), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(data.train_targets, sort_keys=True).encode())
+    tables = {
+        **{f"task:{t}": data.frames[t] for t in sorted(data.frames)},
+        "items": data.items,
+        "train_interactions": data.train_interactions,
+        "interactions": data.interactions,
+    }
+    for name, table in tables.items():
+        if table is not None:
+            digest.update(name.encode())
+            digest.update(table.to_json(orient="split", default_handler=str).encode())
+    return digest.hexdigest()[:16]
+
+
 def merge_from_config(cfg: Config) -> dict:
     spec, _ = read_spec(cfg.paths.train)
     checkpoints = read_checkpoint_tensors(cfg.paths.train, cfg.merge.checkpoints)
@@ -127,6 +151,9 @@ def merge_from_config(cfg: Config) -> dict:
             density_min=cfg.merge.density_min,
             seed=cfg.seed,
             storage=study_storage(cfg),
+            scored_on=selection_digest(
+                select, {"max_new_tokens": cfg.evaluate.max_new_tokens, "ks": cfg.evaluate.ks}
+            ),
             on_trial=on_trial,
         )
         best_single = max(single_objective, key=single_objective.get)

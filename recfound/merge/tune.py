@@ -153,17 +153,26 @@ def tune_merge(
     density_min: float,
     seed: int,
     storage: str,
+    scored_on: str,
     on_trial: Callable[[int, MergeChoice, float, dict[str, float]], None] | None = None,
 ) -> TuneResult:
     """Run (or resume) the study and return its best merge.
 
-    ``score`` maps merged tensors to per-task validation scores; ``on_trial`` is called after each
-    new trial (MLflow child runs).
+    ``score`` maps merged tensors to per-task validation scores; ``scored_on`` names what it
+    scores on (a digest of the selection records and the scoring settings, see
+    :func:`recfound.merge.from_config.selection_digest`): it is part of the study's name, so a
+    study is resumed only when its finished trials were scored on the same records as the new
+    ones. ``on_trial`` is called after each new trial (MLflow child runs).
     """
     names = list(checkpoints)
     if "slerp" in methods and len(names) < 2:
         raise UserInputError("SLERP needs two checkpoints")
-    settings = {"methods": tuple(methods), "density_min": density_min, "seed": seed}
+    settings = {
+        "methods": tuple(methods),
+        "density_min": density_min,
+        "seed": seed,
+        "scored_on": scored_on,
+    }
     store = optuna.storages.get_storage(storage)
     study = optuna.create_study(
         study_name=study_name(checkpoints, settings),

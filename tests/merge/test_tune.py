@@ -78,6 +78,7 @@ def test_study_beats_every_checkpoint_and_resumes(tmp_path: Path) -> None:
         "storage": storage,
         "on_trial": lambda number, choice, value, scores: calls.append(number),
     }
+    kwargs["scored_on"] = "selection-1"
     first = tune_merge(CHECKPOINTS, BASE, task_scores, ref, trials=6, **kwargs)
     assert len(calls) == 6
     singles = [normalised_objective(task_scores(c), ref)[0] for c in CHECKPOINTS.values()]
@@ -87,6 +88,14 @@ def test_study_beats_every_checkpoint_and_resumes(tmp_path: Path) -> None:
     assert resumed.study.study_name == first.study.study_name
     assert len(calls) == 9  # only the 3 missing trials ran
     assert resumed.objective >= first.objective
+
+    # scored on other records (another merge.max_per_task, rebuilt data): a new study, every
+    # trial scored again, never a finished trial's value from the old records
+    other = tune_merge(
+        CHECKPOINTS, BASE, task_scores, ref, trials=4, **{**kwargs, "scored_on": "selection-2"}
+    )
+    assert other.study.study_name != first.study.study_name
+    assert len(calls) == 9 + 4 and len(other.study.trials) == 4
 
     figures = study_figures(resumed.study, tmp_path / "plots")
     assert {f.name for f in figures} >= {"merge_optimization_history.png"}
@@ -113,7 +122,7 @@ def score(state):
     return task_scores(state)
 
 tune_merge(CHECKPOINTS, BASE, score, reference(), trials=5, methods=["linear", "ties"],
-           density_min=0.2, seed=0, storage=sys.argv[1])
+           density_min=0.2, seed=0, storage=sys.argv[1], scored_on="selection")
 """
 
 
@@ -136,6 +145,7 @@ def test_a_trial_left_running_by_a_killed_merge_is_failed_and_run_again(tmp_path
         return task_scores(state)
 
     kwargs = {"methods": ["linear", "ties"], "density_min": 0.2, "seed": 0, "storage": storage}
+    kwargs["scored_on"] = "selection"
     resumed = tune_merge(CHECKPOINTS, BASE, score, reference(), trials=5, **kwargs)
     states = [t.state for t in resumed.study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1
