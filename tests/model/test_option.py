@@ -20,9 +20,11 @@ from tests.train.tiny import tiny_model, tiny_tasks
 TASKS = ["a", "b", "c"]
 
 
-def make_option(deep: bool = False, rank: int = 0, seed: int = 0) -> OptionModel:
+def make_option(
+    deep: bool = False, rank: int = 0, seed: int = 0, prompt_length: int = 3
+) -> OptionModel:
     config = OptionConfig(
-        task_names=TASKS, prompt_length=3, deep=deep, adapter_rank=rank, seed=seed
+        task_names=TASKS, prompt_length=prompt_length, deep=deep, adapter_rank=rank, seed=seed
     )
     return OptionModel(tiny_llama(), config)
 
@@ -263,3 +265,28 @@ def test_merged_option_bundle_loads_and_serves(tiny_bundle, tmp_path: Path) -> N
         served = RecFoundModel.from_dirs(backbone, tmp_path / "bundle", folded=folded)
         out = served.predict(None, request, params={"max_new_tokens": 5})
         assert out["generation"].tolist() == expected
+
+
+@pytest.mark.parametrize(("deep", "rank"), [(False, 0), (True, 2)])
+def test_gradients_of_a_batch_with_repeated_tasks_are_the_same_every_time(
+    deep: bool, rank: int
+) -> None:
+    """The options and adapters of each sample's task are gathered with ``index_select``: the
+    backward of ``weight[ids]`` accumulates repeated ids with atomic adds on CPU threads, whose
+    order changes from run to run (the option_tuning ablation row came out different on a
+    re-run at the same seed). 16 options per task: with 3, the sums are too small for threads."""
+    option = make_option(deep=deep, rank=rank, prompt_length=16)
+    perturb_adapters(option)
+    ids = token_batch(batch=96, length=5)
+    tasks = [TASKS[i % len(TASKS)] for i in range(len(ids))]
+    params = [p for p in option.model.parameters() if p.requires_grad]
+
+    def gradients() -> list[torch.Tensor]:
+        option.model.zero_grad()
+        with option.task(tasks):
+            option.model(input_ids=ids).logits.square().mean().backward()
+        return [p.grad.clone() for p in params]
+
+    first = gradients()
+    for _ in range(10):
+        assert all(torch.equal(a, b) for a, b in zip(first, gradients(), strict=True))

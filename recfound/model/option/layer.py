@@ -95,9 +95,9 @@ class OptionLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = self.state.batch_ids(x.shape[0], x.device)
-        low = torch.einsum("b...i,bri->b...r", x, self.option_A[ids])
+        low = torch.einsum("b...i,bri->b...r", x, self.option_A.index_select(0, ids))
         return self.base_layer(x) + self.scaling * torch.einsum(
-            "b...r,bor->b...o", low, self.option_B[ids]
+            "b...r,bor->b...o", low, self.option_B.index_select(0, ids)
         )
 
     @torch.no_grad()
@@ -180,7 +180,7 @@ class OptionPrompts(nn.Module):
             if embeds is None:
                 embeds = decoder.get_input_embeddings()(kwargs["input_ids"])
             ids = self.state.batch_ids(embeds.shape[0], embeds.device)
-            self.state.options = self.weight[ids].to(embeds.dtype)
+            self.state.options = self.weight.index_select(0, ids).to(embeds.dtype)
             kwargs["inputs_embeds"] = torch.cat([self.state.options[:, 0], embeds], dim=1)
             kwargs["input_ids"] = None
             if positions is not None:
