@@ -7,7 +7,9 @@ scored by AUC of the model's yes/no margin. This measures, on the task's **valid
 
 - ``averages``: the two averages the prompt shows, as numbers, ranked alone and summed (their
   z-scores), and a logistic regression on them fitted on the task's training records: what a
-  reader of the prompt's numbers reaches without learning anything else;
+  reader of the prompt's numbers reaches without learning anything else; and one on the words
+  the prompt puts beside them (the user's habit, "a moderate rater", and the item's reception,
+  "mixed reception"): what a reader of two words reaches;
 - ``model``: the margin of the model at ``paths.merged`` (what `evaluate` scores), and two other
   signals of the same model about the same user and item: the user2item similarity of the
   user's user2item prompt and the item's text, and the next-item log-probability of the item's
@@ -18,16 +20,23 @@ scored by AUC of the model's yes/no margin. This measures, on the task's **valid
 - ``alone``: the pretrained backbone with a fresh adapter trained on ctr_prediction alone,
   ``--batch`` samples a step, at each of ``--steps`` (the trainer of `recfound train`, one task,
   uniform sampling): how the margin's AUC grows with the samples seen. In the default run ctr
-  gets about 8% of the 40 generative samples of each of 400 steps (about 1,300 samples).
+  gets about 8% of the 40 generative samples of each of 400 steps (about 1,300 samples);
+- ``layout``: whether the model reads the user's rating habit more easily when the question
+  names it. The prompt states it once, at its start, about 150 tokens before the question; here
+  the same ctr-alone training (``--layout-steps`` steps, each seed of ``--layout-seeds``) runs
+  on the prompts as they are and on the same prompts with the question rewritten to
+  "Will this moderate rater (average 3.6/5) like …?". Both are scored on validation records
+  rewritten the same way.
 
 Writes reports/bench/ctr_signal.json. Needs `recfound train` and `recfound merge` first.
 
-    python bench/ctr_signal.py [--steps 0,100,200] [--batch 16]
+    python bench/ctr_signal.py [--steps 0,100,200] [--batch 16] [--layout-seeds 42,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 
@@ -43,9 +52,11 @@ from recfound.evaluation.model_predictions import closed_set_outputs
 from recfound.evaluation.protocols import catalogue_tokens
 from recfound.model.bundle import load_bundle
 from recfound.train.from_config import build_model_for, load_training_tasks, read_catalogue
-from recfound.train.trainer import Trainer
+from recfound.train.trainer import TaskData, Trainer
 
 TASK = "ctr_prediction"
+HABIT = re.compile(r"^A user whose average rating is (\S+) \(a (\w+ rater)\)")
+RECEPTION = re.compile(r"\(([a-z ]+): average rating \S+ from \d+ users\)\? Answer yes or no\.$")
 
 
 def margins(rec, frame: pd.DataFrame) -> np.ndarray:
@@ -69,6 +80,21 @@ def averages(frame: pd.DataFrame, ratings: pd.DataFrame) -> np.ndarray:
             frame["item_id"].astype(str).map(items).fillna(mean).to_numpy(),
         ]
     )
+
+
+def words(frame: pd.DataFrame) -> pd.DataFrame:
+    """One indicator column per word pair the prompt shows: the user's habit ("moderate rater")
+    and the item's reception ("mixed reception"; "none" where the item has no ratings shown)."""
+    found = []
+    for prompt in frame["prompt"].astype(str):
+        habit, seen = HABIT.match(prompt), RECEPTION.search(prompt)
+        found.append(
+            {
+                "habit": habit.group(2) if habit else "none",
+                "reception": seen.group(1) if seen else "none",
+            }
+        )
+    return pd.get_dummies(pd.DataFrame(found)).astype(float)
 
 
 def other_signals(rec, cfg, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -121,6 +147,39 @@ def rating_question(rec, cfg, frame: pd.DataFrame) -> np.ndarray:
     return closed_set_outputs(rec, asked, "rating", "rating_prediction", (), 32).expected
 
 
+def habit_in_question(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each question naming the user's rating habit, which the prompt's first
+    sentence states (\"Will this moderate rater (average 3.6/5) like …?\")."""
+    prompts = []
+    for prompt in frame["prompt"].astype(str):
+        habit = HABIT.match(prompt)
+        if habit is None or " Will they like " not in prompt:
+            raise ValueError(f"not ctr's prompt: {prompt[:80]!r} … {prompt[-80:]!r}")
+        named = f" Will this {habit.group(2)} (average {habit.group(1)}) like "
+        prompts.append(prompt.replace(" Will they like ", named, 1))
+    return frame.assign(prompt=prompts)
+
+
+def train_alone(cfg, task: TaskData, catalogue, steps: int, batch: int, seed: int):
+    """The pretrained backbone with a fresh adapter trained on ``task`` alone for ``steps``
+    steps of ``batch`` samples (none for 0), and the seconds that took."""
+    rec = build_model_for(cfg.model_copy(update={"seed": seed}), {TASK: "generative"})
+    started = time.perf_counter()
+    if steps:
+        config = cfg.train.model_copy(
+            update={
+                "steps": steps,
+                "batch_size": batch,
+                "strategy": "uniform",
+                "eval_every": 10**6,
+                "checkpoint_every": 10**6,
+            }
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            Trainer(rec, [task], config, scratch, seed=seed, catalogue=catalogue).train()
+    return rec, round(time.perf_counter() - started, 1)
+
+
 def zsum(values: np.ndarray) -> np.ndarray:
     return ((values - values.mean(0)) / values.std(0)).sum(1)
 
@@ -130,6 +189,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--steps", default="0,100,200")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--layout-steps", type=int, default=100)
+    parser.add_argument("--layout-seeds", default="42,1,2", help="comma-separated; empty: skip")
     parser.add_argument("--out", default="reports/bench/ctr_signal.json")
     args = parser.parse_args()
     cfg = load_config(args.params)
@@ -139,6 +200,8 @@ def main() -> None:
     ratings = pd.read_parquet(f"{cfg.paths.tasks}/train_interactions.parquet")
     ratings = ratings.astype({"user_id": str, "item_id": str})
     x_train, x_valid = averages(train, ratings), averages(valid, ratings)
+    w_train, w_valid = words(train), words(valid)
+    worded = LogisticRegression().fit(w_train, (train["target"] == "yes").to_numpy())
     fitted = LogisticRegression().fit(x_train, (train["target"] == "yes").to_numpy())
     report: dict = {
         "what": "AUC of liked vs not liked on ctr_prediction's validation records",
@@ -148,6 +211,10 @@ def main() -> None:
             "item_mean": roc_auc_score(liked, x_valid[:, 1]),
             "z_sum": roc_auc_score(liked, zsum(x_valid)),
             "logistic_regression": roc_auc_score(liked, fitted.decision_function(x_valid)),
+            "words_logistic_regression": roc_auc_score(
+                liked,
+                worded.decision_function(w_valid.reindex(columns=w_train.columns, fill_value=0)),
+            ),
         },
     }
     merged = load_bundle(cfg.paths.backbone, cfg.paths.merged)
@@ -169,39 +236,21 @@ def main() -> None:
     alone = []
     catalogue = read_catalogue(cfg)
     for steps in [int(s) for s in args.steps.split(",")]:
-        rec = build_model_for(cfg, {TASK: "generative"})
-        started = time.perf_counter()
-        if steps:
-            config = cfg.train.model_copy(
-                update={
-                    "steps": steps,
-                    "batch_size": args.batch,
-                    "strategy": "uniform",
-                    "eval_every": 10**6,
-                    "checkpoint_every": 10**6,
-                }
-            )
-            with tempfile.TemporaryDirectory() as scratch:
-                trainer = Trainer(
-                    rec,
-                    [tasks[TASK]],
-                    config,
-                    scratch,
-                    seed=cfg.seed,
-                    catalogue=catalogue,
-                )
-                trainer.train()
+        rec, seconds = train_alone(cfg, tasks[TASK], catalogue, steps, args.batch, cfg.seed)
         auc = roc_auc_score(liked, margins(rec, valid))
         alone.append(
-            {
-                "steps": steps,
-                "samples": steps * args.batch,
-                "auc": auc,
-                "seconds": round(time.perf_counter() - started, 1),
-            }
+            {"steps": steps, "samples": steps * args.batch, "auc": auc, "seconds": seconds}
         )
         print("alone", alone[-1], flush=True)
     report["alone"] = {"batch": args.batch, "learning_rate": cfg.train.learning_rate, "runs": alone}
+    named = TaskData(TASK, "generative", habit_in_question(train), habit_in_question(valid))
+    layout = {"steps": args.layout_steps, "batch": args.batch, "as_is": {}, "habit_in_question": {}}
+    for seed in [int(s) for s in args.layout_seeds.split(",") if s]:
+        for name, task in (("as_is", tasks[TASK]), ("habit_in_question", named)):
+            rec, _ = train_alone(cfg, task, catalogue, args.layout_steps, args.batch, seed)
+            layout[name][str(seed)] = roc_auc_score(liked, margins(rec, task.valid))
+        print("layout", seed, {k: layout[k][str(seed)] for k in ("as_is", "habit_in_question")})
+    report["layout"] = layout
     report["torch_threads"] = torch.get_num_threads()
     artifacts.write_json(args.out, report)
     print(f"wrote {args.out}")

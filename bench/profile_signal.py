@@ -1,15 +1,18 @@
 """How much of a user's profile can ten rated movies tell? The ceiling of user_profile.
 
 user_profile asks the model for a user's age group, gender and occupation from ten rated movies,
-and is scored by token-F1 against the true profile; its trivial answer is the majority training
-profile. This fits a dedicated classifier per field (logistic regression on the history's items
-and genre counts) on the task's **training** records and scores it on its **validation** records,
-the same way evaluation scores the model (token-F1 of the whole profile). The test records are not
-read. A classifier built only for this task that cannot beat the majority profile by much says
-the signal is not in the prompt at this data size.
+and is scored by token-F1 against the true profile. Its trivial answer is the majority training
+profile (the most common whole profile); each field's most common value is the other constant
+answer (the one the model gives). This fits a dedicated classifier per field (logistic regression
+on the history's items and genre counts) on the task's **training** records and scores it on its
+**validation** records, the same way evaluation scores the model (token-F1 of the whole profile).
+The test records are not read. A classifier built only for this task that cannot beat the
+constant answers by much says the signal is not in the prompt at this data size. A second
+classifier reads every training rating of the user (the whole history, about a hundred movies on
+average, not the ten a prompt has room for): whether a longer prompt would carry the signal.
 
-Writes reports/bench/profile_signal.json (per-field accuracy and token-F1 of the majority profile
-and of the classifier at each regularisation strength).
+Writes reports/bench/profile_signal.json (per-field accuracy and token-F1 of the two constant
+answers and of each classifier at each regularisation strength).
 
     python bench/profile_signal.py [--params params.yaml]
 """
@@ -42,7 +45,7 @@ def item_genres(interim: str | Path) -> dict[str, list[str]]:
 
 
 def features(history: list[str], genres: dict[str, list[str]]) -> dict[str, float]:
-    """One indicator per rated item, and each genre's share of the ten items."""
+    """One indicator per rated item, and each genre's share of the items."""
     out: dict[str, float] = {}
     for item in history:
         out[f"item {item}"] = 1.0
@@ -81,25 +84,34 @@ def main() -> None:
         pd.read_parquet(tasks / "user_profile" / f"{s}.parquet") for s in ("train", "valid")
     )
     genres = item_genres(cfg.paths.interim)
-    vectorizer = DictVectorizer()
-    x_train = vectorizer.fit_transform([features(list(h), genres) for h in train["history_ids"]])
-    x_valid = vectorizer.transform([features(list(h), genres) for h in valid["history_ids"]])
+    rated = pd.read_parquet(tasks / "train_interactions.parquet").astype({"user_id": str})
+    every = rated.groupby("user_id", sort=False)["item_id"].agg(lambda s: s.astype(str).tolist())
     y_train = pd.DataFrame([profile_fields(t) for t in train["target"]])
     y_valid = pd.DataFrame([profile_fields(t) for t in valid["target"]])
     targets = valid["target"].tolist()
 
-    majority = {field: y_train[field].mode()[0] for field in y_train}
-    rows = {"majority profile": score(y_valid, pd.DataFrame([majority] * len(valid)), targets)}
-    for strength in STRENGTHS:
-        predicted = pd.DataFrame(
-            {
-                field: LogisticRegression(C=strength, max_iter=2000)
-                .fit(x_train, y_train[field])
-                .predict(x_valid)
-                for field in y_train
-            }
-        )
-        rows[f"classifier C={strength}"] = score(y_valid, predicted, targets)
+    modes = {field: y_train[field].mode()[0] for field in y_train}
+    majority = profile_fields(train["target"].mode()[0])
+    rows = {
+        "majority profile": score(y_valid, pd.DataFrame([majority] * len(valid)), targets),
+        "field modes": score(y_valid, pd.DataFrame([modes] * len(valid)), targets),
+    }
+    shown = {"": lambda frame: [list(h) for h in frame["history_ids"]]}
+    whole = {", whole history": lambda frame: [every.get(str(u), []) for u in frame["user_id"]]}
+    for label, histories in {**shown, **whole}.items():
+        vectorizer = DictVectorizer()
+        x_train = vectorizer.fit_transform([features(h, genres) for h in histories(train)])
+        x_valid = vectorizer.transform([features(h, genres) for h in histories(valid)])
+        for strength in STRENGTHS:
+            predicted = pd.DataFrame(
+                {
+                    field: LogisticRegression(C=strength, max_iter=3000)
+                    .fit(x_train, y_train[field])
+                    .predict(x_valid)
+                    for field in y_train
+                }
+            )
+            rows[f"classifier{label} C={strength}"] = score(y_valid, predicted, targets)
     for name, values in rows.items():
         cells = ", ".join(f"{k} {v:.3f}" for k, v in values.items())
         print(f"{name:22s} {cells}")
@@ -108,6 +120,7 @@ def main() -> None:
         "fitted_on": f"train ({len(train)} records)",
         "scored_on": f"valid ({len(valid)} records)",
         "majority_profile": profile_text(majority),
+        "field_modes": profile_text(modes),
         "rows": rows,
     }
     artifacts.write_json(Path(args.out), document)
