@@ -10,7 +10,8 @@ scored by AUC of the model's yes/no margin. This measures, on the task's **valid
   reader of the prompt's numbers reaches without learning anything else; and one on the words
   the prompt puts beside them (the user's habit, "a moderate rater", and the item's reception,
   "mixed reception"): what a reader of two words reaches;
-- ``model``: the margin of the model at ``paths.merged`` (what `evaluate` scores), and two other
+- ``model``: the margin of the model at ``paths.merged`` (what `evaluate` scores) and of each
+  training checkpoint it was merged from (``checkpoints``: does merging cost ctr?), and two other
   signals of the same model about the same user and item: the user2item similarity of the
   user's user2item prompt and the item's text, and the next-item log-probability of the item's
   identifier after the user's sequential_recommendation prompt (both rank *which items a user
@@ -39,6 +40,7 @@ import argparse
 import re
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,6 +53,8 @@ from recfound.config import load_config
 from recfound.evaluation.model_predictions import closed_set_outputs
 from recfound.evaluation.protocols import catalogue_tokens
 from recfound.model.bundle import load_bundle
+from recfound.stages.ablate import load_last_checkpoint
+from recfound.train.checkpoint import load_checkpoint
 from recfound.train.from_config import build_model_for, load_training_tasks, read_catalogue
 from recfound.train.trainer import TaskData, Trainer
 
@@ -180,6 +184,17 @@ def train_alone(cfg, task: TaskData, catalogue, steps: int, batch: int, seed: in
     return rec, round(time.perf_counter() - started, 1)
 
 
+def checkpoint_aucs(cfg, frame: pd.DataFrame, liked: np.ndarray) -> dict[str, float]:
+    """AUC of the margin of each checkpoint ``merge.checkpoints`` names under ``paths.train``."""
+    rec, _ = load_last_checkpoint(cfg.paths.backbone, cfg.paths.train)
+    aucs = {}
+    for name in cfg.merge.checkpoints:
+        load_checkpoint(Path(cfg.paths.train) / name, rec.model)
+        rec.model.eval()
+        aucs[name] = roc_auc_score(liked, margins(rec, frame))
+    return aucs
+
+
 def zsum(values: np.ndarray) -> np.ndarray:
     return ((values - values.mean(0)) / values.std(0)).sum(1)
 
@@ -222,6 +237,7 @@ def main() -> None:
     report["model"] = {
         "bundle": str(cfg.paths.merged),
         "auc": roc_auc_score(liked, margin),
+        "checkpoints": checkpoint_aucs(cfg, valid, liked),
         **{
             f"{name}_auc": roc_auc_score(liked, values)
             for name, values in other_signals(merged, cfg, valid).items()
