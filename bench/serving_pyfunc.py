@@ -31,8 +31,8 @@ from recfound.serving import pyfunc as serving
 class BarePyfunc(serving.RecFoundModel):
     """The same pyfunc code over the bare backbone: what a request costs without any adapter."""
 
-    def load(self, backbone_dir, bundle_dir, settings) -> None:
-        super().load(backbone_dir, bundle_dir, settings)
+    def load(self, backbone_dir, bundle_dir, settings, *optional) -> None:
+        super().load(backbone_dir, bundle_dir, settings, *optional)
         base, _ = load_backbone(backbone_dir)
         base.eval()
         self.bare = RecModel(
