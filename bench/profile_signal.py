@@ -96,12 +96,14 @@ def main() -> None:
         "majority profile": score(y_valid, pd.DataFrame([majority] * len(valid)), targets),
         "field modes": score(y_valid, pd.DataFrame([modes] * len(valid)), targets),
     }
-    shown = {"": lambda frame: [list(h) for h in frame["history_ids"]]}
-    whole = {", whole history": lambda frame: [every.get(str(u), []) for u in frame["user_id"]]}
-    for label, histories in {**shown, **whole}.items():
+    histories = {  # row label → each record's rated items: the prompt's ten, or all of them
+        "": lambda frame: [list(h) for h in frame["history_ids"]],
+        ", whole history": lambda frame: [every.get(str(u), []) for u in frame["user_id"]],
+    }
+    for label, history in histories.items():
         vectorizer = DictVectorizer()
-        x_train = vectorizer.fit_transform([features(h, genres) for h in histories(train)])
-        x_valid = vectorizer.transform([features(h, genres) for h in histories(valid)])
+        x_train = vectorizer.fit_transform([features(h, genres) for h in history(train)])
+        x_valid = vectorizer.transform([features(h, genres) for h in history(valid)])
         for strength in STRENGTHS:
             predicted = pd.DataFrame(
                 {
