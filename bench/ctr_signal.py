@@ -261,8 +261,12 @@ def main() -> None:
     report["alone"] = {"batch": args.batch, "learning_rate": cfg.train.learning_rate, "runs": alone}
     named = TaskData(TASK, "generative", habit_in_question(train), habit_in_question(valid))
     layout = {"steps": args.layout_steps, "batch": args.batch, "as_is": {}, "habit_in_question": {}}
+    trained = {(run["steps"], cfg.seed): run["auc"] for run in alone}  # the prompts as they are
     for seed in [int(s) for s in args.layout_seeds.split(",") if s]:
         for name, task in (("as_is", tasks[TASK]), ("habit_in_question", named)):
+            if name == "as_is" and (args.layout_steps, seed) in trained:
+                layout[name][str(seed)] = trained[args.layout_steps, seed]  # trained above
+                continue
             rec, _ = train_alone(cfg, task, catalogue, args.layout_steps, args.batch, seed)
             layout[name][str(seed)] = roc_auc_score(liked, margins(rec, task.valid))
         print("layout", seed, {k: layout[k][str(seed)] for k in ("as_is", "habit_in_question")})
