@@ -68,7 +68,7 @@ def train_budget(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         raw["train"].update(steps=args.steps, eval_every=args.every)
-        raw["paths"].update(train=f"{scratch}/train", reports=f"{scratch}/reports")
+        point_at_scratch(raw, scratch, "train", "reports")
         train_adapters(parse_config(raw, origin=args.params), log_metrics=log_metrics)
     document = {
         "what": "validation score per task group (generative: answer-token accuracy; "

@@ -1,0 +1,76 @@
+"""Every bench script still imports against today's code and parses its command line.
+
+The benches are run by hand (they need the pipeline's trained model and minutes of CPU), so
+nothing else would notice when a refactor renames what one of them imports. Each is loaded the
+way it is run (``python bench/NAME.py``: bench/ and the checkout on ``sys.path``) and asked for
+``--help``, which builds its whole argument parser and exits before any work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+# modules the scripts import, not scripts themselves
+HELPERS = {"scratch", "serving_pyfunc"}
+SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.stem not in HELPERS)
+
+
+def load_bench_module(name: str, monkeypatch: pytest.MonkeyPatch):
+    """bench/NAME.py as a module, imported the way its scripts import it."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.syspath_prepend(str(BENCH))
+    path = BENCH / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_bench_file_is_listed() -> None:
+    """A new bench is either a script (with ``main``) or a helper named here."""
+    assert len(SCRIPTS) >= 15
+    for path in SCRIPTS:
+        text = path.read_text()
+        assert "def main(" in text and '__name__ == "__main__"' in text, path.name
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
+def test_bench_script_imports_and_prints_help(
+    path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load_bench_module(path.stem, monkeypatch)
+    monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+    with pytest.raises(SystemExit) as exited:
+        module.main()
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:"), out[:200]
+
+
+def test_serving_bench_models_load_and_answer(
+    tiny_bundle: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/serving.py's pyfunc rows load a bundle the way serving does and answer a request;
+    the bare row answers without the adapter, so its generation scores differ."""
+    module = load_bench_module("serving_pyfunc", monkeypatch)
+    models = module.pyfunc_models(*tiny_bundle)
+    assert sorted(models) == ["pyfunc_bare", "pyfunc_folded", "pyfunc_unfolded"]
+    request = [
+        {"task": "genre", "input": "Toy Story (1995)", "candidates": ["Comedy", "Drama"]},
+        {"task": "match", "input": "GoldenEye (1995)", "candidates": None},
+    ]
+    answers = {name: model.predict(None, request, {}) for name, model in models.items()}
+    for frame in answers.values():
+        assert frame["output_type"].tolist() == ["scores", "embedding"]
+    adapted = answers["pyfunc_folded"].iloc[0]["scores"]
+    bare = answers["pyfunc_bare"].iloc[0]["scores"]
+    assert len(adapted) == len(bare) == 2
+    assert adapted != pytest.approx(bare, abs=1e-4)
