@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -63,10 +64,18 @@ def check_tracking_store(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
         except urllib.error.HTTPError:
             pass  # it answered
         except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ConnectionRefusedError):
+                what = "nothing listens there"
+            elif isinstance(reason, socket.gaierror):
+                what = "its host name does not resolve"
+            elif isinstance(reason, TimeoutError):
+                what = f"no answer within {timeout_s:g} s"
+            else:
+                what = "it cannot be reached"
             raise TrackingStoreError(
-                f"no MLflow server answers at {uri} within {timeout_s:.0f} s "
-                f"({getattr(exc, 'reason', exc)}); start it (or port-forward it), or fix "
-                "tracking.tracking_uri / MLFLOW_TRACKING_URI"
+                f"no MLflow server answers at {uri}: {what} ({reason}); start it (or "
+                "port-forward it), or fix tracking.tracking_uri / MLFLOW_TRACKING_URI"
             ) from None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -105,5 +106,18 @@ def test_a_store_that_cannot_be_used_is_named_before_any_work(tmp_path: Path) ->
     assert not (tmp_path / "no-such-folder").exists()  # no empty registry was started
 
     nobody = TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(TrackingStoreError, match=r"no MLflow server answers at http://127"):
+    with pytest.raises(TrackingStoreError, match=r"no MLflow server answers at http://127") as e:
         configure_tracking(nobody)
+    assert "nothing listens there" in str(e.value) and "within" not in str(e.value)
+
+
+def test_a_server_that_accepts_but_never_answers_is_named_with_the_wait() -> None:
+    from recfound.tracking.store import TrackingStoreError, check_tracking_store
+
+    with socket.socket() as silent:  # the kernel accepts the connection; nobody reads it
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(TrackingStoreError, match=r"no answer within 0\.5 s") as e:
+            check_tracking_store(uri, timeout_s=0.5)
+    assert "fix tracking.tracking_uri" in str(e.value)
