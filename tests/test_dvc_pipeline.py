@@ -27,8 +27,14 @@ pytestmark = pytest.mark.slow
 
 
 def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`dvc ARGS` in ``cwd``, whose stages run the copy's own ``recfound`` (PYTHONPATH) and write
+    bytecode caches into it as Python does by default, the way `dvc repro` runs in a user's
+    checkout: a cache file in a code directory that a stage depends on must not count as a change
+    (.dvcignore)."""
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env["PYTHONPATH"] = str(cwd)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.pop(
         "MLFLOW_TRACKING_URI", None
     )  # the copy's own store (mlflow.set_tracking_uri exports it)
