@@ -112,77 +112,85 @@ def test_the_cli_knows_stopped_stages_without_importing_torch_or_great_expectati
     assert loaded.strip() == "[]"
 
 
-@pytest.mark.slow
-def test_stages_end_to_end_on_a_small_atomic_folder(mini_project: Path) -> None:
-    for stage in ("ingest", "validate", "build-tasks"):
-        result = run_cli(stage, cwd=mini_project)
-        assert result.returncode == 0, result.stderr
-    counts = json.loads((mini_project / "reports" / "task_counts.json").read_text())
-    assert counts["num_embedding_tasks"] == 3
-    assert counts["num_generative_tasks"] >= 10
-    manifest = json.loads((mini_project / "data" / "tasks" / "manifest.json").read_text())
-    assert "review_text" in manifest["skipped"]["sentiment_analysis"]
-    train = pd.read_parquet(mini_project / "data" / "tasks" / "user2item" / "train.parquet")
-    assert len(train) > 0
-    assert (mini_project / "reports" / "validation" / "tables.json").is_file()
-    assert (mini_project / "reports" / "validation" / "tasks.json").is_file()
-
-
+# Four ways the raw files can be wrong, all at once (tests/validation checks each one alone):
+# name: (file, line transform, words the error must contain)
 CORRUPTIONS = {
-    # name: (file, line transform, words the error must contain)
-    "rating_out_of_range": ("mini.inter", lambda i, ln: ln.replace("\t3\t", "\t7\t", 1), "rating"),
+    "rating_out_of_range": (
+        "mini.inter",
+        lambda i, ln: ln.replace("\t3\t", "\t7\t", 1),
+        "outside [1.0, 5.0]",
+    ),
     "unknown_item": (
         "mini.inter",
         lambda i, ln: ln.split("\t", 1)[0] + "\t999999\t" + ln.split("\t", 2)[2] if i == 5 else ln,
-        "item_id",
+        "not an item_id of the items table",
     ),
     "duplicated_item_ids": (
         "mini.item",
         lambda i, ln: "1\t" + ln.split("\t", 1)[1] if i == 3 else ln,
-        "item_id",
+        "duplicated",
     ),
     "empty_title": (
         "mini.item",
         lambda i, ln: "\t".join([ln.split("\t")[0], "", *ln.split("\t")[2:]]) if i == 2 else ln,
-        "title",
+        "empty or blank",
     ),
 }
 
 
 @pytest.fixture(scope="module")
 def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small project that went through ingest → validate → build-tasks once."""
+    """A small project (mini atomic files) that went through ingest → validate → build-tasks."""
     root = tmp_path_factory.mktemp("built")
     work = write_mini_project(root / "work", write_ml100k_slice(root / "raw"))
     for stage in ("ingest", "validate", "build-tasks"):
-        assert run_cli(stage, cwd=work).returncode == 0
+        result = run_cli(stage, cwd=work)
+        assert result.returncode == 0, result.stderr
     return root
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_stages_end_to_end_on_a_small_atomic_folder(built_project: Path) -> None:
+    project = built_project / "work"
+    counts = json.loads((project / "reports" / "task_counts.json").read_text())
+    assert counts["num_embedding_tasks"] == 3
+    assert counts["num_generative_tasks"] >= 10
+    manifest = json.loads((project / "data" / "tasks" / "manifest.json").read_text())
+    assert "review_text" in manifest["skipped"]["sentiment_analysis"]
+    train = pd.read_parquet(project / "data" / "tasks" / "user2item" / "train.parquet")
+    assert len(train) > 0
+    assert (project / "reports" / "validation" / "tables.json").is_file()
+    assert (project / "reports" / "validation" / "tasks.json").is_file()
+
+
+@pytest.mark.slow
 def test_corrupted_data_stops_validate_and_keeps_outputs(
-    name: str, built_project: Path, tmp_path: Path
+    built_project: Path, tmp_path: Path
 ) -> None:
+    """The raw files of a project that ran once get every corruption of :data:`CORRUPTIONS`:
+    ingest parses them, validate names each one and stops (exit code, reports written), the task
+    datasets built from the good data stay as they were, and build-tasks refuses the tables.
+    One run for the four (each stage command is a process that imports its libraries anew)."""
     root = tmp_path / "copy"
     shutil.copytree(built_project, root)
     project, raw = root / "work", root / "raw"
     params = project / "params.yaml"
     params.write_text(params.read_text().replace(str(built_project), str(root)))
     tasks_before = file_digests(project / "data" / "tasks")
-
-    filename, transform, words = CORRUPTIONS[name]
-    path = raw / filename
-    lines = path.read_text().splitlines()
-    path.write_text(
-        "\n".join([lines[0]] + [transform(i, ln) for i, ln in enumerate(lines[1:], 1)]) + "\n"
-    )
+    for filename in ("mini.inter", "mini.item"):
+        path = raw / filename
+        lines = path.read_text().splitlines()
+        for target, transform, _ in CORRUPTIONS.values():
+            if target == filename:
+                lines = [lines[0]] + [transform(i, ln) for i, ln in enumerate(lines[1:], 1)]
+        path.write_text("\n".join(lines) + "\n")
 
     assert run_cli("ingest", cwd=project).returncode == 0  # parsing is fine; semantics are not
     result = run_cli("validate", cwd=project)
     assert result.returncode == EXIT_INVALID_DATA, result.stderr
     assert "data validation failed" in result.stderr
-    assert words in result.stderr
+    for name, (_, _, words) in CORRUPTIONS.items():
+        assert words in result.stderr, name
     assert "Traceback" not in result.stderr
     assert (project / "reports" / "validation" / "tables.json").is_file()
     assert (project / "reports" / "validation" / "data_docs" / "index.html").is_file()
