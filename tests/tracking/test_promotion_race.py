@@ -81,26 +81,24 @@ def test_concurrent_registrations_on_a_real_server_never_crown_the_worse(
     env.pop("MLFLOW_REGISTRY_URI", None)
     client = MlflowClient(tracking_uri=mlflow_server)
 
-    # a fresh server: both processes create the experiment and the registered model at once
+    # a fresh server: both processes create the experiment and the registered model at once;
+    # the worse starts first, so when it wins the lock the better is judged against it
     better = project(tmp_path / "fresh-better", tiny_bundle, "fresh", BETTER)
     worse = project(tmp_path / "fresh-worse", tiny_bundle, "fresh", WORSE)
-    better_report, worse_report = register_together(better, worse, env)
+    worse_report, better_report = register_together(worse, better, env)
     assert_better_is_champion(client, "fresh", better_report, worse_report)
 
-    # with an old champion both pass against, in both starting orders
-    for order, name in (("better first", "race-a"), ("worse first", "race-b")):
-        old = project(tmp_path / f"{name}-old", tiny_bundle, name, OLD)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-            patch.chdir(old.parent)
-            assert run_register(load_config(old))["alias"] == "champion"
-        better = project(tmp_path / f"{name}-better", tiny_bundle, name, BETTER)
-        worse = project(tmp_path / f"{name}-worse", tiny_bundle, name, WORSE)
-        if order == "better first":
-            better_report, worse_report = register_together(better, worse, env)
-        else:
-            worse_report, better_report = register_together(worse, better, env)
-        assert_better_is_champion(client, name, better_report, worse_report)
+    # with an old champion both pass against, the better starting first: the worse must be judged
+    # against the better when it gets the lock, not against the champion it saw at its start
+    old = project(tmp_path / "race-old", tiny_bundle, "race", OLD)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        patch.chdir(old.parent)
+        assert run_register(load_config(old))["alias"] == "champion"
+    better = project(tmp_path / "race-better", tiny_bundle, "race", BETTER)
+    worse = project(tmp_path / "race-worse", tiny_bundle, "race", WORSE)
+    better_report, worse_report = register_together(better, worse, env)
+    assert_better_is_champion(client, "race", better_report, worse_report)
 
 
 @pytest.mark.slow
