@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -168,6 +170,16 @@ def mini_project(tmp_path: Path, mini_atomic: Path) -> Path:
     return write_mini_project(tmp_path / "work", mini_atomic)
 
 
+def dvc_env() -> dict[str, str]:
+    """The environment a test runs `dvc` (and the stages it starts) in: the virtual environment's
+    bin folder first on PATH (`make test` runs its python without activating it), no DVC
+    analytics, and no MLFLOW_TRACKING_URI from the caller (each project tracks to its own store)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
 def file_digests(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
@@ -177,6 +189,7 @@ def file_digests(folder: Path) -> dict[str, bytes]:
 __all__ = [
     "REPO_ROOT",
     "TINY_SECTIONS",
+    "dvc_env",
     "file_digests",
     "pd",
     "write_ml100k_slice",

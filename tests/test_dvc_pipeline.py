@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from recfound import artifacts
 from tests.conftest import (
     REPO_ROOT,
     TINY_SECTIONS,
+    dvc_env,
     file_digests,
     write_ml100k_slice,
     write_tiny_params,
@@ -31,15 +31,10 @@ def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     bytecode caches into it as Python does by default, the way `dvc repro` runs in a user's
     checkout: a cache file in a code directory that a stage depends on must not count as a change
     (.dvcignore)."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    env["PYTHONPATH"] = str(cwd)
+    env = {**dvc_env(), "PYTHONPATH": str(cwd)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.pop(
-        "MLFLOW_TRACKING_URI", None
-    )  # the copy's own store (mlflow.set_tracking_uri exports it)
     return subprocess.run(
-        [str(Path(bin_dir) / "dvc"), *args],
+        [str(Path(sys.executable).parent / "dvc"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -10,7 +10,6 @@ workspace copy are deleted after the pushes, so every read comes from the remote
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from mlflow import MlflowClient
 from pipelines.recfound_pipeline import MLFLOW_STEPS
 from recfound.config import load_config
 from recfound.tracking.lineage import DATA_VERSION_FILE
-from tests.conftest import write_tiny_params
+from tests.conftest import dvc_env, write_tiny_params
 from tests.pipelines.test_run_local import _tiny_params as run_local_params
 from tests.pipelines.test_run_local import check_run_local_outputs, run_local
 
@@ -40,16 +39,9 @@ stages:
 USERS = {"v1": 30, "v2": 40}
 
 
-def _env() -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def _run(*args: str, cwd: Path) -> str:
     result = subprocess.run(
-        args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False, timeout=600
+        args, cwd=cwd, env=dvc_env(), capture_output=True, text=True, check=False, timeout=600
     )
     assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
     return result.stdout
@@ -112,7 +104,7 @@ def test_a_revision_that_does_not_exist_is_named(
     result = subprocess.run(
         [sys.executable, "-m", "recfound.cli", "fetch-data", "--repo", str(data_repo["repo"]),
          "--rev", "v9"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, check=False,
+        cwd=tmp_path, env=dvc_env(), capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 2
     assert "cannot fetch the data of" in result.stderr and "v9" in result.stderr
