@@ -88,8 +88,8 @@ def test_concurrent_registrations_on_a_real_server_never_crown_the_worse(
     worse_report, better_report = register_together(worse, better, env)
     assert_better_is_champion(client, "fresh", better_report, worse_report)
 
-    # with an old champion both pass against, the better starting first: the worse must be judged
-    # against the better when it gets the lock, not against the champion it saw at its start
+    # with an old champion both pass against, the better starting first: when the better wins the
+    # lock, the worse must be judged against it, not against the champion it saw at its start
     old = project(tmp_path / "race-old", tiny_bundle, "race", OLD)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
