@@ -59,9 +59,11 @@ format: setup
 
 # MLflow 3.17's UI opens experiments in its GenAI view unless the browser chose "Model training"
 # once; the link below does that (it is remembered).
+# Without MLflow's job runner (GenAI scorers, which RecFound does not use): a sqlite store would
+# otherwise start eight more processes, 1.1 GiB, for a UI.
 ui: setup
 	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
 
 clean:
 	rm -rf $(VENV)

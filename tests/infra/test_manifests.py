@@ -492,6 +492,22 @@ def test_the_mlflow_server_requires_credentials_from_the_secret(
         assert "admin_password" not in ini["mlflow"]  # only from the Secret
 
 
+def test_the_mlflow_server_runs_without_the_job_runner(
+    rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a database store, `mlflow server` also starts MLflow's job runner and seven huey
+    consumers unless told not to: 1.9 GiB before a request against the pod's 2 GiB limit. The
+    variable is the one MLflow reads, and MLflow's own parser reads its value as off."""
+    from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION as JOBS
+
+    for name in ("base", *OVERLAYS):
+        pod = find(rendered[name], "Deployment", "recfound-mlflow")["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert JOBS.name in env, f"{name}: the MLflow server starts its job runner"
+        monkeypatch.setenv(JOBS.name, env[JOBS.name])
+        assert JOBS.get() is False
+
+
 def test_only_pipeline_pods_reach_the_mlflow_server(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:

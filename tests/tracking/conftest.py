@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION
 
 from recfound import artifacts
 from recfound.config import load_config
@@ -182,12 +183,14 @@ def mlflow_cli_on_localhost(
 
 @pytest.fixture()
 def mlflow_server(tmp_path: Path):
-    """``mlflow server`` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path."""
+    """``mlflow server`` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path,
+    without MLflow's job runner, as the cluster's server runs (``infra/k8s/base/mlflow.yaml``)."""
     store = tmp_path / "server"
     store.mkdir()
     args = ["server", "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db"]
     args += ["--artifacts-destination", str(store / "artifacts")]
-    with mlflow_cli_on_localhost(args, store, "/health", timeout=120) as url:
+    env = {**os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name: "false"}
+    with mlflow_cli_on_localhost(args, store, "/health", env=env, timeout=120) as url:
         yield url
 
 
