@@ -35,8 +35,8 @@ from recfound.config import Config
 from recfound.tracking.runs import RUN_GROUP_ENV
 
 DEFAULT_LOCAL_OUTPUT = "kfp_local"
-# `mlflow ui`'s address, in its view for training runs (its GenAI view is the default)
-LOCAL_UI = "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+# MLflow's UI opens experiments in its GenAI view unless this fragment asks for training runs
+TRAINING_VIEW = "/#/experiments?workflowType=machine_learning"
 
 
 class PipelineRunFailed(Exception):
@@ -126,10 +126,10 @@ class LocalRun:
         store through `mlflow ui`, started as `make ui` starts it, without MLflow's job runner
         (GenAI scorers, unused here: eight processes and 1.1 GiB fewer for a UI)."""
         if self.tracking_uri.startswith(("http://", "https://")):
-            return f"open {self.tracking_uri}"
+            return f"open {self.tracking_uri.rstrip('/')}{TRAINING_VIEW}"
         return (
             f"{MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name}=false mlflow ui --backend-store-uri "
-            f"{self.tracking_uri}, then open {LOCAL_UI}"
+            f"{self.tracking_uri}, then open http://127.0.0.1:5000{TRAINING_VIEW}"
         )
 
 

@@ -36,6 +36,9 @@ def test_a_local_store_is_opened_with_mlflow_ui_without_the_job_runner(
 
 
 def test_a_tracking_server_is_opened_as_it_is(tmp_path: Path) -> None:
-    summary = _summary(tmp_path, "http://127.0.0.1:5000")
-    assert "  MLflow: http://127.0.0.1:5000  (open http://127.0.0.1:5000)" in summary
+    summary = _summary(tmp_path, "https://mlflow.example.com/")
+    view = "#/experiments?workflowType=machine_learning"
+    assert f"  MLflow: https://mlflow.example.com/  (open https://mlflow.example.com/{view})" in (
+        summary
+    )
     assert "mlflow ui" not in summary
