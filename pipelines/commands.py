@@ -122,9 +122,10 @@ class LocalRun:
         )
 
     def how_to_look(self) -> str:
-        """How to open the runs in MLflow's UI: a tracking server is opened as it is; a local
-        store through `mlflow ui`, started as `make ui` starts it, without MLflow's job runner
-        (GenAI scorers, unused here: eight processes and 1.1 GiB fewer for a UI)."""
+        """How to open the runs in MLflow's UI, in its view of training runs: a tracking server
+        at its own address; a local store through `mlflow ui`, started as `make ui` starts it,
+        without MLflow's job runner (GenAI scorers, unused here: eight processes and 1.1 GiB
+        fewer for a UI)."""
         if self.tracking_uri.startswith(("http://", "https://")):
             return f"open {self.tracking_uri.rstrip('/')}{TRAINING_VIEW}"
         return (

@@ -35,7 +35,7 @@ def test_a_local_store_is_opened_with_mlflow_ui_without_the_job_runner(
     assert "recfound version 3 (aliases: champion)" in summary
 
 
-def test_a_tracking_server_is_opened_as_it_is(tmp_path: Path) -> None:
+def test_a_tracking_server_is_opened_at_its_address_in_the_training_view(tmp_path: Path) -> None:
     summary = _summary(tmp_path, "https://mlflow.example.com/")
     view = "#/experiments?workflowType=machine_learning"
     assert f"  MLflow: https://mlflow.example.com/  (open https://mlflow.example.com/{view})" in (
