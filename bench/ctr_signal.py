@@ -29,7 +29,10 @@ scored by AUC of the model's yes/no margin. This measures, on the task's **valid
   "Will this moderate rater (average 3.6/5) like …?". Both are scored on validation records
   rewritten the same way.
 
-Writes reports/bench/ctr_signal.json. Needs `recfound train` and `recfound merge` first.
+``intervals``: every AUC above with its bootstrap interval over the validation records, and
+its difference to the merged model's margin (``minus_model``) with a paired interval, as
+evaluation computes them. Writes reports/bench/ctr_signal.json. Needs `recfound train` and
+`recfound merge` first.
 
     python bench/ctr_signal.py [--steps 0,100,200] [--batch 16] [--layout-seeds 42,1,2]
 """
@@ -51,7 +54,8 @@ from sklearn.metrics import roc_auc_score
 from recfound import artifacts
 from recfound.config import load_config
 from recfound.evaluation.model_predictions import closed_set_outputs
-from recfound.evaluation.protocols import catalogue_tokens
+from recfound.evaluation.outputs import BootstrapSettings, ChoiceOutputs, compare, metric_estimates
+from recfound.evaluation.protocols import catalogue_tokens, record_keys
 from recfound.model.bundle import load_bundle
 from recfound.stages.ablate import load_last_checkpoint
 from recfound.train.checkpoint import load_checkpoint
@@ -184,19 +188,50 @@ def train_alone(cfg, task: TaskData, catalogue, steps: int, batch: int, seed: in
     return rec, round(time.perf_counter() - started, 1)
 
 
-def checkpoint_aucs(cfg, frame: pd.DataFrame, liked: np.ndarray) -> dict[str, float]:
+def checkpoint_aucs(cfg, frame: pd.DataFrame, signals: Signals) -> dict[str, float]:
     """AUC of the margin of each checkpoint ``merge.checkpoints`` names under ``paths.train``."""
     rec, _ = load_last_checkpoint(cfg.paths.backbone, cfg.paths.train)
     aucs = {}
     for name in cfg.merge.checkpoints:
         load_checkpoint(Path(cfg.paths.train) / name, rec.model)
         rec.model.eval()
-        aucs[name] = roc_auc_score(liked, margins(rec, frame))
+        aucs[name] = signals.auc(f"checkpoint_{name}", margins(rec, frame))
     return aucs
 
 
 def zsum(values: np.ndarray) -> np.ndarray:
     return ((values - values.mean(0)) / values.std(0)).sum(1)
+
+
+class Signals:
+    """Every signal's AUC on the same validation records, and its scores, kept for the intervals:
+    each AUC's bootstrap interval and its paired difference to the merged model's margin (both
+    computed as evaluation computes them, on the same resampled records)."""
+
+    def __init__(self, frame: pd.DataFrame, liked: np.ndarray) -> None:
+        self.frame, self.liked = frame, liked
+        self.outputs: dict[str, ChoiceOutputs] = {}
+
+    def auc(self, name: str, scores: np.ndarray) -> float:
+        scores = np.asarray(scores, dtype=np.float64)
+        self.outputs[name] = ChoiceOutputs(
+            **record_keys(self.frame),
+            labels=["yes", "no"],
+            target=np.where(self.liked, 0, 1),
+            predicted=np.where(scores > 0, 0, 1),
+            margin=scores,
+        )
+        return float(roc_auc_score(self.liked, scores))
+
+    def intervals(self, reference: str) -> dict[str, dict]:
+        settings = BootstrapSettings()
+        out = {}
+        for name, outputs in self.outputs.items():
+            out[name] = {"auc_interval": metric_estimates(outputs, settings)["auc"].interval}
+            if name != reference:
+                versus = compare(outputs, self.outputs[reference], "auc", settings)
+                out[name][f"minus_{reference}"] = versus.to_dict()
+        return out
 
 
 def main() -> None:
@@ -212,6 +247,7 @@ def main() -> None:
     tasks = {t.name: t for t in load_training_tasks(cfg)}
     train, valid = tasks[TASK].train, tasks[TASK].valid
     liked = (valid["target"] == "yes").to_numpy()
+    signals = Signals(valid, liked)
     ratings = pd.read_parquet(f"{cfg.paths.tasks}/train_interactions.parquet")
     ratings = ratings.astype({"user_id": str, "item_id": str})
     x_train, x_valid = averages(train, ratings), averages(valid, ratings)
@@ -222,12 +258,14 @@ def main() -> None:
         "what": "AUC of liked vs not liked on ctr_prediction's validation records",
         "records": {"train": len(train), "valid": len(valid), "liked_share": float(liked.mean())},
         "averages": {
-            "user_mean": roc_auc_score(liked, x_valid[:, 0]),
-            "item_mean": roc_auc_score(liked, x_valid[:, 1]),
-            "z_sum": roc_auc_score(liked, zsum(x_valid)),
-            "logistic_regression": roc_auc_score(liked, fitted.decision_function(x_valid)),
-            "words_logistic_regression": roc_auc_score(
-                liked,
+            "user_mean": signals.auc("user_mean", x_valid[:, 0]),
+            "item_mean": signals.auc("item_mean", x_valid[:, 1]),
+            "z_sum": signals.auc("z_sum", zsum(x_valid)),
+            "logistic_regression": signals.auc(
+                "logistic_regression", fitted.decision_function(x_valid)
+            ),
+            "words_logistic_regression": signals.auc(
+                "words_logistic_regression",
                 worded.decision_function(w_valid.reindex(columns=w_train.columns, fill_value=0)),
             ),
         },
@@ -236,16 +274,16 @@ def main() -> None:
     margin, expected = margins(merged, valid), rating_question(merged, cfg, valid)
     report["model"] = {
         "bundle": str(cfg.paths.merged),
-        "auc": roc_auc_score(liked, margin),
-        "checkpoints": checkpoint_aucs(cfg, valid, liked),
+        "auc": signals.auc("model", margin),
+        "checkpoints": checkpoint_aucs(cfg, valid, signals),
         **{
-            f"{name}_auc": roc_auc_score(liked, values)
+            f"{name}_auc": signals.auc(name, values)
             for name, values in other_signals(merged, cfg, valid).items()
         },
-        "rating_question_expected_auc": roc_auc_score(liked, expected),
+        "rating_question_expected_auc": signals.auc("rating_question_expected", expected),
         "rating_question_correlation_with_margin": float(np.corrcoef(margin, expected)[0, 1]),
-        "margin_and_rating_question_z_sum_auc": roc_auc_score(
-            liked, zsum(np.column_stack([margin, expected]))
+        "margin_and_rating_question_z_sum_auc": signals.auc(
+            "margin_and_rating_question_z_sum", zsum(np.column_stack([margin, expected]))
         ),
     }
     print("averages", report["averages"], "model", report["model"], flush=True)
@@ -253,7 +291,7 @@ def main() -> None:
     catalogue = read_catalogue(cfg)
     for steps in [int(s) for s in args.steps.split(",")]:
         rec, seconds = train_alone(cfg, tasks[TASK], catalogue, steps, args.batch, cfg.seed)
-        auc = roc_auc_score(liked, margins(rec, valid))
+        auc = signals.auc(f"alone_{steps}_steps", margins(rec, valid))
         alone.append(
             {"steps": steps, "samples": steps * args.batch, "auc": auc, "seconds": seconds}
         )
@@ -268,9 +306,11 @@ def main() -> None:
                 layout[name][str(seed)] = trained[args.layout_steps, seed]  # trained above
                 continue
             rec, _ = train_alone(cfg, task, catalogue, args.layout_steps, args.batch, seed)
-            layout[name][str(seed)] = roc_auc_score(liked, margins(rec, task.valid))
+            scores = margins(rec, task.valid)
+            layout[name][str(seed)] = signals.auc(f"layout_{name}_seed{seed}", scores)
         print("layout", seed, {k: layout[k][str(seed)] for k in ("as_is", "habit_in_question")})
     report["layout"] = layout
+    report["intervals"] = signals.intervals("model")
     report["torch_threads"] = torch.get_num_threads()
     artifacts.write_json(args.out, report)
     print(f"wrote {args.out}")

@@ -12,7 +12,9 @@ classifier reads every training rating of the user (the whole history, about a h
 average, not the ten a prompt has room for): whether a longer prompt would carry the signal.
 
 Writes reports/bench/profile_signal.json (per-field accuracy and token-F1 of the two constant
-answers and of each classifier at each regularisation strength).
+answers and of each classifier at each regularisation strength; token-F1 with its bootstrap
+interval over the validation records, and each row's difference to the field modes, the model's
+answer, with its paired interval as evaluation computes them).
 
     python bench/profile_signal.py [--params params.yaml]
 """
@@ -30,6 +32,8 @@ from sklearn.linear_model import LogisticRegression
 from recfound import artifacts
 from recfound.config import load_config
 from recfound.data.ingest import read_tables
+from recfound.evaluation.outputs import BootstrapSettings, TextOutputs, compare, metric_estimates
+from recfound.evaluation.protocols import text_outputs
 from recfound.metrics import token_f1
 
 STRENGTHS = (0.03, 0.1, 0.3, 1.0)  # inverse L2 strength C of the logistic regression
@@ -73,6 +77,11 @@ def score(truth: pd.DataFrame, predicted: pd.DataFrame, targets: list[str]) -> d
     }
 
 
+def as_outputs(frame: pd.DataFrame, predicted: pd.DataFrame) -> TextOutputs:
+    """The predicted profiles as evaluation's text outputs of ``frame``'s records."""
+    return text_outputs(frame, [profile_text(row) for row in predicted.to_dict("records")])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
@@ -92,9 +101,9 @@ def main() -> None:
 
     modes = {field: y_train[field].mode()[0] for field in y_train}
     majority = profile_fields(train["target"].mode()[0])
-    rows = {
-        "majority profile": score(y_valid, pd.DataFrame([majority] * len(valid)), targets),
-        "field modes": score(y_valid, pd.DataFrame([modes] * len(valid)), targets),
+    predictions = {  # row label → each validation record's predicted fields
+        "majority profile": pd.DataFrame([majority] * len(valid)),
+        "field modes": pd.DataFrame([modes] * len(valid)),
     }
     histories = {  # row label → each record's rated items: the prompt's ten, or all of them
         "": lambda frame: [list(h) for h in frame["history_ids"]],
@@ -105,7 +114,7 @@ def main() -> None:
         x_train = vectorizer.fit_transform([features(h, genres) for h in history(train)])
         x_valid = vectorizer.transform([features(h, genres) for h in history(valid)])
         for strength in STRENGTHS:
-            predicted = pd.DataFrame(
+            predictions[f"classifier{label} C={strength}"] = pd.DataFrame(
                 {
                     field: LogisticRegression(C=strength, max_iter=3000)
                     .fit(x_train, y_train[field])
@@ -113,9 +122,17 @@ def main() -> None:
                     for field in y_train
                 }
             )
-            rows[f"classifier{label} C={strength}"] = score(y_valid, predicted, targets)
+    rows: dict[str, dict] = {
+        name: score(y_valid, predicted, targets) for name, predicted in predictions.items()
+    }
+    answers = {name: as_outputs(valid, values) for name, values in predictions.items()}
+    settings = BootstrapSettings()
     for name, values in rows.items():
-        cells = ", ".join(f"{k} {v:.3f}" for k, v in values.items())
+        values["token_f1_interval"] = metric_estimates(answers[name], settings)["token_f1"].interval
+        if name != "field modes":
+            versus = compare(answers[name], answers["field modes"], "token_f1", settings)
+            values["token_f1_minus_field_modes"] = versus.to_dict()
+        cells = ", ".join(f"{k} {v:.3f}" for k, v in values.items() if isinstance(v, float))
         print(f"{name:22s} {cells}")
     document = {
         "task": "user_profile",

@@ -19,7 +19,9 @@ requests (one request = one row: a prompt and, for the two generative tasks, its
 
 Quality: every choice (split layer, exit threshold) is made on validation records; the reported
 scores and drops are on test records, against the float folded model (the same model as the
-unfolded one: folding is exact). Writes reports/bench/serving.json.
+unfolded one: folding is exact), each with its 95% bootstrap interval over the records (the drops
+paired record by record, as evaluation compares the model with its baselines). Writes
+reports/bench/serving.json.
 
     python bench/serving.py --backbone models/backbone --bundle models/merged \
         --tasks-dir data/tasks [--requests 60] [--no-http]
@@ -46,7 +48,13 @@ import torch
 from recfound import artifacts
 from recfound.device.export import FLOAT_MODEL_FILE, export_task
 from recfound.device.runtime import DeviceModel
-from recfound.evaluation.outputs import task_metrics
+from recfound.evaluation.outputs import (
+    BootstrapSettings,
+    RecordOutputs,
+    compare,
+    metric_estimates,
+    task_metrics,
+)
 from recfound.evaluation.protocols import (
     EvalSet,
     assign_protocols,
@@ -103,15 +111,30 @@ def scoring_quality(frame: pd.DataFrame, scores: list[list[float]], task: str, p
     return metrics[score_metric(task, protocol)]
 
 
-def retrieval_quality(
+def retrieval_outputs(
     data: EvalSet, task: str, queries: np.ndarray, documents: np.ndarray
-) -> float:
+) -> RecordOutputs:
     frame = data.frames[task]
     histories = record_histories(frame, data.earlier_items())
-    outputs = full_ranking_outputs(
-        frame, queries @ documents.T, data.item_index, histories, (1, 5, 10, 20)
-    )
-    return task_metrics(outputs)[score_metric(task, "retrieval")]
+    return full_ranking_outputs(frame, queries @ documents.T, data.item_index, histories, KS)
+
+
+def variant_quality(outputs: dict[str, RecordOutputs], metric: str) -> dict[str, Any]:
+    """Each variant's test score with its bootstrap interval, and its drop against the float
+    folded model (``recmodel_folded``) with a paired bootstrap interval: both systems on the same
+    resampled records, as evaluation compares the model with its baselines."""
+    reference = outputs["recmodel_folded"]
+    settings = BootstrapSettings()
+    quality: dict[str, Any] = {name: task_metrics(o)[metric] for name, o in outputs.items()}
+    quality["interval"] = {
+        name: metric_estimates(o, settings)[metric].interval for name, o in outputs.items()
+    }
+    quality["drop"] = {
+        name: compare(reference, o, metric, settings).to_dict()
+        for name, o in outputs.items()
+        if name != "recmodel_folded"
+    }
+    return quality
 
 
 # ---- latency -------------------------------------------------------------------------------
@@ -340,9 +363,10 @@ def main() -> None:
     # ---- test quality of every variant, against the float folded model
     for task in TASKS:
         frame = test.frames[task]
-        quality: dict[str, Any] = {}
+        protocol = protocols[task]
+        outputs: dict[str, RecordOutputs] = {}
+        extra: dict[str, Any] = {}
         if task in SCORING:
-            protocol = protocols[task]
             variants: dict[str, Callable] = {
                 "recmodel_folded": lambda p, c, t=task: folded[t].score(p, c, t),
                 "late_interaction": late[task].score,
@@ -350,7 +374,7 @@ def main() -> None:
                 "onnx_int8": device[task]["onnx_int8"].score,
             }
             for name, score in variants.items():
-                quality[name] = scoring_quality(frame, chunked_scores(score, frame), task, protocol)
+                outputs[name] = candidate_outputs(frame, chunked_scores(score, frame), protocol, KS)
             layers: list[int] = []
 
             def exit_score(p, c, t=task, used=layers):
@@ -358,27 +382,22 @@ def main() -> None:
                 used.extend(result.layers)
                 return result.scores
 
-            quality["early_exit"] = scoring_quality(
-                frame, chunked_scores(exit_score, frame), task, protocol
+            outputs["early_exit"] = candidate_outputs(
+                frame, chunked_scores(exit_score, frame), protocol, KS
             )
-            quality["early_exit_mean_layers"] = float(np.mean(layers))
-            quality["num_layers"] = early[task].num_layers
+            extra["early_exit_mean_layers"] = float(np.mean(layers))
+            extra["num_layers"] = early[task].num_layers
         else:
             queries = folded[task].embed(frame["prompt"].astype(str).tolist(), task).numpy()
             documents = folded[task].embed(item_texts, task).numpy()
-            quality["recmodel_folded"] = retrieval_quality(test, task, queries, documents)
+            outputs["recmodel_folded"] = retrieval_outputs(test, task, queries, documents)
             for name in ("onnx_float", "onnx_int8"):
                 model = device[task][name]
                 q = model.embed(frame["prompt"].astype(str).tolist())
-                quality[name] = retrieval_quality(test, task, q, model.embed(item_texts))
-        reference = quality["recmodel_folded"]
-        quality["metric"] = score_metric(task, protocols[task])
+                outputs[name] = retrieval_outputs(test, task, q, model.embed(item_texts))
+        metric = score_metric(task, protocol)
+        quality = {**variant_quality(outputs, metric), **extra, "metric": metric}
         quality["records"] = len(frame)
-        quality["drop"] = {
-            name: round(reference - value, 4)
-            for name, value in quality.items()
-            if name in ("late_interaction", "early_exit", "onnx_float", "onnx_int8")
-        }
         report["quality"][task] = quality
 
     artifacts.write_json(args.out, report)  # partial: quality and choices
@@ -493,8 +512,14 @@ ROWS = (
 )
 
 
+def interval_text(interval: Sequence[float | None], sign: str) -> str:
+    """``[low, high]`` to three decimals (``sign`` "+" writes the signs of a difference)."""
+    return "[" + ", ".join("nan" if v is None else f"{v:{sign}.3f}" for v in interval) + "]"
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The README table: p50 / p99 ms per request and test score (drop) per variant and task."""
+    """The README table: p50 / p99 ms per request and test score per variant and task; the float
+    folded model's score with its interval, every other variant's with its paired drop."""
     tasks = [t for t in (*TASKS, "generate") if report["latency"].get(t)]
     lines = [
         "| variant | " + " | ".join(tasks) + " |",
@@ -511,7 +536,11 @@ def markdown(report: dict[str, Any]) -> str:
             quality = report["quality"].get(task, {})
             if row in quality:
                 drop = quality["drop"].get(row)
-                cell += f" · {quality[row]:.3f}" + (f" ({drop:+.3f})" if drop is not None else "")
+                cell += f" · {quality[row]:.3f}"
+                if row == "recmodel_folded":
+                    cell += " " + interval_text(quality["interval"][row], "")
+                if drop is not None:
+                    cell += f" ({drop['difference']:+.3f} {interval_text(drop['ci'], '+')})"
             cells.append(cell)
         if any(c != "–" for c in cells):
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
