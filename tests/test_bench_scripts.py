@@ -12,7 +12,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from recfound.evaluation.outputs import ChoiceOutputs
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -74,3 +77,33 @@ def test_serving_bench_models_load_and_answer(
     bare = answers["pyfunc_bare"].iloc[0]["scores"]
     assert len(adapted) == len(bare) == 2
     assert adapted != pytest.approx(bare, abs=1e-4)
+
+
+def test_serving_bench_drops_carry_paired_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/serving.py reports each variant's drop against the float folded model with a paired
+    interval: a variant that answers as the reference does drops exactly 0, one that misses
+    records the reference gets right drops by their share, with an interval above 0."""
+    module = load_bench_module("serving", monkeypatch)
+    n = 60
+    truth = np.zeros(n, dtype=np.int64)
+    right = truth.copy()
+    wrong = truth.copy()
+    wrong[: n // 3] = 1  # a third of the records answered wrongly
+
+    def outputs(predicted: np.ndarray) -> ChoiceOutputs:
+        keys = {"record": np.arange(n), "user_id": [str(i) for i in range(n)]}
+        return ChoiceOutputs(**keys, labels=["a", "b"], target=truth, predicted=predicted)
+
+    quality = module.variant_quality(
+        {"recmodel_folded": outputs(right), "same": outputs(right), "worse": outputs(wrong)},
+        "accuracy",
+    )
+    assert quality["recmodel_folded"] == 1.0 and quality["worse"] == pytest.approx(2 / 3)
+    assert quality["drop"]["same"]["difference"] == 0.0
+    assert quality["drop"]["same"]["ci"] == [0.0, 0.0]
+    worse = quality["drop"]["worse"]
+    assert worse["difference"] == pytest.approx(1 / 3) and worse["excludes_zero"]
+    assert 0 < worse["ci"][0] < 1 / 3 < worse["ci"][1]
+    assert "recmodel_folded" not in quality["drop"]
+    low, high = quality["interval"]["worse"]
+    assert low < 2 / 3 < high
