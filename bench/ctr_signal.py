@@ -31,8 +31,9 @@ scored by AUC of the model's yes/no margin. This measures, on the task's **valid
 
 ``intervals``: every AUC above with its bootstrap interval over the validation records, and
 its difference to the merged model's margin (``minus_model``) with a paired interval, as
-evaluation computes them. Writes reports/bench/ctr_signal.json. Needs `recfound train` and
-`recfound merge` first.
+evaluation computes them (a layout run that ``alone`` already trained, the prompts as they are
+at the config's seed, is listed once, as ``alone_<steps>_steps``). Writes
+reports/bench/ctr_signal.json. Needs `recfound train` and `recfound merge` first.
 
     python bench/ctr_signal.py [--steps 0,100,200] [--batch 16] [--layout-seeds 42,1,2]
 """
