@@ -50,12 +50,17 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
 from recfound import artifacts
 from recfound.config import load_config
 from recfound.evaluation.model_predictions import closed_set_outputs
-from recfound.evaluation.outputs import BootstrapSettings, ChoiceOutputs, compare, metric_estimates
+from recfound.evaluation.outputs import (
+    BootstrapSettings,
+    ChoiceOutputs,
+    compare,
+    metric_estimates,
+    task_metrics,
+)
 from recfound.evaluation.protocols import catalogue_tokens, record_keys
 from recfound.model.bundle import load_bundle
 from recfound.stages.ablate import load_last_checkpoint
@@ -214,6 +219,7 @@ class Signals:
         self.outputs: dict[str, ChoiceOutputs] = {}
 
     def auc(self, name: str, scores: np.ndarray) -> float:
+        """``scores``' AUC of the likes, as evaluation computes it; kept under ``name``."""
         scores = np.asarray(scores, dtype=np.float64)
         self.outputs[name] = ChoiceOutputs(
             **record_keys(self.frame),
@@ -222,7 +228,7 @@ class Signals:
             predicted=np.where(scores > 0, 0, 1),
             margin=scores,
         )
-        return float(roc_auc_score(self.liked, scores))
+        return task_metrics(self.outputs[name])["auc"]
 
     def intervals(self, reference: str) -> dict[str, dict]:
         settings = BootstrapSettings()

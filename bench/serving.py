@@ -125,10 +125,9 @@ def variant_quality(outputs: dict[str, RecordOutputs], metric: str) -> dict[str,
     resampled records, as evaluation compares the model with its baselines."""
     reference = outputs["recmodel_folded"]
     settings = BootstrapSettings()
-    quality: dict[str, Any] = {name: task_metrics(o)[metric] for name, o in outputs.items()}
-    quality["interval"] = {
-        name: metric_estimates(o, settings)[metric].interval for name, o in outputs.items()
-    }
+    estimates = {name: metric_estimates(o, settings)[metric] for name, o in outputs.items()}
+    quality: dict[str, Any] = {name: e.value for name, e in estimates.items()}
+    quality["interval"] = {name: e.interval for name, e in estimates.items()}
     quality["drop"] = {
         name: compare(reference, o, metric, settings).to_dict()
         for name, o in outputs.items()
