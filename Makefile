@@ -57,8 +57,8 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# MLflow's UI (3.17, 3.18) opens experiments in its GenAI view unless the browser chose "Model training"
-# once; the link below does that (it is remembered).
+# MLflow's UI (3.17, 3.18) opens experiments in its GenAI view unless the browser chose
+# "Model training" once; the link below does that (it is remembered).
 # Without MLflow's job runner (GenAI scorers, which RecFound does not use): a sqlite store would
 # otherwise start eight more processes, 1.1 GiB, for a UI.
 ui: setup
