@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recfound.evaluation.outputs import ChoiceOutputs
+from recfound.evaluation.outputs import BootstrapSettings, ChoiceOutputs, RankOutputs
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -107,3 +107,39 @@ def test_serving_bench_drops_carry_paired_intervals(monkeypatch: pytest.MonkeyPa
     assert "recmodel_folded" not in quality["drop"]
     low, high = quality["interval"]["worse"]
     assert low < 2 / 3 < high
+
+
+def test_embedding_budget_pairs_every_arm_with_the_default_record_by_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bench/embedding_budget.py compares each arm with the default's on the same records: an arm
+    that ranks as the default does (its records in another order) differs by exactly 0 with an
+    interval of [0, 0], one that loses a third of its hits by what they were worth, with a paired
+    interval below 0."""
+    module = load_bench_module("embedding_budget", monkeypatch)
+    n = 60
+
+    def arm(ranks: np.ndarray, order: np.ndarray) -> dict[str, RankOutputs]:
+        keys = {"record": order, "user_id": [str(i) for i in order]}
+        return {"query2item": RankOutputs(**keys, ranks=ranks[order])}
+
+    hits = 1 + np.arange(n) % 5  # every record's item in the top 5, at different ranks
+    misses = hits.copy()
+    misses[: n // 3] = 1000  # a third of them ranked beyond 20
+    lost = -np.sum(1 / hits[: n // 3]) / n
+    rows = [
+        {
+            "queries_per_train_item": q,
+            "embedding_batch_size": b,
+            "score_metrics": {"query2item": "mrr@20"},
+        }
+        for q, b in ((1, 32), (4, 32), (4, 64))
+    ]
+    outputs = [arm(hits, np.arange(n)[::-1]), arm(misses, np.arange(n)), arm(hits, np.arange(n))]
+    module.versus_reference(rows, outputs, 2, BootstrapSettings())
+    assert "minus_default" not in rows[2]
+    same, worse = rows[0]["minus_default"]["query2item"], rows[1]["minus_default"]["query2item"]
+    assert rows[0]["default"] == rows[1]["default"] == "4:64"
+    assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0] and same["n_records"] == n
+    assert worse["difference"] == pytest.approx(lost) and worse["excludes_zero"]
+    assert worse["ci"][0] < lost < worse["ci"][1] < 0
