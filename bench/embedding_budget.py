@@ -24,6 +24,7 @@ import json
 import logging
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from recfound.artifacts import write_json
 from recfound.config import load_config
 from recfound.evaluation.model_eval import evaluate_bundle
 from recfound.evaluation.outputs import BootstrapSettings, RecordOutputs, compare
+from recfound.evaluation.report import with_interval
 from recfound.evaluation.scores import outputs_from_records
 from recfound.layout import validation_dir
 from recfound.stages.build_tasks import run_build_tasks
@@ -114,11 +116,6 @@ def versus_reference(
         row["default"] = f"{ref['queries_per_train_item']}:{ref['embedding_batch_size']}"
 
 
-def text(value: float, interval: list[float]) -> str:
-    """``value [low, high]`` to three decimals."""
-    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
@@ -145,6 +142,7 @@ def main() -> None:
     write_json(args.out, {"split": "valid", "bootstrap": settings.to_dict(), "arms": rows})
     print(f"wrote {args.out}")
     print("| queries/item | embedding batch | query2item hybrid | alone | BM25 | user2item | i2i |")
+    text = partial(with_interval, digits=3)  # "0.136 [0.101, 0.175]"
     for r in rows:
         s, ci = r["scores"], r["intervals"]
         print(
