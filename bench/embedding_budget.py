@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from recfound.artifacts import write_json
-from recfound.config import load_config
+from recfound.config import Config, load_config
 from recfound.evaluation.model_eval import evaluate_bundle
 from recfound.evaluation.outputs import BootstrapSettings, RecordOutputs, compare
 from recfound.evaluation.report import with_interval
@@ -46,11 +46,10 @@ OUT = Path("reports/bench/embedding_budget.json")
 
 
 def run_arm(
-    params: str, queries: int, batch: int, steps: int, work: Path
+    base: Config, queries: int, batch: int, steps: int, work: Path
 ) -> tuple[dict, dict[str, RecordOutputs]]:
     """The arm's JSON row and the model's per-record validation outputs (for the paired
     comparison between arms)."""
-    base = load_config(params)
     arm_dir = work / f"q{queries}_b{batch}"
     cfg = base.model_copy(
         update={
@@ -130,7 +129,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="recfound_embedding_budget_") as work:
         for arm in args.arm or ARMS:
             queries, batch = (int(x) for x in arm.split(":"))
-            row, arm_outputs = run_arm(args.params, queries, batch, args.steps, Path(work))
+            row, arm_outputs = run_arm(base, queries, batch, args.steps, Path(work))
             rows.append(row)
             outputs.append(arm_outputs)
             print(json.dumps(row))
