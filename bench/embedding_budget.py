@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from paired import signed
 
 from recfound.artifacts import write_json
 from recfound.config import Config, load_config
@@ -101,18 +102,18 @@ def versus_reference(
     outputs: list[dict[str, RecordOutputs]],
     reference: int,
     settings: BootstrapSettings,
-) -> None:
+) -> str:
     """Adds to every other row its paired difference to the ``reference`` row on each task's
-    score (same validation records and record resamples as the arms' own intervals)."""
+    score (same validation records and record resamples as the arms' own intervals); returns the
+    reference's name (``QUERIES:BATCH``)."""
     ref = rows[reference]
     for row, arm in zip(rows, outputs, strict=True):
-        if row is ref:
-            continue
-        row["minus_default"] = {
-            task: compare(arm[task], outputs[reference][task], metric, settings).to_dict()
-            for task, metric in row["score_metrics"].items()
-        }
-        row["default"] = f"{ref['queries_per_train_item']}:{ref['embedding_batch_size']}"
+        if row is not ref:
+            row["minus_default"] = {
+                task: compare(arm[task], outputs[reference][task], metric, settings).to_dict()
+                for task, metric in row["score_metrics"].items()
+            }
+    return f"{ref['queries_per_train_item']}:{ref['embedding_batch_size']}"
 
 
 def main() -> None:
@@ -136,9 +137,10 @@ def main() -> None:
     arms = [(r["queries_per_train_item"], r["embedding_batch_size"]) for r in rows]
     settings = BootstrapSettings(seed=base.seed)  # evaluate_bundle's
     reference = arms.index(default) if default in arms else len(rows) - 1
-    versus_reference(rows, outputs, reference, settings)
+    name = versus_reference(rows, outputs, reference, settings)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, {"split": "valid", "bootstrap": settings.to_dict(), "arms": rows})
+    report = {"split": "valid", "bootstrap": settings.to_dict(), "default": name, "arms": rows}
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     print("| queries/item | embedding batch | query2item hybrid | alone | BM25 | user2item | i2i |")
     text = partial(with_interval, digits=3)  # "0.136 [0.101, 0.175]"
@@ -153,10 +155,8 @@ def main() -> None:
         )
     for r in rows:
         for task, d in r.get("minus_default", {}).items():
-            print(
-                f"{r['queries_per_train_item']}:{r['embedding_batch_size']} minus {r['default']}"
-                f" on {task}: {d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
-            )
+            arm = f"{r['queries_per_train_item']}:{r['embedding_batch_size']}"
+            print(f"{arm} minus {name} on {task}: {signed(d)}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from paired import signed
 from profile_signal import profile_fields, profile_text
 from sklearn.metrics import roc_auc_score
 
@@ -208,10 +209,7 @@ def main() -> None:
     print(f"{CONVERSATION} ({report[CONVERSATION]['records']} validation records), Recall@10:")
     for name, entry in report[CONVERSATION]["rows"].items():
         diff = entry["versus_default"]
-        print(
-            f"  {name:38s} {entry['recall@10']:.3f}  vs default {diff['difference']:+.3f} "
-            f"[{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]"
-        )
+        print(f"  {name:38s} {entry['recall@10']:.3f}  vs default {signed(diff)}")
     profile = report[PROFILE]
     print(f"{PROFILE} ({profile['records']} validation records), token-F1:")
     print(f"  majority profile {profile['majority']['token_f1']:.4f}")

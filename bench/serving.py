@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from paired import interval_text, signed
 
 from recfound import artifacts
 from recfound.device.export import FLOAT_MODEL_FILE, export_task
@@ -511,11 +512,6 @@ ROWS = (
 )
 
 
-def interval_text(interval: Sequence[float | None], sign: str) -> str:
-    """``[low, high]`` to three decimals (``sign`` "+" writes the signs of a difference)."""
-    return "[" + ", ".join("nan" if v is None else f"{v:{sign}.3f}" for v in interval) + "]"
-
-
 def markdown(report: dict[str, Any]) -> str:
     """The README table: p50 / p99 ms per request and test score per variant and task; the float
     folded model's score with its interval, every other variant's with its paired drop."""
@@ -539,7 +535,7 @@ def markdown(report: dict[str, Any]) -> str:
                 if row == "recmodel_folded":
                     cell += " " + interval_text(quality["interval"][row], "")
                 if drop is not None:
-                    cell += f" ({drop['difference']:+.3f} {interval_text(drop['ci'], '+')})"
+                    cell += f" ({signed(drop)})"
             cells.append(cell)
         if any(c != "–" for c in cells):
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
