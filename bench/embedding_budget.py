@@ -97,6 +97,11 @@ def run_arm(
     return row, outputs_from_records(records)
 
 
+def arm_name(row: dict) -> str:
+    """An arm's name, ``QUERIES:BATCH`` (as ``--arm`` takes it)."""
+    return f"{row['queries_per_train_item']}:{row['embedding_batch_size']}"
+
+
 def versus_reference(
     rows: list[dict],
     outputs: list[dict[str, RecordOutputs]],
@@ -105,7 +110,7 @@ def versus_reference(
 ) -> str:
     """Adds to every other row its paired difference to the ``reference`` row on each task's
     score (same validation records and record resamples as the arms' own intervals); returns the
-    reference's name (``QUERIES:BATCH``)."""
+    reference's name (:func:`arm_name`)."""
     ref = rows[reference]
     for row, arm in zip(rows, outputs, strict=True):
         if row is not ref:
@@ -113,7 +118,7 @@ def versus_reference(
                 task: compare(arm[task], outputs[reference][task], metric, settings).to_dict()
                 for task, metric in row["score_metrics"].items()
             }
-    return f"{ref['queries_per_train_item']}:{ref['embedding_batch_size']}"
+    return arm_name(ref)
 
 
 def main() -> None:
@@ -155,8 +160,7 @@ def main() -> None:
         )
     for r in rows:
         for task, d in r.get("minus_default", {}).items():
-            arm = f"{r['queries_per_train_item']}:{r['embedding_batch_size']}"
-            print(f"{arm} minus {name} on {task}: {signed(d)}")
+            print(f"{arm_name(r)} minus {name} on {task}: {signed(d)}")
 
 
 if __name__ == "__main__":
